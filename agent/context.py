@@ -1,0 +1,30 @@
+"""What a transfer session needs from its agent (kept small so sessions stay testable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from .protocol import Topics
+from .sandbox import Sandbox
+from .store import StateStore
+from .transferlog import TransferLog
+
+
+@dataclass
+class AgentContext:
+    name: str
+    topics: Topics
+    store: StateStore
+    log: TransferLog
+    sandbox: Sandbox
+    publish: Callable[[str, bytes, int, bool], Awaitable[None]]
+    link_up: Callable[[], bool]
+    peer_status: Callable[[str], str | None]
+    chunk_size: int
+    window_chunks: int
+    ack_timeout: float  # seconds
+    ack_retries: int
+    agent_recovery_timeout: int
+    on_state_change: Callable[[], None]
+    settings: Any = None

@@ -1,0 +1,499 @@
+"""The agent process: one per host, source and destination of transfers, driven by its broker link."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from . import __version__
+from .context import AgentContext
+from .core import results
+from .core.lifecycle import TransferState as S
+from .core.recovery import effective_recovery_timeout
+from .destination import DestinationTransfer
+from .link import BrokerAddress, BrokerLink
+from .protocol import (Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
+                       ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery, Resync,
+                       ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, dump, parse_agent_status,
+                       parse_command, parse_control, utc_now)
+from .sandbox import Sandbox, SandboxError
+from .source import SourceTransfer, send_complete
+from .store import FileRecord, StateStore, TransferRecord
+from .transferlog import OutboxPublisher, TransferLog
+
+log = logging.getLogger("fte.agent")
+
+TERMINAL = {s.value for s in S if s.is_terminal}
+COMPLETE_RETRY_INTERVAL = 15.0
+STATUS_MIN_INTERVAL = 1.0
+
+
+class CommandRefused(Exception):
+    def __init__(self, message: str, code: int = results.COMMAND_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Agent:
+    def __init__(self, settings: Any, state_dir: Path) -> None:
+        self.settings = settings
+        self.name: str = settings.agentName
+        self.topics = Topics(settings.topicPrefix)
+        self.state_dir = state_dir
+        self.store = StateStore(state_dir / "state.db")
+        self.sandbox = Sandbox(settings.sandbox_allow, settings.sandbox_deny,
+                               Path(settings.transferRoot) if settings.transferRoot else None)
+        password = settings.brokerPassword.get_secret_value() if settings.brokerPassword else None
+        self.addr = BrokerAddress.from_url(settings.brokerUrl, username=settings.brokerUsername, password=password,
+                                           ca_file=_s(settings.brokerCaFile), cert_file=_s(settings.brokerCertFile),
+                                           key_file=_s(settings.brokerKeyFile))
+        self.status = "STARTING"
+        self.started_at = utc_now()
+        self.peers: dict[str, str] = {}
+        self.peer_seen = asyncio.Event()
+        self.sources: dict[str, SourceTransfer] = {}
+        self.source_tasks: dict[str, asyncio.Task[None]] = {}
+        self.dests: dict[str, DestinationTransfer] = {}
+        self.source_slots = asyncio.Semaphore(max(1, settings.maxSourceTransfers))
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._immediate = False
+        self._status_dirty = asyncio.Event()
+        self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
+        self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
+        will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload("UNREACHABLE"), qos=1,
+                            retain=True)
+        self.link = BrokerLink(
+            self.addr, client_id=f"fte-agent-{self.name}",
+            subscriptions=[self.topics.commands(self.name), f"{self.topics.prefix}/Data/{self.name}/+",
+                           f"{self.topics.prefix}/Control/{self.name}/+", self.topics.all_agent_status()],
+            on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
+            keepalive=settings.brokerKeepalive, will=will)
+        self.ctx = AgentContext(
+            name=self.name, topics=self.topics, store=self.store, log=self.tlog, sandbox=self.sandbox,
+            publish=self._publish, link_up=lambda: self.link.up.is_set(), peer_status=self.peers.get,
+            chunk_size=settings.agentChunkSize, window_chunks=settings.agentWindowSize,
+            ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
+            agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
+            settings=settings)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        self._load_state()
+        tasks = [asyncio.create_task(self.link.run(), name="link"),
+                 asyncio.create_task(self.outbox.run(), name="outbox"),
+                 asyncio.create_task(self._watchdog(), name="watchdog"),
+                 asyncio.create_task(self._status_publisher(), name="status")]
+        for tid, session in self.sources.items():
+            self.source_tasks[tid] = asyncio.create_task(self._run_source(session))
+        try:
+            stop_wait = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([stop_wait, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
+            if tasks[0] in done and tasks[0].exception():
+                raise tasks[0].exception()  # type: ignore[misc]
+            await self._shutdown()
+        finally:
+            for t in tasks + list(self.source_tasks.values()):
+                t.cancel()
+            await asyncio.gather(*tasks, *self.source_tasks.values(), return_exceptions=True)
+            for d in self.dests.values():
+                for idx in list(d.fds):
+                    d._close(idx)
+            self.store.close()
+            self.stopped.set()
+
+    def request_stop(self, immediate: bool = False) -> None:
+        self._immediate = self._immediate or immediate
+        self.stopping.set()
+
+    async def _shutdown(self) -> None:
+        self.status = "STOPPING"
+        await self._publish_status()
+        if not self._immediate:
+            # controlled stop: no new transfers, the running ones finish
+            live = [t for t in self.source_tasks.values() if not t.done()]
+            if live:
+                log.info("controlled stop: waiting for %d transfer(s) to finish", len(live))
+                await asyncio.wait(live)
+        await self.outbox.drain()
+        self.status = "STOPPED"
+        await self.link.stop(final=[(self.topics.agent_status(self.name), self._status_payload("STOPPED"), True)])
+
+    def _load_state(self) -> None:
+        """Rebuild every transfer from the state store after a (possibly violent) restart."""
+        for rec in self.store.transfers("source"):
+            if rec.state in TERMINAL:
+                continue
+            self.sources[rec.transfer_id] = SourceTransfer(self.ctx, rec, restarted=True)
+        for rec in self.store.transfers("destination"):
+            if rec.state not in TERMINAL:
+                self.dests[rec.transfer_id] = DestinationTransfer(self.ctx, rec)
+        if self.sources or self.dests:
+            log.info("resuming %d source and %d destination transfer(s) from the state store",
+                     len(self.sources), len(self.dests))
+
+    async def _run_source(self, session: SourceTransfer) -> None:
+        async with self.source_slots:
+            await session.run()
+        self.sources.pop(session.tid, None)
+        self._status_dirty.set()
+
+    # ------------------------------------------------------------------ broker link
+
+    async def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        await self.link.publish(topic, payload, qos=qos, retain=retain)
+
+    async def _on_up(self) -> None:
+        if self.status in ("STARTING", "UNREACHABLE"):
+            self.status = "READY"
+        await self._publish_status()
+        self.outbox.wake()
+        for s in self.sources.values():
+            s.post("link_up")
+        for d in list(self.dests.values()):
+            await d.request_recovery(f"destination agent {self.name} (re)connected to the broker")
+
+    async def _on_down(self) -> None:
+        for s in self.sources.values():
+            s.post("link_down")
+
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+        levels = self.topics.split(topic)
+        try:
+            if len(levels) == 3 and levels[0] == "Data" and levels[1] == self.name:
+                await self._on_data(levels[2], bytes(payload))
+            elif len(levels) == 3 and levels[0] == "Control" and levels[1] == self.name:
+                await self._on_control(levels[2], parse_control(bytes(payload)))
+            elif len(levels) == 2 and levels[0] == "Commands" and levels[1] == self.name:
+                await self._on_command(bytes(payload))
+            elif len(levels) == 2 and levels[0] == "Agents":
+                self._on_agent_status(levels[1], bytes(payload))
+        except ProtocolError as exc:
+            log.warning("dropped a message on %s: %s", topic, exc)
+
+    def _on_agent_status(self, agent: str, payload: bytes) -> None:
+        if not payload:
+            self.peers.pop(agent, None)
+            return
+        status = parse_agent_status(payload)
+        if status.agent != agent:
+            raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+        before = self.peers.get(agent)
+        self.peers[agent] = status.status
+        self.peer_seen.set()
+        if before == status.status:
+            return
+        for s in self.sources.values():
+            if s.dest == agent:
+                s.post("peer", status.status)
+        if status.status in ("READY", "ACTIVE") and agent != self.name:
+            asyncio.ensure_future(self._resend_outcomes(agent))
+
+    async def _on_data(self, tid: str, payload: bytes) -> None:
+        dest = self.dests.get(tid)
+        if dest is None:
+            return  # not (or no longer) ours; the source resyncs if it still cares
+        await dest.on_chunk(decode_chunk(payload))
+
+    async def _on_control(self, tid: str, msg: Any) -> None:
+        if msg.transfer_id != tid:
+            raise ProtocolError("transfer id in the message does not match its topic")
+        if isinstance(msg, Resync):
+            await self._dest_resync(msg)
+        elif isinstance(msg, (FileEnd,)):
+            if tid in self.dests:
+                await self.dests[tid].on_file_end(msg)
+        elif isinstance(msg, Complete):
+            dest = self.dests.pop(tid, None)
+            if dest is None:
+                rec = self.store.load_transfer(tid, "destination")
+                dest = DestinationTransfer(self.ctx, rec) if rec else None
+            if dest is not None:
+                await dest.on_complete(msg)
+            else:
+                # nothing of it here (it failed before reaching us): confirm so the source stops asking
+                await self._publish(self.topics.control(msg.source_agent, tid),
+                                    dump(CompleteAck(kind="complete_ack", transfer_id=tid)), 1, False)
+            self._status_dirty.set()
+        elif isinstance(msg, (ResyncReply, Ack, FileResult)):
+            if tid in self.sources:
+                self.sources[tid].post("control", msg)
+        elif isinstance(msg, RequestRecovery):
+            if tid in self.sources:
+                self.sources[tid].post("control", msg)
+            else:
+                await self._answer_finished(tid)
+        elif isinstance(msg, CompleteAck):
+            rec = self.store.load_transfer(tid, "source")
+            if rec and not rec.peer_confirmed:
+                rec.peer_confirmed = True
+                self.store.update_transfer(rec)
+
+    async def _dest_resync(self, msg: Resync) -> None:
+        if msg.destination_agent != self.name:
+            raise ProtocolError(f"resync for agent {msg.destination_agent!r} received by {self.name!r}")
+        dest = self.dests.get(msg.transfer_id)
+        if dest is None:
+            rec = self.store.load_transfer(msg.transfer_id, "destination")
+            if rec is not None:
+                dest = DestinationTransfer(self.ctx, rec)
+                if rec.state not in TERMINAL:
+                    self.dests[msg.transfer_id] = dest
+            else:
+                dest = DestinationTransfer.accept(self.ctx, msg)
+                self.dests[msg.transfer_id] = dest
+                self._status_dirty.set()
+        await dest.on_resync(msg)
+
+    async def _answer_finished(self, tid: str) -> None:
+        """A destination asks about a transfer this source no longer runs: tell it the outcome."""
+        rec = self.store.load_transfer(tid, "source")
+        if rec is None:
+            return
+        if rec.state in TERMINAL:
+            await send_complete(self.ctx, rec)
+
+    async def _resend_outcomes(self, agent: str) -> None:
+        for rec in self.store.transfers("source"):
+            if rec.peer == agent and rec.state in TERMINAL and not rec.peer_confirmed:
+                await send_complete(self.ctx, rec)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _on_command(self, payload: bytes) -> None:
+        try:
+            cmd = parse_command(payload)
+        except ProtocolError as exc:
+            log.warning("dropped a command: %s", exc)
+            request_id = _peek(payload, "request_id")
+            reply_to = _peek(payload, "reply_to")
+            if request_id and reply_to:
+                await self._reply(reply_to, Reply(request_id=request_id[:64], ok=False,
+                                                  result_code=results.COMMAND_FAILED, message=f"malformed command: {exc}"))
+            return
+        try:
+            data = await self._execute(cmd)
+            reply = Reply(request_id=cmd.request_id, ok=True, data=data)
+        except CommandRefused as exc:
+            reply = Reply(request_id=cmd.request_id, ok=False, result_code=exc.code, message=str(exc))
+        if cmd.reply_to:
+            await self._reply(cmd.reply_to, reply)
+        if isinstance(cmd, StopAgent):
+            self.request_stop(cmd.immediate)
+
+    async def _reply(self, client: str, reply: Reply) -> None:
+        try:
+            await self._publish(self.topics.replies(client), dump(reply), 1, False)
+        except ConnectionError:
+            pass
+
+    async def _execute(self, cmd: Any) -> dict[str, Any]:
+        if isinstance(cmd, Ping):
+            return {"agent": self.name, "status": self.status, "time": utc_now(), "version": __version__}
+        if isinstance(cmd, CreateTransfer):
+            return await self._create_transfer(cmd)
+        if isinstance(cmd, CancelTransfer):
+            return await self._cancel(cmd.transfer_id)
+        if isinstance(cmd, QueryTransfer):
+            return self._query(cmd.transfer_id)
+        if isinstance(cmd, ListTransfers):
+            return {"transfers": [self._query(r.transfer_id, r.role) for r in self.store.transfers()]}
+        if isinstance(cmd, StopAgent):
+            return {"agent": self.name, "status": "STOPPING"}
+        raise CommandRefused(f"unsupported command {type(cmd).__name__}")
+
+    async def _create_transfer(self, cmd: CreateTransfer) -> dict[str, Any]:
+        spec: TransferSpec = cmd.spec
+        if self.stopping.is_set():
+            raise CommandRefused(f"agent {self.name} is stopping and accepts no new transfers")
+        if spec.source_agent != self.name:
+            raise CommandRefused(f"this is agent {self.name}, not the source agent {spec.source_agent}")
+        tid = cmd.transfer_id
+        from .protocol import new_transfer_id
+        tid = tid or new_transfer_id()
+        if self.store.load_transfer(tid, "source") is not None:
+            return {"transfer_id": tid, "duplicate": True}  # a resubmission after a lost reply
+        if len(self.sources) >= self.settings.maxSourceTransfers + self.settings.maxQueuedTransfers:
+            raise CommandRefused(f"agent {self.name} has too many transfers "
+                                 f"(maxSourceTransfers + maxQueuedTransfers = "
+                                 f"{self.settings.maxSourceTransfers + self.settings.maxQueuedTransfers}); retry later")
+        if spec.destination_agent not in self.peers:
+            try:
+                await asyncio.wait_for(self._wait_peer(spec.destination_agent), timeout=2.0)
+            except asyncio.TimeoutError:
+                raise CommandRefused(
+                    f"destination agent {spec.destination_agent!r} is not known on this broker (no status on "
+                    f"{self.topics.agent_status(spec.destination_agent)}); check the name with fte-list-agents",
+                    results.FAILED) from None
+        try:
+            rt = effective_recovery_timeout(spec.recovery_timeout, self.settings.transferRecoveryTimeout)
+        except ValueError as exc:
+            raise CommandRefused(str(exc)) from None
+        files = self._resolve_sources(spec)
+        header = {"source_agent": self.name, "destination_agent": spec.destination_agent, "exist": spec.exist,
+                  "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
+                  "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
+                  "requested_at": cmd.sent_at}
+        rec = TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
+                             files=files)
+        self.store.save_transfer(rec)
+        self.tlog.emit(rec, "started", recovery_timeout=rt,
+                       files=[{"index": f.index, "source": f.source, "destination": f.destination, "size": f.size}
+                              for f in files],
+                       message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
+                               f"from {self.name} to {spec.destination_agent}")
+        session = SourceTransfer(self.ctx, rec)
+        self.sources[tid] = session
+        self.source_tasks[tid] = asyncio.create_task(self._run_source(session))
+        self._status_dirty.set()
+        return {"transfer_id": tid, "files": len(files), "bytes": sum(f.size for f in files),
+                "recovery_timeout": rt}
+
+    async def _wait_peer(self, agent: str) -> None:
+        while agent not in self.peers:
+            self.peer_seen.clear()
+            await self.peer_seen.wait()
+
+    def _resolve_sources(self, spec: TransferSpec) -> list[FileRecord]:
+        pairs: list[tuple[Path, str]] = []
+        for item in spec.items:
+            matches = sorted(glob.glob(os.path.expanduser(item.source))) if any(c in item.source for c in "*?[") \
+                else [os.path.expanduser(item.source)]
+            if not matches:
+                raise CommandRefused(f"source {item.source!r} matches no file on agent {self.name}")
+            for m in matches:
+                try:
+                    real = self.sandbox.resolve(m, write=False)
+                except SandboxError as exc:
+                    raise CommandRefused(f"source refused: {exc}") from None
+                if real.is_dir():
+                    if item.destination_type != "directory":
+                        raise CommandRefused(f"source {m!r} is a directory: give a destination directory with -dd")
+                    walker = real.rglob("*") if item.recursive else real.glob("*")
+                    for p in sorted(walker):
+                        if p.is_file() and not p.is_symlink():
+                            self.sandbox.check(Path(os.path.realpath(p)))
+                            rel = p.relative_to(real.parent)
+                            pairs.append((p, str(Path(item.destination) / rel)))
+                elif real.is_file():
+                    dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
+                    pairs.append((real, dest))
+                else:
+                    raise CommandRefused(f"source {m!r} does not exist on agent {self.name}")
+        df_items = [i for i in spec.items if i.destination_type == "file"]
+        if df_items and len(pairs) > 1:
+            raise CommandRefused(f"-df names one destination file but the sources are {len(pairs)} files; use -dd DIR")
+        if not pairs:
+            raise CommandRefused("the sources contain no files")
+        files = []
+        for i, (p, dest) in enumerate(pairs):
+            st = p.stat()
+            files.append(FileRecord(i, str(p), dest, st.st_size, st.st_mtime))
+        return files
+
+    async def _cancel(self, tid: str) -> dict[str, Any]:
+        session = self.sources.get(tid)
+        if session is not None:
+            session.post("cancel", "cancelled by request (fte-cancel-transfer)")
+            return {"transfer_id": tid, "role": "source", "state": "cancelling"}
+        if tid in self.dests:
+            # the source owns the outcome: ask it to cancel (it then tells us to clean up)
+            dest = self.dests[tid]
+            cmd = CancelTransfer(kind="cancel_transfer", request_id=f"fwd-{tid[:16]}", transfer_id=tid)
+            await self._publish(self.topics.commands(dest.source_agent), dump(cmd), 1, False)
+            return {"transfer_id": tid, "role": "destination", "state": "cancel forwarded to " + dest.source_agent}
+        rec = self.store.load_transfer(tid, "source") or self.store.load_transfer(tid, "destination")
+        if rec is not None:
+            raise CommandRefused(f"transfer {tid} already ended ({rec.state})", results.COMMAND_FAILED)
+        raise CommandRefused(f"transfer {tid} is not known to agent {self.name}")
+
+    def _query(self, tid: str, role: str | None = None) -> dict[str, Any]:
+        if role in (None, "source") and tid in self.sources:
+            return self.sources[tid].summary()
+        if role in (None, "destination") and tid in self.dests:
+            return self.dests[tid].summary()
+        for r in ([role] if role else ["source", "destination"]):
+            rec = self.store.load_transfer(tid, r)
+            if rec is not None:
+                return {"transfer_id": tid, "role": r, "state": rec.state, "result_code": rec.result_code,
+                        "source_agent": rec.header.get("source_agent"),
+                        "destination_agent": rec.header.get("destination_agent"),
+                        "bytes_total": sum(f.size for f in rec.files),
+                        "bytes_done": sum(f.size if f.status == "done" else f.offset for f in rec.files),
+                        "files_total": len(rec.files),
+                        "files_done": sum(1 for f in rec.files if f.status != "ready"),
+                        "recoveries": rec.recoveries, "last_stall": rec.last_stall}
+        raise CommandRefused(f"transfer {tid} is not known to agent {self.name}")
+
+    # ------------------------------------------------------------------ background duties
+
+    async def _watchdog(self) -> None:
+        """The destination's side of stall detection, and outcomes the peers have not confirmed."""
+        ack_timeout = self.settings.transferAckTimeout / 1000.0
+        last_resend = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, ack_timeout / 2))
+            if not self.link.up.is_set():
+                continue
+            now = time.monotonic()
+            for d in list(self.dests.values()):
+                if d.active and now - d.last_activity > ack_timeout:
+                    await d.request_recovery(f"no data from {d.source_agent} for {ack_timeout:g} s")
+            if now - last_resend > COMPLETE_RETRY_INTERVAL:
+                last_resend = now
+                for rec in self.store.transfers("source"):
+                    if rec.state in TERMINAL and not rec.peer_confirmed and \
+                            self.peers.get(rec.peer) in ("READY", "ACTIVE"):
+                        await send_complete(self.ctx, rec)
+
+    def _status_payload(self, status: str) -> bytes:
+        return dump(AgentStatus(
+            agent=self.name, status=status, time=utc_now(), version=__version__, host=socket.gethostname(),
+            pid=os.getpid(), started_at=self.started_at,
+            source_transfers={t: s.state.value for t, s in self.sources.items()},
+            destination_transfers={t: d.rec.state for t, d in self.dests.items()},
+            max_source_transfers=self.settings.maxSourceTransfers,
+            max_destination_transfers=self.settings.maxDestinationTransfers,
+            max_queued_transfers=self.settings.maxQueuedTransfers))
+
+    async def _publish_status(self) -> None:
+        if self.status in ("READY", "ACTIVE"):
+            self.status = "ACTIVE" if self.sources or any(d.active for d in self.dests.values()) else "READY"
+        try:
+            await self._publish(self.topics.agent_status(self.name), self._status_payload(self.status), 1, True)
+        except ConnectionError:
+            pass
+
+    async def _status_publisher(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            # forget finished destination sessions
+            for tid in [t for t, d in self.dests.items() if not d.active]:
+                self.dests.pop(tid, None)
+            await self._publish_status()
+            await asyncio.sleep(STATUS_MIN_INTERVAL)
+
+
+def _s(v: Any) -> str | None:
+    return str(v) if v else None
+
+
+def _peek(payload: bytes, key: str) -> str | None:
+    try:
+        v = json.loads(payload).get(key)
+        return v if isinstance(v, str) and 0 < len(v) <= 64 and v.replace("-", "").replace("_", "").replace(".", "").isalnum() else None
+    except Exception:
+        return None

@@ -1,0 +1,242 @@
+"""The destination side of one transfer: accept files, write `<name>.part`, verify, rename.
+
+The destination decides where a file lands (its own sandbox); the part file *is* the checkpoint:
+after a restart the destination reports its size as the bytes it holds, and the source resumes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .context import AgentContext
+from .core import results
+from .protocol import (Ack, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, RequestRecovery, Resync,
+                       ResyncReply, dump)
+from .sandbox import SandboxError
+from .source import hash_file
+from .store import FileRecord, TransferRecord
+
+log = logging.getLogger("fte.destination")
+
+PART_SUFFIX = ".part"
+
+
+def part_path(destination: str) -> str:
+    return destination + PART_SUFFIX
+
+
+class DestinationTransfer:
+    def __init__(self, ctx: AgentContext, rec: TransferRecord) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.tid = rec.transfer_id
+        self.source_agent = rec.peer
+        self.files = {f.index: f for f in rec.files}
+        self.fds: dict[int, int] = {}
+        self.epoch = rec.epoch
+        self.last_activity = time.monotonic()
+        self.gap_reported: dict[int, int] = {}
+        self._last_checkpoint = 0.0
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def accept(cls, ctx: AgentContext, msg: Resync) -> "DestinationTransfer":
+        """A new transfer: check every destination against the sandbox and -de, before writing anything."""
+        header = {"source_agent": msg.source_agent, "destination_agent": msg.destination_agent,
+                  "exist": msg.exist, "checksum": msg.checksum, "job_name": msg.job_name,
+                  "metadata": dict(msg.metadata)}
+        rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
+        for offer in msg.files:
+            f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
+            try:
+                real = ctx.sandbox.resolve(offer.destination, write=True)
+                f.destination = str(real)
+                if msg.exist == "error" and os.path.lexists(real):
+                    raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
+                if os.path.isdir(real):
+                    raise IsADirectoryError(f'destination "{real}" is a directory')
+            except (SandboxError, OSError) as exc:
+                f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+            rec.files.append(f)
+        ctx.store.save_transfer(rec)
+        return cls(ctx, rec)
+
+    # ------------------------------------------------------------------ messages
+
+    async def on_resync(self, msg: Resync) -> None:
+        self.last_activity = time.monotonic()
+        if msg.epoch < self.epoch:
+            return
+        self.epoch = msg.epoch
+        self.rec.epoch = msg.epoch
+        self.gap_reported.clear()
+        for offer in msg.files:  # files the source had not yet seen a result for
+            f = self.files.get(offer.index)
+            if f is None or f.status != "ready":
+                continue
+            f.offset = self._held(f)
+        self.ctx.store.save_transfer(self.rec)
+        holdings = [FileHolding(index=f.index, held=f.offset if f.status == "ready" else f.size,
+                                status=f.status, result_code=f.result_code or 0, supplement=f.supplement,
+                                destination=f.destination, digest=f.digest)
+                    for f in self.files.values()]
+        # files whose length is already complete may just be waiting for their FileEnd
+        await self._send(ResyncReply(kind="resync_reply", transfer_id=self.tid, epoch=self.epoch, files=holdings))
+
+    async def on_chunk(self, chunk: Chunk) -> None:
+        self.last_activity = time.monotonic()
+        if chunk.epoch != self.epoch:
+            return
+        f = self.files.get(chunk.index)
+        if f is None or f.status != "ready":
+            return
+        end = chunk.offset + len(chunk.data)
+        if end > f.size:
+            log.warning("transfer %s file %d: chunk beyond the announced size dropped", self.tid, f.index)
+            return
+        if chunk.offset == f.offset:
+            await self._write(f, chunk.offset, chunk.data)
+            f.offset = end
+            self.gap_reported.pop(f.index, None)
+            if f.offset == f.size and f.digest is not None:  # the FileEnd came first
+                if await self._finalize(f):
+                    return
+            await self._send(Ack(kind="ack", transfer_id=self.tid, epoch=self.epoch, index=f.index, offset=f.offset))
+            self._checkpoint(f)
+        elif chunk.offset > f.offset:
+            # a chunk was lost before this one: ask for everything from our offset, once per gap
+            if self.gap_reported.get(f.index) != f.offset:
+                self.gap_reported[f.index] = f.offset
+                await self._send(Ack(kind="ack", transfer_id=self.tid, epoch=self.epoch, index=f.index,
+                                     offset=f.offset, rewind=True))
+
+    async def on_file_end(self, msg: FileEnd) -> None:
+        self.last_activity = time.monotonic()
+        f = self.files.get(msg.index)
+        if f is None or f.status != "ready" or msg.size != f.size:
+            return
+        f.digest = msg.digest if msg.digest is not None else ""
+        self.ctx.store.save_file(self.tid, "destination", f)
+        if f.offset == f.size:
+            await self._finalize(f)
+
+    async def on_complete(self, msg: Complete) -> None:
+        """The source's outcome: remove the part files of whatever did not arrive, then confirm."""
+        removed = self.cleanup()
+        self.rec.state = msg.state
+        self.rec.result_code = msg.result_code
+        self.rec.peer_confirmed = True
+        self.ctx.store.save_transfer(self.rec)
+        if removed:
+            self.ctx.log.emit(self.rec, "cleaned_up", result_code=msg.result_code,
+                              message=f"removed {len(removed)} part file(s) of a transfer that ended {msg.state}",
+                              part_files_removed=removed)
+        await self._send(CompleteAck(kind="complete_ack", transfer_id=self.tid, removed_part_files=len(removed)))
+
+    def cleanup(self) -> list[str]:
+        removed = []
+        for f in self.files.values():
+            self._close(f.index)
+            if f.status == "done":
+                continue
+            p = part_path(f.destination)
+            try:
+                os.unlink(p)
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove part file %s: %s", p, exc)
+            if f.status == "ready":
+                f.status, f.result_code = "failed", results.FILE_FAILED
+        return removed
+
+    async def request_recovery(self, reason: str) -> None:
+        self.last_activity = time.monotonic()
+        await self._send(RequestRecovery(kind="request_recovery", transfer_id=self.tid, reason=reason))
+
+    @property
+    def active(self) -> bool:
+        return self.rec.state not in ("complete", "partial", "failed", "cancelled", "recovery_timed_out")
+
+    def summary(self) -> dict[str, Any]:
+        return {"transfer_id": self.tid, "role": "destination", "state": self.rec.state,
+                "source_agent": self.source_agent, "destination_agent": self.ctx.name,
+                "bytes_total": sum(f.size for f in self.files.values()),
+                "bytes_done": sum(f.size if f.status == "done" else f.offset for f in self.files.values()),
+                "files_total": len(self.files),
+                "files_done": sum(1 for f in self.files.values() if f.status != "ready")}
+
+    # ------------------------------------------------------------------ internals
+
+    def _held(self, f: FileRecord) -> int:
+        try:
+            return min(os.path.getsize(part_path(f.destination)), f.size)
+        except OSError:
+            return 0
+
+    async def _write(self, f: FileRecord, offset: int, data: Any) -> None:
+        fd = self.fds.get(f.index)
+        if fd is None:
+            Path(f.destination).parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            fd = self.fds[f.index] = os.open(part_path(f.destination), flags, 0o644)
+            if offset == 0:
+                os.ftruncate(fd, 0)
+        if len(data) >= 65536:
+            await asyncio.to_thread(os.pwrite, fd, data, offset)
+        else:
+            os.pwrite(fd, data, offset)
+
+    async def _finalize(self, f: FileRecord) -> bool:
+        """Verify the digest and rename the part file into place. True when a FileResult was sent."""
+        if f.digest is None:
+            return False  # the FileEnd (with the digest) has not arrived yet
+        part = part_path(f.destination)
+        if f.size == 0 and not os.path.exists(part):
+            await self._write(f, 0, b"")
+        self._close(f.index)
+        algo = self.rec.header.get("checksum", "sha256")
+        try:
+            actual = await asyncio.to_thread(hash_file, part, algo)
+            if f.digest and actual != f.digest:
+                raise ValueError(f"digest mismatch: the source sent {algo} {f.digest}, "
+                                 f"the destination computed {actual}")
+            if self.rec.header.get("exist") == "error" and os.path.lexists(f.destination):
+                raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
+            os.replace(part, f.destination)
+            f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
+        except (OSError, ValueError) as exc:
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
+            f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+        self.ctx.store.save_file(self.tid, "destination", f)
+        await self._send(FileResult(kind="file_result", transfer_id=self.tid, index=f.index,
+                                    result_code=f.result_code, supplement=f.supplement,
+                                    destination=f.destination, digest=f.digest))
+        return True
+
+    def _checkpoint(self, f: FileRecord) -> None:
+        now = time.monotonic()
+        if now - self._last_checkpoint >= 0.5:
+            self._last_checkpoint = now
+            self.ctx.store.save_file(self.tid, "destination", f)
+
+    def _close(self, idx: int) -> None:
+        fd = self.fds.pop(idx, None)
+        if fd is not None:
+            os.close(fd)
+
+    async def _send(self, msg: Any) -> None:
+        try:
+            await self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid), dump(msg), 1, False)
+        except ConnectionError:
+            pass  # the source resyncs; nothing is lost by dropping a reply while the broker is away

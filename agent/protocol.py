@@ -1,0 +1,414 @@
+"""The wire protocol: topic names, JSON message models and the binary chunk frame.
+
+Every message that arrives from the broker is untrusted. It is parsed here, by a strict pydantic
+model with size limits, before anything acts on it; `parse_*` raise `ProtocolError` with a reason
+that the agent logs before dropping the message.
+
+The protocol is designed for resumption from the first byte: chunks carry absolute offsets,
+acknowledgements carry the contiguous bytes written (a checkpoint), and negotiation *is* resync
+(`Resync` asks the destination what it holds for each file; the first one creates the transfer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import struct
+import zlib
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+
+# Size limits for untrusted input. A control message for a 10,000 file transfer set is ~2 MB.
+MAX_CONTROL_BYTES = 8 * 1024 * 1024
+MAX_COMMAND_BYTES = 8 * 1024 * 1024
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_FILES_PER_TRANSFER = 100_000
+MAX_PATH_CHARS = 4096
+
+TRANSFER_ID_RE = re.compile(r"^[0-9a-f]{48}$")
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._]{0,27}$"
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ProtocolError(ValueError):
+    """An inbound message that is malformed, too large or of an unknown kind."""
+
+
+def new_transfer_id() -> str:
+    """48 hex characters, like the reference system's transfer ids."""
+    return secrets.token_hex(24)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- topics
+
+
+class Topics:
+    """Topic names under one prefix (default SYSTEM.FTE)."""
+
+    def __init__(self, prefix: str = "SYSTEM.FTE") -> None:
+        self.prefix = prefix
+
+    def agent_status(self, agent: str) -> str:
+        return f"{self.prefix}/Agents/{agent}"
+
+    def all_agent_status(self) -> str:
+        return f"{self.prefix}/Agents/+"
+
+    def commands(self, agent: str) -> str:
+        return f"{self.prefix}/Commands/{agent}"
+
+    def replies(self, client_id: str) -> str:
+        return f"{self.prefix}/Replies/{client_id}"
+
+    def data(self, agent: str, transfer_id: str) -> str:
+        return f"{self.prefix}/Data/{agent}/{transfer_id}"
+
+    def control(self, agent: str, transfer_id: str) -> str:
+        return f"{self.prefix}/Control/{agent}/{transfer_id}"
+
+    def progress(self, agent: str, transfer_id: str) -> str:
+        return f"{self.prefix}/Transfers/{agent}/{transfer_id}"
+
+    def log(self, agent: str, transfer_id: str) -> str:
+        return f"{self.prefix}/Log/{agent}/{transfer_id}"
+
+    def log_filter(self, agent: str | None = None, transfer_id: str | None = None) -> str:
+        return f"{self.prefix}/Log/{agent or '+'}/{transfer_id or '+'}"
+
+    def split(self, topic: str) -> list[str]:
+        """The levels of `topic` after the prefix, or [] if it is not ours."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return []
+        return topic[len(head):].split("/")
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_PATH_CHARS)
+
+
+AgentName = Annotated[str, Field(pattern=NAME_PATTERN)]
+TransferId = Annotated[str, Field(pattern=r"^[0-9a-f]{48}$")]
+ClientId = Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+RequestId = Annotated[str, Field(min_length=1, max_length=64)]
+Path_ = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+Metadata = Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=4096)]],
+                     Field(max_length=64)]
+Checksum = Literal["sha256", "md5", "none"]
+
+
+class TransferItem(Strict):
+    """One source specification and where it goes (as the user wrote them)."""
+
+    source: Path_
+    destination: Path_
+    destination_type: Literal["file", "directory"]
+    recursive: bool = False
+
+
+class TransferSpec(Strict):
+    """What a user asks for: the body of a create_transfer command (and of a template)."""
+
+    source_agent: AgentName
+    destination_agent: AgentName
+    items: Annotated[list[TransferItem], Field(min_length=1, max_length=10_000)]
+    exist: Literal["error", "overwrite"] = "error"
+    disposition: Literal["leave", "delete"] = "leave"
+    checksum: Checksum = "sha256"
+    recovery_timeout: Annotated[int, Field(ge=-1)] | None = None
+    job_name: Annotated[str, Field(max_length=256)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CommandBase(Strict):
+    request_id: RequestId
+    reply_to: ClientId | None = None
+    sent_at: str | None = None
+
+
+class CreateTransfer(CommandBase):
+    kind: Literal["create_transfer"]
+    transfer_id: TransferId | None = None
+    spec: TransferSpec
+
+
+class CancelTransfer(CommandBase):
+    kind: Literal["cancel_transfer"]
+    transfer_id: TransferId
+
+
+class Ping(CommandBase):
+    kind: Literal["ping"]
+
+
+class QueryTransfer(CommandBase):
+    kind: Literal["query_transfer"]
+    transfer_id: TransferId
+
+
+class ListTransfers(CommandBase):
+    kind: Literal["list_transfers"]
+
+
+class StopAgent(CommandBase):
+    kind: Literal["stop_agent"]
+    immediate: bool = False
+
+
+Command = Annotated[
+    Union[CreateTransfer, CancelTransfer, Ping, QueryTransfer, ListTransfers, StopAgent],
+    Field(discriminator="kind"),
+]
+
+
+class Reply(Strict):
+    request_id: RequestId
+    ok: bool
+    result_code: int = 0
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---- control messages between the two agents of a transfer
+
+
+class FileOffer(Strict):
+    """One file of a transfer as the source resolved it."""
+
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    source: Path_
+    destination: Path_
+    size: Annotated[int, Field(ge=0)]
+    mtime: float = 0.0
+
+
+class Resync(Strict):
+    """Source → destination. The first one negotiates the transfer; later ones resynchronise.
+
+    The destination answers with a ResyncReply saying, per file, how many contiguous bytes it holds.
+    `epoch` increases at every resync, so that chunks and acks of an older epoch are ignored.
+    """
+
+    kind: Literal["resync"]
+    transfer_id: TransferId
+    epoch: Annotated[int, Field(ge=0)]
+    source_agent: AgentName
+    destination_agent: AgentName
+    exist: Literal["error", "overwrite"]
+    checksum: Checksum
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK_BYTES)]
+    job_name: str | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    files: Annotated[list[FileOffer], Field(max_length=MAX_FILES_PER_TRANSFER)]
+
+
+class FileHolding(Strict):
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    held: Annotated[int, Field(ge=0)]
+    # ready: send from `held`; done: written, verified and renamed; failed: refused or broken
+    status: Literal["ready", "done", "failed"]
+    result_code: int = 0
+    supplement: str | None = None
+    destination: str | None = None
+    digest: str | None = None
+
+
+class ResyncReply(Strict):
+    kind: Literal["resync_reply"]
+    transfer_id: TransferId
+    epoch: Annotated[int, Field(ge=0)]
+    files: Annotated[list[FileHolding], Field(max_length=MAX_FILES_PER_TRANSFER)]
+
+
+class Ack(Strict):
+    """Destination → source: `offset` contiguous bytes of file `index` are written (a checkpoint)."""
+
+    kind: Literal["ack"]
+    transfer_id: TransferId
+    epoch: Annotated[int, Field(ge=0)]
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    offset: Annotated[int, Field(ge=0)]
+    # True when the destination saw a gap (a lost chunk): resend from `offset` (go-back-N)
+    rewind: bool = False
+
+
+class FileEnd(Strict):
+    """Source → destination: the whole file was sent; its size and digest."""
+
+    kind: Literal["file_end"]
+    transfer_id: TransferId
+    epoch: Annotated[int, Field(ge=0)]
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    size: Annotated[int, Field(ge=0)]
+    digest: Annotated[str, Field(max_length=128)] | None = None
+
+
+class FileResult(Strict):
+    """Destination → source: the file is in place (result 0) or failed (1), with a supplement."""
+
+    kind: Literal["file_result"]
+    transfer_id: TransferId
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    result_code: int
+    supplement: str | None = None
+    destination: str | None = None
+    digest: str | None = None
+
+
+class Complete(Strict):
+    """Source → destination: the transfer's outcome. The destination removes the part files of a
+    transfer that did not complete, forgets it, and confirms with CompleteAck."""
+
+    kind: Literal["complete"]
+    transfer_id: TransferId
+    source_agent: AgentName
+    state: Annotated[str, Field(max_length=32)]
+    result_code: int
+
+
+class CompleteAck(Strict):
+    kind: Literal["complete_ack"]
+    transfer_id: TransferId
+    removed_part_files: int = 0
+
+
+class RequestRecovery(Strict):
+    """Destination → source: data stopped arriving, or the destination came back and wants to know."""
+
+    kind: Literal["request_recovery"]
+    transfer_id: TransferId
+    reason: Annotated[str, Field(max_length=512)]
+
+
+class Control(Strict):
+    """Wrapper used only for dispatch."""
+
+
+ControlMessage = Annotated[
+    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, Complete, CompleteAck, RequestRecovery],
+    Field(discriminator="kind"),
+]
+
+_command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
+_control_adapter: TypeAdapter[Any] = TypeAdapter(ControlMessage)
+_reply_adapter = TypeAdapter(Reply)
+
+
+def _load(payload: bytes, limit: int) -> Any:
+    if len(payload) > limit:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds the limit of {limit}")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+
+
+def _validate(adapter: TypeAdapter[Any], data: Any, what: str) -> Any:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or what
+        raise ProtocolError(f"invalid {what}: {where}: {first.get('msg')}") from None
+
+
+def parse_command(payload: bytes) -> Any:
+    return _validate(_command_adapter, _load(payload, MAX_COMMAND_BYTES), "command")
+
+
+def parse_control(payload: bytes) -> Any:
+    return _validate(_control_adapter, _load(payload, MAX_CONTROL_BYTES), "control message")
+
+
+def parse_reply(payload: bytes) -> Reply:
+    return _validate(_reply_adapter, _load(payload, MAX_CONTROL_BYTES), "reply")
+
+
+def dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+# --------------------------------------------------------------------------- chunks
+
+# magic, version, flags, reserved, epoch, file index, offset, length, crc32 of the payload
+CHUNK_HEADER = struct.Struct(">4sBBHIIQII")
+CHUNK_MAGIC = b"FTEC"
+FLAG_LAST = 0x01
+
+
+class Chunk:
+    __slots__ = ("epoch", "index", "offset", "data", "last")
+
+    def __init__(self, epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False):
+        self.epoch = epoch
+        self.index = index
+        self.offset = offset
+        self.data = data
+        self.last = last
+
+
+def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False) -> bytes:
+    header = CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_LAST if last else 0, 0, epoch, index,
+                               offset, len(data), zlib.crc32(data))
+    return header + bytes(data)
+
+
+def decode_chunk(payload: bytes) -> Chunk:
+    if len(payload) < CHUNK_HEADER.size:
+        raise ProtocolError(f"chunk of {len(payload)} bytes is shorter than its header")
+    if len(payload) > CHUNK_HEADER.size + MAX_CHUNK_BYTES:
+        raise ProtocolError(f"chunk of {len(payload)} bytes exceeds the limit")
+    magic, version, flags, _, epoch, index, offset, length, crc = CHUNK_HEADER.unpack_from(payload)
+    if magic != CHUNK_MAGIC:
+        raise ProtocolError("chunk has a bad magic number")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"chunk protocol version {version} is not supported")
+    data = memoryview(payload)[CHUNK_HEADER.size:]
+    if len(data) != length:
+        raise ProtocolError(f"chunk says {length} bytes but carries {len(data)} (truncated?)")
+    if index >= MAX_FILES_PER_TRANSFER:
+        raise ProtocolError(f"chunk file index {index} out of range")
+    if zlib.crc32(data) != crc:
+        raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
+    return Chunk(epoch, index, offset, data, bool(flags & FLAG_LAST))
+
+
+# --------------------------------------------------------------------------- agent status
+
+
+AgentStatusValue = Literal["STARTING", "READY", "ACTIVE", "STOPPING", "STOPPED", "UNREACHABLE"]
+
+
+class AgentStatus(BaseModel):
+    """Retained on <prefix>/Agents/<agent>. Lenient on read (extra fields allowed, for newer agents)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    agent: AgentName
+    status: AgentStatusValue
+    time: str
+    version: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    started_at: str | None = None
+    source_transfers: dict[str, str] = Field(default_factory=dict)
+    destination_transfers: dict[str, str] = Field(default_factory=dict)
+    max_source_transfers: int | None = None
+    max_destination_transfers: int | None = None
+    max_queued_transfers: int | None = None
+
+
+def parse_agent_status(payload: bytes) -> AgentStatus:
+    return _validate(TypeAdapter(AgentStatus), _load(payload, 1024 * 1024), "agent status")

@@ -1,0 +1,58 @@
+"""Where an agent may read and write: checked on resolved real paths, for every file.
+
+Nothing in a message can push a file outside the roots: `..` components, NUL bytes, symlinks leading
+out and paths outside every allowed root are refused with a reason that ends up in the transfer log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class SandboxError(PermissionError):
+    """A path the agent must not touch."""
+
+
+class Sandbox:
+    def __init__(self, allow: list[Path] | None = None, deny: list[Path] | None = None,
+                 base: Path | None = None) -> None:
+        # No allow list means no sandbox (the agent warns about it at start).
+        self.allow = [Path(os.path.realpath(p)) for p in (allow or [])]
+        self.deny = [Path(os.path.realpath(p)) for p in (deny or [])]
+        self.base = Path(base or Path.home())
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow)
+
+    def resolve(self, path: str, *, write: bool) -> Path:
+        """The absolute path `path` names, after checking that the agent may use it."""
+        if not path or "\x00" in path:
+            raise SandboxError(f"path {path!r} is not a valid file name")
+        raw = Path(os.path.expanduser(path))
+        if ".." in raw.parts:
+            raise SandboxError(f"path {path!r} contains '..', which is refused")
+        if not raw.is_absolute():
+            raw = self.base / raw
+        if write:
+            if raw.name in ("", ".", "..") or raw.name.endswith(".part"):
+                raise SandboxError(f"{path!r} is not a plain file name that can be written")
+            if raw.is_symlink():
+                raise SandboxError(f"destination {path!r} is a symbolic link, which is refused")
+            # the file may not exist yet: resolve its nearest existing parent
+            real = Path(os.path.realpath(raw.parent)) / raw.name
+        else:
+            real = Path(os.path.realpath(raw))
+        self.check(real, path)
+        return real
+
+    def check(self, real: Path, shown: str | None = None) -> None:
+        shown = shown or str(real)
+        if not self.enabled:
+            return
+        if any(real == d or d in real.parents for d in self.deny):
+            raise SandboxError(f"{shown!r} is inside an excluded part of the agent's sandbox")
+        if not any(real == a or a in real.parents for a in self.allow):
+            roots = ", ".join(str(a) for a in self.allow)
+            raise SandboxError(f"{shown!r} is outside the agent's sandbox ({roots})")

@@ -1,0 +1,560 @@
+"""The source side of one transfer: negotiate, send chunks within a window, recover, finish.
+
+The rules (states, recovery counter, precedence) are in `agent.core`; this is the IO shell around
+them. Everything that happens to the transfer arrives in `inbox` (control messages from the
+destination, broker up/down, the destination's status, cancel) and is handled by one task, so the
+session never races with itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .context import AgentContext
+from .core import results
+from .core.lifecycle import TransferEvent as E
+from .core.lifecycle import TransferLifecycle
+from .core.lifecycle import TransferState as S
+from .core.window import SendWindow
+from .protocol import (Ack, Complete, FileEnd, FileOffer, FileResult, RequestRecovery, Resync, ResyncReply, dump,
+                       encode_chunk)
+from .retry import resync_delay
+from .store import FileRecord, TransferRecord
+
+log = logging.getLogger("fte.source")
+
+DATA_QOS = 1
+PROGRESS_INTERVAL = 0.5
+CHECKPOINT_INTERVAL = 0.5
+# How long a resync may stay unanswered before the next attempt (seconds, capped by the ack timeout).
+RESYNC_WAIT = 5.0
+
+
+def _wall(mono: float | None) -> float | None:
+    return None if mono is None else time.time() - (time.monotonic() - mono)
+
+
+def _iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def hash_file(path: str, algorithm: str) -> str | None:
+    if algorithm == "none":
+        return None
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(1024 * 1024):
+            h.update(block)
+    return h.hexdigest()
+
+
+class SourceTransfer:
+    def __init__(self, ctx: AgentContext, rec: TransferRecord, restarted: bool = False) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.tid = rec.transfer_id
+        self.dest = rec.peer
+        self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        since = None
+        if rec.recovering_since is not None and S(rec.state).is_recovery:
+            since = time.monotonic() - max(0.0, time.time() - rec.recovering_since)
+        self.lc = TransferLifecycle(rec.recovery_timeout, time.monotonic, state=S(rec.state), recovering_since=since)
+        self.files = {f.index: f for f in rec.files}
+        self.windows = {f.index: SendWindow(f.size, ctx.chunk_size, 1 << 30, start_offset=f.offset)
+                        for f in rec.files if f.status == "ready"}
+        self.end_sent: set[int] = set()
+        self.hashers: dict[int, tuple[Any, int]] = {}
+        self.fds: dict[int, int] = {}
+        self.restarted = restarted
+        self.epoch = rec.epoch
+        self.last_progress = time.monotonic()
+        self.ack_misses = 0
+        self.resync_attempts = 0
+        self.next_resync_at = 0.0
+        self.resync_sent_at = 0.0
+        self.bytes_resent = 0
+        self.stall_reason: str | None = rec.last_stall
+        self.end_reason: str | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._last_progress_pub = 0.0
+        self._last_checkpoint = 0.0
+        self.started_mono = time.monotonic()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def state(self) -> S:
+        return self.lc.state
+
+    def post(self, *item: Any) -> None:
+        self.inbox.put_nowait(item)
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(f.size for f in self.files.values())
+        acked = sum(self._acked(f) for f in self.files.values())
+        return {
+            "transfer_id": self.tid, "role": "source", "state": self.state.value,
+            "source_agent": self.ctx.name, "destination_agent": self.dest,
+            "bytes_total": total, "bytes_done": acked, "files_total": len(self.files),
+            "files_done": sum(1 for f in self.files.values() if f.status != "ready"),
+            "recoveries": self.lc.recoveries, "last_stall": self.stall_reason,
+            "recovery_timeout": self.lc.recovery_timeout,
+            "result_code": self.lc.result_code,
+        }
+
+    async def run(self) -> None:
+        try:
+            if self.state == S.QUEUED:
+                self._event(E.START)
+                await self._send_resync()
+            elif self.restarted and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
+                self._stall("the source agent restarted", "agent_restart")
+            elif self.restarted and self.state == S.RECOVERING:
+                self.next_resync_at = 0.0
+            while not self.state.is_terminal:
+                await self._step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an IO error must end the transfer visibly, not hang it
+            log.exception("transfer %s failed", self.tid)
+            if not self.state.is_terminal:
+                self.end_reason = f"internal error: {exc}"
+                self._event(E.FAIL)
+        finally:
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds.clear()
+        await self._finish()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _step(self) -> None:
+        if self.lc.poll().is_terminal:
+            self._persist_state()
+            return
+        if self.state == S.IN_PROGRESS:
+            await self._pump()
+            if self._all_resulted():
+                self._finish_ok()
+                return
+        try:
+            item = await asyncio.wait_for(self.inbox.get(), timeout=self._wait_time())
+        except asyncio.TimeoutError:
+            item = None
+        if item is None:
+            await self._on_timer()
+        else:
+            await self._handle(item)
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        st = self.state
+        if st in (S.IN_PROGRESS, S.NEGOTIATING):
+            t = self.last_progress + self.ctx.ack_timeout - now
+        elif st == S.RESYNCHRONISING:
+            t = self.resync_sent_at + self._resync_wait() - now
+        else:  # recovering
+            t = self.next_resync_at - now
+        left = self.lc.seconds_until_timeout()
+        if left is not None:
+            t = min(t, left)
+        return max(0.0, min(t, 1.0))
+
+    def _resync_wait(self) -> float:
+        return min(RESYNC_WAIT, self.ctx.ack_timeout)
+
+    async def _on_timer(self) -> None:
+        now = time.monotonic()
+        st = self.state
+        if st in (S.IN_PROGRESS, S.NEGOTIATING) and now >= self.last_progress + self.ctx.ack_timeout:
+            self.ack_misses += 1
+            if self.ack_misses >= max(1, self.ctx.ack_retries):
+                waited = self.ctx.ack_timeout * max(1, self.ctx.ack_retries)
+                what = "answer to the negotiation" if st == S.NEGOTIATING else "acknowledgement"
+                self._stall(f"no {what} from {self.dest} for {waited:g} s "
+                            f"(transferAckTimeout × transferAckTimeoutRetries)", "ack_timeout")
+            else:
+                # a lost chunk, ack or file end: ask the destination where it stands (a quiet resync)
+                self.last_progress = now
+                await self._send_resync()
+        elif st == S.RESYNCHRONISING and now >= self.resync_sent_at + self._resync_wait():
+            self._event(E.STALL)  # the resync went unanswered: back to recovering, counter still running
+        elif st == S.RECOVERING and now >= self.next_resync_at:
+            await self._attempt_resync()
+
+    async def _attempt_resync(self) -> None:
+        self.resync_attempts += 1
+        self.next_resync_at = time.monotonic() + resync_delay(self.resync_attempts)
+        if not self.ctx.link_up():
+            return
+        if self.ctx.peer_status(self.dest) in ("UNREACHABLE", "STOPPED", "STOPPING"):
+            return
+        if await self._send_resync():
+            self._event(E.RESYNC_SENT)
+            self.resync_sent_at = time.monotonic()
+
+    async def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "control":
+            await self._on_control(item[1])
+        elif kind == "link_down":
+            if self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
+                self._stall("lost the connection to the broker", "broker_connection")
+        elif kind == "link_up":
+            if self.state == S.RECOVERING:
+                self.resync_attempts = 0
+                self.next_resync_at = 0.0
+        elif kind == "peer":
+            status = item[1]
+            if status == "UNREACHABLE" and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
+                self._stall(f"destination agent {self.dest} is UNREACHABLE", "peer_unreachable")
+            elif status in ("READY", "ACTIVE") and self.state == S.RECOVERING:
+                self.resync_attempts = 0
+                self.next_resync_at = 0.0
+        elif kind == "cancel":
+            self.end_reason = item[1] if len(item) > 1 else "cancelled by request"
+            self._event(E.CANCEL)
+
+    async def _on_control(self, msg: Any) -> None:
+        if isinstance(msg, ResyncReply):
+            if msg.epoch != self.epoch:
+                return
+            self._apply_holdings(msg)
+            self.last_progress = time.monotonic()
+            self.ack_misses = 0
+            if self.state == S.NEGOTIATING:
+                self._event(E.NEGOTIATED)
+            elif self.state.is_recovery:
+                was = self.lc.recovering_since
+                if self._event(E.RESYNCED) == S.IN_PROGRESS:
+                    held = sum(self._acked(f) for f in self.files.values())
+                    self.ctx.log.emit(self.rec, "resumed", message_id=results.BFGTR0082I,
+                                      message=f"BFGTR0082I: transfer {self.tid} resumed after recovery",
+                                      bytes_held_by_destination=held,
+                                      recovering_since=_iso(_wall(was)))
+                    self.resync_attempts = 0
+        elif isinstance(msg, Ack):
+            if msg.epoch != self.epoch or msg.index not in self.windows:
+                return
+            w = self.windows[msg.index]
+            if msg.offset < w.acked:
+                return
+            if msg.rewind and msg.offset < w.next_offset:
+                self.bytes_resent += w.next_offset - msg.offset
+                w.rewind(msg.offset)
+                self.end_sent.discard(msg.index)
+            elif w.on_ack(msg.offset):
+                self.last_progress = time.monotonic()
+                self.ack_misses = 0
+            self.files[msg.index].offset = w.acked
+            self._checkpoint()
+        elif isinstance(msg, FileResult):
+            f = self.files.get(msg.index)
+            if f is None or f.status != "ready":
+                return
+            self.last_progress = time.monotonic()
+            self.ack_misses = 0
+            self._file_resulted(f, "done" if msg.result_code == results.FILE_SUCCESS else "failed",
+                                msg.result_code, msg.supplement, msg.destination, msg.digest)
+        elif isinstance(msg, RequestRecovery):
+            if self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
+                self._stall(f"the destination asked for recovery: {msg.reason}", "destination_request")
+            if self.state == S.RECOVERING:
+                self.resync_attempts = 0
+                self.next_resync_at = 0.0
+
+    # ------------------------------------------------------------------ sending
+
+    async def _pump(self) -> None:
+        budget = self.ctx.window_chunks * self.ctx.chunk_size - sum(w.in_flight_bytes for w in self.windows.values())
+        for idx in sorted(self.windows):
+            f = self.files[idx]
+            if f.status != "ready":
+                continue
+            w = self.windows[idx]
+            while budget > 0 and w.can_send() and self.state == S.IN_PROGRESS:
+                offset, length = w.take()
+                try:
+                    data = await self._read(idx, offset, length)
+                except OSError as exc:
+                    self._file_resulted(f, "failed", results.FILE_FAILED, f"cannot read source: {exc}")
+                    break
+                if len(data) != length:
+                    self._file_resulted(f, "failed", results.FILE_FAILED,
+                                        "the source file changed size during the transfer")
+                    break
+                budget -= length
+                last = offset + length >= f.size
+                if not self._publish_data(encode_chunk(self.epoch, idx, offset, data, last)):
+                    return
+            if f.status == "ready" and w.next_offset >= f.size and idx not in self.end_sent:
+                digest = await self._digest(idx)
+                end = FileEnd(kind="file_end", transfer_id=self.tid, epoch=self.epoch, index=idx, size=f.size,
+                              digest=digest)
+                if not self._publish_data(dump(end), control=True):
+                    return
+                self.end_sent.add(idx)
+                self._close(idx)
+            if budget <= 0:
+                break
+        self._publish_progress()
+
+    def _publish_data(self, payload: bytes, control: bool = False) -> bool:
+        """Publish without waiting for the broker's ack: the window, not PUBACKs, paces the flow."""
+        if not self.ctx.link_up():
+            self.post("link_down")
+            return False
+        topic = (self.ctx.topics.control(self.dest, self.tid) if control
+                 else self.ctx.topics.data(self.dest, self.tid))
+        task = asyncio.ensure_future(self.ctx.publish(topic, payload, DATA_QOS, False))
+        self._pending.add(task)
+        task.add_done_callback(self._published)
+        return True
+
+    def _published(self, task: "asyncio.Task[None]") -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.post("link_down")
+
+    async def _read(self, idx: int, offset: int, length: int) -> bytes:
+        fd = self.fds.get(idx)
+        if fd is None:
+            fd = self.fds[idx] = os.open(self.files[idx].source, os.O_RDONLY)
+        if length >= 65536:
+            data = await asyncio.to_thread(os.pread, fd, length, offset)
+        else:
+            data = os.pread(fd, length, offset)
+        algo = self.rec.header.get("checksum", "sha256")
+        if algo != "none":
+            hasher, pos = self.hashers.get(idx) or (hashlib.new(algo), 0)
+            if pos == offset:  # sequential read: hash on the way, no second pass
+                hasher.update(data)
+                self.hashers[idx] = (hasher, offset + len(data))
+        return data
+
+    async def _digest(self, idx: int) -> str | None:
+        algo = self.rec.header.get("checksum", "sha256")
+        if algo == "none":
+            return None
+        f = self.files[idx]
+        entry = self.hashers.get(idx)
+        if entry and entry[1] == f.size:
+            return str(entry[0].hexdigest())
+        digest = await asyncio.to_thread(hash_file, f.source, algo)
+        self.hashers[idx] = (hashlib.new(algo), -1)  # resync later: recompute, never trust a partial hash
+        return digest
+
+    def _close(self, idx: int) -> None:
+        fd = self.fds.pop(idx, None)
+        if fd is not None:
+            os.close(fd)
+
+    async def _send_resync(self) -> bool:
+        self.epoch += 1
+        self.rec.epoch = self.epoch
+        self.ctx.store.update_transfer(self.rec)
+        h = self.rec.header
+        msg = Resync(
+            kind="resync", transfer_id=self.tid, epoch=self.epoch, source_agent=self.ctx.name,
+            destination_agent=self.dest, exist=h.get("exist", "error"), checksum=h.get("checksum", "sha256"),
+            chunk_size=self.ctx.chunk_size, job_name=h.get("job_name"), metadata=h.get("metadata") or {},
+            files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
+                   for f in self.files.values() if f.status == "ready"],
+        )
+        try:
+            await self.ctx.publish(self.ctx.topics.control(self.dest, self.tid), dump(msg), 1, False)
+            return True
+        except ConnectionError:
+            return False
+
+    def _apply_holdings(self, msg: ResyncReply) -> None:
+        for h in msg.files:
+            f = self.files.get(h.index)
+            if f is None or f.status != "ready":
+                continue
+            if h.status == "done":
+                self._file_resulted(f, "done", results.FILE_SUCCESS, h.supplement, h.destination, h.digest)
+            elif h.status == "failed":
+                self._file_resulted(f, "failed", h.result_code or results.FILE_FAILED, h.supplement, h.destination)
+            else:
+                try:
+                    st = os.stat(f.source)
+                    changed = st.st_size != f.size or (f.mtime and abs(st.st_mtime - f.mtime) > 1e-3)
+                except OSError:
+                    changed = True
+                if changed:
+                    self._file_resulted(f, "failed", results.FILE_FAILED,
+                                        "the source file was changed or removed while the transfer was recovering")
+                    continue
+                w = self.windows[h.index]
+                held = min(h.held, f.size)
+                if held < w.next_offset:
+                    self.bytes_resent += w.next_offset - held
+                w.rewind(held)
+                f.offset = held
+                self.end_sent.discard(h.index)
+                entry = self.hashers.get(h.index)
+                if entry and entry[1] != held:
+                    self.hashers[h.index] = (entry[0], -1)  # not sequential any more
+        self._checkpoint(force=True)
+
+    # ------------------------------------------------------------------ state
+
+    def _acked(self, f: FileRecord) -> int:
+        if f.status == "done":
+            return f.size
+        w = self.windows.get(f.index)
+        return w.acked if w else f.offset
+
+    def _all_resulted(self) -> bool:
+        return all(f.status != "ready" for f in self.files.values())
+
+    def _file_resulted(self, f: FileRecord, status: str, code: int, supplement: str | None = None,
+                       destination: str | None = None, digest: str | None = None) -> None:
+        f.status = status
+        f.result_code = code
+        f.supplement = supplement
+        if destination:
+            f.destination = destination
+        if digest:
+            f.digest = digest
+        if status == "done":
+            f.offset = f.size
+        self.windows.pop(f.index, None)
+        self._close(f.index)
+        self.ctx.store.save_file(self.tid, "source", f)
+        self.ctx.log.emit(self.rec, "progress", files=[self._file_view(f)])
+
+    def _file_view(self, f: FileRecord) -> dict[str, Any]:
+        return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
+                "checksum_method": self.rec.header.get("checksum", "sha256"), "digest": f.digest,
+                "result_code": f.result_code, "supplement": f.supplement}
+
+    def _event(self, event: E) -> S:
+        before = self.state
+        after = self.lc.handle(event)
+        if after == S.RECOVERING and not before.is_recovery:
+            pass  # the caller logs 'recovering' with its reason
+        self._persist_state()
+        return after
+
+    def _persist_state(self) -> None:
+        self.rec.state = self.state.value
+        self.rec.recoveries = self.lc.recoveries
+        self.rec.recovering_since = _wall(self.lc.recovering_since)
+        self.rec.last_stall = self.stall_reason
+        self.ctx.store.update_transfer(self.rec)
+        self.ctx.on_state_change()
+
+    def _stall(self, reason: str, trigger: str) -> None:
+        before = self.state
+        if before.is_terminal or before == S.QUEUED:
+            return
+        self.stall_reason = reason
+        after = self._event(E.STALL)
+        if before.is_recovery:
+            return  # still recovering; the counter keeps running
+        rt = self.lc.recovery_timeout
+        deadline = _iso(_wall(self.lc.recovery_deadline))
+        rt_text = ("recovers until successful (recovery timeout -1)" if rt < 0 else
+                   "fails at once (recovery timeout 0)" if rt == 0 else f"recovery timeout {rt} s, until {deadline}")
+        self.ctx.log.emit(self.rec, "recovering", message_id=results.BFGTR0081I,
+                          message=f"BFGTR0081I: transfer {self.tid} entered recovery: {reason}; {rt_text}",
+                          reason=reason, trigger=trigger, peer=self.dest, recovery_timeout=rt,
+                          recovery_deadline=deadline, source_agent_time=_iso(time.time()),
+                          recoveries=self.lc.recoveries)
+        if after == S.RECOVERY_TIMED_OUT:
+            self._persist_state()
+        self.resync_attempts = 0
+        self.next_resync_at = time.monotonic() + 0.2
+
+    def _checkpoint(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+            self._last_checkpoint = now
+            for f in self.files.values():
+                if f.status == "ready":
+                    self.ctx.store.save_file(self.tid, "source", f)
+        self._publish_progress()
+
+    def _publish_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress_pub < PROGRESS_INTERVAL:
+            return
+        self._last_progress_pub = now
+        s = self.summary()
+        elapsed = max(1e-6, now - self.started_mono)
+        current = next((f for f in self.files.values() if f.status == "ready"), None)
+        s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed),
+                 current_file=current.source if current else None)
+        import json
+        if self.ctx.link_up():
+            task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.progress(self.ctx.name, self.tid),
+                                                          json.dumps(s).encode(), 0, False))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _finish_ok(self) -> None:
+        codes = [f.result_code if f.result_code is not None else results.FILE_FAILED for f in self.files.values()]
+        rc = results.transfer_result(codes)
+        self._event({results.SUCCESS: E.FINISH_OK, results.PARTIAL: E.FINISH_PARTIAL}.get(rc, E.FINISH_FAILED))
+
+    async def _finish(self) -> None:
+        """Log the outcome, apply the disposition, and tell the destination (which cleans up)."""
+        for t in list(self._pending):
+            t.cancel()
+        st = self.state
+        rc = self.lc.result_code if self.lc.result_code is not None else results.FAILED
+        if st == S.RECOVERY_TIMED_OUT:
+            reason = f"BFGSS0081E: transfer {self.tid} failed: recovery timed out after {self.lc.recovery_timeout} s"
+        elif st == S.CANCELLED:
+            reason = self.end_reason or "cancelled"
+        else:
+            reason = self.end_reason
+        for f in self.files.values():
+            if f.status == "ready":  # never report an unfinished file as a success
+                f.status = "failed"
+                f.result_code = results.FILE_FAILED
+                f.supplement = reason or f"the transfer ended {st.value}"
+        if st == S.COMPLETE and self.rec.header.get("disposition") == "delete":
+            for f in self.files.values():
+                try:
+                    os.unlink(f.source)
+                except OSError as exc:
+                    f.result_code = results.FILE_WARNING
+                    f.supplement = f"transferred, but the source was not deleted: {exc}"
+        self.rec.result_code = rc
+        self.rec.state = st.value
+        self.ctx.store.save_transfer(self.rec)
+        total = sum(f.size for f in self.files.values() if f.status == "done")
+        elapsed = time.monotonic() - self.started_mono
+        self.ctx.log.emit(
+            self.rec, "completed", result_code=rc, result=results.describe(rc),
+            message_id=results.BFGSS0081E if st == S.RECOVERY_TIMED_OUT else None,
+            message=reason, files=[self._file_view(f) for f in self.files.values()],
+            statistics={"files": len(self.files),
+                        "files_succeeded": sum(1 for f in self.files.values() if f.result_code in (0, 2)),
+                        "files_failed": sum(1 for f in self.files.values() if f.result_code == 1),
+                        "bytes": total, "seconds": round(elapsed, 3), "recoveries": self.lc.recoveries,
+                        "bytes_resent": self.bytes_resent},
+        )
+        self._publish_progress(force=True)
+        self.ctx.on_state_change()
+        await send_complete(self.ctx, self.rec)
+
+
+async def send_complete(ctx: AgentContext, rec: TransferRecord) -> None:
+    """Tell the destination the outcome (repeated by the agent until it confirms)."""
+    msg = Complete(kind="complete", transfer_id=rec.transfer_id, source_agent=ctx.name, state=rec.state,
+                   result_code=rec.result_code if rec.result_code is not None else results.FAILED)
+    try:
+        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), dump(msg), 1, False)
+    except ConnectionError:
+        pass

@@ -1,0 +1,182 @@
+"""The agent's durable state store (sqlite): transfers, per-file checkpoints and the log outbox.
+
+An agent killed with SIGKILL finds here, at restart, every transfer it was part of with the last
+checkpoint of each file, the outcomes its peers have not yet confirmed, and the log events it
+produced while the broker was unreachable (published in order, with their original times).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('source', 'destination')),
+    state TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    header TEXT NOT NULL,
+    result_code INTEGER,
+    recovery_timeout INTEGER NOT NULL DEFAULT -1,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    recovering_since REAL,
+    last_stall TEXT,
+    peer_confirmed INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (transfer_id, role)
+);
+CREATE TABLE IF NOT EXISTS files (
+    transfer_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL DEFAULT 0,
+    offset INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'ready',
+    result_code INTEGER,
+    supplement TEXT,
+    digest TEXT,
+    PRIMARY KEY (transfer_id, role, idx)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass
+class FileRecord:
+    index: int
+    source: str
+    destination: str
+    size: int
+    mtime: float = 0.0
+    offset: int = 0
+    status: str = "ready"  # ready | done | failed
+    result_code: int | None = None
+    supplement: str | None = None
+    digest: str | None = None
+
+
+@dataclass
+class TransferRecord:
+    transfer_id: str
+    role: str
+    state: str
+    peer: str
+    header: dict[str, Any]
+    result_code: int | None = None
+    recovery_timeout: int = -1
+    epoch: int = 0
+    recoveries: int = 0
+    recovering_since: float | None = None  # wall clock, so it survives a restart
+    last_stall: str | None = None
+    peer_confirmed: bool = False
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    files: list[FileRecord] = field(default_factory=list)
+
+
+class StateStore:
+    """One sqlite file per agent. Calls are short and made from the event loop thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- transfers
+
+    def save_transfer(self, rec: TransferRecord) -> None:
+        rec.updated = time.time()
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.transfer_id, rec.role, rec.state, rec.peer, json.dumps(rec.header), rec.result_code,
+                 rec.recovery_timeout, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
+                 int(rec.peer_confirmed), rec.created, rec.updated),
+            )
+            self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
+            self._db.executemany(
+                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
+                  f.status, f.result_code, f.supplement, f.digest) for f in rec.files],
+            )
+
+    def update_transfer(self, rec: TransferRecord) -> None:
+        """Save the transfer row only (cheap; files are saved by save_file/save_transfer)."""
+        rec.updated = time.time()
+        self._db.execute(
+            "UPDATE transfers SET state=?, result_code=?, epoch=?, recoveries=?, recovering_since=?, "
+            "last_stall=?, peer_confirmed=?, updated=? WHERE transfer_id=? AND role=?",
+            (rec.state, rec.result_code, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
+             int(rec.peer_confirmed), rec.updated, rec.transfer_id, rec.role),
+        )
+
+    def save_file(self, transfer_id: str, role: str, f: FileRecord) -> None:
+        self._db.execute(
+            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
+            "WHERE transfer_id=? AND role=? AND idx=?",
+            (f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role, f.index),
+        )
+
+    def load_transfer(self, transfer_id: str, role: str) -> TransferRecord | None:
+        row = self._db.execute("SELECT * FROM transfers WHERE transfer_id=? AND role=?",
+                               (transfer_id, role)).fetchone()
+        return self._record(row) if row else None
+
+    def transfers(self, role: str | None = None) -> Iterator[TransferRecord]:
+        if role:
+            rows = self._db.execute("SELECT * FROM transfers WHERE role=? ORDER BY created", (role,)).fetchall()
+        else:
+            rows = self._db.execute("SELECT * FROM transfers ORDER BY created").fetchall()
+        for row in rows:
+            yield self._record(row)
+
+    def delete_transfer(self, transfer_id: str, role: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM transfers WHERE transfer_id=? AND role=?", (transfer_id, role))
+            self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (transfer_id, role))
+
+    def _record(self, row: tuple[Any, ...]) -> TransferRecord:
+        (tid, role, state, peer, header, result_code, rt, epoch, recoveries, since, stall, confirmed,
+         created, updated) = row
+        rec = TransferRecord(tid, role, state, peer, json.loads(header), result_code, rt, epoch, recoveries,
+                             since, stall, bool(confirmed), created, updated)
+        rec.files = [FileRecord(*r) for r in self._db.execute(
+            "SELECT idx, source, destination, size, mtime, offset, status, result_code, supplement, digest "
+            "FROM files WHERE transfer_id=? AND role=? ORDER BY idx", (tid, role))]
+        return rec
+
+    # ---- outbox: log events waiting for the broker
+
+    def outbox_put(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._db.execute("INSERT INTO outbox (topic, payload, retain) VALUES (?,?,?)", (topic, payload, int(retain)))
+
+    def outbox_peek(self, limit: int = 100) -> list[tuple[int, str, bytes, bool]]:
+        return [(s, t, bytes(p), bool(r)) for s, t, p, r in self._db.execute(
+            "SELECT seq, topic, payload, retain FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+
+    def outbox_done(self, seq: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+
+    def outbox_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

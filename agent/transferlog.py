@@ -1,0 +1,82 @@
+"""The transfer log: JSON events on <prefix>/Log/<agent>/<transfer_id>.
+
+Events go to the state store's outbox first and are published from there, in order, by
+`OutboxPublisher`: an event produced while the broker is unreachable is kept on disk and published,
+with its original time, when the broker comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from .protocol import Topics, utc_now
+from .store import StateStore, TransferRecord
+
+log = logging.getLogger("fte.log")
+
+Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
+
+
+class TransferLog:
+    def __init__(self, agent: str, topics: Topics, store: StateStore, wake: Callable[[], None]) -> None:
+        self.agent = agent
+        self.topics = topics
+        self.store = store
+        self._wake = wake
+
+    def emit(self, rec: TransferRecord, action: str, **fields: Any) -> dict[str, Any]:
+        header = rec.header
+        source_agent = header.get("source_agent", self.agent)
+        event: dict[str, Any] = {
+            "transfer_id": rec.transfer_id,
+            "action": action,
+            "state": rec.state,
+            "time": utc_now(),
+            "agent": self.agent,
+            "agent_role": rec.role,
+            "source_agent": source_agent,
+            "destination_agent": header.get("destination_agent"),
+            "job_name": header.get("job_name"),
+            "metadata": header.get("metadata") or {},
+        }
+        event.update({k: v for k, v in fields.items() if v is not None})
+        topic = self.topics.log(self.agent, rec.transfer_id)
+        self.store.outbox_put(topic, json.dumps(event).encode())
+        log.info("%s %s %s%s", rec.transfer_id[:12], action, rec.state,
+                 f" ({fields['message']})" if fields.get("message") else "")
+        self._wake()
+        return event
+
+
+class OutboxPublisher:
+    """Drains the outbox in order whenever the broker is reachable."""
+
+    def __init__(self, store: StateStore, publish: Publish, is_up: Callable[[], bool]) -> None:
+        self.store = store
+        self._publish = publish
+        self._is_up = is_up
+        self.wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            await self.drain()
+
+    async def drain(self) -> None:
+        while self._is_up():
+            batch = self.store.outbox_peek()
+            if not batch:
+                return
+            for seq, topic, payload, retain in batch:
+                try:
+                    await self._publish(topic, payload, 1, retain)
+                except ConnectionError:
+                    return  # kept on disk; drained again when the link is back
+                self.store.outbox_done(seq)

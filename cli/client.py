@@ -1,0 +1,206 @@
+"""What the commands use to talk to agents: request/reply, retained status, log subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from contextlib import AsyncExitStack
+from typing import Any, AsyncIterator
+
+import aiomqtt
+
+from agent.link import BrokerAddress, make_client
+from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+class ClientError(Exception):
+    """A command failed; the message says what was wrong and what to do. `code` is the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def broker_url(explicit: str | None = None, agent: str | None = None) -> str:
+    """--broker, else FTE_BROKER_URL, else the broker of a locally configured agent, else localhost."""
+    if explicit:
+        return explicit
+    if os.environ.get("FTE_BROKER_URL"):
+        return os.environ["FTE_BROKER_URL"]
+    if agent:
+        try:
+            from agent.settings import load_agent_settings
+
+            return str(load_agent_settings(agent).brokerUrl)
+        except Exception:
+            pass
+    return DEFAULT_BROKER
+
+
+def topic_prefix() -> str:
+    return os.environ.get("FTE_TOPIC_PREFIX", "SYSTEM.FTE")
+
+
+class FteClient:
+    """One broker connection for one command. Use as `async with FteClient(url) as c:`."""
+
+    def __init__(self, url: str, prefix: str | None = None) -> None:
+        try:
+            self.addr = BrokerAddress.from_url(url, username=os.environ.get("FTE_BROKER_USERNAME"),
+                                               password=os.environ.get("FTE_BROKER_PASSWORD"))
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
+        self.url = url
+        self.topics = Topics(prefix or topic_prefix())
+        self.client_id = "fte-cli-" + secrets.token_hex(6)
+        self._stack = AsyncExitStack()
+        self.client: aiomqtt.Client | None = None
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._queues: list[tuple[str, asyncio.Queue[aiomqtt.Message]]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self.disconnected = asyncio.Event()
+
+    async def __aenter__(self) -> "FteClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        self.disconnected.clear()
+        client = make_client(self.addr, self.client_id, keepalive=10)
+        try:
+            await self._stack.enter_async_context(client)
+        except aiomqtt.MqttError as exc:
+            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {exc}; is it running? "
+                              f"(set --broker or FTE_BROKER_URL)") from None
+        self.client = client
+        await client.subscribe(self.topics.replies(self.client_id), qos=1)
+        for topic, _ in self._queues:
+            await client.subscribe(topic, qos=1)
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except BaseException:
+                pass
+        try:
+            await self._stack.aclose()
+        except Exception:
+            pass
+        self._stack = AsyncExitStack()
+
+    async def reconnect(self, give_up_after: float | None = None) -> None:
+        """Reconnect after the broker went away, retrying every second."""
+        await self.close()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            try:
+                await self.connect()
+                return
+            except ClientError:
+                if give_up_after is not None and loop.time() - start > give_up_after:
+                    raise
+                await asyncio.sleep(1.0)
+
+    async def _read(self) -> None:
+        assert self.client is not None
+        try:
+            async for m in self.client.messages:
+                topic = str(m.topic)
+                payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
+                if topic == self.topics.replies(self.client_id):
+                    try:
+                        reply = parse_reply(payload)
+                    except ProtocolError:
+                        continue
+                    fut = self._pending.pop(reply.request_id, None)
+                    if fut and not fut.done():
+                        fut.set_result(reply)
+                    continue
+                for pattern, q in self._queues:
+                    if m.topic.matches(pattern):
+                        q.put_nowait(m)
+        except aiomqtt.MqttError:
+            pass
+        finally:
+            self.disconnected.set()
+
+    async def subscribe(self, topic: str, q: "asyncio.Queue[aiomqtt.Message] | None" = None
+                        ) -> "asyncio.Queue[aiomqtt.Message]":
+        q = q if q is not None else asyncio.Queue()
+        self._queues.append((topic, q))
+        assert self.client is not None
+        await self.client.subscribe(topic, qos=1)
+        return q
+
+    async def request(self, agent: str, command: Any, timeout: float = 10.0) -> Reply:
+        """Send a command to an agent and wait for its reply."""
+        assert self.client is not None
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[command.request_id] = fut
+        try:
+            await self.client.publish(self.topics.commands(agent), dump(command), qos=1)
+        except aiomqtt.MqttError as exc:
+            raise ClientError(f"lost the broker at {self.addr.url}: {exc}") from None
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ClientError(f"agent {agent} did not answer within {timeout:g} s; is it running? "
+                              f"(check with fte-list-agents, start it with fte-start-agent {agent})", 2) from None
+        finally:
+            self._pending.pop(command.request_id, None)
+
+    async def agent_statuses(self, settle: float = 0.5, want: str | None = None) -> dict[str, AgentStatus]:
+        """The retained statuses of every agent (or, with `want`, until that one arrives)."""
+        q = await self.subscribe(self.topics.agent_status(want) if want else self.topics.all_agent_status())
+        found: dict[str, AgentStatus] = {}
+        while True:
+            try:
+                m = await asyncio.wait_for(q.get(), settle)
+            except asyncio.TimeoutError:
+                return found
+            try:
+                st = parse_agent_status(bytes(m.payload))  # type: ignore[arg-type]
+            except ProtocolError:
+                continue
+            found[st.agent] = st
+            if want and st.agent == want:
+                return found
+
+    async def agent_status(self, agent: str, settle: float = 1.0) -> AgentStatus | None:
+        return (await self.agent_statuses(settle=settle, want=agent)).get(agent)
+
+    async def require_agent(self, agent: str) -> AgentStatus:
+        st = await self.agent_status(agent)
+        if st is None:
+            raise ClientError(f"agent {agent!r} is not known on the broker at {self.addr.url} (no status on "
+                              f"{self.topics.agent_status(agent)}); check the name with fte-list-agents, "
+                              f"or create and start it with fte-create-agent / fte-start-agent")
+        return st
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def event_of(message: aiomqtt.Message) -> dict[str, Any] | None:
+    try:
+        data = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+        return data if isinstance(data, dict) else None
+    except Exception:
+        return None
+
+
+async def iterate(q: "asyncio.Queue[aiomqtt.Message]", timeout: float | None) -> AsyncIterator[aiomqtt.Message]:
+    while True:
+        yield await asyncio.wait_for(q.get(), timeout)

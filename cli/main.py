@@ -1,0 +1,624 @@
+"""The command line: `fte <verb>` and the `fte-<verb>` console scripts (MFT's flag names).
+
+Commands are thin: parse, build a request, send it, render the reply. Every error is one line on
+stderr saying what was wrong and what to do, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping, QueryTransfer, StopAgent,
+                            TransferItem, TransferSpec, new_transfer_id, utc_now)
+
+from .client import ClientError, FteClient, broker_url, new_request_id
+from .render import TransferWatcher, format_event
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mqtt-fte: managed file transfer over MQTT.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except ClientError as exc:
+        fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+@app.command("create-agent")
+def create_agent(
+    agent_name: str = typer.Option(..., "-agentName", "--agent-name", help="Name of the new agent (e.g. A1)."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    sandbox: Optional[str] = typer.Option(None, "--sandbox",
+                                          help="sandboxRoot: directories the agent may use, ':'-separated; "
+                                               "'!DIR' excludes. Default: your home directory."),
+    force: bool = typer.Option(False, "-f", "--force", help="Overwrite an existing agent.properties."),
+) -> None:
+    """Create an agent's configuration: $FTE_CONFIG_HOME/agents/NAME/agent.properties."""
+    from agent.settings import (SettingsError, default_sandbox, load_agent_settings, properties_path,
+                                validate_agent_name, write_agent_properties)
+
+    try:
+        validate_agent_name(agent_name)
+    except ValueError as exc:
+        fail(str(exc))
+    path = properties_path(agent_name)
+    values = {"agentName": agent_name, "brokerUrl": broker_url(broker), "sandboxRoot": sandbox or default_sandbox()}
+    try:
+        write_agent_properties(path, values, force=force)
+        load_agent_settings(agent_name)
+    except FileExistsError:
+        fail(f"agent {agent_name} already exists ({path}); use --force to overwrite it")
+    except SettingsError as exc:
+        path.unlink(missing_ok=True)
+        fail(str(exc))
+    out.print(f"Created agent {agent_name}: {path}")
+    out.print(f"Start it with: fte-start-agent {agent_name}")
+
+
+def _pid_file(name: str) -> Path:
+    from agent.settings import agent_dir
+
+    return agent_dir(name) / "agent.pid"
+
+
+def _running_pid(name: str) -> int | None:
+    try:
+        pid = int(_pid_file(name).read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+@app.command("start-agent")
+def start_agent(
+    name: str = typer.Argument(..., help="Agent name."),
+    foreground: bool = typer.Option(False, "-F", "--foreground", help="Run in the foreground (logs to stderr)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging."),
+) -> None:
+    """Start an agent (in the background unless -F)."""
+    from agent.settings import SettingsError, agent_dir, load_agent_settings, timeout_warnings
+
+    try:
+        settings = load_agent_settings(name)
+    except SettingsError as exc:
+        fail(str(exc))
+    pid = _running_pid(name)
+    if pid is not None and pid != os.getpid():
+        fail(f"agent {name} is already running (pid {pid}); stop it with fte-stop-agent {name}")
+    if not foreground:
+        _start_background(name, agent_dir(name))
+        return
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "aiomqtt", "mqtt"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for w in timeout_warnings(settings):
+        logging.getLogger("fte.agent").warning("%s", w)
+    _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(name).write_text(str(os.getpid()))
+    try:
+        asyncio.run(_run_agent(settings))
+    finally:
+        try:
+            if _pid_file(name).read_text().strip() == str(os.getpid()):
+                _pid_file(name).unlink()
+        except OSError:
+            pass
+
+
+async def _run_agent(settings: Any) -> None:
+    from agent.daemon import Agent
+
+    agent = Agent(settings, settings.state_dir)
+    loop = asyncio.get_running_loop()
+    # SIGTERM/SIGINT: an immediate stop; running transfers resume from their checkpoints at restart
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop, True)
+    logging.getLogger("fte.agent").info("agent %s starting (broker %s, state %s)", settings.agentName,
+                                        settings.brokerUrl, settings.state_dir)
+    await agent.run()
+    logging.getLogger("fte.agent").info("agent %s stopped", settings.agentName)
+
+
+def _start_background(name: str, home: Path) -> None:
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    logfile = logs / "output0.log"
+    with open(logfile, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "start-agent", name, "-F"], stdout=fh,
+                                stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
+            fail(f"agent {name} exited at start (code {proc.returncode}): {' | '.join(tail)}")
+        if _running_pid(name) == proc.pid and _agent_ready(name, proc.pid):
+            out.print(f"Agent {name} started (pid {proc.pid}); log: {logfile}")
+            return
+        time.sleep(0.2)
+    out.print(f"Agent {name} started (pid {proc.pid}) but has not reached its broker yet; log: {logfile}")
+
+
+def _agent_ready(name: str, pid: int) -> bool:
+    async def check() -> bool:
+        try:
+            async with FteClient(broker_url(None, name)) as c:
+                st = await c.agent_status(name, settle=0.5)
+                return bool(st and st.pid == pid and st.status in ("READY", "ACTIVE"))
+        except ClientError:
+            return False
+
+    return asyncio.run(check())
+
+
+@app.command("stop-agent")
+def stop_agent(
+    name: str = typer.Argument(...),
+    immediate: bool = typer.Option(False, "-i", "--immediate",
+                                   help="Stop now; running transfers resume from their checkpoints at restart."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the agent to stop."),
+) -> None:
+    """Stop an agent: by default after its running transfers finish (controlled); -i at once."""
+    pid = _running_pid(name)
+
+    async def go() -> bool:
+        async with FteClient(broker_url(broker, name)) as c:
+            await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
+                                            reply_to=c.client_id, immediate=immediate), timeout=10)
+            q = await c.subscribe(c.topics.agent_status(name))
+            deadline = asyncio.get_running_loop().time() + timeout
+            from agent.protocol import parse_agent_status
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise ClientError(f"agent {name} has not stopped within {timeout:g} s", 2)
+                m = await asyncio.wait_for(q.get(), left)
+                try:
+                    if parse_agent_status(bytes(m.payload)).status == "STOPPED":  # type: ignore[arg-type]
+                        return True
+                except Exception:
+                    continue
+
+    try:
+        asyncio.run(go())
+        out.print(f"Agent {name} stopped.")
+        return
+    except (ClientError, asyncio.TimeoutError) as exc:
+        if pid is None:
+            fail(f"could not stop agent {name}: {exc}")
+        # the broker is away or the agent does not answer, but it runs here: signal it
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if _running_pid(name) is None:
+                out.print(f"Agent {name} stopped (pid {pid}, by signal).")
+                return
+            time.sleep(0.1)
+        fail(f"agent {name} (pid {pid}) did not stop; kill it with: kill -9 {pid}")
+
+
+@app.command("list-agents")
+def list_agents(
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+) -> None:
+    """List the agents that publish a status on the broker."""
+
+    async def go() -> Any:
+        async with FteClient(broker_url(broker)) as c:
+            return await c.agent_statuses(settle=0.7)
+
+    statuses = run(go())
+    if as_json:
+        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}))
+        return
+    if not statuses:
+        out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
+        return
+    from rich.table import Table
+
+    t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Since")
+    for name, st in sorted(statuses.items()):
+        t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
+                  st.time)
+    out.print(t)
+
+
+@app.command("show-agent-details")
+def show_agent_details(
+    name: str = typer.Argument(...),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+) -> None:
+    """Show an agent's status and transfers."""
+
+    async def go() -> Any:
+        async with FteClient(broker_url(broker, name)) as c:
+            return await c.require_agent(name)
+
+    st = run(go())
+    data = st.model_dump()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    for k, v in data.items():
+        out.print(f"{k:26} {v}")
+
+
+@app.command("ping-agent")
+def ping_agent(
+    name: str = typer.Argument(...),
+    wait: float = typer.Option(5.0, "-w", "--wait", help="Seconds to wait for the reply."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Ping an agent: exit 0 when it answers, 2 when it does not within -w seconds."""
+
+    async def go() -> float:
+        async with FteClient(broker_url(broker, name)) as c:
+            t0 = time.monotonic()
+            await c.request(name, Ping(kind="ping", request_id=new_request_id(), reply_to=c.client_id), timeout=wait)
+            return time.monotonic() - t0
+
+    rtt = run(go())
+    out.print(f"Agent {name} answered in {rtt * 1000:.1f} ms.")
+
+
+@app.command("clean-agent")
+def clean_agent(
+    name: str = typer.Argument(...),
+    transfers: bool = typer.Option(False, "-trs", "--transfers", help="Delete the agent's transfers."),
+    all_: bool = typer.Option(False, "-all", "--all", help="Delete everything in the agent's state store."),
+) -> None:
+    """Clear a stopped agent's state store (like fteCleanAgent -trs)."""
+    from agent.settings import SettingsError, load_agent_settings
+    from agent.store import StateStore
+
+    if not (transfers or all_):
+        fail("say what to clean: -trs (transfers) or -all")
+    try:
+        settings = load_agent_settings(name)
+    except SettingsError as exc:
+        fail(str(exc))
+    pid = _running_pid(name)
+    if pid is not None:
+        fail(f"agent {name} is running (pid {pid}); stop it first with fte-stop-agent {name}")
+    store = StateStore(settings.state_dir / "state.db")
+    n = 0
+    for rec in list(store.transfers()):
+        store.delete_transfer(rec.transfer_id, rec.role)
+        n += 1
+    if all_:
+        while batch := store.outbox_peek(1000):
+            for seq, *_ in batch:
+                store.outbox_done(seq)
+    store.close()
+    out.print(f"Deleted {n} transfer record(s) from agent {name}'s state store.")
+
+
+# --------------------------------------------------------------------------- transfers
+
+
+def _metadata(values: List[str]) -> dict[str, str]:
+    md: dict[str, str] = {}
+    for v in values:
+        for pair in v.split(","):
+            if "=" not in pair:
+                fail(f"-md {pair!r} is not key=value")
+            k, _, val = pair.partition("=")
+            md[k.strip()] = val.strip()
+    return md
+
+
+@app.command("create-transfer")
+def create_transfer(
+    sources: List[str] = typer.Argument(..., help="Source file(s) or directories on the source agent."),
+    source_agent: str = typer.Option(..., "-sa", "--source-agent", help="Source agent."),
+    destination_agent: str = typer.Option(..., "-da", "--destination-agent", help="Destination agent."),
+    dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
+    dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory", help="Destination directory."),
+    exist: str = typer.Option("error", "-de", "--destination-exists", help="error | overwrite"),
+    disposition: str = typer.Option("leave", "-sd", "--source-disposition", help="leave | delete (only on success)"),
+    checksum: str = typer.Option("sha256", "-cs", "--checksum", help="sha256 | md5 | none"),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into source directories."),
+    recovery_timeout: Optional[int] = typer.Option(
+        None, "-rt", "--recovery-timeout",
+        help="Seconds to keep recovering a stalled transfer: -1 forever, 0 fail at once. "
+             "Overrides the source agent's transferRecoveryTimeout."),
+    job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Job name, carried in the log."),
+    metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
+    wait: Optional[float] = typer.Option(None, "-w", "--wait",
+                                         help="Wait for the outcome (optionally at most SECONDS); exit code = "
+                                              "result code (0, 20, 40, 41, 69), 2 if the wait ran out."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent to accept the request."),
+) -> None:
+    """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer)."""
+    if (dest_file is None) == (dest_dir is None):
+        fail("give exactly one destination: -df FILE or -dd DIRECTORY")
+    for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
+                                 ("-cs", checksum.lower(), ("sha256", "md5", "none"))):
+        if value not in allowed:
+            fail(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+    if recovery_timeout is not None and recovery_timeout < -1:
+        fail(f"-rt {recovery_timeout} is invalid: use -1 (recover forever), 0 (fail as soon as recovery starts) "
+             f"or a number of seconds")
+    items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
+                          destination_type="file" if dest_file else "directory", recursive=recursive)
+             for s in sources]
+    try:
+        spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items, exist=exist,
+                            disposition=disposition, checksum=checksum.lower(), recovery_timeout=recovery_timeout,
+                            job_name=job_name, metadata=_metadata(metadata))
+    except Exception as exc:
+        fail(f"invalid transfer request: {exc}".splitlines()[0])
+    tid = new_transfer_id()
+    code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, source_agent), timeout))
+    raise typer.Exit(code)
+
+
+async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], as_json: bool, url: str,
+                           timeout: float) -> int:
+    async with FteClient(url) as c:
+        await c.require_agent(spec.source_agent)
+        watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=(wait is not None and not as_json
+                                                                             and out.is_terminal), console=out)
+        if wait is not None:
+            await watcher.subscribe()
+        cmd = CreateTransfer(kind="create_transfer", request_id=new_request_id(), reply_to=c.client_id,
+                             sent_at=utc_now(), transfer_id=tid, spec=spec)
+        reply = await c.request(spec.source_agent, cmd, timeout=timeout)
+        if not reply.ok:
+            raise ClientError(f"agent {spec.source_agent} refused the transfer: {reply.message}",
+                              reply.result_code or 1)
+        if wait is None:
+            if as_json:
+                out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}))
+            else:
+                out.print(f"Transfer {tid} submitted to agent {spec.source_agent} "
+                          f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes).")
+            return 0
+        if not as_json:
+            out.print(f"Transfer {tid} started: {reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes.")
+        final = await watcher.wait(None if wait < 0 else wait)
+        if final is None:
+            if as_json:
+                out.print(json.dumps({"transfer_id": tid, "state": "waiting", "result_code": 2}))
+            else:
+                err.print(f"Transfer {tid} has not finished within {wait:g} s; it goes on "
+                          f"(watch it with: fte-logs --follow --transfer {tid})")
+            return 2
+        rc = int(final.get("result_code", 40))
+        if as_json:
+            out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
+                                  "files": final.get("files"), "message": final.get("message")}))
+        else:
+            out.print(format_event(final))
+        return rc
+
+
+@app.command("cancel-transfer")
+def cancel_transfer(
+    transfer_id: str = typer.Argument(..., help="The transfer id."),
+    agent: str = typer.Option(..., "-a", "--agent", help="The source or destination agent of the transfer."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent."),
+) -> None:
+    """Cancel a transfer in any state (recovering included); its part files are removed."""
+    if len(transfer_id) != 48:
+        fail(f"{transfer_id!r} is not a transfer id (48 hex characters, as printed by fte-create-transfer)")
+
+    async def go() -> Any:
+        async with FteClient(broker_url(broker, agent)) as c:
+            return await c.request(agent, CancelTransfer(kind="cancel_transfer", request_id=new_request_id(),
+                                                         reply_to=c.client_id, transfer_id=transfer_id.lower()),
+                                   timeout=timeout)
+
+    reply = run(go())
+    if not reply.ok:
+        fail(reply.message, reply.result_code or 1)
+    out.print(f"Cancel of transfer {transfer_id} accepted by {agent} ({reply.data.get('state')}).")
+
+
+@app.command("logs")
+def logs(
+    agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's events."),
+    transfer: Optional[str] = typer.Option(None, "-t", "--transfer", help="Only this transfer's events."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing events as they happen."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Show transfers known to the agents, or (--follow) every transfer log event live."""
+    run(_logs(agent, transfer, follow, as_json, broker_url(broker, agent)))
+
+
+async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_json: bool, url: str) -> None:
+    async with FteClient(url) as c:
+        if not follow:
+            statuses = await c.agent_statuses(settle=0.5)
+            names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in ("READY", "ACTIVE"))
+            rows = []
+            for n in names:
+                try:
+                    r = await c.request(n, ListTransfers(kind="list_transfers", request_id=new_request_id(),
+                                                         reply_to=c.client_id), timeout=5)
+                    rows += [t for t in r.data.get("transfers", []) if not transfer or t["transfer_id"] == transfer]
+                except ClientError as exc:
+                    err.print(f"warning: {exc}")
+            for t in rows:
+                if as_json:
+                    out.print(json.dumps(t), soft_wrap=True)
+                else:
+                    out.print(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
+                              f"{t.get('source_agent')}->{t.get('destination_agent')} "
+                              f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
+                              + (f" result {t['result_code']}" if t.get("result_code") is not None else ""),
+                              soft_wrap=True)
+            if not rows:
+                out.print("No transfers. Watch live events with: fte-logs --follow")
+            return
+        q = await c.subscribe(c.topics.log_filter(agent, transfer))
+        while True:
+            get = asyncio.ensure_future(q.get())
+            gone = asyncio.ensure_future(c.disconnected.wait())
+            done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if get in done:
+                gone.cancel()
+                from .client import event_of
+                ev = event_of(get.result())
+                if ev is None:
+                    continue
+                out.print(json.dumps(ev) if as_json else format_event(ev), soft_wrap=True)
+            else:
+                get.cancel()
+                err.print("lost the broker; reconnecting ...")
+                await c.reconnect()
+                err.print("reconnected")
+
+
+# --------------------------------------------------------------------------- broker and demo
+
+
+@app.command("broker")
+def broker_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(1883, "--port", help="Port to listen on."),
+) -> None:
+    """Run the embedded MQTT broker (amqtt) in the foreground, for trials and tests."""
+    from agent.embedded_broker import run_broker_forever
+
+    run_broker_forever(host, port)
+
+
+@app.command("demo")
+def demo(
+    size_mib: int = typer.Option(64, "--size", help="Size of the generated file in MiB."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the demo directory."),
+    recovery: bool = typer.Option(True, "--recovery/--no-recovery", help="Also demonstrate recovery."),
+) -> None:
+    """Start an embedded broker and two agents, and transfer a generated file between them."""
+    from .demo import run_demo
+
+    raise typer.Exit(run(run_demo(size_mib, keep, recovery, out)))
+
+
+# --------------------------------------------------------------------------- entry points
+
+VERBS = ["broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
+         "ping-agent", "create-transfer", "cancel-transfer", "logs", "clean-agent"]
+
+
+def _preprocess(verb: str | None, argv: list[str]) -> list[str]:
+    """`-w` takes an optional number (MFT style): a bare -w waits without limit."""
+    if verb != "create-transfer":
+        return argv
+    fixed: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-w", "--wait"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            try:
+                float(nxt)  # type: ignore[arg-type]
+                fixed += [a, nxt]  # type: ignore[list-item]
+                i += 2
+                continue
+            except (TypeError, ValueError):
+                fixed += [a, "-1"]
+                i += 1
+                continue
+        fixed.append(a)
+        i += 1
+    return fixed
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    verb = argv[0] if argv else None
+    if verb:
+        argv = [verb] + _preprocess(verb, argv[1:])
+    app(args=argv, prog_name="fte")
+
+
+def _single(verb: str) -> None:
+    app(args=[verb] + _preprocess(verb, sys.argv[1:]), prog_name=f"fte-{verb}")
+
+
+def broker_main() -> None:
+    _single("broker")
+
+
+def demo_main() -> None:
+    _single("demo")
+
+
+def create_agent_main() -> None:
+    _single("create-agent")
+
+
+def start_agent_main() -> None:
+    _single("start-agent")
+
+
+def stop_agent_main() -> None:
+    _single("stop-agent")
+
+
+def list_agents_main() -> None:
+    _single("list-agents")
+
+
+def show_agent_details_main() -> None:
+    _single("show-agent-details")
+
+
+def ping_agent_main() -> None:
+    _single("ping-agent")
+
+
+def create_transfer_main() -> None:
+    _single("create-transfer")
+
+
+def cancel_transfer_main() -> None:
+    _single("cancel-transfer")
+
+
+def logs_main() -> None:
+    _single("logs")
+
+
+def clean_agent_main() -> None:
+    _single("clean-agent")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""How transfers look to a person: one line per log event, a progress bar while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from agent.protocol import QueryTransfer
+
+from .client import ClientError, FteClient, event_of, new_request_id
+
+TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
+
+
+def format_event(ev: dict[str, Any]) -> str:
+    tid = str(ev.get("transfer_id", "?"))
+    action = ev.get("action", "?")
+    head = f"{ev.get('time', '')} {ev.get('agent', ev.get('source_agent', ''))} {tid[:12]} {action:10}"
+    if action == "completed":
+        rc = ev.get("result_code")
+        stats = ev.get("statistics") or {}
+        text = (f"{head} {ev.get('state')} (result {rc}): {stats.get('files_succeeded', '?')}/"
+                f"{stats.get('files', '?')} file(s), {stats.get('bytes', '?')} bytes in {stats.get('seconds', '?')} s")
+        if ev.get("message"):
+            text += f" - {ev['message']}"
+        return text
+    if action == "progress":
+        parts = []
+        for f in ev.get("files") or []:
+            ok = "ok" if f.get("result_code") == 0 else f"result {f.get('result_code')}"
+            parts.append(f"{f.get('source')} -> {f.get('destination')} ({f.get('size')} bytes, {ok}"
+                         + (f": {f['supplement']}" if f.get("supplement") else "") + ")")
+        return f"{head} " + "; ".join(parts)
+    return f"{head} {ev.get('state', '')}" + (f": {ev['message']}" if ev.get("message") else "")
+
+
+class TransferWatcher:
+    """Follows one transfer until its outcome, riding out broker outages (it asks the agent on reconnect)."""
+
+    def __init__(self, client: FteClient, agent: str, transfer_id: str, show_progress: bool,
+                 console: Console, print_events: bool = True) -> None:
+        self.c = client
+        self.agent = agent
+        self.tid = transfer_id
+        self.show_progress = show_progress
+        self.console = console
+        self.print_events = print_events and show_progress
+        self.q: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def subscribe(self) -> None:
+        await self.c.subscribe(self.c.topics.log(self.agent, self.tid), self.q)
+        await self.c.subscribe(self.c.topics.progress(self.agent, self.tid), self.q)
+
+    async def wait(self, timeout: float | None) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self._wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _wait(self) -> dict[str, Any]:
+        progress = None
+        task = None
+        if self.show_progress:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+            progress.start()
+            task = progress.add_task(self.tid[:12], total=None)
+        try:
+            while True:
+                get = asyncio.ensure_future(self.q.get())
+                gone = asyncio.ensure_future(self.c.disconnected.wait())
+                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    final = await self._recover()
+                    if final is not None:
+                        return final
+                    continue
+                gone.cancel()
+                m = get.result()
+                ev = event_of(m)
+                if ev is None:
+                    continue
+                if "/Transfers/" in str(m.topic):
+                    if progress is not None and task is not None:
+                        progress.update(task, total=ev.get("bytes_total"), completed=ev.get("bytes_done", 0),
+                                        description=f"{self.tid[:12]} {ev.get('state', '')}")
+                    continue
+                if ev.get("action") == "completed":
+                    return ev
+                if self.print_events:
+                    self.console.print(format_event(ev), soft_wrap=True)
+        finally:
+            if progress is not None:
+                progress.stop()
+
+    async def _recover(self) -> dict[str, Any] | None:
+        """The broker went away: reconnect, then ask the agent rather than trusting no event was missed."""
+        self.console.print("[yellow]lost the broker; reconnecting ...[/]") if self.show_progress else None
+        await self.c.reconnect()
+        while True:
+            try:
+                r = await self.c.request(self.agent, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
+                                                                   reply_to=self.c.client_id, transfer_id=self.tid),
+                                         timeout=5)
+            except ClientError:
+                if self.c.disconnected.is_set():
+                    await self.c.reconnect()
+                continue  # the agent may still be reconnecting itself
+            if r.ok and r.data.get("state") in TERMINAL:
+                d = r.data
+                return {"transfer_id": self.tid, "action": "completed", "state": d["state"],
+                        "result_code": d.get("result_code"), "source_agent": self.agent,
+                        "statistics": {"files": d.get("files_total"), "bytes": d.get("bytes_done")},
+                        "message": "outcome asked from the agent after a broker outage"}
+            return None
+
+
+def dumps(ev: dict[str, Any]) -> str:
+    return json.dumps(ev)
