@@ -86,11 +86,31 @@ class BrokerLink:
         self.will = will
         self._client: aiomqtt.Client | None = None
         self.up = asyncio.Event()
+        # set when the current connection is lost: publishes waiting for a PUBACK give up at once
+        self._lost = asyncio.Event()
+        # messages are handled by one worker, so that a slow handler never delays noticing a dead broker
+        self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
         self._stopping = False
         self.connects = 0
 
     async def run(self) -> None:
         """Run until `stop()`: the one reconnection policy of the agent."""
+        self._worker = asyncio.create_task(self._work(), name="link-worker")
+        try:
+            await self._run()
+        finally:
+            self._worker.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._on_message(message)
+            except Exception:  # a bad message must never take the agent down
+                log.exception("error handling a message on %s", message.topic)
+
+    async def _run(self) -> None:
         policy = AsyncRetrying(
             wait=wait_exponential(multiplier=0.2, min=0.2, max=5),
             retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
@@ -109,6 +129,7 @@ class BrokerLink:
         try:
             async with client:
                 self._client = client
+                self._lost = asyncio.Event()
                 for topic in self.subscriptions:
                     await client.subscribe(topic, qos=1)
                 self.connects += 1
@@ -116,10 +137,7 @@ class BrokerLink:
                 log.info("connected to %s as %s", self.addr.url, self.client_id)
                 await self._on_up()
                 async for message in client.messages:
-                    try:
-                        await self._on_message(message)
-                    except Exception:  # a bad message must never take the agent down
-                        log.exception("error handling a message on %s", message.topic)
+                    self._inbox.put_nowait(message)
         except aiomqtt.MqttError as exc:
             if not self._stopping:
                 log.warning("broker connection to %s lost or refused: %s", self.addr.url, exc)
@@ -127,6 +145,7 @@ class BrokerLink:
         finally:
             was_up = self.up.is_set()
             self.up.clear()
+            self._lost.set()
             self._client = None
             if was_up and not self._stopping:
                 await self._on_down()
@@ -135,8 +154,19 @@ class BrokerLink:
         client = self._client
         if client is None or not self.up.is_set():
             raise LinkDown(f"not connected to {self.addr.url}")
+        lost = self._lost
+        publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain, timeout=60))
+        if not publish.done():
+            waiter = asyncio.ensure_future(lost.wait())
+            try:
+                await asyncio.wait({publish, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if not publish.done():
+                publish.cancel()
+                raise LinkDown(f"lost the connection to {self.addr.url}")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=30)
+            publish.result()
         except aiomqtt.MqttError as exc:
             raise LinkDown(str(exc)) from exc
 

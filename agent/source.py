@@ -214,8 +214,9 @@ class SourceTransfer:
                 self.next_resync_at = 0.0
         elif kind == "peer":
             status = item[1]
-            if status == "UNREACHABLE" and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
-                self._stall(f"destination agent {self.dest} is UNREACHABLE", "peer_unreachable")
+            if status in ("UNREACHABLE", "STOPPED") and \
+                    self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
+                self._stall(f"destination agent {self.dest} is {status}", "peer_unreachable")
             elif status in ("READY", "ACTIVE") and self.state == S.RECOVERING:
                 self.resync_attempts = 0
                 self.next_resync_at = 0.0

@@ -26,6 +26,8 @@ class TransferLog:
         self.topics = topics
         self.store = store
         self._wake = wake
+        # in-process observers (the demo, tests); called with every event as it is produced
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, rec: TransferRecord, action: str, **fields: Any) -> dict[str, Any]:
         header = rec.header
@@ -48,6 +50,8 @@ class TransferLog:
         log.info("%s %s %s%s", rec.transfer_id[:12], action, rec.state,
                  f" ({fields['message']})" if fields.get("message") else "")
         self._wake()
+        for listener in self.listeners:
+            listener(event)
         return event
 
 

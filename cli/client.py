@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 from contextlib import AsyncExitStack
@@ -15,6 +16,10 @@ from agent.link import BrokerAddress, make_client
 from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+# paho logs connection trouble as warnings; the commands report it themselves, in one line
+logging.getLogger("mqtt").addHandler(logging.NullHandler())
+logging.getLogger("mqtt").propagate = False
 
 
 class ClientError(Exception):

@@ -25,8 +25,15 @@ def format_event(ev: dict[str, Any]) -> str:
         stats = ev.get("statistics") or {}
         text = (f"{head} {ev.get('state')} (result {rc}): {stats.get('files_succeeded', '?')}/"
                 f"{stats.get('files', '?')} file(s), {stats.get('bytes', '?')} bytes in {stats.get('seconds', '?')} s")
-        if ev.get("message"):
-            text += f" - {ev['message']}"
+        message = ev.get("message")
+        if not message and rc not in (0, None):
+            failed = [f for f in ev.get("files") or [] if f.get("result_code") == 1 and f.get("supplement")]
+            if failed:
+                message = f"{failed[0].get('source')}: {failed[0]['supplement']}"
+                if len(failed) > 1:
+                    message += f" (and {len(failed) - 1} more)"
+        if message:
+            text += f" - {message}"
         return text
     if action == "progress":
         parts = []
