@@ -15,6 +15,7 @@ from typing import Any
 import aiomqtt
 
 from . import __version__
+from .auth import TRUST_FILE, AuthError, Authority
 from .context import AgentContext
 from .core import results
 from .core.lifecycle import TransferState as S
@@ -44,7 +45,7 @@ class CommandRefused(Exception):
 
 
 class Agent:
-    def __init__(self, settings: Any, state_dir: Path) -> None:
+    def __init__(self, settings: Any, state_dir: Path, agent_home: Path | None = None) -> None:
         self.settings = settings
         self.name: str = settings.agentName
         self.topics = Topics(settings.topicPrefix)
@@ -68,6 +69,8 @@ class Agent:
         self.stopped = asyncio.Event()
         self._immediate = False
         self._status_dirty = asyncio.Event()
+        self._raw_command = b""
+        self.authority = Authority((agent_home or agent_dir_of(settings)) / TRUST_FILE) if settings.authorityChecking else None
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
         will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload("UNREACHABLE"), qos=1,
@@ -284,14 +287,32 @@ class Agent:
                                                   result_code=results.COMMAND_FAILED, message=f"malformed command: {exc}"))
             return
         try:
+            if self.authority is not None:
+                try:
+                    self.authority.check(json.loads(payload))
+                except (AuthError, ValueError) as exc:
+                    self._log_refusal(cmd, str(exc))
+                    raise CommandRefused(f"not authorized: {exc}", results.NOT_AUTHORIZED) from None
+            self._raw_command = payload
             data = await self._execute(cmd)
             reply = Reply(request_id=cmd.request_id, ok=True, data=data)
         except CommandRefused as exc:
             reply = Reply(request_id=cmd.request_id, ok=False, result_code=exc.code, message=str(exc))
         if cmd.reply_to:
             await self._reply(cmd.reply_to, reply)
-        if isinstance(cmd, StopAgent):
+        if isinstance(cmd, StopAgent) and reply.ok:
             self.request_stop(cmd.immediate)
+
+    def _log_refusal(self, cmd: Any, reason: str) -> None:
+        """A refused command leaves a trace on the log topic (the reply alone could go to anyone)."""
+        tid = getattr(cmd, "transfer_id", None) or "Security"
+        event = {"action": "not_authorized", "time": utc_now(), "agent": self.name, "command": cmd.kind,
+                 "request_id": cmd.request_id, "requester": getattr(cmd, "requester", None),
+                 "transfer_id": getattr(cmd, "transfer_id", None), "result_code": results.NOT_AUTHORIZED,
+                 "message": f"command {cmd.kind} refused: {reason}"}
+        log.warning("refused %s from %s: %s", cmd.kind, event["requester"] or "an unsigned requester", reason)
+        self.store.outbox_put(self.topics.log(self.name, tid), json.dumps(event).encode())
+        self.outbox.wake()
 
     async def _reply(self, client: str, reply: Reply) -> None:
         try:
@@ -411,8 +432,8 @@ class Agent:
         if tid in self.dests:
             # the source owns the outcome: ask it to cancel (it then tells us to clean up)
             dest = self.dests[tid]
-            cmd = CancelTransfer(kind="cancel_transfer", request_id=f"fwd-{tid[:16]}", transfer_id=tid)
-            await self._publish(self.topics.commands(dest.source_agent), dump(cmd), 1, False)
+            # forwarded as received: the source checks the original requester's signature itself
+            await self._publish(self.topics.commands(dest.source_agent), self._raw_command, 1, False)
             return {"transfer_id": tid, "role": "destination", "state": "cancel forwarded to " + dest.source_agent}
         rec = self.store.load_transfer(tid, "source") or self.store.load_transfer(tid, "destination")
         if rec is not None:
@@ -485,6 +506,13 @@ class Agent:
                 self.dests.pop(tid, None)
             await self._publish_status()
             await asyncio.sleep(STATUS_MIN_INTERVAL)
+
+
+def agent_dir_of(settings: Any) -> Path:
+    """The agent's configuration directory (its trust file lives there)."""
+    from .settings import agent_dir
+
+    return agent_dir(settings.agentName)
 
 
 def _s(v: Any) -> str | None:

@@ -478,6 +478,11 @@ class AgentSettings(BaseSettings):
     agentStatusPublishRateLimit: Annotated[int, _whole("seconds", "1 or more seconds", lambda v: v >= 1)] = Field(
         30, description="Minimum seconds between re-publications of the agent status when transfers change state."
     )
+    authorityChecking: bool = Field(
+        False,
+        description="true: obey only commands signed by a requester listed in the agent's authorized_requesters "
+        "file (fte-create-agent turns it on and trusts your key); false: obey anyone who can publish to it.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -662,6 +667,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _default_text(info: FieldInfo) -> str:
+    if isinstance(info.default, bool):
+        return "true" if info.default else "false"  # Java properties spelling
     return "" if info.default is None else str(info.default)
 
 

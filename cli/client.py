@@ -154,7 +154,7 @@ class FteClient:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[command.request_id] = fut
         try:
-            await self.client.publish(self.topics.commands(agent), dump(command), qos=1)
+            await self.client.publish(self.topics.commands(agent), self.sign(command), qos=1)
         except aiomqtt.MqttError as exc:
             raise ClientError(f"lost the broker at {self.addr.url}: {exc}") from None
         try:
@@ -164,6 +164,20 @@ class FteClient:
                               f"(check with fte-list-agents, start it with fte-start-agent {agent})", 2) from None
         finally:
             self._pending.pop(command.request_id, None)
+
+    def sign(self, command: Any) -> bytes:
+        """The command's bytes, signed with the requester's key when there is one (agent.auth)."""
+        from agent.auth import load_private, requester_name, sign
+        from agent.settings import config_home
+
+        name = requester_name()
+        try:
+            key = load_private(config_home(), name)
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"cannot read your signing key: {exc}") from None
+        if key is None:
+            return dump(command)
+        return json.dumps(sign(json.loads(dump(command)), name, key)).encode()
 
     async def agent_statuses(self, settle: float = 0.5, want: str | None = None) -> dict[str, AgentStatus]:
         """The retained statuses of every agent (or, with `want`, until that one arrives)."""

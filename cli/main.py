@@ -68,17 +68,27 @@ def create_agent(
         validate_agent_name(agent_name)
     except ValueError as exc:
         fail(str(exc))
+    from agent.auth import ensure_key, public_text, requester_name, trust
+    from agent.settings import config_home
+
     path = properties_path(agent_name)
-    values = {"agentName": agent_name, "brokerUrl": broker_url(broker), "sandboxRoot": sandbox or default_sandbox()}
+    values = {"agentName": agent_name, "brokerUrl": broker_url(broker), "sandboxRoot": sandbox or default_sandbox(),
+              "authorityChecking": "true"}
     try:
         write_agent_properties(path, values, force=force)
         load_agent_settings(agent_name)
+        # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted
+        me = requester_name()
+        key = ensure_key(config_home(), me)
+        trust(path.parent, me, public_text(key.public_key()), "all")
     except FileExistsError:
         fail(f"agent {agent_name} already exists ({path}); use --force to overwrite it")
     except SettingsError as exc:
         path.unlink(missing_ok=True)
         fail(str(exc))
     out.print(f"Created agent {agent_name}: {path}")
+    out.print(f"It obeys commands signed by {me} (your key in {config_home() / 'keys'}); "
+              f"trust others with: fte key trust {agent_name} NAME PUBLIC_KEY")
     out.print(f"Start it with: fte-start-agent {agent_name}")
 
 
@@ -192,8 +202,10 @@ def stop_agent(
 
     async def go() -> bool:
         async with FteClient(broker_url(broker, name)) as c:
-            await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
-                                            reply_to=c.client_id, immediate=immediate), timeout=10)
+            reply = await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
+                                                    reply_to=c.client_id, immediate=immediate), timeout=10)
+            if not reply.ok:
+                raise ClientError(f"agent {name} refused to stop: {reply.message}", reply.result_code or 1)
             q = await c.subscribe(c.topics.agent_status(name))
             deadline = asyncio.get_running_loop().time() + timeout
             from agent.protocol import parse_agent_status
@@ -213,6 +225,8 @@ def stop_agent(
         out.print(f"Agent {name} stopped.")
         return
     except (ClientError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, ClientError) and exc.code not in (1, 2) or "refused" in str(exc):
+            fail(str(exc), exc.code if isinstance(exc, ClientError) else 1)  # refused: never force it
         if pid is None:
             fail(f"could not stop agent {name}: {exc}")
         # the broker is away or the agent does not answer, but it runs here: signal it
@@ -284,7 +298,11 @@ def ping_agent(
     async def go() -> float:
         async with FteClient(broker_url(broker, name)) as c:
             t0 = time.monotonic()
-            await c.request(name, Ping(kind="ping", request_id=new_request_id(), reply_to=c.client_id), timeout=wait)
+            reply = await c.request(name, Ping(kind="ping", request_id=new_request_id(), reply_to=c.client_id),
+                                    timeout=wait)
+            if not reply.ok:
+                raise ClientError(f"agent {name} answered but refused the ping: {reply.message}",
+                                  reply.result_code or 1)
             return time.monotonic() - t0
 
     rtt = run(go())
@@ -321,6 +339,85 @@ def clean_agent(
                 store.outbox_done(seq)
     store.close()
     out.print(f"Deleted {n} transfer record(s) from agent {name}'s state store.")
+
+
+# --------------------------------------------------------------------------- keys
+
+key_app = typer.Typer(help="Requester keys: who may command an agent (authorityChecking=true).", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("generate")
+def key_generate(
+    name: Optional[str] = typer.Option(None, "--name", help="Requester name (default: $FTE_REQUESTER or your user)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key."),
+) -> None:
+    """Create your signing key in $FTE_CONFIG_HOME/keys and print its public half."""
+    from agent.auth import generate_key, load_private, public_text, requester_name
+    from agent.settings import config_home
+
+    name = name or requester_name()
+    try:
+        path = generate_key(config_home(), name, overwrite=force)
+    except (FileExistsError, ValueError) as exc:
+        fail(f"{exc}; use --force to replace it" if isinstance(exc, FileExistsError) else str(exc))
+    key = load_private(config_home(), name)
+    assert key is not None
+    out.print(f"Created {path}")
+    out.print(f"{name} {public_text(key.public_key())}")
+
+
+@key_app.command("show")
+def key_show(name: Optional[str] = typer.Option(None, "--name", help="Requester name.")) -> None:
+    """Print your requester name and public key (give this line to an agent's owner)."""
+    from agent.auth import load_private, public_text, requester_name
+    from agent.settings import config_home
+
+    name = name or requester_name()
+    key = load_private(config_home(), name)
+    if key is None:
+        fail(f"no key for {name} in {config_home() / 'keys'}; create one with: fte key generate")
+    out.print(f"{name} {public_text(key.public_key())}")
+
+
+@key_app.command("trust")
+def key_trust(
+    agent: str = typer.Argument(..., help="The agent (configured under $FTE_CONFIG_HOME) that will obey."),
+    name: str = typer.Argument(..., help="Requester name."),
+    public_key: str = typer.Argument(..., help="The requester's public key (base64, from fte key show)."),
+    permissions: str = typer.Option("transfer,cancel", "-p", "--permissions",
+                                    help="Comma-separated: transfer, cancel, monitor, admin; or all."),
+) -> None:
+    """Let a requester command an agent."""
+    from agent.auth import trust
+    from agent.settings import agent_dir
+
+    d = agent_dir(agent)
+    if not (d / "agent.properties").exists():
+        fail(f"agent {agent} is not configured here ({d}); create it with fte-create-agent -agentName {agent}")
+    try:
+        path = trust(d, name, public_key, permissions)
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"{agent} now obeys {name} ({permissions}); {path}")
+
+
+@key_app.command("list")
+def key_list(agent: str = typer.Argument(..., help="Agent whose trusted requesters to list.")) -> None:
+    """List the requesters an agent obeys."""
+    from agent.auth import TRUST_FILE, parse_trust_file, public_text
+    from agent.settings import agent_dir
+
+    path = agent_dir(agent) / TRUST_FILE
+    if not path.exists():
+        out.print(f"agent {agent} trusts no requester ({path} does not exist)")
+        return
+    try:
+        trusted = parse_trust_file(path.read_text(), path)
+    except ValueError as exc:
+        fail(str(exc))
+    for t in trusted.values():
+        out.print(f"{t.name} {public_text(t.key)} {','.join(sorted(t.permissions))}")
 
 
 # --------------------------------------------------------------------------- transfers
@@ -532,7 +629,7 @@ def demo(
 
 # --------------------------------------------------------------------------- entry points
 
-VERBS = ["broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
+VERBS = ["key", "broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
          "ping-agent", "create-transfer", "cancel-transfer", "logs", "clean-agent"]
 
 
@@ -618,6 +715,10 @@ def logs_main() -> None:
 
 def clean_agent_main() -> None:
     _single("clean-agent")
+
+
+def key_main() -> None:
+    _single("key")
 
 
 if __name__ == "__main__":

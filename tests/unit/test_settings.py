@@ -425,6 +425,8 @@ def test_writer_lists_every_property_with_its_default(env: dict[str, str]) -> No
         assert info.description and f"# {info.description}\n" in text
         if name != "agentName":
             default = "" if info.default is None else str(info.default)
+            if isinstance(info.default, bool):
+                default = default.lower()  # Java properties spell booleans true/false
             assert f"\n#{name}={default}\n" in text
     # Uncommenting any default line must give a valid file with the same settings.
     uncommented = re.sub(r"^#(?=[A-Za-z]+=)", "", text, flags=re.MULTILINE)
@@ -463,5 +465,6 @@ def test_writer_rejects_bad_values_before_writing(
 
 def test_sample_file_is_the_writer_output() -> None:
     sample = REPO / "config" / "agent.properties.sample"
-    expected = render_agent_properties({"agentName": "A1", "brokerUrl": "mqtt://127.0.0.1:1883", "sandboxRoot": "~"})
+    expected = render_agent_properties({"agentName": "A1", "brokerUrl": "mqtt://127.0.0.1:1883", "sandboxRoot": "~",
+                                        "authorityChecking": "true"})
     assert sample.read_text(encoding="ascii") == expected, "regenerate config/agent.properties.sample"

@@ -1,0 +1,224 @@
+"""Who may command an agent: Ed25519-signed commands checked against the agent's trusted keys.
+
+A requester (a person or a program) holds a private key in $FTE_CONFIG_HOME/keys/<requester>.key.
+Every command it sends carries `requester`, `nonce`, `sent_at` and a `signature` over the canonical
+JSON of everything else. An agent with authorityChecking=true accepts a command only when:
+the requester is in its authorized_requesters file, the signature verifies, sent_at is within
+MAX_SKEW of its clock, the nonce was not seen before (replay), and the requester holds the
+permission the command needs. Otherwise: result 53, a log event, and nothing happens.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# A command older or newer than this (seconds) is refused: with the nonce cache, this stops replays.
+MAX_SKEW = 300
+PERMISSIONS = ("transfer", "cancel", "monitor", "admin")
+# What each command needs; commands that only read need nothing beyond being a trusted requester.
+REQUIRED = {"create_transfer": "transfer", "cancel_transfer": "cancel", "stop_agent": "admin",
+            "ping": None, "query_transfer": None, "list_transfers": None}
+REQUESTER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+TRUST_FILE = "authorized_requesters"
+
+
+class AuthError(Exception):
+    """A command that must not be executed; the message says why (it goes into the reply and the log)."""
+
+
+def requester_name(env: Mapping[str, str] = os.environ) -> str:
+    name = env.get("FTE_REQUESTER") or getpass.getuser()
+    name = re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:64]
+    return name or "requester"
+
+
+def keys_dir(config_home: Path) -> Path:
+    return config_home / "keys"
+
+
+def public_text(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def load_public(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except Exception:
+        raise ValueError(f"{text[:20]!r}... is not a base64 Ed25519 public key") from None
+
+
+def generate_key(config_home: Path, name: str, overwrite: bool = False) -> Path:
+    """Create the requester's key pair; the private key file is readable by its owner only."""
+    if not REQUESTER_RE.match(name):
+        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    d = keys_dir(config_home)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.key"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"a key for {name} already exists: {path}")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    (d / f"{name}.pub").write_text(public_text(key.public_key()) + "\n")
+    return path
+
+
+def load_private(config_home: Path, name: str) -> Ed25519PrivateKey | None:
+    path = keys_dir(config_home) / f"{name}.key"
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        return None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def ensure_key(config_home: Path, name: str) -> Ed25519PrivateKey:
+    key = load_private(config_home, name)
+    if key is None:
+        generate_key(config_home, name)
+        key = load_private(config_home, name)
+    assert key is not None
+    return key
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def canonical(command: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in command.items() if k != "signature" and v is not None}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(command: dict[str, Any], requester: str, key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Add requester, nonce, sent_at and signature to a command (a JSON-ready dict)."""
+    signed = dict(command)
+    signed["requester"] = requester
+    signed["nonce"] = secrets.token_hex(16)
+    signed.setdefault("sent_at", datetime.now().astimezone().isoformat())
+    signed.pop("signature", None)
+    signed["signature"] = base64.b64encode(key.sign(canonical(signed))).decode()
+    return signed
+
+
+# --------------------------------------------------------------------------- checking
+
+
+@dataclass(frozen=True)
+class TrustedRequester:
+    name: str
+    key: Ed25519PublicKey
+    permissions: frozenset[str]
+
+
+def parse_trust_file(text: str, path: Path) -> dict[str, TrustedRequester]:
+    """Lines: `<requester> <base64 public key> <permission,...|all>`; `#` starts a comment."""
+    trusted: dict[str, TrustedRequester] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError(f"{path}:{n}: expected '<requester> <public key> <permissions>'")
+        name, pub, perms = parts
+        wanted = set(PERMISSIONS) if perms == "all" else set(perms.split(","))
+        unknown = wanted - set(PERMISSIONS)
+        if unknown:
+            raise ValueError(f"{path}:{n}: unknown permission(s) {', '.join(sorted(unknown))}; "
+                             f"use {', '.join(PERMISSIONS)} or all")
+        try:
+            key = load_public(pub)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{n}: {exc}") from None
+        trusted[name] = TrustedRequester(name, key, frozenset(wanted))
+    return trusted
+
+
+def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> Path:
+    """Add (or replace) a requester in an agent's trust file."""
+    load_public(public)
+    if not REQUESTER_RE.match(name):
+        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    path = agent_dir / TRUST_FILE
+    lines = path.read_text().splitlines() if path.exists() else [
+        "# Requesters this agent obeys: <requester> <Ed25519 public key, base64> <permissions>",
+        f"# permissions: {','.join(PERMISSIONS)} or all. Manage with: fte key trust / fte key untrust"]
+    lines = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
+    lines.append(f"{name} {public} {permissions}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Authority:
+    """An agent's check of incoming commands (used only when authorityChecking=true)."""
+
+    def __init__(self, trust_path: Path, clock: Any = time.time) -> None:
+        self.trust_path = trust_path
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._mtime = -1.0
+        self._trusted: dict[str, TrustedRequester] = {}
+
+    def trusted(self) -> dict[str, TrustedRequester]:
+        # re-read when the file changes, so `fte key trust` takes effect without a restart
+        try:
+            mtime = self.trust_path.stat().st_mtime
+        except FileNotFoundError:
+            return {}
+        if mtime != self._mtime:
+            self._trusted = parse_trust_file(self.trust_path.read_text(), self.trust_path)
+            self._mtime = mtime
+        return self._trusted
+
+    def check(self, raw: Mapping[str, Any]) -> str:
+        """Return the requester's name, or raise AuthError saying why the command is refused."""
+        kind = raw.get("kind")
+        requester, signature, nonce = raw.get("requester"), raw.get("signature"), raw.get("nonce")
+        if not requester or not signature or not nonce:
+            raise AuthError("the command is not signed (authority checking is on); "
+                            "create a key with: fte key generate, and ask the agent's owner to trust it")
+        entry = self.trusted().get(str(requester))
+        if entry is None:
+            raise AuthError(f"requester {requester!r} is not trusted by this agent")
+        try:
+            entry.key.verify(base64.b64decode(str(signature), validate=True), canonical(raw))
+        except (InvalidSignature, ValueError):
+            raise AuthError(f"bad signature for requester {requester!r}") from None
+        try:
+            sent = datetime.fromisoformat(str(raw.get("sent_at")).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise AuthError("the command has no valid sent_at time") from None
+        now = self._clock()
+        if abs(now - sent) > MAX_SKEW:
+            raise AuthError(f"the command was sent {now - sent:+.0f} s from now (more than {MAX_SKEW} s "
+                            "apart: a replay, or clocks out of sync)")
+        self._seen = {n: t for n, t in self._seen.items() if t > now}
+        if nonce in self._seen:
+            raise AuthError("the command was already received once (a replay)")
+        self._seen[str(nonce)] = now + 2 * MAX_SKEW
+        needed = REQUIRED.get(str(kind), "admin")
+        if needed and needed not in entry.permissions:
+            raise AuthError(f"requester {requester!r} lacks the {needed!r} permission for {kind}")
+        return str(requester)
