@@ -21,7 +21,9 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -34,7 +36,7 @@ NOISY_LOGGERS = ("amqtt", "transitions", "websockets")
 
 _LISTENER = "default"
 _RESTART_BIND_TIMEOUT = 5.0  # seconds to retry binding the same port on restart
-_SHUTDOWN_TIMEOUT = 10.0  # seconds for amqtt's graceful shutdown before connections are aborted
+_SHUTDOWN_TIMEOUT = 10.0  # bound on each phase of stop(): client handlers ending, amqtt shutdown
 
 
 def quiet_amqtt_loggers(level: int = logging.WARNING) -> None:
@@ -49,81 +51,36 @@ def _format_url(host: str, port: int) -> str:
     return f"mqtt://{host}:{port}"
 
 
-def _broker_config(host: str, port: int, max_connections: int) -> dict[str, Any]:
+def _broker_config(host: str, port: int) -> dict[str, Any]:
     """amqtt 0.12 configuration: the non-deprecated ``plugins`` mapping (dotted class path -> options).
 
     Only the anonymous auth plugin is loaded: no EventLogger/PacketLogger plugins (noise), no
     BrokerSysPlugin (no ``$SYS`` publishing), no topic checking plugin (every topic is allowed).
+    The listener is ``external``: :class:`EmbeddedBroker` owns the listening socket and hands each
+    accepted connection to amqtt, so that it can close every one of them on :meth:`EmbeddedBroker.stop`.
     """
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return {
-        "listeners": {
-            _LISTENER: {
-                "type": "tcp",
-                "bind": f"{bind_host}:{port}",
-                "max_connections": max_connections,
-            },
-        },
+        "listeners": {_LISTENER: {"type": "external", "bind": f"{bind_host}:{port}"}},
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
         },
     }
 
 
-def _new_broker_class() -> type:
-    """Subclass amqtt's Broker to track every accepted TCP connection.
-
-    amqtt's shutdown closes the writers of the sessions it knows, but not connections that have not
-    completed CONNECT yet (and with Python >= 3.12 ``Server.wait_closed`` waits for *all* connections).
-    Tracking the stream writers lets :meth:`EmbeddedBroker.stop` guarantee that every client sees its
-    connection drop.
-    """
-    from amqtt.broker import Broker  # imported lazily: amqtt is heavy and only the broker needs it
-
-    class _TrackingBroker(Broker):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.fte_writers: set[asyncio.StreamWriter] = set()
-            self.fte_idle = asyncio.Event()
-            self.fte_idle.set()
-            self.fte_closing = False
-
-        async def stream_connected(
-            self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
-        ) -> None:
-            if self.fte_closing:
-                # accepted by the OS/event loop just before the listener closed: drop it too
-                writer.transport.abort()
-                return
-            self.fte_writers.add(writer)
-            self.fte_idle.clear()
-            try:
-                await super().stream_connected(reader, writer, listener_name)
-            finally:
-                self.fte_writers.discard(writer)
-                if not self.fte_writers:
-                    self.fte_idle.set()
-
-        def fte_abort_connections(self) -> int:
-            n = 0
-            for writer in list(self.fte_writers):
-                transport = writer.transport
-                if transport is not None and not transport.is_closing():
-                    transport.abort()
-                    n += 1
-            return n
-
-        def fte_close_listeners(self) -> None:
-            for server in self._servers.values():
-                instance = getattr(server, "instance", None)
-                if instance is not None:
-                    instance.close()
-
-        def fte_bound_port(self) -> int:
-            server = self._servers[_LISTENER]
-            return int(server.instance.sockets[0].getsockname()[1])
-
-    return _TrackingBroker
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":  # on Windows SO_REUSEADDR would allow two brokers on one port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class EmbeddedBroker:
@@ -131,6 +88,11 @@ class EmbeddedBroker:
 
     ``port=0`` lets the OS choose a free port when the broker first starts; :attr:`port` then holds it
     and every later :meth:`start` binds that same port again.
+
+    The listening socket and every accepted connection belong to this object (amqtt only sees
+    streams), so :meth:`stop` really closes every client connection, including ones accepted a moment
+    before and ones that never sent CONNECT. (asyncio's own ``Server.close()`` can leak a connection
+    accepted in the same loop iteration, and amqtt's shutdown only closes the sessions it knows.)
     """
 
     def __init__(
@@ -139,7 +101,6 @@ class EmbeddedBroker:
         port: int = 0,
         *,
         keep_retained: bool = True,
-        max_connections: int = 0,
         quiet: bool = True,
     ) -> None:
         if not 0 <= port <= 65535:
@@ -147,8 +108,13 @@ class EmbeddedBroker:
         self.host = host
         self._port = port
         self.keep_retained = keep_retained
-        self.max_connections = max_connections
         self._broker: Any = None
+        self._lsock: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._raw: set[socket.socket] = set()  # accepted, not yet wrapped in a transport
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._retained: dict[str, Any] = {}
         self._started_once = False
         self._lock = asyncio.Lock()
@@ -176,53 +142,135 @@ class EmbeddedBroker:
     @property
     def connection_count(self) -> int:
         """Open client TCP connections (including ones that have not sent CONNECT yet)."""
-        return len(self._broker.fte_writers) if self._broker is not None else 0
+        return len(self._raw) + len(self._writers)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening (no-op if already running). Raises OSError if the port stays taken."""
+        """Start listening (no-op if already running). Raises OSError if the port is taken."""
         async with self._lock:
             if self._broker is not None:
                 return
-            from amqtt.errors import BrokerError
+            from amqtt.broker import Broker  # lazily: amqtt is heavy and only the broker needs it
 
-            broker_cls = _new_broker_class()
-            loop = asyncio.get_running_loop()
-            # A restart may race the release of our own port: retry briefly. A first start fails fast.
-            deadline = loop.time() + (_RESTART_BIND_TIMEOUT if self._started_once else 0.0)
-            delay = 0.05
-            while True:
-                broker = broker_cls(_broker_config(self.host, self._port, self.max_connections))
-                try:
-                    await broker.start()
-                    break
-                except BrokerError as exc:
-                    cause = exc.__cause__
-                    in_use = isinstance(cause, OSError) and cause.errno in (errno.EADDRINUSE, errno.EACCES)
-                    if not in_use or loop.time() >= deadline:
-                        if isinstance(cause, OSError):
-                            raise OSError(
-                                cause.errno, f"embedded broker cannot listen on {self.host}:{self._port}: {cause}"
-                            ) from exc
-                        raise
-                    # the same port was just released (restart): retry briefly
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-            if self._port == 0:
-                self._port = broker.fte_bound_port()
+            lsock = await self._bind()
+            try:
+                if self._port == 0:
+                    self._port = int(lsock.getsockname()[1])
+                broker = Broker(_broker_config(self.host, self._port))
+                await broker.start()
+            except BaseException:
+                lsock.close()
+                raise
             if self.keep_retained and self._retained:
                 broker.retained_messages.update(self._retained)
             self._retained = {}
+            self._closing = False
             self._broker = broker
+            self._lsock = lsock
+            self._start_accepting(lsock, broker)
             self._started_once = True
             log.info("embedded MQTT broker listening on %s", self.url)
+
+    async def _bind(self) -> socket.socket:
+        # A restart may race the release of our own port: retry briefly. A first start fails fast.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (_RESTART_BIND_TIMEOUT if self._started_once else 0.0)
+        delay = 0.05
+        while True:
+            try:
+                return _listen_socket(self.host, self._port)
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES) or loop.time() >= deadline:
+                    raise OSError(
+                        exc.errno, f"embedded broker cannot listen on {self.host}:{self._port}: {exc.strerror}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _start_accepting(self, lsock: socket.socket, broker: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_readable() -> None:
+            # accept synchronously: a connection is tracked from the instant it exists in this process
+            for _ in range(64):
+                try:
+                    conn, _addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # EMFILE, ECONNABORTED, ...: keep serving the others
+                    log.warning("embedded broker: accept failed: %s", exc)
+                    return
+                conn.setblocking(False)
+                if self._closing:
+                    conn.close()
+                    continue
+                self._raw.add(conn)
+                self._track(loop.create_task(self._serve(conn, broker)))
+
+        try:
+            loop.add_reader(lsock.fileno(), on_readable)
+        except NotImplementedError:  # event loops without add_reader (Windows proactor)
+            self._accept_task = loop.create_task(self._accept_loop(lsock, broker))
+
+    async def _accept_loop(self, lsock: socket.socket, broker: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                conn, _addr = await loop.sock_accept(lsock)
+            except OSError as exc:
+                if self._closing:
+                    return
+                log.warning("embedded broker: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if self._closing:
+                conn.close()
+                return
+            self._raw.add(conn)
+            self._track(loop.create_task(self._serve(conn, broker)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket, broker: Any) -> None:
+        from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+
+        try:
+            try:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=2**20)
+            finally:
+                self._raw.discard(conn)
+        except OSError:
+            conn.close()
+            return
+        self._writers.add(writer)
+        try:
+            if self._closing:
+                return
+            await broker.external_connected(StreamReaderAdapter(reader), StreamWriterAdapter(writer), _LISTENER)
+        except Exception as exc:  # noqa: BLE001 - one bad client must not take the broker down
+            log.debug("embedded broker: client connection ended with %r", exc)
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()  # no-op if amqtt already closed it
+
+    def _drop_connections(self) -> None:
+        for conn in list(self._raw):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # its transport is being created: let it see EOF
+            except OSError:
+                pass
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     async def stop(self) -> None:
         """Stop the broker: stop listening and drop every client connection (no-op if stopped).
 
-        Clients see their connection close (as in a broker outage); will messages are not
-        delivered (nobody is left connected to receive them).
+        Like a crash or outage, every client sees its connection drop at once. Retained messages are
+        kept for the next :meth:`start` when ``keep_retained``; the will messages of the dropped
+        clients reach nobody and are not retained.
         """
         async with self._lock:
             broker, self._broker = self._broker, None
@@ -230,27 +278,34 @@ class EmbeddedBroker:
                 return
             if self.keep_retained:
                 self._retained = dict(broker.retained_messages)
-            # Like a crash or outage: stop listening, then drop every connection at once (clients see
-            # it immediately). Retained messages were snapshotted above, so the will messages amqtt
-            # publishes for these abnormal disconnects reach nobody and are not kept.
-            broker.fte_closing = True
-            broker.fte_close_listeners()
-            broker.fte_abort_connections()
-            try:
-                await asyncio.wait_for(broker.fte_idle.wait(), _SHUTDOWN_TIMEOUT)
-            except asyncio.TimeoutError:
-                log.warning("embedded broker: client handlers still running %.0fs after abort", _SHUTDOWN_TIMEOUT)
-            # Then let amqtt release the rest (sessions, broadcast loop, plugins).
+            self._closing = True
+            loop = asyncio.get_running_loop()
+            lsock, self._lsock = self._lsock, None
+            if lsock is not None:
+                if self._accept_task is None:
+                    loop.remove_reader(lsock.fileno())
+                lsock.close()
+            if self._accept_task is not None:
+                self._accept_task.cancel()
+                await asyncio.gather(self._accept_task, return_exceptions=True)
+                self._accept_task = None
+            self._drop_connections()
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks), timeout=_SHUTDOWN_TIMEOUT)
+                if pending:
+                    log.warning("embedded broker: %d client handlers still running; cancelling", len(pending))
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=_SHUTDOWN_TIMEOUT)
+            # then let amqtt release the rest (sessions, broadcast loop, plugins)
             shutdown = asyncio.ensure_future(broker.shutdown())
             done, _ = await asyncio.wait({shutdown}, timeout=_SHUTDOWN_TIMEOUT)
             if not done:
                 log.warning("embedded broker: amqtt shutdown did not finish in %.0fs", _SHUTDOWN_TIMEOUT)
                 shutdown.cancel()
                 await asyncio.gather(shutdown, return_exceptions=True)
-                return
-            exc = shutdown.exception()
-            if exc is not None:
-                log.warning("amqtt shutdown raised %r", exc)
+            elif shutdown.exception() is not None:
+                log.warning("embedded broker: amqtt shutdown raised %r", shutdown.exception())
             log.info("embedded MQTT broker on %s stopped", _format_url(self.host, self._port))
 
     async def serve_until(self, stop_event: asyncio.Event) -> None:

@@ -60,11 +60,14 @@ class BrokerAddress:
 
 def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
                 will: aiomqtt.Will | None = None) -> aiomqtt.Client:
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         addr.host, addr.port, identifier=client_id, username=addr.username, password=addr.password,
         keepalive=keepalive, will=will, tls_context=addr.tls_context(), clean_session=True,
         max_inflight_messages=64, timeout=10,
     )
+    # a window of chunks is many publishes in flight by design; aiomqtt would warn about it
+    client.pending_calls_threshold = 1 << 16
+    return client
 
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]

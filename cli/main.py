@@ -612,7 +612,7 @@ def broker_cmd(
     """Run the embedded MQTT broker (amqtt) in the foreground, for trials and tests."""
     from agent.embedded_broker import run_broker_forever
 
-    run_broker_forever(host, port)
+    raise typer.Exit(run_broker_forever(host, port))
 
 
 @app.command("demo")

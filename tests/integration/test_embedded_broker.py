@@ -1,0 +1,181 @@
+"""The embedded amqtt broker (``fte broker``, ``fte demo``): in-process lifecycle and the CLI entry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+
+import aiomqtt
+import pytest
+
+from agent.embedded_broker import EmbeddedBroker
+from tests.support.brokers import PROJECT_ROOT, TcpProxy, free_port, mqtt_probe
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT = 15.0
+
+
+def client(b: EmbeddedBroker | TcpProxy, **kwargs: object) -> aiomqtt.Client:
+    kwargs.setdefault("timeout", WAIT)
+    return aiomqtt.Client(b.host, b.port, **kwargs)  # type: ignore[arg-type]
+
+
+def topic(name: str) -> str:
+    return f"fte-test/{uuid.uuid4().hex}/{name}"
+
+
+async def next_message(c: aiomqtt.Client, timeout: float = WAIT) -> aiomqtt.Message:
+    return await asyncio.wait_for(c.messages.__anext__(), timeout)
+
+
+async def drain_until_dropped(c: aiomqtt.Client) -> None:
+    async for _ in c.messages:
+        pass
+
+
+async def test_port_zero_picks_a_port_and_url() -> None:
+    async with EmbeddedBroker(host="127.0.0.1", port=0) as b:
+        assert b.running
+        assert b.port > 0
+        assert b.url == f"mqtt://127.0.0.1:{b.port}"
+        assert await asyncio.to_thread(mqtt_probe, b.host, b.port, 5.0)
+    assert not b.running
+
+
+async def test_explicit_port_and_port_in_use() -> None:
+    port = free_port()
+    async with EmbeddedBroker(port=port) as b:
+        assert b.port == port and b.url.endswith(f":{port}")
+        with pytest.raises(OSError):  # a first start fails fast when the port is taken
+            await EmbeddedBroker(port=port).start()
+
+
+async def test_qos1_256kib_payloads() -> None:
+    t = topic("data")
+    payloads = [os.urandom(256 * 1024) for _ in range(8)]
+    async with EmbeddedBroker() as b, client(b) as sub, client(b) as pub:
+        await sub.subscribe(t, qos=1)
+        for p in payloads:
+            await pub.publish(t, p, qos=1)
+        for expected in payloads:
+            msg = await next_message(sub)
+            assert msg.qos == 1 and msg.payload == expected
+
+
+async def test_stop_drops_every_client_and_start_reuses_the_port() -> None:
+    async with EmbeddedBroker() as b:
+        port = b.port
+        async with client(b) as subscriber, client(b) as idle:
+            await subscriber.subscribe(topic("x"), qos=1)
+            reader = asyncio.ensure_future(drain_until_dropped(subscriber))
+            idle_reader = asyncio.ensure_future(drain_until_dropped(idle))
+            # a connection that never sent CONNECT is closed too
+            raw = await asyncio.to_thread(socket.create_connection, (b.host, b.port), WAIT)
+            raw.settimeout(WAIT)
+            try:
+                await b.stop()
+                assert not b.running and b.connection_count == 0
+                for task in (reader, idle_reader):
+                    with pytest.raises(aiomqtt.MqttError):
+                        await asyncio.wait_for(task, WAIT)
+                try:
+                    assert await asyncio.to_thread(raw.recv, 1) == b""
+                except ConnectionResetError:
+                    pass
+            finally:
+                raw.close()
+
+        with pytest.raises(aiomqtt.MqttError, match="refused"):  # down: nothing listens
+            async with client(b, timeout=5):
+                pass
+
+        await b.start()
+        assert b.port == port
+        t = topic("after")
+        async with client(b) as sub, client(b) as pub:
+            await sub.subscribe(t, qos=1)
+            await pub.publish(t, b"back", qos=1)
+            assert (await next_message(sub)).payload == b"back"
+
+
+async def test_stop_and_start_are_idempotent() -> None:
+    b = EmbeddedBroker()
+    await b.stop()  # never started: no-op
+    await b.start()
+    await b.start()
+    port = b.port
+    await b.stop()
+    await b.stop()
+    await b.start()
+    assert b.port == port
+    await b.stop()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_retained_messages_across_restart(keep: bool) -> None:
+    t = topic("status")
+    async with EmbeddedBroker(keep_retained=keep) as b:
+        async with client(b) as pub:
+            await pub.publish(t, b"READY", qos=1, retain=True)
+        await b.stop()
+        await b.start()
+        async with client(b) as late:
+            await late.subscribe(t, qos=1)
+            if keep:
+                msg = await next_message(late)
+                assert msg.payload == b"READY" and msg.retain
+            else:
+                with pytest.raises(asyncio.TimeoutError):  # negative check: a short bounded window
+                    await next_message(late, timeout=0.5)
+
+
+async def test_last_will_when_the_network_to_a_client_is_cut() -> None:
+    t = topic("agent")
+    async with EmbeddedBroker() as b, TcpProxy(b.host, b.port) as proxy, client(b) as watcher:
+        await watcher.subscribe(t, qos=1)
+        will = aiomqtt.Will(t, b"UNREACHABLE", qos=1, retain=True)
+        async with client(proxy, will=will) as agent:
+            reader = asyncio.ensure_future(drain_until_dropped(agent))
+            await proxy.wait_active(1)
+            proxy.cut()
+            with pytest.raises(aiomqtt.MqttError):
+                await asyncio.wait_for(reader, WAIT)
+        msg = await next_message(watcher)
+        assert msg.payload == b"UNREACHABLE"
+
+
+# -- the CLI entry: python -m agent.embedded_broker ---------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_module_entry_prints_url_and_stops_cleanly_on_signal(signum: int) -> None:
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.embedded_broker", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # readline blocks until the line or EOF; the process is killed below if the test times out
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.strip() == f"embedded MQTT broker listening on mqtt://127.0.0.1:{port}", (
+            line + (proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+        )
+        assert mqtt_probe("127.0.0.1", port, timeout=WAIT)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+        assert not mqtt_probe("127.0.0.1", port, timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=WAIT)
