@@ -28,3 +28,7 @@ class AgentContext:
     agent_recovery_timeout: int
     on_state_change: Callable[[], None]
     settings: Any = None
+    # agent.binding: this agent's identity key, and the trusted identity key of a peer agent (or None)
+    identity: Any = None
+    peer_key: Callable[[str], Any] = lambda agent: None
+    verify_peers: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import glob
 import json
 import logging
@@ -16,13 +17,15 @@ import aiomqtt
 
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
+from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_or_create_agent_key, new_ephemeral,
+                      seal, transfer_key, verify_signed)
 from .context import AgentContext
 from .core import results
 from .core.lifecycle import TransferState as S
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink
-from .protocol import (Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
+from .protocol import (FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
                        ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, dump, parse_agent_status,
                        parse_command, parse_control, utc_now)
@@ -70,7 +73,8 @@ class Agent:
         self._immediate = False
         self._status_dirty = asyncio.Event()
         self._raw_command = b""
-        self.authority = Authority((agent_home or agent_dir_of(settings)) / TRUST_FILE) if settings.authorityChecking else None
+        self.agent_home = agent_home or agent_dir_of(settings)
+        self.authority = Authority(self.agent_home / TRUST_FILE) if settings.authorityChecking else None
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
         will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload("UNREACHABLE"), qos=1,
@@ -87,7 +91,8 @@ class Agent:
             chunk_size=settings.agentChunkSize, window_chunks=settings.agentWindowSize,
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
-            settings=settings)
+            settings=settings, identity=load_or_create_agent_key(self.agent_home), peer_key=self._trusted_agent_key,
+            verify_peers=self.authority is not None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,13 +183,19 @@ class Agent:
             if len(levels) == 3 and levels[0] == "Data" and levels[1] == self.name:
                 await self._on_data(levels[2], bytes(payload))
             elif len(levels) == 3 and levels[0] == "Control" and levels[1] == self.name:
-                await self._on_control(levels[2], parse_control(bytes(payload)))
+                await self._on_control(levels[2], parse_control(bytes(payload)), bytes(payload))
             elif len(levels) == 2 and levels[0] == "Commands" and levels[1] == self.name:
                 await self._on_command(bytes(payload))
             elif len(levels) == 2 and levels[0] == "Agents":
                 self._on_agent_status(levels[1], bytes(payload))
         except ProtocolError as exc:
             log.warning("dropped a message on %s: %s", topic, exc)
+
+    def _trusted_agent_key(self, agent: str) -> Any:
+        if self.authority is None:
+            return None
+        entry = self.authority.trusted().get(agent_requester(agent))
+        return entry.key if entry is not None and "transfer" in entry.permissions else None
 
     def _on_agent_status(self, agent: str, payload: bytes) -> None:
         if not payload:
@@ -208,11 +219,49 @@ class Agent:
         dest = self.dests.get(tid)
         if dest is None:
             return  # not (or no longer) ours; the source resyncs if it still cares
+        key = dest.key
+        if key is not None:
+            frame = check_chunk_mac(payload, key)
+            if frame is None:
+                raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
+            payload = frame
         await dest.on_chunk(decode_chunk(payload))
 
-    async def _on_control(self, tid: str, msg: Any) -> None:
+    def _key_of(self, tid: str, role: str) -> bytes | None:
+        live = (self.sources if role == "source" else self.dests).get(tid)
+        if live is not None:
+            return live.key
+        rec = self.store.load_transfer(tid, role)
+        return transfer_key(rec.header) if rec else None
+
+    def _peer_signed(self, agent: str, raw: dict[str, Any]) -> bool:
+        """Negotiation messages must be signed by the peer agent's trusted identity key (authority on)."""
+        if not self.ctx.verify_peers:
+            return True
+        key = self.ctx.peer_key(agent)
+        return key is not None and verify_signed(raw, key)
+
+    async def _on_control(self, tid: str, msg: Any, payload: bytes) -> None:
         if msg.transfer_id != tid:
             raise ProtocolError("transfer id in the message does not match its topic")
+        raw = json.loads(payload)
+        if isinstance(msg, Resync):
+            if not self._peer_signed(msg.source_agent, raw):
+                await self._refuse_negotiation(msg)
+                return
+        elif isinstance(msg, ResyncReply):
+            session = self.sources.get(tid)
+            if session is None:
+                return
+            if not self._peer_signed(session.dest, raw):
+                raise ProtocolError(f"resync reply for {tid} not signed by a trusted key of agent {session.dest}")
+            if msg.kx:
+                session.bind(msg.kx)
+        else:
+            role = "destination" if isinstance(msg, (FileEnd, Complete)) else "source"
+            key = self._key_of(tid, role)
+            if key is not None and not check_message_mac(raw, raw.get("mac"), key):
+                raise ProtocolError(f"{msg.kind} for transfer {tid} without a valid MAC (not from its peer)")
         if isinstance(msg, Resync):
             await self._dest_resync(msg)
         elif isinstance(msg, (FileEnd,)):
@@ -243,6 +292,22 @@ class Agent:
             if rec and not rec.peer_confirmed:
                 rec.peer_confirmed = True
                 self.store.update_transfer(rec)
+
+    async def _refuse_negotiation(self, msg: Resync) -> None:
+        """A transfer offered by an agent we do not trust: answer (signed) that every file failed."""
+        reason = (f"not authorized: agent {self.name} does not trust agent {msg.source_agent} (add its key with: "
+                  f"fte key trust {self.name} {agent_requester(msg.source_agent)} KEY -p transfer)")
+        log.warning("refused transfer %s from agent %s: no trusted signature", msg.transfer_id, msg.source_agent)
+        if self.store.load_transfer(msg.transfer_id, "destination") is not None:
+            return  # a forged resync for a transfer we run: ignore it
+        reply = ResyncReply(kind="resync_reply", transfer_id=msg.transfer_id, epoch=msg.epoch, files=[
+            FileHolding(index=f.index, held=0, status="failed", result_code=results.FILE_FAILED, supplement=reason)
+            for f in msg.files])
+        try:
+            await self._publish(self.topics.control(msg.source_agent, msg.transfer_id),
+                                seal(reply, None, self.ctx.identity), 1, False)
+        except ConnectionError:
+            pass
 
     async def _dest_resync(self, msg: Resync) -> None:
         if msg.destination_agent != self.name:
@@ -367,6 +432,8 @@ class Agent:
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": cmd.sent_at}
+        kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.binding)
+        header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         rec = TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                              files=files)
         self.store.save_transfer(rec)

@@ -7,12 +7,14 @@ after a restart the destination reports its size as the bytes it holds, and the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .protocol import (Ack, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, RequestRecovery, Resync,
@@ -51,6 +53,11 @@ class DestinationTransfer:
         header = {"source_agent": msg.source_agent, "destination_agent": msg.destination_agent,
                   "exist": msg.exist, "checksum": msg.checksum, "job_name": msg.job_name,
                   "metadata": dict(msg.metadata)}
+        if msg.kx:
+            # our half of the key exchange: the transfer key binds every later message to this transfer
+            private, public = new_ephemeral()
+            key = derive_key(private, msg.kx, msg.transfer_id)
+            header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
@@ -87,7 +94,8 @@ class DestinationTransfer:
                                 destination=f.destination, digest=f.digest)
                     for f in self.files.values()]
         # files whose length is already complete may just be waiting for their FileEnd
-        await self._send(ResyncReply(kind="resync_reply", transfer_id=self.tid, epoch=self.epoch, files=holdings))
+        await self._send(ResyncReply(kind="resync_reply", transfer_id=self.tid, epoch=self.epoch, files=holdings,
+                                     kx=self.rec.header.get("kx_public")))
 
     async def on_chunk(self, chunk: Chunk) -> None:
         self.last_activity = time.monotonic()
@@ -235,8 +243,15 @@ class DestinationTransfer:
         if fd is not None:
             os.close(fd)
 
+    @property
+    def key(self) -> bytes | None:
+        return transfer_key(self.rec.header)
+
     async def _send(self, msg: Any) -> None:
+        # the negotiation answer is signed (it carries our key exchange value); the rest carries a MAC
+        identity = self.ctx.identity if isinstance(msg, ResyncReply) else None
         try:
-            await self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid), dump(msg), 1, False)
+            await self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid),
+                                   seal(msg, self.key, identity), 1, False)
         except ConnectionError:
             pass  # the source resyncs; nothing is lost by dropping a reply while the broker is away

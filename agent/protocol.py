@@ -19,7 +19,7 @@ import zlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -33,6 +33,11 @@ MAX_PATH_CHARS = 4096
 TRANSFER_ID_RE = re.compile(r"^[0-9a-f]{48}$")
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._]{0,27}$"
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# Integers that reach the state store (sqlite INTEGER: 64-bit signed) or the chunk header (epoch: 32-bit).
+# A larger value in a message is refused by the model, rather than raising OverflowError (sqlite) or
+# struct.error (encode_chunk) later, inside a handler, where it is no longer "dropped with a reason".
+MAX_INT64 = 2**63 - 1
+MAX_EPOCH = 2**32 - 1
 
 
 class ProtocolError(ValueError):
@@ -96,7 +101,16 @@ class Topics:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_PATH_CHARS)
+    # allow_inf_nan=False: NaN / Infinity are not JSON, and dump() writes them as null, which parses back
+    # as an error (a FileOffer.mtime of NaN made a Resync that could not round-trip).
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_PATH_CHARS, allow_inf_nan=False)
+
+
+class Sealed(Strict):
+    """A control message of a transfer. Once the two agents share a transfer key (agent.binding),
+    every such message carries `mac`; the negotiation messages carry `kx` and `signature` instead."""
+
+    mac: Annotated[str, Field(max_length=64)] | None = None
 
 
 AgentName = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -107,6 +121,9 @@ Path_ = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
 Metadata = Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=4096)]],
                      Field(max_length=64)]
 Checksum = Literal["sha256", "md5", "none"]
+Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCH)]
+ByteCount = Annotated[int, Field(ge=0, le=MAX_INT64)]
+ResultCode = Annotated[int, Field(ge=-MAX_INT64 - 1, le=MAX_INT64)]
 
 
 class TransferItem(Strict):
@@ -127,7 +144,7 @@ class TransferSpec(Strict):
     exist: Literal["error", "overwrite"] = "error"
     disposition: Literal["leave", "delete"] = "leave"
     checksum: Checksum = "sha256"
-    recovery_timeout: Annotated[int, Field(ge=-1)] | None = None
+    recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
 
@@ -180,7 +197,7 @@ Command = Annotated[
 class Reply(Strict):
     request_id: RequestId
     ok: bool
-    result_code: int = 0
+    result_code: ResultCode = 0
     message: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -194,11 +211,11 @@ class FileOffer(Strict):
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
     source: Path_
     destination: Path_
-    size: Annotated[int, Field(ge=0)]
+    size: ByteCount
     mtime: float = 0.0
 
 
-class Resync(Strict):
+class Resync(Sealed):
     """Source → destination. The first one negotiates the transfer; later ones resynchronise.
 
     The destination answers with a ResyncReply saying, per file, how many contiguous bytes it holds.
@@ -207,7 +224,7 @@ class Resync(Strict):
 
     kind: Literal["resync"]
     transfer_id: TransferId
-    epoch: Annotated[int, Field(ge=0)]
+    epoch: Epoch
     source_agent: AgentName
     destination_agent: AgentName
     exist: Literal["error", "overwrite"]
@@ -216,62 +233,78 @@ class Resync(Strict):
     job_name: str | None = None
     metadata: Metadata = Field(default_factory=dict)
     files: Annotated[list[FileOffer], Field(max_length=MAX_FILES_PER_TRANSFER)]
+    # the source's X25519 public key for this transfer, and its identity signature (agent.binding)
+    kx: Annotated[str, Field(max_length=64)] | None = None
+    signature: Annotated[str, Field(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_indexes(self) -> "Resync":
+        # Each file once: a repeated index used to pass the model and then fail the destination's state store
+        # (sqlite IntegrityError on the files primary key) after the transfer row was already written.
+        seen: set[int] = set()
+        for f in self.files:
+            if f.index in seen:
+                raise ValueError(f"file index {f.index} appears more than once")
+            seen.add(f.index)
+        return self
 
 
 class FileHolding(Strict):
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
-    held: Annotated[int, Field(ge=0)]
+    held: ByteCount
     # ready: send from `held`; done: written, verified and renamed; failed: refused or broken
     status: Literal["ready", "done", "failed"]
-    result_code: int = 0
+    result_code: ResultCode = 0
     supplement: str | None = None
     destination: str | None = None
     digest: str | None = None
 
 
-class ResyncReply(Strict):
+class ResyncReply(Sealed):
     kind: Literal["resync_reply"]
     transfer_id: TransferId
-    epoch: Annotated[int, Field(ge=0)]
+    epoch: Epoch
     files: Annotated[list[FileHolding], Field(max_length=MAX_FILES_PER_TRANSFER)]
+    kx: Annotated[str, Field(max_length=64)] | None = None
+    signature: Annotated[str, Field(max_length=256)] | None = None
 
 
-class Ack(Strict):
+class Ack(Sealed):
     """Destination → source: `offset` contiguous bytes of file `index` are written (a checkpoint)."""
 
     kind: Literal["ack"]
     transfer_id: TransferId
-    epoch: Annotated[int, Field(ge=0)]
+    epoch: Epoch
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
-    offset: Annotated[int, Field(ge=0)]
+    offset: ByteCount
     # True when the destination saw a gap (a lost chunk): resend from `offset` (go-back-N)
     rewind: bool = False
 
 
-class FileEnd(Strict):
+class FileEnd(Sealed):
     """Source → destination: the whole file was sent; its size and digest."""
 
     kind: Literal["file_end"]
     transfer_id: TransferId
-    epoch: Annotated[int, Field(ge=0)]
+    epoch: Epoch
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
-    size: Annotated[int, Field(ge=0)]
+    size: ByteCount
     digest: Annotated[str, Field(max_length=128)] | None = None
 
 
-class FileResult(Strict):
+class FileResult(Sealed):
     """Destination → source: the file is in place (result 0) or failed (1), with a supplement."""
 
     kind: Literal["file_result"]
     transfer_id: TransferId
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
-    result_code: int
+    result_code: ResultCode
     supplement: str | None = None
     destination: str | None = None
     digest: str | None = None
 
 
-class Complete(Strict):
+class Complete(Sealed):
     """Source → destination: the transfer's outcome. The destination removes the part files of a
     transfer that did not complete, forgets it, and confirms with CompleteAck."""
 
@@ -279,16 +312,16 @@ class Complete(Strict):
     transfer_id: TransferId
     source_agent: AgentName
     state: Annotated[str, Field(max_length=32)]
-    result_code: int
+    result_code: ResultCode
 
 
-class CompleteAck(Strict):
+class CompleteAck(Sealed):
     kind: Literal["complete_ack"]
     transfer_id: TransferId
-    removed_part_files: int = 0
+    removed_part_files: ByteCount = 0
 
 
-class RequestRecovery(Strict):
+class RequestRecovery(Sealed):
     """Destination → source: data stopped arriving, or the destination came back and wants to know."""
 
     kind: Literal["request_recovery"]
@@ -310,20 +343,24 @@ _control_adapter: TypeAdapter[Any] = TypeAdapter(ControlMessage)
 _reply_adapter = TypeAdapter(Reply)
 
 
-def _load(payload: bytes, limit: int) -> Any:
+def _load(payload: bytes, limit: int) -> bytes:
+    """The size check, made before any parsing."""
     if len(payload) > limit:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds the limit of {limit}")
-    try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    return payload
 
 
-def _validate(adapter: TypeAdapter[Any], data: Any, what: str) -> Any:
+def _validate(adapter: TypeAdapter[Any], payload: bytes, what: str) -> Any:
+    # validate_json rather than json.loads + validate_python: json.loads raised RecursionError on deeply
+    # nested arrays and ValueError on integers of more than 4300 digits (neither a ProtocolError), where
+    # pydantic's parser bounds both. strict=True refuses wrongly typed values ("3" or 3.0 for an int,
+    # "yes" or 1 for a bool) instead of coercing them, as the "strict model" of DESIGN.md §Security says.
     try:
-        return adapter.validate_python(data)
+        return adapter.validate_json(payload, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            raise ProtocolError(f"not JSON: {first.get('msg')}") from None
         where = ".".join(str(p) for p in first.get("loc", ())) or what
         raise ProtocolError(f"invalid {what}: {where}: {first.get('msg')}") from None
 
@@ -346,8 +383,11 @@ def dump(model: BaseModel) -> bytes:
 
 # --------------------------------------------------------------------------- chunks
 
-# magic, version, flags, reserved, epoch, file index, offset, length, crc32 of the payload
+# magic, version, flags, reserved, epoch, file index, offset, length, crc32 of the header fields and the payload
 CHUNK_HEADER = struct.Struct(">4sBBHIIQII")
+# The CRC covers the 28 header bytes before it, not only the payload: with a payload-only CRC, a flipped bit
+# in the epoch, file index or offset decoded as a valid chunk for another place (or file) of the transfer.
+_CRC_COVERED = CHUNK_HEADER.size - 4
 CHUNK_MAGIC = b"FTEC"
 FLAG_LAST = 0x01
 
@@ -364,9 +404,10 @@ class Chunk:
 
 
 def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False) -> bytes:
-    header = CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_LAST if last else 0, 0, epoch, index,
-                               offset, len(data), zlib.crc32(data))
-    return header + bytes(data)
+    header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_LAST if last else 0, 0, epoch,
+                                         index, offset, len(data), 0))
+    struct.pack_into(">I", header, _CRC_COVERED, zlib.crc32(data, zlib.crc32(header[:_CRC_COVERED])))
+    return bytes(header) + bytes(data)
 
 
 def decode_chunk(payload: bytes) -> Chunk:
@@ -384,7 +425,7 @@ def decode_chunk(payload: bytes) -> Chunk:
         raise ProtocolError(f"chunk says {length} bytes but carries {len(data)} (truncated?)")
     if index >= MAX_FILES_PER_TRANSFER:
         raise ProtocolError(f"chunk file index {index} out of range")
-    if zlib.crc32(data) != crc:
+    if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
         raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
     return Chunk(epoch, index, offset, data, bool(flags & FLAG_LAST))
 

@@ -9,6 +9,7 @@ session never races with itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .binding import derive_key, mac_chunk, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .core.lifecycle import TransferEvent as E
@@ -89,6 +91,20 @@ class SourceTransfer:
         self.started_mono = time.monotonic()
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def key(self) -> bytes | None:
+        return transfer_key(self.rec.header)
+
+    def bind(self, peer_kx: str) -> None:
+        """Derive the transfer key from the destination's (verified) key exchange value."""
+        private = self.rec.header.get("kx_private")
+        if not private:
+            return
+        key = derive_key(base64.b64decode(private), peer_kx, self.tid)
+        if transfer_key(self.rec.header) != key:
+            self.rec.header["transfer_key"] = base64.b64encode(key).decode()
+            self.ctx.store.save_transfer(self.rec)
 
     @property
     def state(self) -> S:
@@ -294,13 +310,16 @@ class SourceTransfer:
                     break
                 budget -= length
                 last = offset + length >= f.size
-                if not self._publish_data(encode_chunk(self.epoch, idx, offset, data, last)):
+                frame = encode_chunk(self.epoch, idx, offset, data, last)
+                if self.key is not None:
+                    frame += mac_chunk(frame, self.key)
+                if not self._publish_data(frame):
                     return
             if f.status == "ready" and w.next_offset >= f.size and idx not in self.end_sent:
                 digest = await self._digest(idx)
                 end = FileEnd(kind="file_end", transfer_id=self.tid, epoch=self.epoch, index=idx, size=f.size,
                               digest=digest)
-                if not self._publish_data(dump(end), control=True):
+                if not self._publish_data(seal(end, self.key), control=True):
                     return
                 self.end_sent.add(idx)
                 self._close(idx)
@@ -369,9 +388,11 @@ class SourceTransfer:
             chunk_size=self.ctx.chunk_size, job_name=h.get("job_name"), metadata=h.get("metadata") or {},
             files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
                    for f in self.files.values() if f.status == "ready"],
+            kx=h.get("kx_public"),
         )
         try:
-            await self.ctx.publish(self.ctx.topics.control(self.dest, self.tid), dump(msg), 1, False)
+            await self.ctx.publish(self.ctx.topics.control(self.dest, self.tid), seal(msg, None, self.ctx.identity),
+                                   1, False)
             return True
         except ConnectionError:
             return False
@@ -556,6 +577,7 @@ async def send_complete(ctx: AgentContext, rec: TransferRecord) -> None:
     msg = Complete(kind="complete", transfer_id=rec.transfer_id, source_agent=ctx.name, state=rec.state,
                    result_code=rec.result_code if rec.result_code is not None else results.FAILED)
     try:
-        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), dump(msg), 1, False)
+        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), seal(msg, transfer_key(rec.header)), 1,
+                          False)
     except ConnectionError:
         pass

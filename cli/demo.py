@@ -62,7 +62,7 @@ class DemoAgents:
 
     async def start(self, name: str) -> None:
         settings = load_agent_settings(name, env={"FTE_CONFIG_HOME": str(self.home)})
-        agent = Agent(settings, settings.state_dir)
+        agent = Agent(settings, settings.state_dir, agent_home=self.home / "agents" / name)
         agent.tlog.listeners.append(self._on_event)
         self.agents[name] = agent
         self.tasks[name] = asyncio.create_task(agent.run())

@@ -81,6 +81,7 @@ def create_agent(
         me = requester_name()
         key = ensure_key(config_home(), me)
         trust(path.parent, me, public_text(key.public_key()), "all")
+        _trust_neighbours(path.parent)
     except FileExistsError:
         fail(f"agent {agent_name} already exists ({path}); use --force to overwrite it")
     except SettingsError as exc:
@@ -90,6 +91,20 @@ def create_agent(
     out.print(f"It obeys commands signed by {me} (your key in {config_home() / 'keys'}); "
               f"trust others with: fte key trust {agent_name} NAME PUBLIC_KEY")
     out.print(f"Start it with: fte-start-agent {agent_name}")
+
+
+def _trust_neighbours(agent_home: Path) -> None:
+    """Agents configured in the same FTE_CONFIG_HOME trust each other's identity keys for transfers."""
+    from agent.auth import public_text, trust
+    from agent.binding import agent_requester, load_or_create_agent_key
+
+    mine = public_text(load_or_create_agent_key(agent_home).public_key())
+    for other in sorted(agent_home.parent.iterdir()):
+        if other == agent_home or not (other / "agent.key").exists():
+            continue
+        theirs = public_text(load_or_create_agent_key(other).public_key())
+        trust(other, agent_requester(agent_home.name), mine, "transfer")
+        trust(agent_home, agent_requester(other.name), theirs, "transfer")
 
 
 def _pid_file(name: str) -> Path:
@@ -368,11 +383,22 @@ def key_generate(
 
 
 @key_app.command("show")
-def key_show(name: Optional[str] = typer.Option(None, "--name", help="Requester name.")) -> None:
+def key_show(
+    name: Optional[str] = typer.Option(None, "--name", help="Requester name."),
+    agent: Optional[str] = typer.Option(None, "--agent", help="Show this agent's identity key instead."),
+) -> None:
     """Print your requester name and public key (give this line to an agent's owner)."""
     from agent.auth import load_private, public_text, requester_name
-    from agent.settings import config_home
+    from agent.settings import agent_dir, config_home
 
+    if agent:
+        from agent.binding import agent_requester, load_or_create_agent_key
+
+        if not (agent_dir(agent) / "agent.properties").exists():
+            fail(f"agent {agent} is not configured here ({agent_dir(agent)})")
+        pub = public_text(load_or_create_agent_key(agent_dir(agent)).public_key())
+        out.print(f"{agent_requester(agent)} {pub}")
+        return
     name = name or requester_name()
     key = load_private(config_home(), name)
     if key is None:

@@ -1,0 +1,157 @@
+"""Binding a transfer's data and control messages to it, so that nobody else on the broker can
+inject chunks, forge acknowledgements or end it.
+
+Each agent has an Ed25519 identity key (agents/<NAME>/agent.key). When a transfer is negotiated, the
+source's Resync carries a fresh X25519 public key and is signed with the source's identity key; the
+destination answers with its own fresh X25519 key in a ResyncReply signed with its identity key.
+Each side checks the other's signature against its authorized_requesters file (entry
+`agent.<NAME>` with the transfer permission). Both then derive the transfer key
+
+    K = HKDF-SHA256(X25519(own ephemeral, peer ephemeral), salt=transfer id, info="mqtt-fte transfer")
+
+and every later message of the transfer carries a MAC under K: a 16-byte HMAC-SHA256 trailer on chunks,
+a `mac` field on control messages. Nobody without one of the two ephemeral private keys can compute K,
+and nobody without a trusted identity key can substitute their own ephemeral key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .auth import canonical, load_public
+
+MAC_BYTES = 16
+AGENT_KEY_FILE = "agent.key"
+
+
+def agent_requester(agent: str) -> str:
+    """The name under which an agent's identity key appears in another agent's trust file."""
+    return f"agent.{agent}"
+
+
+def load_or_create_agent_key(agent_home: Path) -> Ed25519PrivateKey:
+    path = agent_home / AGENT_KEY_FILE
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    agent_home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    return key
+
+
+def new_ephemeral() -> tuple[bytes, str]:
+    """A fresh X25519 key for one transfer: (private bytes to keep in the state store, public base64)."""
+    priv = X25519PrivateKey.generate()
+    raw = priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw, base64.b64encode(pub).decode()
+
+
+def derive_key(own_private: bytes, peer_public_b64: str, transfer_id: str) -> bytes:
+    try:
+        peer = X25519PublicKey.from_public_bytes(base64.b64decode(peer_public_b64, validate=True))
+    except Exception:
+        raise ValueError("the peer's key exchange value is not an X25519 public key") from None
+    shared = X25519PrivateKey.from_private_bytes(own_private).exchange(peer)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=transfer_id.encode(),
+                info=b"mqtt-fte transfer").derive(shared)
+
+
+# --------------------------------------------------------------------------- signatures (negotiation)
+
+
+def sign_message(body: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(key.sign(canonical(_unsigned(body)))).decode()
+
+
+def verify_message(body: Mapping[str, Any], signature: str | None, public_b64: str) -> bool:
+    if not signature:
+        return False
+    try:
+        load_public(public_b64).verify(base64.b64decode(signature, validate=True), canonical(_unsigned(body)))
+        return True
+    except Exception:
+        return False
+
+
+def _unsigned(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("signature", "mac")}
+
+
+# --------------------------------------------------------------------------- MACs (everything after)
+
+
+def mac_message(body: Mapping[str, Any], key: bytes) -> str:
+    digest = hmac.new(key, canonical(_unsigned(body)), hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.b64encode(digest).decode()
+
+
+def check_message_mac(body: Mapping[str, Any], mac: str | None, key: bytes) -> bool:
+    return bool(mac) and hmac.compare_digest(mac_message(body, key), mac or "")
+
+
+def mac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
+    return hmac.new(key, frame, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> bytes | None:
+    """The frame without its MAC trailer when the MAC is right, else None."""
+    if len(frame_with_mac) < MAC_BYTES:
+        return None
+    frame = memoryview(frame_with_mac)[:-MAC_BYTES]
+    if hmac.compare_digest(mac_chunk(frame, key), frame_with_mac[-MAC_BYTES:]):
+        return bytes(frame)
+    return None
+
+
+# --------------------------------------------------------------------------- what the sessions call
+
+
+def transfer_key(header: Mapping[str, Any]) -> bytes | None:
+    """The transfer key kept in a transfer's header in the state store (None: the peer has no binding)."""
+    k = header.get("transfer_key")
+    return base64.b64decode(k) if k else None
+
+
+def seal(msg: Any, key: bytes | None, identity: Ed25519PrivateKey | None = None) -> bytes:
+    """The bytes of a control message: with its MAC under the transfer key, or signed by the agent's
+    identity (negotiation), or plain when the peer has no binding."""
+    import json
+
+    from .protocol import dump
+
+    body = json.loads(dump(msg))
+    if identity is not None:
+        body["signature"] = sign_message(body, identity)
+    elif key is not None:
+        body["mac"] = mac_message(body, key)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def verify_signed(body: Mapping[str, Any], public: Any) -> bool:
+    """`public`: an Ed25519PublicKey (from the trust file)."""
+    sig = body.get("signature")
+    if not sig:
+        return False
+    try:
+        public.verify(base64.b64decode(str(sig), validate=True), canonical(_unsigned(body)))
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,179 @@
+"""Who may command an agent, and who may take part in a transfer: end to end, real agents and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from agent.auth import ensure_key, public_text, sign
+from agent.binding import load_or_create_agent_key, new_ephemeral, seal
+from agent.protocol import (Complete, CreateTransfer, FileOffer, Resync, TransferItem, TransferSpec, encode_chunk,
+                            new_transfer_id, parse_control)
+from tests.support.agents import FteEnv, Result, script, wait_until
+
+
+@pytest.fixture
+def pair(tmp_path: Path, mosquitto):
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+    (data / "out").mkdir()
+    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    try:
+        for name in ("A1", "A2"):
+            env.create_agent(name, sandbox=data, transferAckTimeout=3000)
+        for name in ("A1", "A2"):
+            env.start_agent(name)
+        yield env, data
+    finally:
+        env.stop_all()
+
+
+def run_as(env: FteEnv, requester: str, verb: str, *args: str) -> Result:
+    e = dict(env.env, FTE_REQUESTER=requester)
+    cmd = [script(verb), *args]
+    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_create_agent_turns_authority_on_and_trusts_its_user(pair) -> None:
+    env, data = pair
+    props = (env.agent_dir("A1") / "agent.properties").read_text()
+    assert "\nauthorityChecking=true\n" in props
+    trusted = (env.agent_dir("A1") / "authorized_requesters").read_text()
+    assert "agent.A2 " in trusted  # agents of one FTE_CONFIG_HOME trust each other for transfers
+    (data / "in" / "f.txt").write_text("hello")
+    r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(data / "out" / "f.txt"), "-w",
+                str(data / "in" / "f.txt"))
+    assert r.returncode == 0, str(r)
+    assert (data / "out" / "f.txt").read_text() == "hello"
+
+
+def test_unknown_requester_is_refused_with_53_and_nothing_happens(pair) -> None:
+    env, data = pair
+    (data / "in" / "f.txt").write_text("hello")
+    r = run_as(env, "mallory", "create-transfer", "-sa", "A1", "-da", "A2", "-df", str(data / "out" / "m.txt"),
+               "-w", str(data / "in" / "f.txt"))
+    assert r.returncode == 53, str(r)
+    assert "not authorized" in r.stderr and "unsigned" not in r.stderr
+    assert not (data / "out" / "m.txt").exists()
+    wait_until(lambda: "refused create_transfer" in env.agents["A1"].log.read_text(), 10, "refusal logged")
+
+
+def test_trusted_requester_gets_only_its_permissions(pair) -> None:
+    env, data = pair
+    key = ensure_key(env.home, "bob")
+    r = env.run("key", "trust", "A1", "bob", public_text(key.public_key()), "-p", "transfer")
+    assert r.returncode == 0, str(r)
+    (data / "in" / "f.txt").write_text("from bob")
+    r = run_as(env, "bob", "create-transfer", "-sa", "A1", "-da", "A2", "-df", str(data / "out" / "b.txt"), "-w",
+               str(data / "in" / "f.txt"))
+    assert r.returncode == 0, str(r)
+    r = run_as(env, "bob", "stop-agent", "A1")
+    assert r.returncode == 53, str(r)
+    assert "lacks the 'admin' permission" in r.stderr
+    assert env.agents["A1"].alive()
+    assert env.run("ping-agent", "A1").returncode == 0
+
+
+def test_replayed_command_is_refused(pair) -> None:
+    env, data = pair
+    (data / "in" / "f.txt").write_text("once")
+    key = ensure_key(env.home, "root-test")
+    env.run("key", "trust", "A1", "root-test", public_text(key.public_key()), "-p", "transfer")
+    spec = TransferSpec(source_agent="A1", destination_agent="A2",
+                        items=[TransferItem(source=str(data / "in" / "f.txt"), destination=str(data / "out" / "r.txt"),
+                                            destination_type="file")], exist="overwrite")
+    cmd = CreateTransfer(kind="create_transfer", request_id="replay1", reply_to="tester", transfer_id=new_transfer_id(),
+                         spec=spec)
+    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "root-test", key)).encode()
+
+    async def go() -> list[dict]:
+        async with aiomqtt.Client("127.0.0.1", int(env.broker_url.rsplit(":", 1)[1]), identifier="tester") as c:
+            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
+            replies = []
+            for _ in range(2):
+                await c.publish("SYSTEM.FTE/Commands/A1", payload, qos=1)
+                async with asyncio.timeout(10):
+                    async for m in c.messages:
+                        replies.append(json.loads(m.payload))
+                        break
+            return replies
+
+    first, second = asyncio.run(go())
+    assert first["ok"] is True
+    assert second["ok"] is False and second["result_code"] == 53 and "replay" in second["message"]
+
+
+def test_forged_chunks_and_forged_completion_are_dropped(pair) -> None:
+    """A third party on the broker sees the topics but not the transfer key: it can neither inject data nor end it."""
+    env, data = pair
+    src = data / "in" / "big.bin"
+    src.write_bytes(os.urandom(24 * 1024 * 1024))
+    port = int(env.broker_url.rsplit(":", 1)[1])
+    proc = env.popen("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(data / "out" / "big.bin"), "-w",
+                     "--json", str(src))
+
+    async def attack() -> int:
+        sent = 0
+        async with aiomqtt.Client("127.0.0.1", port, identifier="mallory") as c:
+            await c.subscribe("SYSTEM.FTE/Log/A1/+", qos=1)
+            async with asyncio.timeout(30):
+                async for m in c.messages:
+                    ev = json.loads(m.payload)
+                    if ev.get("action") == "started":
+                        tid = ev["transfer_id"]
+                        break
+            for epoch in range(1, 6):
+                for offset in range(0, 4 * 262144, 262144):
+                    frame = encode_chunk(epoch, 0, offset, b"\x00" * 262144)
+                    await c.publish(f"SYSTEM.FTE/Data/A2/{tid}", frame, qos=1)
+                    sent += 1
+            forged = Complete(kind="complete", transfer_id=tid, source_agent="A1", state="cancelled", result_code=41)
+            await c.publish(f"SYSTEM.FTE/Control/A2/{tid}", seal(forged, None), qos=1)
+        return sent
+
+    assert asyncio.run(attack()) == 20
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert json.loads(out.strip().splitlines()[-1])["result_code"] == 0
+    assert sha(data / "out" / "big.bin") == sha(src)
+    assert "without a valid MAC" in env.agents["A2"].log.read_text()
+
+
+def test_an_agent_the_destination_does_not_trust_cannot_send_it_files(pair, tmp_path: Path) -> None:
+    env, data = pair
+    stranger = load_or_create_agent_key(tmp_path / "stranger")
+    _, kx = new_ephemeral()
+    tid = new_transfer_id()
+    offer = Resync(kind="resync", transfer_id=tid, epoch=1, source_agent="EVIL", destination_agent="A2",
+                   exist="overwrite", checksum="none", chunk_size=262144, kx=kx,
+                   files=[FileOffer(index=0, source="/x", destination=str(data / "out" / "planted.txt"), size=5)])
+    port = int(env.broker_url.rsplit(":", 1)[1])
+
+    async def go() -> dict:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="evil") as c:
+            await c.subscribe(f"SYSTEM.FTE/Control/EVIL/{tid}", qos=1)
+            await c.publish(f"SYSTEM.FTE/Control/A2/{tid}", seal(offer, None, stranger), qos=1)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    return json.loads(m.payload)
+        raise AssertionError("no answer")
+
+    reply = asyncio.run(go())
+    parse_control(json.dumps(reply).encode())
+    assert reply["kind"] == "resync_reply"
+    assert reply["files"][0]["status"] == "failed"
+    assert "does not trust agent EVIL" in reply["files"][0]["supplement"]
+    assert not (data / "out" / "planted.txt").exists()
+    assert not (data / "out" / "planted.txt.part").exists()
