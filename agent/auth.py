@@ -31,7 +31,9 @@ MAX_SKEW = 300
 PERMISSIONS = ("transfer", "cancel", "monitor", "admin")
 # What each command needs; commands that only read need nothing beyond being a trusted requester.
 REQUIRED = {"create_transfer": "transfer", "cancel_transfer": "cancel", "stop_agent": "admin",
-            "ping": None, "query_transfer": None, "list_transfers": None}
+            "ping": None, "query_transfer": None, "list_transfers": None,
+            "create_monitor": "monitor", "delete_monitor": "monitor", "stop_monitor": "monitor",
+            "start_monitor": "monitor", "list_monitors": None}
 REQUESTER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 TRUST_FILE = "authorized_requesters"
 

@@ -17,6 +17,9 @@ import aiomqtt
 
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
+from .core import triggers as T
+from .monitor import (CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec,
+                      check_task, parse_any_command)
 from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_or_create_agent_key, new_ephemeral,
                       seal, transfer_key, verify_signed)
 from .context import AgentContext
@@ -27,7 +30,8 @@ from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink
 from .protocol import (FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
                        ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery, Resync,
-                       ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, dump, parse_agent_status,
+                       ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, dump, new_transfer_id,
+                       parse_agent_status,
                        parse_command, parse_control, utc_now)
 from .sandbox import Sandbox, SandboxError
 from .source import SourceTransfer, send_complete
@@ -73,6 +77,7 @@ class Agent:
         self._immediate = False
         self._status_dirty = asyncio.Event()
         self._raw_command = b""
+        self.monitors: dict[str, tuple[MonitorRunner, asyncio.Task[None]]] = {}
         self.agent_home = agent_home or agent_dir_of(settings)
         self.authority = Authority(self.agent_home / TRUST_FILE) if settings.authorityChecking else None
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
@@ -104,6 +109,9 @@ class Agent:
                  asyncio.create_task(self._status_publisher(), name="status")]
         for tid, session in self.sources.items():
             self.source_tasks[tid] = asyncio.create_task(self._run_source(session))
+        for name, spec, state, memory in self.store.monitors():
+            if state == "started":
+                self._start_monitor(MonitorSpec.model_validate(spec), memory)
         try:
             stop_wait = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait([stop_wait, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
@@ -111,9 +119,10 @@ class Agent:
                 raise tasks[0].exception()  # type: ignore[misc]
             await self._shutdown()
         finally:
-            for t in tasks + list(self.source_tasks.values()):
+            monitor_tasks = [t for _, t in self.monitors.values()]
+            for t in tasks + list(self.source_tasks.values()) + monitor_tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, *self.source_tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, *self.source_tasks.values(), *monitor_tasks, return_exceptions=True)
             for d in self.dests.values():
                 for idx in list(d.fds):
                     d._close(idx)
@@ -342,7 +351,7 @@ class Agent:
 
     async def _on_command(self, payload: bytes) -> None:
         try:
-            cmd = parse_command(payload)
+            cmd = parse_any_command(payload)
         except ProtocolError as exc:
             log.warning("dropped a command: %s", exc)
             request_id = _peek(payload, "request_id")
@@ -398,16 +407,20 @@ class Agent:
             return {"transfers": [self._query(r.transfer_id, r.role) for r in self.store.transfers()]}
         if isinstance(cmd, StopAgent):
             return {"agent": self.name, "status": "STOPPING"}
+        if isinstance(cmd, (CreateMonitor, MonitorCommand, ListMonitors)):
+            return await self._monitor_command(cmd)
         raise CommandRefused(f"unsupported command {type(cmd).__name__}")
 
     async def _create_transfer(self, cmd: CreateTransfer) -> dict[str, Any]:
-        spec: TransferSpec = cmd.spec
+        return await self.start_transfer(cmd.spec, cmd.transfer_id, cmd.sent_at, originator=cmd.requester)
+
+    async def start_transfer(self, spec: TransferSpec, tid: str | None = None, sent_at: str | None = None,
+                             originator: str | None = None) -> dict[str, Any]:
+        """Validate and start a transfer this agent is the source of (from a command, a monitor, a schedule)."""
         if self.stopping.is_set():
             raise CommandRefused(f"agent {self.name} is stopping and accepts no new transfers")
         if spec.source_agent != self.name:
             raise CommandRefused(f"this is agent {self.name}, not the source agent {spec.source_agent}")
-        tid = cmd.transfer_id
-        from .protocol import new_transfer_id
         tid = tid or new_transfer_id()
         if self.store.load_transfer(tid, "source") is not None:
             return {"transfer_id": tid, "duplicate": True}  # a resubmission after a lost reply
@@ -431,13 +444,13 @@ class Agent:
         header = {"source_agent": self.name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
-                  "requested_at": cmd.sent_at}
+                  "requested_at": sent_at, "originator": originator}
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         rec = TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                              files=files)
         self.store.save_transfer(rec)
-        self.tlog.emit(rec, "started", recovery_timeout=rt,
+        self.tlog.emit(rec, "started", recovery_timeout=rt, originator=originator,
                        files=[{"index": f.index, "source": f.source, "destination": f.destination, "size": f.size}
                               for f in files],
                        message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
@@ -448,6 +461,95 @@ class Agent:
         self._status_dirty.set()
         return {"transfer_id": tid, "files": len(files), "bytes": sum(f.size for f in files),
                 "recovery_timeout": rt}
+
+    # ------------------------------------------------------------------ monitors
+
+    async def _monitor_command(self, cmd: Any) -> dict[str, Any]:
+        if isinstance(cmd, ListMonitors):
+            return {"monitors": [self._monitor_view(n, sp, st) for n, sp, st, _ in self.store.monitors()]}
+        if isinstance(cmd, CreateMonitor):
+            spec = cmd.monitor
+            if spec.agent != self.name:
+                raise CommandRefused(f"monitor for agent {spec.agent} sent to agent {self.name}",
+                                     T.MONITOR_TASK_SOURCE_AGENT_INVALID)
+            existing = {n for n, *_ in self.store.monitors()}
+            if spec.name in existing and not cmd.replace:
+                raise CommandRefused(f"agent {self.name} already has a monitor {spec.name} (use -f to replace it)",
+                                     T.MONITOR_ALREADY_PRESENT)
+            try:
+                root = self.sandbox.resolve(spec.directory, write=False)
+            except SandboxError as exc:
+                raise CommandRefused(f"monitored directory refused: {exc}", T.MONITOR_RESOURCE_DENIED) from None
+            if not root.is_dir():
+                raise CommandRefused(f"{spec.directory} is not a directory on agent {self.name}",
+                                     T.MONITOR_RESOURCE_INCORRECT)
+            try:
+                check_task(spec)
+            except MonitorError as exc:
+                raise CommandRefused(str(exc), exc.code) from None
+            self._stop_monitor_task(spec.name)
+            self.store.save_monitor(spec.name, json.loads(spec.model_dump_json()), "started")
+            self._start_monitor(spec, {})
+            self._monitor_event(spec.name, "created", {"message": f"monitor {spec.name} created on {root}"})
+            return {"monitor": spec.name, "state": "started"}
+        rows = {n: (sp, st) for n, sp, st, _ in self.store.monitors()}
+        if cmd.name not in rows:
+            raise CommandRefused(f"agent {self.name} has no monitor {cmd.name}", T.MONITOR_MISSING)
+        spec = MonitorSpec.model_validate(rows[cmd.name][0])
+        if cmd.kind == "delete_monitor":
+            self._stop_monitor_task(cmd.name)
+            self.store.delete_monitor(cmd.name)
+            self._retain(self.topics.prefix + f"/Monitors/{self.name}/{cmd.name}", b"")
+            self._monitor_event(cmd.name, "deleted", {"message": f"monitor {cmd.name} deleted"})
+            return {"monitor": cmd.name, "state": "deleted"}
+        if cmd.kind == "stop_monitor":
+            self._stop_monitor_task(cmd.name)
+            self.store.set_monitor_state(cmd.name, "stopped")
+            self._publish_monitor(spec, "stopped")
+            return {"monitor": cmd.name, "state": "stopped"}
+        self.store.set_monitor_state(cmd.name, "started")
+        memory = next(m for n, _, _, m in self.store.monitors() if n == cmd.name)
+        if cmd.name not in self.monitors:
+            self._start_monitor(spec, memory)
+        return {"monitor": cmd.name, "state": "started"}
+
+    def _start_monitor(self, spec: MonitorSpec, memory: dict[str, Any]) -> None:
+        root = str(self.sandbox.resolve(spec.directory, write=False))
+
+        async def submit(task: dict[str, Any], origin: str) -> str:
+            out = await self.start_transfer(TransferSpec.model_validate(task), originator=origin)
+            return str(out["transfer_id"])
+
+        runner = MonitorRunner(spec, root, T.MonitorMemory.from_json(memory), submit,
+                               lambda action, fields: self._monitor_event(spec.name, action, fields),
+                               lambda mem: self.store.save_monitor_memory(spec.name, mem.to_json()))
+        self.monitors[spec.name] = (runner, asyncio.create_task(runner.run(), name=f"monitor-{spec.name}"))
+        self._publish_monitor(spec, "started")
+
+    def _stop_monitor_task(self, name: str) -> None:
+        entry = self.monitors.pop(name, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def _monitor_view(self, name: str, spec: dict[str, Any], state: str) -> dict[str, Any]:
+        runner = self.monitors.get(name, (None,))[0]
+        return {"name": name, "agent": self.name, "state": state, "spec": spec,
+                "polls": runner.polls if runner else 0, "last_poll": runner.last_poll if runner else None}
+
+    def _publish_monitor(self, spec: MonitorSpec, state: str) -> None:
+        view = self._monitor_view(spec.name, json.loads(spec.model_dump_json()), state)
+        self._retain(self.topics.prefix + f"/Monitors/{self.name}/{spec.name}", json.dumps(view).encode())
+
+    def _retain(self, topic: str, payload: bytes) -> None:
+        self.store.outbox_put(topic, payload, retain=True)
+        self.outbox.wake()
+
+    def _monitor_event(self, name: str, action: str, fields: dict[str, Any]) -> None:
+        event = {"monitor": name, "agent": self.name, "action": action, "time": utc_now(), **fields}
+        if action == "failed":
+            log.warning("monitor %s: %s", name, fields.get("message"))
+        self.store.outbox_put(self.topics.prefix + f"/Log/{self.name}/Monitors/{name}", json.dumps(event).encode())
+        self.outbox.wake()
 
     async def _wait_peer(self, agent: str) -> None:
         while agent not in self.peers:

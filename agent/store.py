@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS files (
     digest TEXT,
     PRIMARY KEY (transfer_id, role, idx)
 );
+CREATE TABLE IF NOT EXISTS monitors (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'started',
+    memory TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -165,6 +172,27 @@ class StateStore:
             "SELECT idx, source, destination, size, mtime, offset, status, result_code, supplement, digest "
             "FROM files WHERE transfer_id=? AND role=? ORDER BY idx", (tid, role))]
         return rec
+
+    # ---- monitors: definitions and what each has already fired for
+
+    def save_monitor(self, name: str, spec: dict[str, Any], state: str = "started") -> None:
+        self._db.execute(
+            "INSERT INTO monitors (name, spec, state, memory, created) VALUES (?,?,?,'{}',?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, state=excluded.state, memory='{}'",
+            (name, json.dumps(spec), state, time.time()))
+
+    def set_monitor_state(self, name: str, state: str) -> None:
+        self._db.execute("UPDATE monitors SET state=? WHERE name=?", (state, name))
+
+    def save_monitor_memory(self, name: str, memory: dict[str, Any]) -> None:
+        self._db.execute("UPDATE monitors SET memory=? WHERE name=?", (json.dumps(memory), name))
+
+    def delete_monitor(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM monitors WHERE name=?", (name,)).rowcount > 0
+
+    def monitors(self) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+        return [(n, json.loads(sp), st, json.loads(m)) for n, sp, st, m in self._db.execute(
+            "SELECT name, spec, state, memory FROM monitors ORDER BY name")]
 
     # ---- outbox: log events waiting for the broker
 

@@ -653,6 +653,12 @@ def demo(
     raise typer.Exit(run(run_demo(size_mib, keep, recovery, out)))
 
 
+# --------------------------------------------------------------------------- other command groups
+
+from . import monitors as _monitors  # noqa: E402  (registers on `app`, uses fail/out/run above)
+
+_monitors.register(app)
+
 # --------------------------------------------------------------------------- entry points
 
 VERBS = ["key", "broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
@@ -745,6 +751,27 @@ def clean_agent_main() -> None:
 
 def key_main() -> None:
     _single("key")
+
+
+
+def create_monitor_main() -> None:
+    _single("create-monitor")
+
+
+def list_monitors_main() -> None:
+    _single("list-monitors")
+
+
+def delete_monitor_main() -> None:
+    _single("delete-monitor")
+
+
+def stop_monitor_main() -> None:
+    _single("stop-monitor")
+
+
+def start_monitor_main() -> None:
+    _single("start-monitor")
 
 
 if __name__ == "__main__":
