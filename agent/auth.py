@@ -33,7 +33,8 @@ PERMISSIONS = ("transfer", "cancel", "monitor", "admin")
 REQUIRED = {"create_transfer": "transfer", "cancel_transfer": "cancel", "stop_agent": "admin",
             "ping": None, "query_transfer": None, "list_transfers": None,
             "create_monitor": "monitor", "delete_monitor": "monitor", "stop_monitor": "monitor",
-            "start_monitor": "monitor", "list_monitors": None}
+            "start_monitor": "monitor", "list_monitors": None,
+            "create_schedule": "transfer", "delete_schedule": "transfer", "list_schedules": None}
 REQUESTER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 TRUST_FILE = "authorized_requesters"
 

@@ -18,6 +18,9 @@ import aiomqtt
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
 from .core import triggers as T
+from .core.schedule import ScheduleError
+from .scheduler import CreateSchedule, DeleteSchedule, ListSchedules, Scheduler
+from .scheduler import event as schedule_event
 from .monitor import (CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec,
                       check_task, parse_any_command)
 from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_or_create_agent_key, new_ephemeral,
@@ -78,6 +81,10 @@ class Agent:
         self._status_dirty = asyncio.Event()
         self._raw_command = b""
         self.monitors: dict[str, tuple[MonitorRunner, asyncio.Task[None]]] = {}
+        self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,
+                                   lambda rows: self._retain(f"{self.topics.prefix}/Scheduler/{self.name}",
+                                                             json.dumps({"agent": self.name, "time": utc_now(),
+                                                                         "schedules": rows}).encode()))
         self.agent_home = agent_home or agent_dir_of(settings)
         self.authority = Authority(self.agent_home / TRUST_FILE) if settings.authorityChecking else None
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
@@ -106,7 +113,8 @@ class Agent:
         tasks = [asyncio.create_task(self.link.run(), name="link"),
                  asyncio.create_task(self.outbox.run(), name="outbox"),
                  asyncio.create_task(self._watchdog(), name="watchdog"),
-                 asyncio.create_task(self._status_publisher(), name="status")]
+                 asyncio.create_task(self._status_publisher(), name="status"),
+                 asyncio.create_task(self._run_scheduler(), name="scheduler")]
         for tid, session in self.sources.items():
             self.source_tasks[tid] = asyncio.create_task(self._run_source(session))
         for name, spec, state, memory in self.store.monitors():
@@ -409,6 +417,19 @@ class Agent:
             return {"agent": self.name, "status": "STOPPING"}
         if isinstance(cmd, (CreateMonitor, MonitorCommand, ListMonitors)):
             return await self._monitor_command(cmd)
+        if isinstance(cmd, CreateSchedule):
+            if cmd.spec.source_agent != self.name:
+                raise CommandRefused(f"this is agent {self.name}, not the source agent {cmd.spec.source_agent}")
+            try:
+                return self.scheduler.create(cmd)
+            except ScheduleError as exc:
+                raise CommandRefused(str(exc)) from None
+        if isinstance(cmd, DeleteSchedule):
+            if not self.scheduler.delete(cmd.schedule_id):
+                raise CommandRefused(f"agent {self.name} has no schedule {cmd.schedule_id}")
+            return {"schedule_id": cmd.schedule_id, "state": "deleted"}
+        if isinstance(cmd, ListSchedules):
+            return {"schedules": self.scheduler.listing()}
         raise CommandRefused(f"unsupported command {type(cmd).__name__}")
 
     async def _create_transfer(self, cmd: CreateTransfer) -> dict[str, Any]:
@@ -549,6 +570,20 @@ class Agent:
         if action == "failed":
             log.warning("monitor %s: %s", name, fields.get("message"))
         self.store.outbox_put(self.topics.prefix + f"/Log/{self.name}/Monitors/{name}", json.dumps(event).encode())
+        self.outbox.wake()
+
+    async def _run_scheduler(self) -> None:
+        # the first occurrences wait for the broker: a transfer needs to know its destination agent
+        await self.link.up.wait()
+        await self.scheduler.run()
+
+    async def _scheduled_start(self, spec: TransferSpec, origin: str) -> str:
+        return str((await self.start_transfer(spec, originator=origin))["transfer_id"])
+
+    def _schedule_event(self, sid: str, action: str, fields: dict[str, Any]) -> None:
+        ev = schedule_event(self.name, sid, action, fields)
+        log.info("schedule %s %s: %s", sid, action, fields.get("message"))
+        self.store.outbox_put(self.topics.log(self.name, sid), json.dumps(ev).encode())
         self.outbox.wake()
 
     async def _wait_peer(self, agent: str) -> None:

@@ -184,15 +184,17 @@ MONITOR_KINDS = {"create_monitor", "delete_monitor", "stop_monitor", "start_moni
 
 
 def parse_any_command(payload: bytes) -> Any:
-    """Transfer commands (agent.protocol) and monitor commands, with the same limits and errors."""
+    """Transfer commands (agent.protocol), monitor and schedule commands, with the same limits and errors."""
     from pydantic import TypeAdapter
 
     from .protocol import MAX_COMMAND_BYTES, ProtocolError, _load, _validate, parse_command
+    from .scheduler import SCHEDULE_KINDS, CreateSchedule, DeleteSchedule, ListSchedules
 
     try:
         return parse_command(payload)
     except ProtocolError:
-        if not any(k.encode() in payload for k in MONITOR_KINDS):
+        if not any(f'"{k}"'.encode() in payload for k in MONITOR_KINDS | SCHEDULE_KINDS):
             raise
-        adapter = TypeAdapter(Annotated[CreateMonitor | MonitorCommand | ListMonitors, Field(discriminator="kind")])
-        return _validate(adapter, _load(payload, MAX_COMMAND_BYTES), "monitor command")
+        adapter = TypeAdapter(Annotated[CreateMonitor | MonitorCommand | ListMonitors | CreateSchedule | DeleteSchedule
+                                        | ListSchedules, Field(discriminator="kind")])
+        return _validate(adapter, _load(payload, MAX_COMMAND_BYTES), "command")

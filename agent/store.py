@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS monitors (
     memory TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    schedule TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    next_index INTEGER NOT NULL DEFAULT 0,
+    requester TEXT,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -193,6 +201,23 @@ class StateStore:
     def monitors(self) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
         return [(n, json.loads(sp), st, json.loads(m)) for n, sp, st, m in self._db.execute(
             "SELECT name, spec, state, memory FROM monitors ORDER BY name")]
+
+    # ---- schedules: scheduled transfers and the next occurrence to run
+
+    def save_schedule(self, sid: str, schedule: dict[str, Any], spec: dict[str, Any], next_index: int,
+                      requester: str | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO schedules VALUES (?,?,?,?,?,?)",
+                         (sid, json.dumps(schedule), json.dumps(spec), next_index, requester, time.time()))
+
+    def set_schedule_next(self, sid: str, next_index: int) -> None:
+        self._db.execute("UPDATE schedules SET next_index=? WHERE id=?", (next_index, sid))
+
+    def delete_schedule(self, sid: str) -> bool:
+        return self._db.execute("DELETE FROM schedules WHERE id=?", (sid,)).rowcount > 0
+
+    def schedules(self) -> list[tuple[str, dict[str, Any], dict[str, Any], int, str | None]]:
+        return [(i, json.loads(sc), json.loads(sp), n, r) for i, sc, sp, n, r in self._db.execute(
+            "SELECT id, schedule, spec, next_index, requester FROM schedules ORDER BY created")]
 
     # ---- outbox: log events waiting for the broker
 

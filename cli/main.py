@@ -462,9 +462,13 @@ def _metadata(values: List[str]) -> dict[str, str]:
 
 @app.command("create-transfer")
 def create_transfer(
-    sources: List[str] = typer.Argument(..., help="Source file(s) or directories on the source agent."),
-    source_agent: str = typer.Option(..., "-sa", "--source-agent", help="Source agent."),
-    destination_agent: str = typer.Option(..., "-da", "--destination-agent", help="Destination agent."),
+    ctx: typer.Context,
+    sources: Optional[List[str]] = typer.Argument(
+        None, help="Source file(s) or directories on the source agent (with -tn/-td: replace its sources)."),
+    source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent",
+                                               help="Source agent (required unless -tn or -td gives it)."),
+    destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
+                                                    help="Destination agent (required unless -tn or -td gives it)."),
     dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
     dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory", help="Destination directory."),
     exist: str = typer.Option("error", "-de", "--destination-exists", help="error | overwrite"),
@@ -477,6 +481,17 @@ def create_transfer(
              "Overrides the source agent's transferRecoveryTimeout."),
     job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Job name, carried in the log."),
     metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
+    template_name: Optional[str] = typer.Option(
+        None, "-tn", "--template-name",
+        help="Submit this template (fte-create-template): flags given here override its values, sources given "
+             "here replace its sources."),
+    generate: Optional[Path] = typer.Option(
+        None, "-gt", "--generate-transfer",
+        help="Write the transfer request (JSON) to this file instead of submitting it; submit it with -td."),
+    definition: Optional[Path] = typer.Option(
+        None, "-td", "--transfer-definition",
+        help="Submit the transfer request in this file (from -gt; a template's JSON also works); flags given "
+             "here override its values."),
     wait: Optional[float] = typer.Option(None, "-w", "--wait",
                                          help="Wait for the outcome (optionally at most SECONDS); exit code = "
                                               "result code (0, 20, 40, 41, 69), 2 if the wait ran out."),
@@ -484,9 +499,27 @@ def create_transfer(
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent to accept the request."),
 ) -> None:
-    """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer)."""
-    if (dest_file is None) == (dest_dir is None):
-        fail("give exactly one destination: -df FILE or -dd DIRECTORY")
+    """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
+
+    With -tn TEMPLATE or -td FILE the transfer comes from a template or a request file, and the flags and
+    sources given here override it; with -gt FILE it is written to FILE instead of being submitted."""
+    from . import templates
+
+    if template_name is None and definition is None:
+        # everything from the command line: sources, -sa and -da are required (a usage error, exit 2)
+        for param_name, present in (("sources", bool(sources)), ("source_agent", source_agent is not None),
+                                    ("destination_agent", destination_agent is not None)):
+            if not present:
+                param = next(p for p in ctx.command.params if p.name == param_name)
+                errors = sys.modules[typer.BadParameter.__module__]
+                if param_name == "sources":
+                    raise errors.UsageError("Missing argument 'sources'.", ctx=ctx)
+                raise errors.MissingParameter(ctx=ctx, param=param)
+        assert sources and source_agent and destination_agent
+        if (dest_file is None) == (dest_dir is None):
+            fail("give exactly one destination: -df FILE or -dd DIRECTORY")
+    elif template_name is not None and definition is not None:
+        fail("give -tn TEMPLATE or -td FILE, not both")
     for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
                                  ("-cs", checksum.lower(), ("sha256", "md5", "none"))):
         if value not in allowed:
@@ -494,17 +527,51 @@ def create_transfer(
     if recovery_timeout is not None and recovery_timeout < -1:
         fail(f"-rt {recovery_timeout} is invalid: use -1 (recover forever), 0 (fail as soon as recovery starts) "
              f"or a number of seconds")
-    items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
-                          destination_type="file" if dest_file else "directory", recursive=recursive)
-             for s in sources]
-    try:
-        spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items, exist=exist,
-                            disposition=disposition, checksum=checksum.lower(), recovery_timeout=recovery_timeout,
-                            job_name=job_name, metadata=_metadata(metadata))
-    except Exception as exc:
-        fail(f"invalid transfer request: {exc}".splitlines()[0])
+    if generate is not None and wait is not None:
+        fail("-w has no meaning with -gt: the request is written to a file, not submitted")
+    if template_name is None and definition is None:
+        assert sources and source_agent and destination_agent
+        items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
+                              destination_type="file" if dest_file else "directory", recursive=recursive)
+                 for s in sources]
+        try:
+            spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
+                                exist=exist, disposition=disposition, checksum=checksum.lower(),
+                                recovery_timeout=recovery_timeout, job_name=job_name, metadata=_metadata(metadata))
+        except Exception as exc:
+            fail(f"invalid transfer request: {exc}".splitlines()[0])
+    else:
+        try:
+            overrides = templates.overrides_from(
+                ctx, sources=sources, source_agent=source_agent, destination_agent=destination_agent,
+                dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
+                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata)
+            if definition is not None:
+                _, base, label = templates.read_definition_file(definition)
+            else:
+                assert template_name is not None
+                templates.validate_template_name(template_name)
+                base = run(templates.fetch_template(broker_url(broker, source_agent), template_name)).spec
+                label = f"template {template_name}"
+            spec = templates.merge(base, overrides, label)
+        except templates.RequestFileError as exc:
+            fail(exc.line(), exc.code)
+        except templates.TemplateError as exc:
+            fail(str(exc), exc.code)
+    if generate is not None:
+        try:
+            path = templates.write_request_file(generate, spec)
+        except templates.RequestFileError as exc:
+            fail(exc.line(), exc.code)
+        if as_json:
+            out.print(json.dumps({"request_file": str(path), **templates.request_document(spec)}))
+        else:
+            out.print(f"Wrote the transfer request ({spec.source_agent} -> {spec.destination_agent}, "
+                      f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
+                      markup=False)
+        raise typer.Exit(0)
     tid = new_transfer_id()
-    code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, source_agent), timeout))
+    code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, spec.source_agent), timeout))
     raise typer.Exit(code)
 
 
@@ -659,6 +726,14 @@ from . import monitors as _monitors  # noqa: E402  (registers on `app`, uses fai
 
 _monitors.register(app)
 
+from . import templates as _templates  # noqa: E402  (create-template, list-templates, delete-templates)
+
+_templates.register(app)
+
+from . import schedules as _schedules  # noqa: E402
+
+_schedules.register(app)
+
 # --------------------------------------------------------------------------- entry points
 
 VERBS = ["key", "broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
@@ -772,6 +847,26 @@ def stop_monitor_main() -> None:
 
 def start_monitor_main() -> None:
     _single("start-monitor")
+
+
+
+def list_scheduled_transfers_main() -> None:
+    _single("list-scheduled-transfers")
+
+
+def delete_scheduled_transfer_main() -> None:
+    _single("delete-scheduled-transfer")
+
+def create_template_main() -> None:
+    _single("create-template")
+
+
+def list_templates_main() -> None:
+    _single("list-templates")
+
+
+def delete_templates_main() -> None:
+    _single("delete-templates")
 
 
 if __name__ == "__main__":
