@@ -145,11 +145,14 @@ class Agent:
         self.status = "STOPPING"
         await self._publish_status()
         if not self._immediate:
-            # controlled stop: no new transfers, the running ones finish
-            live = [t for t in self.source_tasks.values() if not t.done()]
-            if live:
+            # controlled stop: no new transfers, the running ones finish. A transfer in recovery is not
+            # waited for (with -rt -1 that could be forever): it resumes from its checkpoint at restart.
+            while not self._immediate:
+                live = [s for s in self.sources.values() if not s.state.is_terminal and not s.state.is_recovery]
+                if not live:
+                    break
                 log.info("controlled stop: waiting for %d transfer(s) to finish", len(live))
-                await asyncio.wait(live)
+                await asyncio.sleep(0.5)
         await self.outbox.drain()
         self.status = "STOPPED"
         await self.link.stop(final=[(self.topics.agent_status(self.name), self._status_payload("STOPPED"), True)])
@@ -337,6 +340,13 @@ class Agent:
                 if rec.state not in TERMINAL:
                     self.dests[msg.transfer_id] = dest
             else:
+                active = sum(1 for d in self.dests.values() if d.active)
+                if self.settings.maxDestinationTransfers == 0 or active >= self.settings.maxDestinationTransfers:
+                    # no room: no answer, so the source keeps negotiating (it waits, like the reference's
+                    # WaitingForDestinationCapacity); with maxDestinationTransfers=0 it never gets one
+                    log.warning("transfer %s from %s deferred: %d of maxDestinationTransfers=%d in use",
+                                msg.transfer_id, msg.source_agent, active, self.settings.maxDestinationTransfers)
+                    return
                 dest = DestinationTransfer.accept(self.ctx, msg)
                 self.dests[msg.transfer_id] = dest
                 self._status_dirty.set()
@@ -445,6 +455,8 @@ class Agent:
         tid = tid or new_transfer_id()
         if self.store.load_transfer(tid, "source") is not None:
             return {"transfer_id": tid, "duplicate": True}  # a resubmission after a lost reply
+        if self.settings.maxSourceTransfers == 0:
+            raise CommandRefused(f"agent {self.name} does not send files (maxSourceTransfers=0)", 51)
         if len(self.sources) >= self.settings.maxSourceTransfers + self.settings.maxQueuedTransfers:
             raise CommandRefused(f"agent {self.name} has too many transfers "
                                  f"(maxSourceTransfers + maxQueuedTransfers = "

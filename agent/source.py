@@ -68,7 +68,8 @@ class SourceTransfer:
         since = None
         if rec.recovering_since is not None and S(rec.state).is_recovery:
             since = time.monotonic() - max(0.0, time.time() - rec.recovering_since)
-        self.lc = TransferLifecycle(rec.recovery_timeout, time.monotonic, state=S(rec.state), recovering_since=since)
+        self.lc = TransferLifecycle(rec.recovery_timeout, time.monotonic, state=S(rec.state), recovering_since=since,
+                                    recoveries=rec.recoveries)
         self.files = {f.index: f for f in rec.files}
         self.windows = {f.index: SendWindow(f.size, ctx.chunk_size, 1 << 30, start_offset=f.offset)
                         for f in rec.files if f.status == "ready"}
@@ -390,12 +391,18 @@ class SourceTransfer:
                    for f in self.files.values() if f.status == "ready"],
             kx=h.get("kx_public"),
         )
-        try:
-            await self.ctx.publish(self.ctx.topics.control(self.dest, self.tid), seal(msg, None, self.ctx.identity),
-                                   1, False)
-            return True
-        except ConnectionError:
+        # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
+        # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped
+        # packets) took to be declared dead: stall detection and the -rt timeout fired many seconds late
+        # (tests/fault/test_network.py::test_silent_partition_...). An unanswered resync is retried by the
+        # timers anyway, and a failed publish posts link_down (_published).
+        if not self.ctx.link_up():
             return False
+        task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.control(self.dest, self.tid),
+                                                      seal(msg, None, self.ctx.identity), 1, False))
+        self._pending.add(task)
+        task.add_done_callback(self._published)
+        return True
 
     def _apply_holdings(self, msg: ResyncReply) -> None:
         for h in msg.files:
