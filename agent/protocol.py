@@ -89,6 +89,10 @@ class Topics:
     def log_filter(self, agent: str | None = None, transfer_id: str | None = None) -> str:
         return f"{self.prefix}/Log/{agent or '+'}/{transfer_id or '+'}"
 
+    def templates(self, name: str | None = None) -> str:
+        """A transfer template's retained definition; without a name, the filter for every template."""
+        return f"{self.prefix}/Templates/{name or '+'}"
+
     def split(self, topic: str) -> list[str]:
         """The levels of `topic` after the prefix, or [] if it is not ours."""
         head = self.prefix + "/"

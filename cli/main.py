@@ -503,6 +503,8 @@ def create_transfer(
 
     With -tn TEMPLATE or -td FILE the transfer comes from a template or a request file, and the flags and
     sources given here override it; with -gt FILE it is written to FILE instead of being submitted."""
+    from rich.markup import escape
+
     from . import templates
 
     if template_name is None and definition is None:
@@ -555,20 +557,21 @@ def create_transfer(
                 label = f"template {template_name}"
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
-            fail(exc.line(), exc.code)
+            fail(escape(exc.line()), exc.code)
         except templates.TemplateError as exc:
-            fail(str(exc), exc.code)
+            fail(escape(str(exc)), exc.code)
     if generate is not None:
         try:
             path = templates.write_request_file(generate, spec)
         except templates.RequestFileError as exc:
-            fail(exc.line(), exc.code)
+            fail(escape(exc.line()), exc.code)
         if as_json:
-            out.print(json.dumps({"request_file": str(path), **templates.request_document(spec)}))
+            out.print(json.dumps({"request_file": str(path), **templates.request_document(spec)}), markup=False,
+                      emoji=False)
         else:
             out.print(f"Wrote the transfer request ({spec.source_agent} -> {spec.destination_agent}, "
                       f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
-                      markup=False)
+                      markup=False, emoji=False)
         raise typer.Exit(0)
     tid = new_transfer_id()
     code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, spec.source_agent), timeout))
@@ -764,16 +767,39 @@ def _preprocess(verb: str | None, argv: list[str]) -> list[str]:
     return fixed
 
 
+def _invoke(argv: list[str]) -> None:
+    """Run the app; a usage error is one line and exit 1 (2 means 'timed out' for these commands)."""
+    try:
+        code = app(args=argv, prog_name="fte", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # click's UsageError (typer vendors click in recent versions: match it by name)
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "Abort" in kinds:
+            sys.exit(130)
+        if "UsageError" not in kinds:
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if not message:  # no arguments at all: the help was shown
+            sys.exit(0)
+        known = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+        where = f"fte {argv[0]} --help" if argv and argv[0] in known else "fte --help"
+        err.print(f"[bold red]error:[/] {message} (see: {where})")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     verb = argv[0] if argv else None
     if verb:
         argv = [verb] + _preprocess(verb, argv[1:])
-    app(args=argv, prog_name="fte")
+    _invoke(argv)
 
 
 def _single(verb: str) -> None:
-    app(args=[verb] + _preprocess(verb, sys.argv[1:]), prog_name=f"fte-{verb}")
+    _invoke([verb] + _preprocess(verb, sys.argv[1:]))
 
 
 def broker_main() -> None:

@@ -1,0 +1,598 @@
+"""Transfer templates and transfer request files.
+
+* A **template** is a named, possibly partial transfer: `fte-create-template -tn NAME [transfer flags]
+  [SOURCE...]` publishes it, retained (QoS 1), on `SYSTEM.FTE/Templates/<NAME>` as
+  `{"name", "created", "created_by", "spec"}`, where `spec` has the fields of a TransferSpec, any of
+  which may be missing. `fte-list-templates`, `fte-delete-templates` read and remove them, and
+  `fte-create-transfer -tn NAME [flags] [SOURCE...]` submits one (beyond the reference system, where
+  templates are submitted from a GUI only).
+* A **transfer request file** is `{"version": 1, "spec": <a complete TransferSpec>}`, written by
+  `fte-create-transfer ... -gt FILE` and submitted by `fte-create-transfer -td FILE`; resource monitors
+  take the same file as their task (`load_request_file`). `-td` also accepts a template's JSON (one line
+  of `fte-list-templates --json NAME`).
+
+The override rules (`merge`): a flag given on the command line replaces the template's value; sources
+given on the command line replace the template's sources (they go to the command line's -df/-dd, else to
+the template's destination); `-md` adds keys to the template's metadata (a key given on both sides takes
+the command line's value); whatever is still missing afterwards is an error naming the flag to give.
+See docs/templates.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, List, Literal, Optional
+
+import typer
+from pydantic import Field, ValidationError, model_validator
+
+from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
+                            TransferSpec, utc_now)
+
+from .client import ClientError, FteClient, broker_url
+
+BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
+REQUEST_VERSION = 1
+# How long to wait for retained messages after subscribing (they come at once when they exist).
+SETTLE = 0.7
+
+
+class TemplateError(ClientError):
+    """A template or transfer request cannot be used; the message says what to give instead."""
+
+
+class RequestFileError(TemplateError, ValueError):
+    """A transfer request file (or template file) that cannot be read. `str(exc)` is the problem;
+    `exc.path` the file; `exc.line()` both, as one line for the user."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(problem, 1)
+        self.path = Path(path)
+        self.problem = problem
+
+    def line(self) -> str:
+        return f"transfer request file {self.path}: {self.problem}"
+
+
+# --------------------------------------------------------------------------- models
+
+
+TemplateName = Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)]
+
+
+class TemplateItem(Strict):
+    """A TransferItem of which any part may be missing. An item without `source` gives the destination
+    (and -r) for the sources given at submit time; it is then the template's only item."""
+
+    source: Path_ | None = None
+    destination: Path_ | None = None
+    destination_type: Literal["file", "directory"] | None = None
+    recursive: bool = False
+
+    @model_validator(mode="after")
+    def _destination_and_type(self) -> "TemplateItem":
+        if (self.destination is None) != (self.destination_type is None):
+            raise ValueError("destination and destination_type go together: give both or neither")
+        return self
+
+
+class TemplateSpec(Strict):
+    """A TransferSpec whose fields may be missing (a template's `spec`)."""
+
+    source_agent: AgentName | None = None
+    destination_agent: AgentName | None = None
+    items: Annotated[list[TemplateItem], Field(max_length=10_000)] = Field(default_factory=list)
+    exist: Literal["error", "overwrite"] | None = None
+    disposition: Literal["leave", "delete"] | None = None
+    checksum: Checksum | None = None
+    recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
+    job_name: Annotated[str, Field(max_length=256)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sourceless_item_alone(self) -> "TemplateSpec":
+        if len(self.items) > 1 and any(i.source is None for i in self.items):
+            raise ValueError("an item without a source must be the only item")
+        return self
+
+
+class Template(Strict):
+    """The retained message on <prefix>/Templates/<name>."""
+
+    name: TemplateName
+    created: Annotated[str, Field(max_length=64)]
+    created_by: Annotated[str, Field(max_length=256)] | None = None
+    spec: TemplateSpec
+
+
+class RequestFile(Strict):
+    """A transfer request file: `fte-create-transfer -gt` writes it, `-td` and monitors (-mt) read it."""
+
+    version: Literal[1]
+    spec: TransferSpec
+
+
+def validate_template_name(name: str) -> str:
+    if not TEMPLATE_NAME_RE.match(name or ""):
+        raise TemplateError(f"{name!r} is not a valid template name: 1-64 characters of A-Z a-z 0-9 . _ -")
+    return name
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    if e.get("type") == "json_invalid":
+        return f"not JSON: {e.get('msg')}"
+    where = ".".join(str(p) for p in e.get("loc", ()))
+    msg = str(e.get("msg", "invalid"))
+    return f"{where}: {msg}" if where else msg
+
+
+# --------------------------------------------------------------------------- merging
+
+
+@dataclass
+class Overrides:
+    """What the command line gave; None (or empty) = not given, so the template's value stands."""
+
+    source_agent: str | None = None
+    destination_agent: str | None = None
+    dest_file: str | None = None
+    dest_dir: str | None = None
+    exist: str | None = None
+    disposition: str | None = None
+    checksum: str | None = None
+    recursive: bool | None = None
+    recovery_timeout: int | None = None
+    job_name: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+
+def _destination(file: str | None, directory: str | None) -> tuple[str, Literal["file", "directory"]] | None:
+    if file is not None and directory is not None:
+        raise TemplateError("give at most one destination: -df FILE or -dd DIRECTORY")
+    if file is not None:
+        return file, "file"
+    if directory is not None:
+        return directory, "directory"
+    return None
+
+
+def _template_destination(base: TemplateSpec, label: str) -> tuple[str, Literal["file", "directory"]]:
+    found = {(i.destination, i.destination_type) for i in base.items if i.destination is not None}
+    if not found:
+        raise TemplateError(f"{label} has no destination; give -df FILE or -dd DIRECTORY")
+    if len(found) > 1:
+        raise TemplateError(f"{label} sends its files to different destinations; with new sources give "
+                            f"-df FILE or -dd DIRECTORY")
+    dest, kind = found.pop()
+    assert dest is not None and kind is not None
+    return dest, kind
+
+
+def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str = "the template") -> TransferSpec:
+    """The transfer that `base` (a template's or request file's spec) and the command line make together.
+
+    Flags given override `base`; sources given replace its sources; -md adds keys. Raises TemplateError
+    naming what is missing ("template T has no destination agent; give -da") or invalid.
+    """
+    if base is None:
+        base = TemplateSpec()
+    elif isinstance(base, dict):
+        try:
+            base = TemplateSpec.model_validate(base)
+        except ValidationError as exc:
+            raise TemplateError(f"{label} is invalid: {_first_error(exc)}") from None
+    cli_dest = _destination(ov.dest_file, ov.dest_dir)
+    source_agent = ov.source_agent or base.source_agent
+    if not source_agent:
+        raise TemplateError(f"{label} has no source agent; give -sa")
+    destination_agent = ov.destination_agent or base.destination_agent
+    if not destination_agent:
+        raise TemplateError(f"{label} has no destination agent; give -da")
+    items: list[dict[str, Any]] = []
+    if ov.sources:
+        dest, kind = cli_dest or _template_destination(base, label)
+        recursive = bool(ov.recursive) or any(i.recursive for i in base.items)
+        items = [dict(source=s, destination=dest, destination_type=kind, recursive=recursive) for s in ov.sources]
+    else:
+        sourced = [i for i in base.items if i.source is not None]
+        if not sourced:
+            raise TemplateError(f"{label} has no source files; give them as arguments (after the flags)")
+        for i in sourced:
+            d = cli_dest or ((i.destination, i.destination_type) if i.destination is not None else None)
+            if d is None:
+                raise TemplateError(f"{label} has no destination for {i.source}; give -df FILE or -dd DIRECTORY")
+            items.append(dict(source=i.source, destination=d[0], destination_type=d[1],
+                              recursive=bool(ov.recursive) or i.recursive))
+    values: dict[str, Any] = dict(source_agent=source_agent, destination_agent=destination_agent, items=items,
+                                  metadata={**base.metadata, **ov.metadata})
+    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name"):
+        value = getattr(ov, name)
+        if value is None:
+            value = getattr(base, name)
+        if value is not None:
+            values[name] = value.lower() if name == "checksum" else value
+    try:
+        return TransferSpec.model_validate(values)
+    except ValidationError as exc:
+        raise TemplateError(f"invalid transfer request from {label}: {_first_error(exc)}") from None
+
+
+def template_spec(ov: Overrides) -> TemplateSpec:
+    """The (partial) spec that fte-create-template's flags describe."""
+    dest = _destination(ov.dest_file, ov.dest_dir)
+    item: dict[str, Any] = {"recursive": bool(ov.recursive)}
+    if dest is not None:
+        item.update(destination=dest[0], destination_type=dest[1])
+    if ov.sources:
+        items = [dict(item, source=s) for s in ov.sources]
+    elif dest is not None or ov.recursive:
+        items = [item]
+    else:
+        items = []
+    values: dict[str, Any] = dict(source_agent=ov.source_agent, destination_agent=ov.destination_agent,
+                                  items=items, exist=ov.exist, disposition=ov.disposition,
+                                  checksum=ov.checksum.lower() if ov.checksum else None,
+                                  recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata)
+    try:
+        return TemplateSpec.model_validate(values)
+    except ValidationError as exc:
+        raise TemplateError(f"invalid template: {_first_error(exc)}") from None
+
+
+def check_flags(exist: str | None, disposition: str | None, checksum: str | None,
+                recovery_timeout: int | None) -> None:
+    """The same checks, and messages, as fte-create-transfer's."""
+    for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
+                                 ("-cs", checksum.lower() if checksum else None, ("sha256", "md5", "none"))):
+        if value is not None and value not in allowed:
+            raise TemplateError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
+    if recovery_timeout is not None and recovery_timeout < -1:
+        raise TemplateError(f"-rt {recovery_timeout} is invalid: use -1 (recover forever), 0 (fail as soon as "
+                            f"recovery starts) or a number of seconds")
+
+
+def parse_metadata(values: List[str] | None) -> dict[str, str]:
+    md: dict[str, str] = {}
+    for v in values or []:
+        for pair in v.split(","):
+            if "=" not in pair:
+                raise TemplateError(f"-md {pair!r} is not key=value")
+            k, _, val = pair.partition("=")
+            md[k.strip()] = val.strip()
+    return md
+
+
+def given(ctx: Any, name: str) -> bool:
+    """Whether parameter `name` came from the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and getattr(source, "name", "") != "DEFAULT"
+
+
+def overrides_from(ctx: Any, **values: Any) -> Overrides:
+    """Overrides holding only the values the user gave (by parameter name, as in create-transfer)."""
+    kept = {k: v for k, v in values.items() if given(ctx, k)}
+    return Overrides(
+        source_agent=kept.get("source_agent"), destination_agent=kept.get("destination_agent"),
+        dest_file=kept.get("dest_file"), dest_dir=kept.get("dest_dir"), exist=kept.get("exist"),
+        disposition=kept.get("disposition"), checksum=kept.get("checksum"),
+        recursive=True if kept.get("recursive") else None, recovery_timeout=kept.get("recovery_timeout"),
+        job_name=kept.get("job_name"), metadata=parse_metadata(kept.get("metadata")),
+        sources=list(values.get("sources") or []))
+
+
+# --------------------------------------------------------------------------- request files
+
+
+def request_document(spec: TransferSpec) -> dict[str, Any]:
+    """The JSON document of a transfer request file."""
+    return {"version": REQUEST_VERSION, "spec": json.loads(spec.model_dump_json(exclude_none=True))}
+
+
+def write_request_file(path: Path | str, spec: TransferSpec) -> Path:
+    path = Path(path)
+    try:
+        path.write_text(json.dumps(request_document(spec), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise RequestFileError(path, f"cannot write it: {exc.strerror or exc}") from None
+    return path
+
+
+def read_definition_file(path: Path | str) -> tuple[str, TemplateSpec, str]:
+    """A transfer request file or a template's JSON, as (kind "request"|"template", spec, label).
+
+    The spec of a template may be partial. Raises RequestFileError (one line: the file and the problem).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise RequestFileError(path, "is a directory, not a file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_COMMAND_BYTES + 1)
+    except OSError as exc:
+        raise RequestFileError(path, f"cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise RequestFileError(path, f"larger than {MAX_COMMAND_BYTES} bytes")
+    from pydantic_core import from_json
+
+    try:
+        data = from_json(raw)
+    except ValueError as exc:
+        raise RequestFileError(path, f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestFileError(path, 'not a JSON object; expected {"version": 1, "spec": {...}}')
+    if "version" in data:
+        if data["version"] != REQUEST_VERSION:
+            raise RequestFileError(path, f"version {data['version']!r} is not supported (this fte reads "
+                                         f"version {REQUEST_VERSION})")
+        try:
+            req = RequestFile.model_validate_json(raw, strict=True)
+        except ValidationError as exc:
+            raise RequestFileError(path, _first_error(exc)) from None
+        return "request", TemplateSpec.model_validate(req.spec.model_dump()), f"transfer request file {path}"
+    if "name" in data and "spec" in data:
+        try:
+            t = Template.model_validate_json(raw, strict=True)
+        except ValidationError as exc:
+            raise RequestFileError(path, f"template: {_first_error(exc)}") from None
+        return "template", t.spec, f"template {t.name} (file {path})"
+    raise RequestFileError(path, 'neither a transfer request ({"version": 1, "spec": {...}}, from '
+                                 'fte-create-transfer -gt) nor a template ({"name", "spec", ...})')
+
+
+def load_request_file(path: Path | str) -> dict[str, Any]:
+    """A complete transfer request from `path`: {"version": 1, "spec": <TransferSpec dict>}.
+
+    Accepts what `fte-create-transfer -gt` writes, and a template's JSON when the template is complete.
+    Raises RequestFileError (a ValueError; `str(exc)` is the problem, `exc.line()` names the file too).
+    """
+    kind, spec, label = read_definition_file(path)
+    try:
+        full = merge(spec, Overrides(), label)
+    except TemplateError as exc:
+        raise RequestFileError(path, str(exc)) from None
+    return request_document(full)
+
+
+# --------------------------------------------------------------------------- the broker
+
+
+def _parse_template(name: str, payload: bytes) -> Template:
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise TemplateError(f"template {name} on the broker is invalid: larger than {MAX_COMMAND_BYTES} bytes")
+    try:
+        t = Template.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        raise TemplateError(f"template {name} on the broker is invalid: {_first_error(exc)}; replace it with "
+                            f"fte-create-template -tn {name} --force, or delete it") from None
+    if t.name != name:
+        raise TemplateError(f"template {name} on the broker is invalid: its name field says {t.name!r}")
+    return t
+
+
+async def read_templates(c: FteClient, name: str | None = None, settle: float = SETTLE
+                         ) -> dict[str, bytes]:
+    """The retained template payloads: {name: payload}. With `name`, returns as soon as it arrives."""
+    q = await c.subscribe(c.topics.templates(name))
+    found: dict[str, bytes] = {}
+    while True:
+        try:
+            m = await asyncio.wait_for(q.get(), settle)
+        except asyncio.TimeoutError:
+            return found
+        levels = c.topics.split(str(m.topic))
+        if len(levels) != 2 or levels[0] != "Templates":
+            continue
+        payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
+        if payload:
+            found[levels[1]] = payload
+        else:  # deleted while we listened
+            found.pop(levels[1], None)
+        if name is not None and levels[1] == name and payload:
+            return found
+
+
+async def fetch_template(url: str, name: str) -> Template:
+    validate_template_name(name)
+    async with FteClient(url) as c:
+        found = await read_templates(c, name, settle=1.0)
+        if name not in found:
+            raise TemplateError(f"template {name} does not exist on the broker at {c.url}; list the templates "
+                                f"with fte-list-templates")
+        return _parse_template(name, found[name])
+
+
+async def _publish(c: FteClient, name: str, payload: bytes) -> None:
+    assert c.client is not None
+    import aiomqtt
+
+    try:
+        await c.client.publish(c.topics.templates(name), payload, qos=1, retain=True)
+    except aiomqtt.MqttError as exc:
+        raise ClientError(f"lost the broker at {c.url}: {exc}") from None
+
+
+def summary(t: Template) -> list[str]:
+    """`fte-list-templates -v`: agents, files, destination, -rt and the rest that is set."""
+    s = t.spec
+    sources = [i.source for i in s.items if i.source is not None]
+    dests = sorted({(i.destination, i.destination_type) for i in s.items if i.destination is not None})
+    if not dests:
+        dest = "(not set: give -df or -dd)"
+    elif len(dests) == 1:
+        dest = f"{dests[0][0]} ({dests[0][1]})"
+    else:
+        dest = "; ".join(f"{i.source} -> {i.destination} ({i.destination_type})" for i in s.items)
+    lines = [t.name,
+             f"  agents:       {s.source_agent or '(not set: give -sa)'} -> "
+             f"{s.destination_agent or '(not set: give -da)'}",
+             f"  files:        {', '.join(sources) if sources else '(not set: give them when submitting)'}",
+             f"  destination:  {dest}",
+             f"  recovery timeout (-rt): {s.recovery_timeout if s.recovery_timeout is not None else 'agent default'}"]
+    options = []
+    for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name)):
+        if value is not None:
+            options.append(f"{flag} {value}")
+    if any(i.recursive for i in s.items):
+        options.append("-r")
+    if s.metadata:
+        options.append("-md " + ",".join(f"{k}={v}" for k, v in s.metadata.items()))
+    if options:
+        lines.append(f"  options:      {' '.join(options)}")
+    lines.append(f"  created:      {t.created}" + (f" by {t.created_by}" if t.created_by else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def register(app: typer.Typer) -> None:
+    """Add create-template, list-templates and delete-templates to the `fte` app."""
+    from rich.markup import escape
+
+    from .main import err, fail as _fail, out, run
+
+    def fail(message: str, code: int = 1) -> None:
+        _fail(escape(message), code)
+
+    def say(text: str) -> None:
+        out.print(text, markup=False, emoji=False, soft_wrap=True)
+
+    @app.command("create-template")
+    def create_template(
+        sources: Optional[List[str]] = typer.Argument(None, help="Source file(s) or directories on the source "
+                                                                 "agent (may be left to the submitter)."),
+        name: str = typer.Option(..., "-tn", "--template-name", help="Template name: 1-64 of A-Z a-z 0-9 . _ -"),
+        source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent", help="Source agent."),
+        destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
+                                                        help="Destination agent."),
+        dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
+        dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory",
+                                               help="Destination directory."),
+        exist: Optional[str] = typer.Option(None, "-de", "--destination-exists", help="error | overwrite"),
+        disposition: Optional[str] = typer.Option(None, "-sd", "--source-disposition",
+                                                  help="leave | delete (only on success)"),
+        checksum: Optional[str] = typer.Option(None, "-cs", "--checksum", help="sha256 | md5 | none"),
+        recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into source directories."),
+        recovery_timeout: Optional[int] = typer.Option(
+            None, "-rt", "--recovery-timeout",
+            help="Seconds to keep recovering a stalled transfer: -1 forever, 0 fail at once."),
+        job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Job name, carried in the log."),
+        metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
+        force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
+        fte-create-transfer -tn NAME."""
+        try:
+            validate_template_name(name)
+            check_flags(exist, disposition, checksum, recovery_timeout)
+            spec = template_spec(Overrides(
+                source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
+                dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
+                recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
+                metadata=parse_metadata(metadata), sources=list(sources or [])))
+        except TemplateError as exc:
+            fail(str(exc), exc.code)
+        from agent.auth import requester_name
+
+        template = Template(name=name, created=utc_now(), created_by=requester_name(), spec=spec)
+
+        async def go() -> tuple[bool, str]:
+            async with FteClient(broker_url(broker, source_agent)) as c:
+                existing = await read_templates(c, name, settle=1.0)
+                if name in existing and not force:
+                    raise TemplateError(f"template {name} already exists on the broker at {c.url}; use --force "
+                                        f"to replace it")
+                await _publish(c, name, template.model_dump_json(exclude_none=True).encode())
+                return name in existing, c.url
+
+        replaced, url = run(go())
+        files = sum(1 for i in spec.items if i.source is not None)
+        say(f"{'Replaced' if replaced else 'Created'} template {name} "
+            f"({spec.source_agent or '?'} -> {spec.destination_agent or '?'}, {files} source(s)) "
+            f"on the broker at {url}. Submit it with: fte-create-transfer -tn {name}")
+
+    @app.command("list-templates")
+    def list_templates(
+        names: Optional[List[str]] = typer.Argument(None, help="Only these templates."),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="A summary of each: agents, files, "
+                                                                   "destination, -rt."),
+        as_json: bool = typer.Option(False, "--json", help="Each template's full JSON, one per line."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """List the transfer templates on the broker (MFT's fteListTemplates)."""
+        wanted = list(names or [])
+        for n in wanted:
+            try:
+                validate_template_name(n)
+            except TemplateError as exc:
+                fail(str(exc))
+
+        async def go() -> tuple[dict[str, bytes], str]:
+            async with FteClient(broker_url(broker)) as c:
+                return await read_templates(c), c.url
+
+        found, url = run(go())
+        shown = sorted(found) if not wanted else [n for n in wanted if n in found]
+        missing = [n for n in wanted if n not in found]
+        printed = 0
+        for n in shown:
+            try:
+                t = _parse_template(n, found[n])
+            except TemplateError as exc:
+                err.print(f"warning: {exc}", soft_wrap=True, markup=False, emoji=False)
+                continue
+            printed += 1
+            if as_json:
+                say(t.model_dump_json(exclude_none=True))
+            elif verbose:
+                for line in summary(t):
+                    say(line)
+            else:
+                say(n)
+        if missing:
+            fail(f"no template {', '.join(missing)} on the broker at {url}")
+        if not printed and not wanted and not as_json:
+            say(f"No templates on the broker at {url}. Create one with: fte-create-template -tn NAME "
+                f"-sa A1 -da A2 -dd /in SOURCE")
+
+    @app.command("delete-templates")
+    def delete_templates(
+        names: List[str] = typer.Argument(..., help="The templates to delete."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """Delete transfer templates from the broker (MFT's fteDeleteTemplates)."""
+        bad = [n for n in names if not TEMPLATE_NAME_RE.match(n)]
+
+        async def go() -> tuple[list[str], list[str], str]:
+            async with FteClient(broker_url(broker)) as c:
+                found = await read_templates(c)
+                deleted, missing = [], []
+                for n in dict.fromkeys(names):
+                    if n in bad:
+                        continue
+                    if n not in found:
+                        missing.append(n)
+                        continue
+                    await _publish(c, n, b"")
+                    deleted.append(n)
+                return deleted, missing, c.url
+
+        deleted, missing, url = run(go())
+        for n in deleted:
+            say(f"Deleted template {n}.")
+        problems = []
+        if missing:
+            problems.append(f"no template {', '.join(missing)} on the broker at {url}")
+        if bad:
+            problems.append(f"not a template name: {', '.join(repr(b) for b in bad)}")
+        if problems:
+            fail("; ".join(problems) + (" (the others were deleted)" if deleted else ""))
