@@ -35,7 +35,10 @@ BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # messages carry file names and agent replies: never rich markup
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -498,13 +501,23 @@ def create_transfer(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent to accept the request."),
+    schedule_start: Optional[str] = typer.Option(
+        None, "-ss", "--schedule-start", help="Run at this time (YYYY-MM-DDThh:mm) instead of now: a scheduled "
+                                              "transfer, kept by the source agent across restarts."),
+    time_base: str = typer.Option("admin", "-tb", "--time-base",
+                                  help="admin: -ss/-es are this machine's local time; source: the agent's."),
+    occurrence_interval: Optional[str] = typer.Option(
+        None, "-oi", "--occurrence-interval", help="Repeat every minutes|hours|days|weeks|months|years."),
+    occurrence_frequency: int = typer.Option(1, "-of", "--occurrence-frequency", help="Repeat every N intervals."),
+    occurrence_count: Optional[int] = typer.Option(None, "-oc", "--occurrence-count",
+                                                   help="Run N times in all (not with -es)."),
+    end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
+                                               help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
     With -tn TEMPLATE or -td FILE the transfer comes from a template or a request file, and the flags and
     sources given here override it; with -gt FILE it is written to FILE instead of being submitted."""
-    from rich.markup import escape
-
     from . import templates
 
     if template_name is None and definition is None:
@@ -557,14 +570,14 @@ def create_transfer(
                 label = f"template {template_name}"
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
-            fail(escape(exc.line()), exc.code)
+            fail(exc.line(), exc.code)
         except templates.TemplateError as exc:
-            fail(escape(str(exc)), exc.code)
+            fail(str(exc), exc.code)
     if generate is not None:
         try:
             path = templates.write_request_file(generate, spec)
         except templates.RequestFileError as exc:
-            fail(escape(exc.line()), exc.code)
+            fail(exc.line(), exc.code)
         if as_json:
             out.print(json.dumps({"request_file": str(path), **templates.request_document(spec)}), markup=False,
                       emoji=False)
@@ -573,6 +586,25 @@ def create_transfer(
                       f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
                       markup=False, emoji=False)
         raise typer.Exit(0)
+    if schedule_start is not None:
+        from .schedules import schedule_spec, submit_schedule
+
+        if wait is not None:
+            fail("-w has no meaning with -ss: the transfer runs later; watch it with fte-logs --follow")
+        try:
+            sched = schedule_spec(schedule_start, time_base, occurrence_interval, occurrence_frequency,
+                                  occurrence_count, end_schedule)
+        except ClientError as exc:
+            fail(str(exc), exc.code)
+        data = run(submit_schedule(broker_url(broker, spec.source_agent), spec, sched))
+        if as_json:
+            out.print(json.dumps(data), markup=False)
+        else:
+            out.print(f"Scheduled transfer {data['schedule_id']} on agent {spec.source_agent}: first run at "
+                      f"{data['next_run']}. List with fte-list-scheduled-transfers.", markup=False)
+        raise typer.Exit(0)
+    elif any(v is not None for v in (occurrence_interval, occurrence_count, end_schedule)):
+        fail("-oi, -oc and -es describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
     tid = new_transfer_id()
     code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, spec.source_agent), timeout))
     raise typer.Exit(code)

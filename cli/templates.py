@@ -455,12 +455,7 @@ def summary(t: Template) -> list[str]:
 
 def register(app: typer.Typer) -> None:
     """Add create-template, list-templates and delete-templates to the `fte` app."""
-    from rich.markup import escape
-
-    from .main import err, fail as _fail, out, run
-
-    def fail(message: str, code: int = 1) -> None:
-        _fail(escape(message), code)
+    from .main import err, fail, out, run  # fail() prints messages without markup
 
     def say(text: str) -> None:
         out.print(text, markup=False, emoji=False, soft_wrap=True)
