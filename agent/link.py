@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -23,13 +25,80 @@ class LinkDown(ConnectionError):
     """The broker connection is down; what was being published was not sent."""
 
 
+class BrokerConfigError(ValueError):
+    """The TLS files of a broker address cannot be used (a configuration problem: retrying does not help)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it replaced by ``***``, for messages."""
+    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+
+
+class _SocketErrors(logging.Handler):
+    """Remembers the last error paho-mqtt logged on its socket. A TLS alert that arrives after the handshake
+    (TLS 1.3: "certificate required" when the broker wants a client certificate) is only logged by paho;
+    aiomqtt then reports nothing but "Operation timed out"."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: tuple[float, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = (time.monotonic(), record.getMessage())
+
+    def since(self, t0: float) -> str | None:
+        last = self.last
+        return last[1] if last is not None and last[0] >= t0 else None
+
+
+_socket_errors = _SocketErrors()
+logging.getLogger("mqtt").addHandler(_socket_errors)  # aiomqtt's (and so paho's) logger
+
+
+def connect_error(exc: BaseException, since: float) -> str:
+    """``explain_connect_error`` of a failed connect that started at ``since`` (time.monotonic()),
+    with the socket error paho logged meanwhile, if any."""
+    detail = _socket_errors.since(since)
+    return explain_connect_error(f"{exc}: {detail}" if detail and detail not in str(exc) else exc)
+
+
+def explain_connect_error(error: BaseException | str) -> str:
+    """A refused or failed broker connection in one line, with what to check. Never contains a secret:
+    the reasons come from the TLS library and the broker's CONNACK, which do not echo credentials."""
+    text = str(error) or type(error).__name__
+    low = text.lower()
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        if "mismatch" in low:
+            hint = ("the broker's certificate is not issued for the host name in the broker URL; use a name or "
+                    "address listed in its subjectAltName")
+        else:
+            hint = ("the broker's certificate is not signed by a trusted CA; give the CA that signed it "
+                    "(agents: brokerCaFile; commands: FTE_BROKER_CA_FILE)")
+    elif "certificate required" in low or "certificate_required" in low or "handshake failure" in low \
+            or "bad certificate" in low or "unknown ca" in low:
+        hint = ("the broker wants a client certificate it trusts (agents: brokerCertFile and brokerKeyFile; "
+                "commands: FTE_BROKER_CERT_FILE and FTE_BROKER_KEY_FILE)")
+    elif "wrong version number" in low or "wrong_version_number" in low or "record layer failure" in low \
+            or "unexpected eof" in low:
+        hint = "is this port a TLS listener? use mqtt:// for a plain one, mqtts:// for TLS"
+    elif "connection reset" in low:
+        hint = "a broker resets plain connections to a TLS listener: if this port is one, use mqtts://"
+    elif "bad user name or password" in low or "bad username or password" in low or "not authori" in low:
+        hint = ("check the user name and password (agents: brokerUsername and brokerPassword or "
+                "FTE_BROKER_PASSWORD; commands: FTE_BROKER_USERNAME and FTE_BROKER_PASSWORD) and the broker's "
+                "password file and ACL")
+    else:
+        return text
+    return f"{text} ({hint})"
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     host: str
     port: int
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, hence never in a log line
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -38,7 +107,8 @@ class BrokerAddress:
     def from_url(cls, url: str, **kw: object) -> "BrokerAddress":
         u = urlparse(url)
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-            raise ValueError(f"broker URL {url!r} is not of the form mqtt://HOST:PORT or mqtts://HOST:PORT")
+            raise ValueError(f"broker URL {redact_url(url)!r} is not of the form mqtt://HOST:PORT or "
+                             "mqtts://HOST:PORT")
         tls = u.scheme in ("mqtts", "ssl")
         port = u.port or (8883 if tls else 1883)
         return cls(host=u.hostname, port=port, tls=tls, username=u.username or kw.get("username"),  # type: ignore[arg-type]
@@ -50,12 +120,43 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None for mqtt://): the broker's certificate must chain to ``ca_file``
+        (the system CAs when not set) and name ``host``. Raises BrokerConfigError for unusable files."""
         if not self.tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise BrokerConfigError(f"cannot use the CA file {self.ca_file}: {_reason(exc)}; "
+                                    "give a PEM file of CA certificates") from None
         if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                # an encrypted key must fail here, not prompt for a passphrase on a terminal nobody watches
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+            except (OSError, _PassphraseNeeded) as exc:
+                what = f"client certificate {self.cert_file}" + (f" with key {self.key_file}" if self.key_file else "")
+                raise BrokerConfigError(f"cannot use the {what}: {_reason(exc)}; give PEM files of a certificate "
+                                        "and its unencrypted private key") from None
         return ctx
+
+
+class _PassphraseNeeded(Exception):
+    def __str__(self) -> str:
+        return "the private key is encrypted (a passphrase would be needed)"
+
+
+def _no_passphrase() -> bytes:
+    raise _PassphraseNeeded()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, ssl.SSLError) and "PEM lib" in str(exc):
+        return "not a PEM file, or the key does not belong to the certificate"
+    return str(exc)
 
 
 def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
@@ -68,6 +169,15 @@ def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
     # a window of chunks is many publishes in flight by design; aiomqtt would warn about it
     client.pending_calls_threshold = 1 << 16
     return client
+
+
+def _refused(granted: object) -> bool:
+    """True if a SUBACK refused the subscription (MQTT 3.1.1: 0x80; MQTT 5: a failure reason code)."""
+    for code in granted if isinstance(granted, (tuple, list)) else ():
+        failure = getattr(code, "is_failure", None)
+        if failure if failure is not None else isinstance(code, int) and code >= 0x80:
+            return True
+    return False
 
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
@@ -98,7 +208,14 @@ class BrokerLink:
         self.connects = 0
 
     async def run(self) -> None:
-        """Run until `stop()`: the one reconnection policy of the agent."""
+        """Run until `stop()`: the one reconnection policy of the agent.
+
+        Raises BrokerConfigError at once if the TLS files cannot be used: no reconnection fixes that."""
+        try:
+            self.addr.tls_context()
+        except BrokerConfigError as exc:
+            log.error("cannot connect to %s: %s", self.addr.url, exc)
+            raise
         self._worker = asyncio.create_task(self._work(), name="link-worker")
         try:
             await self._run()
@@ -116,7 +233,7 @@ class BrokerLink:
     async def _run(self) -> None:
         policy = AsyncRetrying(
             wait=wait_exponential(multiplier=0.2, min=0.2, max=5),
-            retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
+            retry=retry_if_exception_type((aiomqtt.MqttError, OSError, BrokerConfigError)),
             reraise=True,
         )
         while not self._stopping:
@@ -128,13 +245,21 @@ class BrokerLink:
             # a clean end of a session without stop() (should not happen) loops around
 
     async def _session(self) -> None:
-        client = make_client(self.addr, self.client_id, self.keepalive, self.will)
+        try:
+            client = make_client(self.addr, self.client_id, self.keepalive, self.will)
+        except BrokerConfigError as exc:  # the files were fine at start (say, replaced while renewing them)
+            log.warning("cannot connect to %s: %s", self.addr.url, exc)
+            raise
+        started = time.monotonic()
         try:
             async with client:
                 self._client = client
                 self._lost = asyncio.Event()
                 for topic in self.subscriptions:
-                    await client.subscribe(topic, qos=1)
+                    granted = await client.subscribe(topic, qos=1)
+                    if _refused(granted):
+                        log.error("the broker refused the subscription to %s: nothing sent there reaches this "
+                                  "agent; check the broker's ACL (docs/security.md)", topic)
                 self.connects += 1
                 self.up.set()
                 log.info("connected to %s as %s", self.addr.url, self.client_id)
@@ -143,7 +268,8 @@ class BrokerLink:
                     self._inbox.put_nowait(message)
         except aiomqtt.MqttError as exc:
             if not self._stopping:
-                log.warning("broker connection to %s lost or refused: %s", self.addr.url, exc)
+                log.warning("broker connection to %s lost or refused: %s", self.addr.url,
+                            connect_error(exc, started))
             raise
         finally:
             was_up = self.up.is_set()

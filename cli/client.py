@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import secrets
+import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
 
 import aiomqtt
 
-from agent.link import BrokerAddress, make_client
+from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client
 from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -46,6 +48,38 @@ def broker_url(explicit: str | None = None, agent: str | None = None) -> str:
     return DEFAULT_BROKER
 
 
+# Broker credentials and TLS files of the commands (agents use their agent.properties instead).
+BROKER_ENV = {
+    "username": "FTE_BROKER_USERNAME",
+    "password": "FTE_BROKER_PASSWORD",
+    "ca_file": "FTE_BROKER_CA_FILE",
+    "cert_file": "FTE_BROKER_CERT_FILE",
+    "key_file": "FTE_BROKER_KEY_FILE",
+}
+
+
+def broker_address(url: str, env: Mapping[str, str] = os.environ) -> BrokerAddress:
+    """The broker at `url` with the commands' credentials from the environment: FTE_BROKER_USERNAME,
+    FTE_BROKER_PASSWORD and, for mqtts://, FTE_BROKER_CA_FILE, FTE_BROKER_CERT_FILE, FTE_BROKER_KEY_FILE.
+    An empty variable counts as unset."""
+    values = {key: env.get(var) or None for key, var in BROKER_ENV.items()}
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = values[key]
+        if path is not None:
+            path = os.path.expanduser(path)
+            if not os.path.isfile(path):
+                raise ClientError(f"{BROKER_ENV[key]}={path} does not exist or is not a file; "
+                                  "give the path of a PEM file")
+            values[key] = path
+    if values["key_file"] and not values["cert_file"]:
+        raise ClientError("FTE_BROKER_KEY_FILE is set but FTE_BROKER_CERT_FILE is not; set both for a client "
+                          "certificate")
+    try:
+        return BrokerAddress.from_url(url, **values)
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+
+
 def topic_prefix() -> str:
     return os.environ.get("FTE_TOPIC_PREFIX", "SYSTEM.FTE")
 
@@ -53,13 +87,10 @@ def topic_prefix() -> str:
 class FteClient:
     """One broker connection for one command. Use as `async with FteClient(url) as c:`."""
 
-    def __init__(self, url: str, prefix: str | None = None) -> None:
-        try:
-            self.addr = BrokerAddress.from_url(url, username=os.environ.get("FTE_BROKER_USERNAME"),
-                                               password=os.environ.get("FTE_BROKER_PASSWORD"))
-        except ValueError as exc:
-            raise ClientError(str(exc)) from None
-        self.url = url
+    def __init__(self, url: str, prefix: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        # env: where FTE_BROKER_USERNAME / _PASSWORD / _CA_FILE / _CERT_FILE / _KEY_FILE come from (os.environ)
+        self.addr = broker_address(url, os.environ if env is None else env)
+        self.url = self.addr.url  # never the URL as given: it may hold a password
         self.topics = Topics(prefix or topic_prefix())
         self.client_id = "fte-cli-" + secrets.token_hex(6)
         self._stack = AsyncExitStack()
@@ -78,12 +109,18 @@ class FteClient:
 
     async def connect(self) -> None:
         self.disconnected.clear()
-        client = make_client(self.addr, self.client_id, keepalive=10)
+        try:
+            client = make_client(self.addr, self.client_id, keepalive=10)
+        except BrokerConfigError as exc:
+            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {exc}") from None
+        started = time.monotonic()
         try:
             await self._stack.enter_async_context(client)
         except aiomqtt.MqttError as exc:
-            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {exc}; is it running? "
-                              f"(set --broker or FTE_BROKER_URL)") from None
+            reason = connect_error(exc, started)
+            if reason == str(exc):  # nothing more specific known: the usual cause
+                reason += "; is it running? (set --broker or FTE_BROKER_URL)"
+            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {reason}") from None
         self.client = client
         await client.subscribe(self.topics.replies(self.client_id), qos=1)
         for topic, _ in self._queues:
