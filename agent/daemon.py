@@ -606,8 +606,10 @@ class Agent:
     def _resolve_sources(self, spec: TransferSpec) -> list[FileRecord]:
         pairs: list[tuple[Path, str]] = []
         for item in spec.items:
-            matches = sorted(glob.glob(os.path.expanduser(item.source))) if any(c in item.source for c in "*?[") \
-                else [os.path.expanduser(item.source)]
+            literal = os.path.expanduser(item.source)
+            # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
+            matches = sorted(glob.glob(literal)) if any(c in item.source for c in "*?[") \
+                and not os.path.lexists(literal) else [literal]
             if not matches:
                 raise CommandRefused(f"source {item.source!r} matches no file on agent {self.name}")
             for m in matches:
@@ -648,8 +650,8 @@ class Agent:
         if tid in self.dests:
             # the source owns the outcome: ask it to cancel (it then tells us to clean up)
             dest = self.dests[tid]
-            # forwarded as received: the source checks the original requester's signature itself
-            await self._publish(self.topics.commands(dest.source_agent), self._raw_command, 1, False)
+            # passed on over the transfer's own (authenticated) control topic: this agent checked the requester
+            await dest.request_recovery("cancelled by request (fte-cancel-transfer)", cancel=True)
             return {"transfer_id": tid, "role": "destination", "state": "cancel forwarded to " + dest.source_agent}
         rec = self.store.load_transfer(tid, "source") or self.store.load_transfer(tid, "destination")
         if rec is not None:
@@ -714,14 +716,35 @@ class Agent:
             pass
 
     async def _status_publisher(self) -> None:
+        """A change of status (READY/ACTIVE) is published at once; a change of transfer states alone at
+        most every agentStatusPublishRateLimit seconds (the reference's rate limit)."""
+        last = -1e9
+        published = None
         while True:
             await self._status_dirty.wait()
-            self._status_dirty.clear()
             # forget finished destination sessions
             for tid in [t for t, d in self.dests.items() if not d.active]:
                 self.dests.pop(tid, None)
+            busy = bool(self.sources) or any(d.active for d in self.dests.values())
+            wanted = ("ACTIVE" if busy else "READY") if self.status in ("READY", "ACTIVE") else self.status
+            wait = last + self.settings.agentStatusPublishRateLimit - time.monotonic()
+            if wanted == published and wait > 0:
+                try:  # only transfer states changed: wait out the rate limit (or a status change)
+                    await asyncio.wait_for(self._status_changed(published), wait)
+                except asyncio.TimeoutError:
+                    pass
+            self._status_dirty.clear()
             await self._publish_status()
+            published, last = self.status, time.monotonic()
             await asyncio.sleep(STATUS_MIN_INTERVAL)
+
+    async def _status_changed(self, published: str | None) -> None:
+        while True:
+            busy = bool(self.sources) or any(d.active for d in self.dests.values())
+            wanted = ("ACTIVE" if busy else "READY") if self.status in ("READY", "ACTIVE") else self.status
+            if wanted != published:
+                return
+            await asyncio.sleep(0.2)
 
 
 def agent_dir_of(settings: Any) -> Path:

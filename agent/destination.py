@@ -165,9 +165,9 @@ class DestinationTransfer:
                 f.status, f.result_code = "failed", results.FILE_FAILED
         return removed
 
-    async def request_recovery(self, reason: str) -> None:
+    async def request_recovery(self, reason: str, cancel: bool = False) -> None:
         self.last_activity = time.monotonic()
-        await self._send(RequestRecovery(kind="request_recovery", transfer_id=self.tid, reason=reason))
+        await self._send(RequestRecovery(kind="request_recovery", transfer_id=self.tid, reason=reason, cancel=cancel))
 
     @property
     def active(self) -> bool:

@@ -11,7 +11,6 @@ acknowledgements carry the contiguous bytes written (a checkpoint), and negotiat
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import struct
@@ -331,6 +330,8 @@ class RequestRecovery(Sealed):
     kind: Literal["request_recovery"]
     transfer_id: TransferId
     reason: Annotated[str, Field(max_length=512)]
+    # True: a cancel received by the destination agent, passed on to the source (which owns the outcome)
+    cancel: bool = False
 
 
 class Control(Strict):

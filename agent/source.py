@@ -282,6 +282,9 @@ class SourceTransfer:
             self.ack_misses = 0
             self._file_resulted(f, "done" if msg.result_code == results.FILE_SUCCESS else "failed",
                                 msg.result_code, msg.supplement, msg.destination, msg.digest)
+        elif isinstance(msg, RequestRecovery) and msg.cancel:
+            self.end_reason = f"cancelled at the destination agent {self.dest}: {msg.reason}"
+            self._event(E.CANCEL)
         elif isinstance(msg, RequestRecovery):
             if self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
                 self._stall(f"the destination asked for recovery: {msg.reason}", "destination_request")

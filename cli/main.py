@@ -132,6 +132,7 @@ def start_agent(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging."),
 ) -> None:
     """Start an agent (in the background unless -F)."""
+    from agent.link import BrokerConfigError
     from agent.settings import SettingsError, agent_dir, load_agent_settings, timeout_warnings
 
     try:
@@ -154,6 +155,8 @@ def start_agent(
     _pid_file(name).write_text(str(os.getpid()))
     try:
         asyncio.run(_run_agent(settings))
+    except BrokerConfigError as exc:
+        fail(f"agent {name}: {exc}")
     finally:
         try:
             if _pid_file(name).read_text().strip() == str(os.getpid()):
@@ -626,7 +629,7 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
                               reply.result_code or 1)
         if wait is None:
             if as_json:
-                out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}))
+                out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}), markup=False)
             else:
                 out.print(f"Transfer {tid} submitted to agent {spec.source_agent} "
                           f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes).")
@@ -636,7 +639,7 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         final = await watcher.wait(None if wait < 0 else wait)
         if final is None:
             if as_json:
-                out.print(json.dumps({"transfer_id": tid, "state": "waiting", "result_code": 2}))
+                out.print(json.dumps({"transfer_id": tid, "state": "waiting", "result_code": 2}), markup=False)
             else:
                 err.print(f"Transfer {tid} has not finished within {wait:g} s; it goes on "
                           f"(watch it with: fte-logs --follow --transfer {tid})")
@@ -644,9 +647,9 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         rc = int(final.get("result_code", 40))
         if as_json:
             out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
-                                  "files": final.get("files"), "message": final.get("message")}))
+                                  "files": final.get("files"), "message": final.get("message")}), markup=False)
         else:
-            out.print(format_event(final))
+            out.print(format_event(final), markup=False)
         return rc
 
 
@@ -700,13 +703,13 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                     err.print(f"warning: {exc}")
             for t in rows:
                 if as_json:
-                    out.print(json.dumps(t), soft_wrap=True)
+                    out.print(json.dumps(t), soft_wrap=True, markup=False)
                 else:
                     out.print(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
                               f"{t.get('source_agent')}->{t.get('destination_agent')} "
                               f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
                               + (f" result {t['result_code']}" if t.get("result_code") is not None else ""),
-                              soft_wrap=True)
+                              soft_wrap=True, markup=False)
             if not rows:
                 out.print("No transfers. Watch live events with: fte-logs --follow")
             return
@@ -721,7 +724,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                 ev = event_of(get.result())
                 if ev is None:
                     continue
-                out.print(json.dumps(ev) if as_json else format_event(ev), soft_wrap=True)
+                out.print(json.dumps(ev) if as_json else format_event(ev), soft_wrap=True, markup=False)
             else:
                 get.cancel()
                 err.print("lost the broker; reconnecting ...")
