@@ -32,3 +32,4 @@ class AgentContext:
     identity: Any = None
     peer_key: Callable[[str], Any] = lambda agent: None
     verify_peers: bool = False
+    metrics: Any = None

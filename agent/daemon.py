@@ -18,6 +18,7 @@ import aiomqtt
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
 from .core import triggers as T
+from .metrics import Metrics
 from .core.schedule import ScheduleError
 from .scheduler import CreateSchedule, DeleteSchedule, ListSchedules, Scheduler
 from .scheduler import event as schedule_event
@@ -80,6 +81,16 @@ class Agent:
         self._immediate = False
         self._status_dirty = asyncio.Event()
         self._raw_command = b""
+        self._drops: dict[str, tuple[float, int]] = {}
+        self.metrics = Metrics(self.name)
+        self.metrics.gauges.update({
+            "fte_transfers_active": lambda: {'role="source"': len(self.sources),
+                                             'role="destination"': sum(1 for d in self.dests.values() if d.active)},
+            "fte_transfers_in_state": self._state_counts,
+            "fte_log_outbox_depth": lambda: {"": self.store.outbox_size()},
+            "fte_monitors_running": lambda: {"": len(self.monitors)},
+            "fte_broker_connected": lambda: {"": 1 if self.link.up.is_set() else 0},
+        })
         self.monitors: dict[str, tuple[MonitorRunner, asyncio.Task[None]]] = {}
         self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,
                                    lambda rows: self._retain(f"{self.topics.prefix}/Scheduler/{self.name}",
@@ -104,7 +115,7 @@ class Agent:
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
             settings=settings, identity=load_or_create_agent_key(self.agent_home), peer_key=self._trusted_agent_key,
-            verify_peers=self.authority is not None)
+            verify_peers=self.authority is not None, metrics=self.metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,6 +126,9 @@ class Agent:
                  asyncio.create_task(self._watchdog(), name="watchdog"),
                  asyncio.create_task(self._status_publisher(), name="status"),
                  asyncio.create_task(self._run_scheduler(), name="scheduler")]
+        if self.settings.metricsPort:
+            tasks.append(asyncio.create_task(self.metrics.serve(self.settings.metricsPort, self.settings.metricsHost),
+                                             name="metrics"))
         for tid, session in self.sources.items():
             self.source_tasks[tid] = asyncio.create_task(self._run_source(session))
         for name, spec, state, memory in self.store.monitors():
@@ -209,7 +223,22 @@ class Agent:
             elif len(levels) == 2 and levels[0] == "Agents":
                 self._on_agent_status(levels[1], bytes(payload))
         except ProtocolError as exc:
-            log.warning("dropped a message on %s: %s", topic, exc)
+            self.metrics.rejected_messages += 1
+            self._log_drop(topic, str(exc))
+
+    def _log_drop(self, topic: str, reason: str) -> None:
+        """Every dropped message is logged with its reason, but a flood costs one line per second per reason."""
+        now = time.monotonic()
+        key = reason[:40]
+        last, suppressed = self._drops.get(key, (0.0, 0))
+        if now - last < 1.0:
+            self._drops[key] = (last, suppressed + 1)
+            return
+        more = f" (and {suppressed} more like it)" if suppressed else ""
+        self._drops[key] = (now, 0)
+        if len(self._drops) > 1000:
+            self._drops.clear()
+        log.warning("dropped a message on %s: %s%s", topic[:200], reason, more)
 
     def _trusted_agent_key(self, agent: str) -> Any:
         if self.authority is None:
@@ -238,7 +267,8 @@ class Agent:
     async def _on_data(self, tid: str, payload: bytes) -> None:
         dest = self.dests.get(tid)
         if dest is None:
-            return  # not (or no longer) ours; the source resyncs if it still cares
+            # not (or no longer) ours: late chunks of a finished transfer, or garbage
+            raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
         key = dest.key
         if key is not None:
             frame = check_chunk_mac(payload, key)
@@ -598,12 +628,27 @@ class Agent:
         self.store.outbox_put(self.topics.log(self.name, sid), json.dumps(ev).encode())
         self.outbox.wake()
 
+    def _state_counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for s in self.sources.values():
+            key = f'state="{s.state.value}"'
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     async def _wait_peer(self, agent: str) -> None:
         while agent not in self.peers:
             self.peer_seen.clear()
             await self.peer_seen.wait()
 
     def _resolve_sources(self, spec: TransferSpec) -> list[FileRecord]:
+        try:
+            return self._walk_sources(spec)
+        except SandboxError as exc:
+            raise CommandRefused(f"source refused: {exc}") from None
+        except OSError as exc:  # unreadable, vanished while walking, name too long...
+            raise CommandRefused(f"cannot read the sources on agent {self.name}: {exc}") from None
+
+    def _walk_sources(self, spec: TransferSpec) -> list[FileRecord]:
         pairs: list[tuple[Path, str]] = []
         for item in spec.items:
             literal = os.path.expanduser(item.source)

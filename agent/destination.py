@@ -80,6 +80,9 @@ class DestinationTransfer:
         self.last_activity = time.monotonic()
         if msg.epoch < self.epoch:
             return
+        if self.rec.header.get("cancel_requested"):
+            await self.request_recovery("")  # repeat the cancel; never resume a cancelled transfer
+            return
         self.epoch = msg.epoch
         self.rec.epoch = msg.epoch
         self.gap_reported.clear()
@@ -111,6 +114,8 @@ class DestinationTransfer:
         if chunk.offset == f.offset:
             await self._write(f, chunk.offset, chunk.data)
             f.offset = end
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.bytes_received += len(chunk.data)
             self.gap_reported.pop(f.index, None)
             if f.offset == f.size and f.digest is not None:  # the FileEnd came first
                 if await self._finalize(f):
@@ -167,11 +172,25 @@ class DestinationTransfer:
 
     async def request_recovery(self, reason: str, cancel: bool = False) -> None:
         self.last_activity = time.monotonic()
+        # A cancel accepted here is passed on to the source, which owns the outcome. Sent once, it was lost
+        # when the source was away (cut off, restarting: nothing is queued for it), and the transfer then
+        # resumed and completed although the user had cancelled it (tests/fault/test_network.py::
+        # test_cancel_at_the_destination_while_the_source_is_cut_off). So it is remembered in the state
+        # store and repeated by every later request (watchdog, reconnect) and resync until the outcome comes.
+        pending = self.rec.header.get("cancel_requested")
+        if cancel and not pending:
+            self.rec.header["cancel_requested"] = reason
+            self.ctx.store.save_transfer(self.rec)
+        elif pending:
+            reason, cancel = pending, True
         await self._send(RequestRecovery(kind="request_recovery", transfer_id=self.tid, reason=reason, cancel=cancel))
 
     @property
     def active(self) -> bool:
-        return self.rec.state not in ("complete", "partial", "failed", "cancelled", "recovery_timed_out")
+        """Still receiving. A transfer all of whose files were refused holds no capacity and asks nothing
+        (a forged offer would otherwise occupy a maxDestinationTransfers slot for ever)."""
+        return self.rec.state not in ("complete", "partial", "failed", "cancelled", "recovery_timed_out") and \
+            any(f.status == "ready" for f in self.files.values())
 
     def summary(self) -> dict[str, Any]:
         return {"transfer_id": self.tid, "role": "destination", "state": self.rec.state,

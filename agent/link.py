@@ -268,8 +268,11 @@ class BrokerLink:
                     self._inbox.put_nowait(message)
         except aiomqtt.MqttError as exc:
             if not self._stopping:
+                # The configuration hints of connect_error (TLS listener, certificates, credentials) explain a
+                # connect that fails; on a connection that was up and then dropped (broker killed or frozen,
+                # network cut: tests/fault) "connection reset" got the TLS-listener hint, which misleads.
                 log.warning("broker connection to %s lost or refused: %s", self.addr.url,
-                            connect_error(exc, started))
+                            exc if self.up.is_set() else connect_error(exc, started))
             raise
         finally:
             was_up = self.up.is_set()

@@ -147,10 +147,21 @@ class MonitorRunner:
         started: list[str] = []
         task = json.loads(self.spec.task.model_dump_json())
         if absent:
-            started += await self._start(task, [], T.variables("", 0, time.time(), self.spec.agent))
+            tids = await self._start(task, [], T.variables("", 0, time.time(), self.spec.agent))
+            if not tids:
+                memory.absent_fired = False  # not started (see below): fire again at the next poll
+            started += tids
         for i in range(0, len(fired), self.spec.batch_size):
             batch = fired[i:i + self.spec.batch_size]
-            started += await self._start(task, batch, None)
+            tids = await self._start(task, batch, None)
+            if not tids:
+                # The agent refused the transfer (stopping, destination not yet known after a restart,
+                # too many transfers ...): do not remember these files as fired, or they would never be
+                # sent (evaluate() marked them fired already). They fire again at the next poll, each
+                # attempt reported by a "failed" event.
+                for path in batch:
+                    memory.fired.pop(path, None)
+            started += tids
         # remember only after the transfers were accepted: a crash in between fires again, never never
         self.memory = memory
         self._save(memory)

@@ -10,6 +10,13 @@ import os
 from pathlib import Path
 
 
+# Linux limits (NAME_MAX, PATH_MAX less its NUL). A longer name makes lstat()/stat() raise ENAMETOOLONG, an
+# OSError that is not a SandboxError: on the source it escaped the command handler (is_dir() in
+# daemon._resolve_sources) and left the command without a reply. Such a name is not a plain file name.
+NAME_MAX = 255
+PATH_MAX = 4095
+
+
 class SandboxError(PermissionError):
     """A path the agent must not touch."""
 
@@ -35,6 +42,13 @@ class Sandbox:
             raise SandboxError(f"path {path!r} contains '..', which is refused")
         if not raw.is_absolute():
             raw = self.base / raw
+        try:
+            encoded = os.fsencode(raw)
+        except UnicodeEncodeError:  # a lone surrogate: no file system name can hold it
+            raise SandboxError(f"path {path!r} is not a valid file name (it cannot be encoded)") from None
+        if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+            raise SandboxError(f"path {path!r} is too long to be a file name ({NAME_MAX} bytes per name, "
+                               f"{PATH_MAX} in all)")
         if write:
             if raw.name in ("", ".", "..") or raw.name.endswith(".part"):
                 raise SandboxError(f"{path!r} is not a plain file name that can be written")

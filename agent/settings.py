@@ -478,6 +478,10 @@ class AgentSettings(BaseSettings):
     agentStatusPublishRateLimit: Annotated[int, _whole("seconds", "1 or more seconds", lambda v: v >= 1)] = Field(
         30, description="Minimum seconds between re-publications of the agent status when transfers change state."
     )
+    metricsPort: Annotated[int, _whole("port", "0 (off) or a TCP port 1..65535", lambda v: 0 <= v <= 65535)] = Field(
+        0, description="TCP port of the agent's Prometheus metrics (http://127.0.0.1:PORT/metrics); 0: off."
+    )
+    metricsHost: str = Field("127.0.0.1", description="Address the metrics port listens on (0.0.0.0: every interface).")
     authorityChecking: bool = Field(
         False,
         description="true: obey only commands signed by a requester listed in the agent's authorized_requesters "

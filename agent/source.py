@@ -253,6 +253,8 @@ class SourceTransfer:
             elif self.state.is_recovery:
                 was = self.lc.recovering_since
                 if self._event(E.RESYNCED) == S.IN_PROGRESS:
+                    if self.ctx.metrics is not None and was is not None:
+                        self.ctx.metrics.recovery_ended(time.monotonic() - was)
                     held = sum(self._acked(f) for f in self.files.values())
                     self.ctx.log.emit(self.rec, "resumed", message_id=results.BFGTR0082I,
                                       message=f"BFGTR0082I: transfer {self.tid} resumed after recovery",
@@ -265,11 +267,14 @@ class SourceTransfer:
             w = self.windows[msg.index]
             if msg.offset < w.acked:
                 return
+            before = w.acked
             if msg.rewind and msg.offset < w.next_offset:
                 self.bytes_resent += w.next_offset - msg.offset
                 w.rewind(msg.offset)
                 self.end_sent.discard(msg.index)
             elif w.on_ack(msg.offset):
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.bytes_sent += w.acked - before
                 self.last_progress = time.monotonic()
                 self.ack_misses = 0
             self.files[msg.index].offset = w.acked
@@ -494,6 +499,8 @@ class SourceTransfer:
         after = self._event(E.STALL)
         if before.is_recovery:
             return  # still recovering; the counter keeps running
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.recovery_started()
         rt = self.lc.recovery_timeout
         deadline = _iso(_wall(self.lc.recovery_deadline))
         rt_text = ("recovers until successful (recovery timeout -1)" if rt < 0 else
@@ -565,6 +572,8 @@ class SourceTransfer:
         self.rec.result_code = rc
         self.rec.state = st.value
         self.ctx.store.save_transfer(self.rec)
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.transfer_finished(st.value, rc)
         total = sum(f.size for f in self.files.values() if f.status == "done")
         elapsed = time.monotonic() - self.started_mono
         self.ctx.log.emit(

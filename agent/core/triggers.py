@@ -30,7 +30,10 @@ MONITOR_VARIABLE_IN_NOMATCH = 110
 MONITOR_TASK_SOURCE_AGENT_INVALID = 111
 MONITOR_RESOURCE_DENIED = 114
 
-_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+# "K", "M", ... (no B) too: the parse regex below accepts them, and a missing key here made
+# `fileSize>=1K,*` fail with a bare KeyError ('K') instead of meaning 1 KB.
+_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4,
+          "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _VAR = re.compile(r"\$\{([A-Za-z]+)\}")
 VARIABLES = ("FilePath", "FileName", "FileNameWithoutExtension", "FileNameExtension", "FileSize",
              "LastModifiedTime", "LastModifiedDate", "LastModifiedTimeUTC", "LastModifiedDateUTC", "AgentName")
