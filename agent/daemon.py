@@ -38,7 +38,7 @@ from .protocol import (FileHolding, Ack, AgentStatus, CancelTransfer, Complete, 
                        parse_agent_status,
                        parse_command, parse_control, utc_now)
 from .sandbox import Sandbox, SandboxError
-from .source import SourceTransfer, send_complete
+from .source import SourceTransfer, _iso, send_complete
 from .store import FileRecord, StateStore, TransferRecord
 from .transferlog import OutboxPublisher, TransferLog
 
@@ -450,7 +450,7 @@ class Agent:
         if isinstance(cmd, CancelTransfer):
             return await self._cancel(cmd.transfer_id)
         if isinstance(cmd, QueryTransfer):
-            return self._query(cmd.transfer_id)
+            return self._query(cmd.transfer_id, files=True)
         if isinstance(cmd, ListTransfers):
             return {"transfers": [self._query(r.transfer_id, r.role) for r in self.store.transfers()]}
         if isinstance(cmd, StopAgent):
@@ -703,11 +703,18 @@ class Agent:
             raise CommandRefused(f"transfer {tid} already ended ({rec.state})", results.COMMAND_FAILED)
         raise CommandRefused(f"transfer {tid} is not known to agent {self.name}")
 
-    def _query(self, tid: str, role: str | None = None) -> dict[str, Any]:
+    def _query(self, tid: str, role: str | None = None, files: bool = False) -> dict[str, Any]:
+        """What this agent knows of a transfer, from the live session or the state store."""
+        live = None
         if role in (None, "source") and tid in self.sources:
-            return self.sources[tid].summary()
-        if role in (None, "destination") and tid in self.dests:
-            return self.dests[tid].summary()
+            live = self.sources[tid].summary()
+        elif role in (None, "destination") and tid in self.dests:
+            live = self.dests[tid].summary()
+        if live is not None:
+            if files:
+                rec = self.store.load_transfer(tid, live["role"])
+                live["files"] = [_file_view(f) for f in rec.files] if rec else []
+            return live
         for r in ([role] if role else ["source", "destination"]):
             rec = self.store.load_transfer(tid, r)
             if rec is not None:
@@ -718,7 +725,10 @@ class Agent:
                         "bytes_done": sum(f.size if f.status == "done" else f.offset for f in rec.files),
                         "files_total": len(rec.files),
                         "files_done": sum(1 for f in rec.files if f.status != "ready"),
-                        "recoveries": rec.recoveries, "last_stall": rec.last_stall}
+                        "recoveries": rec.recoveries, "last_stall": rec.last_stall,
+                        "created": _iso(rec.created), "updated": _iso(rec.updated),
+                        "job_name": rec.header.get("job_name"),
+                        **({"files": [_file_view(f) for f in rec.files]} if files else {})}
         raise CommandRefused(f"transfer {tid} is not known to agent {self.name}")
 
     # ------------------------------------------------------------------ background duties
@@ -797,6 +807,12 @@ def agent_dir_of(settings: Any) -> Path:
     from .settings import agent_dir
 
     return agent_dir(settings.agentName)
+
+
+def _file_view(f: FileRecord) -> dict[str, Any]:
+    return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
+            "bytes_done": f.size if f.status == "done" else f.offset, "status": f.status,
+            "result_code": f.result_code, "supplement": f.supplement}
 
 
 def _s(v: Any) -> str | None:

@@ -124,7 +124,12 @@ class SourceTransfer:
             "files_done": sum(1 for f in self.files.values() if f.status != "ready"),
             "recoveries": self.lc.recoveries, "last_stall": self.stall_reason,
             "recovery_timeout": self.lc.recovery_timeout,
+            "recovery_deadline": _iso(_wall(self.lc.recovery_deadline)),
+            "recovering_since": _iso(_wall(self.lc.recovering_since)),
             "result_code": self.lc.result_code,
+            "created": _iso(self.rec.created), "updated": _iso(self.rec.updated),
+            "seconds": round(time.monotonic() - self.started_mono, 3),
+            "bytes_resent": self.bytes_resent, "job_name": self.rec.header.get("job_name"),
         }
 
     async def run(self) -> None:

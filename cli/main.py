@@ -772,6 +772,10 @@ from . import schedules as _schedules  # noqa: E402
 
 _schedules.register(app)
 
+from . import observe as _observe  # noqa: E402
+
+_observe.register(app)
+
 # --------------------------------------------------------------------------- entry points
 
 VERBS = ["key", "broker", "demo", "create-agent", "start-agent", "stop-agent", "list-agents", "show-agent-details",
@@ -928,6 +932,19 @@ def list_templates_main() -> None:
 
 def delete_templates_main() -> None:
     _single("delete-templates")
+
+
+
+def list_transfers_main() -> None:
+    _single("list-transfers")
+
+
+def show_transfer_main() -> None:
+    _single("show-transfer")
+
+
+def top_main() -> None:
+    _single("top")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,241 @@
+"""Watching transfers: fte-list-transfers, fte-show-transfer, and the live view `fte top`.
+
+Everything shown comes from the agents (their replies, retained statuses, progress and log topics),
+not guessed by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Optional
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+
+from agent.protocol import ListTransfers, QueryTransfer, parse_agent_status
+
+from .client import ClientError, FteClient, broker_url, event_of, new_request_id
+
+BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
+
+
+async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every transfer the (running) agents know, and a warning per agent that did not answer."""
+    statuses = await c.agent_statuses(settle=0.5)
+    names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in ("READY", "ACTIVE"))
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for n in names:
+        try:
+            r = await c.request(n, ListTransfers(kind="list_transfers", request_id=new_request_id(),
+                                                 reply_to=c.client_id), timeout=5)
+        except ClientError as exc:
+            warnings.append(str(exc))
+            continue
+        if not r.ok:
+            warnings.append(f"agent {n}: {r.message}")
+            continue
+        rows += [dict(t, agent=n) for t in r.data.get("transfers", [])]
+    return rows, warnings
+
+
+def _size(n: Any) -> str:
+    try:
+        v = float(n)
+    except (TypeError, ValueError):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if v < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return "?"
+
+
+def transfer_line(t: dict[str, Any]) -> str:
+    pct = f"{100 * t['bytes_done'] / t['bytes_total']:.0f}%" if t.get("bytes_total") else "-"
+    text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} {t.get('source_agent')}->{t.get('destination_agent')}"
+            f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
+    if t.get("result_code") is not None:
+        text += f" result {t['result_code']}"
+    if t.get("state") in ("recovering", "resynchronising") and t.get("last_stall"):
+        text += f" - {t['last_stall']}"
+    return text
+
+
+def register(app: typer.Typer) -> None:
+    from .main import err, fail, out, run
+
+    @app.command("list-transfers")
+    def list_transfers(
+        agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's transfers."),
+        state: Optional[str] = typer.Option(None, "--state", help="Only transfers in this state (e.g. recovering, "
+                                                                  "which includes resynchronising)."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
+        async def go() -> tuple[list[dict[str, Any]], list[str]]:
+            async with FteClient(broker_url(broker, agent)) as c:
+                if agent:
+                    await c.require_agent(agent)
+                return await transfers_of(c, agent)
+
+        rows, warnings = run(go())
+        for w in warnings:
+            err.print(f"warning: {w}", markup=False)
+        # "recovering" includes its resynchronising step: the transfer is in recovery either way
+        wanted = {state, "resynchronising"} if state == "recovering" else {state}
+        rows = [t for t in rows if state is None or t.get("state") in wanted]
+        for t in rows:
+            out.print(json.dumps(t) if as_json else transfer_line(t), markup=False)
+        if not rows and not as_json:
+            out.print("No transfers" + (f" in state {state}." if state else "."))
+
+    @app.command("show-transfer")
+    def show_transfer(
+        transfer_id: str = typer.Argument(..., help="The transfer id."),
+        agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Ask this agent (default: every agent)."),
+        as_json: bool = typer.Option(False, "--json", help="JSON output."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
+        if len(transfer_id) != 48:
+            fail(f"{transfer_id!r} is not a transfer id (48 hex characters, as printed by fte-create-transfer)")
+
+        async def go() -> list[dict[str, Any]]:
+            async with FteClient(broker_url(broker, agent)) as c:
+                statuses = await c.agent_statuses(settle=0.5)
+                names = [agent] if agent else sorted(n for n, s in statuses.items()
+                                                     if s.status in ("READY", "ACTIVE"))
+                found = []
+                for n in names:
+                    try:
+                        r = await c.request(n, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
+                                                             reply_to=c.client_id, transfer_id=transfer_id.lower()),
+                                            timeout=5)
+                    except ClientError:
+                        continue
+                    if r.ok:
+                        found.append(dict(r.data, agent=n))
+                return found
+
+        views = run(go())
+        if not views:
+            fail(f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
+        if as_json:
+            out.print(json.dumps(views), markup=False)
+            return
+        for v in views:
+            out.print(f"[bold]{v['agent']}[/] ({v['role']})")
+            for key in ("state", "result_code", "source_agent", "destination_agent", "job_name", "bytes_done",
+                        "bytes_total", "files_done", "files_total", "recoveries", "last_stall", "recovering_since",
+                        "recovery_timeout", "recovery_deadline", "bytes_resent", "created", "updated", "seconds"):
+                if v.get(key) is not None:
+                    out.print(f"  {key:20} {v[key]}", markup=False)
+            for f in v.get("files", []):
+                extra = f" - {f['supplement']}" if f.get("supplement") else ""
+                out.print(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
+                          f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}", markup=False)
+
+    @app.command("top")
+    def top(
+        once: bool = typer.Option(False, "--once", help="Print one view after collecting for 2 s, then exit."),
+        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    ) -> None:
+        """A live view of agents and transfers (progress, rates, recovering states), until Ctrl-C."""
+        run(_top(broker_url(broker), once, out))
+
+
+async def _top(url: str, once: bool, console: Any) -> None:
+    async with FteClient(url) as c:
+        agents: dict[str, Any] = {}
+        transfers: dict[str, dict[str, Any]] = {}
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        for topic in (c.topics.all_agent_status(), f"{c.topics.prefix}/Transfers/+/+", c.topics.log_filter()):
+            await c.subscribe(topic, q)
+        rows, _ = await transfers_of(c, None)
+        for t in rows:
+            if t["role"] == "source":
+                transfers[t["transfer_id"]] = t
+
+        def view() -> Group:
+            at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
+            for name, st in sorted(agents.items()):
+                style = {"UNREACHABLE": "red", "STOPPED": "dim", "ACTIVE": "green"}.get(st.status, "")
+                at.add_row(name, f"[{style}]{st.status}[/]" if style else st.status, st.host or "",
+                           str(len(st.source_transfers)), str(len(st.destination_transfers)))
+            tt = Table("Transfer", "From -> To", "State", "Progress", "Rate", "Recoveries", "Note",
+                       title="Transfers", title_justify="left")
+            live = sorted(transfers.values(), key=lambda t: (t.get("state") in TERMINAL, t["transfer_id"]))
+            for t in live[:40]:
+                total, done = t.get("bytes_total") or 0, t.get("bytes_done") or 0
+                width = 20
+                filled = int(width * done / total) if total else 0
+                bar = "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total else "")
+                state = t.get("state", "?")
+                style = "yellow" if state in ("recovering", "resynchronising") else \
+                    "green" if state == "complete" else "red" if state in TERMINAL else ""
+                note = t.get("last_stall") if state in ("recovering", "resynchronising") else \
+                    (f"result {t['result_code']}" if t.get("result_code") is not None else "")
+                tt.add_row(t["transfer_id"][:12], f"{t.get('source_agent')} -> {t.get('destination_agent')}",
+                           f"[{style}]{state}[/]" if style else state, bar,
+                           _size(t.get("rate_bytes_per_second")) + "/s" if t.get("rate_bytes_per_second") else "",
+                           str(t.get("recoveries", 0)), note or "")
+            return Group(at, tt)
+
+        def absorb(m: Any) -> None:
+            topic = str(m.topic)
+            levels = c.topics.split(topic)
+            if levels[:1] == ["Agents"]:
+                try:
+                    st = parse_agent_status(bytes(m.payload))
+                    agents[st.agent] = st
+                except Exception:
+                    pass
+                return
+            ev = event_of(m)
+            if not ev or "transfer_id" not in ev:
+                return
+            t = transfers.setdefault(ev["transfer_id"], {"transfer_id": ev["transfer_id"]})
+            if levels[:1] == ["Transfers"]:
+                t.update({k: ev.get(k) for k in ("state", "bytes_total", "bytes_done", "rate_bytes_per_second",
+                                                 "recoveries", "last_stall", "source_agent", "destination_agent",
+                                                 "result_code") if k in ev})
+            elif ev.get("agent_role", "source") == "source":
+                t.update(state=ev.get("state", t.get("state")), source_agent=ev.get("source_agent"),
+                         destination_agent=ev.get("destination_agent"))
+                if ev.get("action") == "recovering":
+                    t["last_stall"] = ev.get("reason")
+                    t["recoveries"] = ev.get("recoveries", t.get("recoveries", 0))
+                if ev.get("result_code") is not None and ev.get("action") == "completed":
+                    t["result_code"] = ev["result_code"]
+
+        deadline = time.monotonic() + 2.0
+        if once:
+            while time.monotonic() < deadline:
+                try:
+                    absorb(await asyncio.wait_for(q.get(), deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+            if not console.is_terminal:  # a pipe or a file: do not squeeze the tables into 80 columns
+                from rich.console import Console
+
+                console = Console(width=160, highlight=False)
+            console.print(view())
+            return
+        with Live(view(), console=console, refresh_per_second=4, screen=False) as live:
+            while True:
+                try:
+                    absorb(await asyncio.wait_for(q.get(), 0.25))
+                    while not q.empty():
+                        absorb(q.get_nowait())
+                except asyncio.TimeoutError:
+                    pass
+                if c.disconnected.is_set():
+                    await c.reconnect()
+                live.update(view())
