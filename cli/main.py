@@ -280,7 +280,7 @@ def list_agents(
         return
     from rich.table import Table
 
-    t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Since")
+    t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
     for name, st in sorted(statuses.items()):
         t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
                   st.time)
