@@ -77,7 +77,15 @@ def register(app: typer.Typer) -> None:
             spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
                                batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)
         except Exception as exc:
-            fail(f"invalid monitor: {str(exc).splitlines()[0]} {str(exc).splitlines()[1:2]}", 102)
+            # say which flag is wrong and why: the first lines of a pydantic error named only the field
+            # ("1 validation error for MonitorSpec ['trigger']"), never the reason
+            from pydantic import ValidationError
+
+            if isinstance(exc, ValidationError) and exc.errors():
+                e = exc.errors()[0]
+                where = ".".join(str(x) for x in e["loc"]) or "monitor"
+                fail(f"invalid monitor: {where}: {e['msg'].removeprefix('Value error, ')}", 102)
+            fail(f"invalid monitor: {str(exc).splitlines()[0]}", 102)
         reply = run(_request(broker, agent, CreateMonitor(kind="create_monitor", request_id=new_request_id(),
                                                           monitor=spec, replace=force)))
         if not reply.ok:

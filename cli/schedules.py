@@ -40,6 +40,15 @@ def schedule_spec(start: str, time_base: str, interval: Optional[str], frequency
         return ScheduleSpec(start=convert(start, "-ss"), time_base=time_base, interval=interval, frequency=frequency,
                             count=count, end=convert(end, "-es") if end else None)
     except ValueError as exc:
+        # name the flag and the reason: the first line of a pydantic error is only
+        # "1 validation error for ScheduleSpec" (e.g. for -oi fortnights or -of 0)
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError) and exc.errors():
+            e = exc.errors()[0]
+            flag = {"interval": "-oi", "frequency": "-of", "count": "-oc", "start": "-ss", "end": "-es",
+                    "time_base": "-tb"}.get(str(e["loc"][0]) if e["loc"] else "", "schedule")
+            raise ClientError(f"invalid schedule: {flag} {e.get('input')!r}: {e['msg']}") from None
         raise ClientError(f"invalid schedule: {str(exc).splitlines()[0]}") from None
 
 

@@ -53,6 +53,11 @@ class Recurrence:
             raise ScheduleError("-oc must be 1 or more")
         if self.unit is None and (self.count not in (None, 1) or self.end is not None):
             raise ScheduleError("-oc and -es need a repeating schedule (-oi)")
+        if self.end is not None and self.end < self.start:
+            # such a schedule has no occurrence at all: it was accepted ("first run at <start>") and then
+            # silently dropped as expired at the agent's next tick
+            raise ScheduleError(f"-es {self.end.isoformat()} is before -ss {self.start.isoformat()}: "
+                                f"the schedule would never run")
 
     def occurrence(self, k: int) -> datetime:
         """The k-th occurrence (0-based); always computed from the start so that months do not drift."""

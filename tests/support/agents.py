@@ -135,6 +135,8 @@ class FteEnv:
         """The agent's retained status, read in-process (fast enough to poll)."""
         import asyncio
 
+        import aiomqtt
+
         from cli.client import ClientError, FteClient
 
         async def read() -> dict[str, Any] | None:
@@ -142,10 +144,18 @@ class FteEnv:
                 async with FteClient(self.broker_url) as c:
                     st = await c.agent_status(name, settle=0.3)
                     return st.model_dump() if st else None
-            except ClientError:
+            except (ClientError, aiomqtt.MqttError, asyncio.TimeoutError):
+                # a connection the broker dropped (amqtt does now and then, see test_cli_e2e's notes):
+                # no answer this time; callers poll again
                 return None
 
-        return asyncio.run(read())
+        async def bounded() -> dict[str, Any] | None:
+            try:
+                return await asyncio.wait_for(read(), 6)
+            except asyncio.TimeoutError:
+                return None
+
+        return asyncio.run(bounded())
 
     def wait_status(self, name: str, wanted: set[str], timeout: float = 20, pid: int | None = None,
                     process: AgentProcess | None = None) -> dict[str, Any]:
@@ -176,3 +186,157 @@ def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+# -- helpers for the end-to-end tests (tests/integration/test_cli_e2e.py, test_transfers.py) ---------
+
+
+def run_fte(env: FteEnv, verb: str, *args: str, timeout: float = 120) -> Result:
+    """`fte <verb> ARGS`: the single `fte` entry point, as opposed to the `fte-<verb>` script of `env.run`."""
+    cmd = [str(BIN / "fte"), verb, *args]
+    p = subprocess.run(cmd, env=env.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+
+def pid_gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+class LogFollower:
+    """`fte-logs --follow --json [ARGS]` left running; its stdout lines are read by a thread.
+
+    `wait_subscribed()` proves the subscription is live (a probe event published on a Log topic comes
+    out), so events produced afterwards cannot be missed. Always `close()` it (it is a context manager).
+    """
+
+    probe_agent = "fte_test_probe"
+
+    def __init__(self, env: FteEnv, *args: str) -> None:
+        import queue
+        import threading
+
+        self.env = env
+        if "-t" in args or "--transfer" in args:
+            raise ValueError("LogFollower cannot prove a -t subscription; filter the events instead")
+        # probes go where the follower listens: its -a agent, if any
+        for flag in ("-a", "--agent"):
+            if flag in args:
+                self.probe_agent = args[args.index(flag) + 1]
+        self.proc = env.popen("logs", "--follow", "--json", *args)
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.seen: list[str] = []
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.put(line.rstrip("\n"))
+            self.lines.put(None)
+
+        self._thread = threading.Thread(target=pump, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "LogFollower":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._thread.join(5)
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def _next(self, deadline: float) -> str | None:
+        import queue
+
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            line = self.lines.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is None:
+            self.lines.put(None)  # stays at end of stream
+            raise EOFError
+        self.seen.append(line)
+        return line
+
+    def events_until(self, done: Any, timeout: float = 30) -> list[dict[str, Any]]:
+        """Parsed JSON events read until `done(event)` is true (that event included); bounded."""
+        deadline = time.monotonic() + timeout
+        events: list[dict[str, Any]] = []
+        while True:
+            try:
+                line = self._next(deadline)
+            except TimeoutError:
+                raise AssertionError(f"fte-logs --follow: no matching event within {timeout} s; lines seen:\n"
+                                     + "\n".join(self.seen[-20:])) from None
+            except EOFError:
+                raise AssertionError(f"fte-logs --follow exited ({self.proc.poll()}) before the event; lines seen:\n"
+                                     + "\n".join(self.seen[-20:]) + "\nstderr: " + self.stderr()) from None
+            if not line or not line.lstrip().startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"fte-logs --json printed a line that is not JSON: {line!r}") from None
+            events.append(ev)
+            if done(ev):
+                return events
+
+    def wait_subscribed(self, timeout: float = 20) -> None:
+        """Publish probe events on a Log topic until the follower prints one (bounded)."""
+        import asyncio
+        import secrets
+
+        import aiomqtt
+
+        from tests.support.brokers import split_url
+
+        tid = secrets.token_hex(24)
+        topic = f"SYSTEM.FTE/Log/{self.probe_agent}/{tid}"
+        payload = json.dumps({"transfer_id": tid, "action": "probe", "state": "probe",
+                              "agent": self.probe_agent}).encode()
+        host, port = split_url(self.env.broker_url)
+        deadline = time.monotonic() + timeout
+
+        async def publish_once() -> None:
+            async with aiomqtt.Client(host, port, timeout=5) as c:
+                await c.publish(topic, payload, qos=1)
+
+        while True:
+            try:
+                asyncio.run(asyncio.wait_for(publish_once(), 6))
+            except (aiomqtt.MqttError, asyncio.TimeoutError):
+                pass  # a dropped connection: the loop publishes again
+            try:
+                self.events_until(lambda ev: ev.get("transfer_id") == tid,
+                                  timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                return
+            except AssertionError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"fte-logs --follow exited ({self.proc.returncode}): {self.stderr()}")
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"fte-logs --follow did not subscribe within {timeout} s") from None

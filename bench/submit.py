@@ -1,0 +1,127 @@
+"""Submit transfers to a source agent and wait for their outcomes; print one JSON object.
+
+Used by bench/run.py (one helper process per batch of transfers, so the timing never includes a Python
+start-up). It sends exactly the request `fte-create-transfer` sends (a signed `create_transfer` command
+built from a `TransferSpec`, through `cli.client.FteClient`), so
+
+    {"items": [{"source": S, "destination": D, "destination_type": "file"}], "exist": "overwrite"}
+
+is `fte-create-transfer -sa A1 -da A2 -df D -de overwrite S`, and a "directory" item with "recursive": true
+is `-dd D -r S`. Each transfer's time runs from just before its request is sent to the moment its
+`completed` log event (on <prefix>/Log/<source agent>/<id>, the events `fte-logs --follow --json` prints)
+reaches this process; the event's `statistics` (bytes_resent, recoveries, ...) are passed through.
+
+The log subscription reconnects within 50 ms when the broker goes away (the recovery measurement kills it).
+
+stdin: {"broker": URL, "source_agent": A, "destination_agent": B, "transfers": [...], "timeout": SECONDS}
+stdout: {"submitted_at": wall, "transfers": [{"transfer_id", "submitted_at", "accepted_at", "completed_at",
+         "seconds", "result_code", "state", "statistics", "message"}, ...]}   (times: time.time())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import aiomqtt  # noqa: E402
+
+from agent.protocol import CreateTransfer, Topics, TransferItem, TransferSpec, new_transfer_id, utc_now  # noqa: E402
+from cli.client import FteClient, new_request_id, topic_prefix  # noqa: E402
+
+
+class Watcher:
+    """`completed` events of the wanted transfers, received on a subscription that survives broker restarts."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        u = urlparse(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
+        self.topic = topic
+        self.subscribed = asyncio.Event()
+        self.done: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.changed = asyncio.Event()
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        ident = "fte-bench-" + secrets.token_hex(5)
+        while True:
+            try:
+                async with aiomqtt.Client(self.host, self.port, identifier=ident, timeout=5) as c:
+                    await c.subscribe(self.topic, qos=1)
+                    self.subscribed.set()
+                    async for m in c.messages:
+                        try:
+                            ev = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                        except ValueError:
+                            continue
+                        if isinstance(ev, dict) and ev.get("action") == "completed":
+                            self.done.setdefault(str(ev.get("transfer_id")), (time.time(), ev))
+                            self.changed.set()
+            except aiomqtt.MqttError:
+                self.reconnects += 1
+                await asyncio.sleep(0.05)
+
+
+async def main() -> int:
+    req = json.loads(sys.stdin.read())
+    url, src, dst = req["broker"], req["source_agent"], req["destination_agent"]
+    timeout = float(req.get("timeout", 600))
+    topics = Topics(topic_prefix())
+    watcher = Watcher(url, topics.log_filter(src, None))
+    watch_task = asyncio.create_task(watcher.run())
+    await asyncio.wait_for(watcher.subscribed.wait(), 30)
+
+    specs = []
+    for t in req["transfers"]:
+        items = [TransferItem(**item) for item in t["items"]]
+        specs.append(TransferSpec(source_agent=src, destination_agent=dst, items=items,
+                                  exist=t.get("exist", "error"), checksum=t.get("checksum", "sha256")))
+    out: list[dict[str, Any]] = []
+    submitted_at = time.time()
+    async with FteClient(url) as c:
+        async def one(spec: TransferSpec) -> dict[str, Any]:
+            tid = new_transfer_id()
+            cmd = CreateTransfer(kind="create_transfer", request_id=new_request_id(), reply_to=c.client_id,
+                                 sent_at=utc_now(), transfer_id=tid, spec=spec)
+            t0 = time.time()
+            reply = await c.request(src, cmd, timeout=60)
+            if not reply.ok:
+                raise SystemExit(f"agent {src} refused the transfer: {reply.message}")
+            return {"transfer_id": tid, "submitted_at": t0, "accepted_at": time.time()}
+
+        out = list(await asyncio.gather(*(one(s) for s in specs)))
+    wanted = {t["transfer_id"] for t in out}
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(watcher.done):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        watcher.changed.clear()
+        try:
+            await asyncio.wait_for(watcher.changed.wait(), left)
+        except asyncio.TimeoutError:
+            break
+    watch_task.cancel()
+    for t in out:
+        got = watcher.done.get(t["transfer_id"])
+        if got is None:
+            t.update(state="waiting", result_code=None, message=f"no completed event within {timeout:g} s")
+            continue
+        at, ev = got
+        t.update(completed_at=at, seconds=at - t["submitted_at"], result_code=ev.get("result_code"),
+                 state=ev.get("state"), statistics=ev.get("statistics") or {}, message=ev.get("message"))
+    print(json.dumps({"submitted_at": submitted_at, "transfers": out, "watch_reconnects": watcher.reconnects}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

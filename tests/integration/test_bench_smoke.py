@@ -1,0 +1,74 @@
+"""The benchmark runs end to end (bench/run.py --quick --no-write) and prints every table.
+
+A smoke test only: tiny sizes, one run, and no assertion about any time or rate (the numbers of a loaded
+CI machine mean nothing). It proves the benchmark still works against the current code: brokers, agents as
+processes, every transfer intact (the benchmark exits non-zero otherwise), and docs/ left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.brokers import find_mosquitto
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+EXPECTED = [
+    # section headings
+    "### 8 MiB file A1→A2 through Mosquitto, against cp, rsync and the raw broker",
+    "### 200 × 4 KiB files in one transfer, against rsync",
+    "### Peak memory of each agent",
+    "### Concurrent transfers between two agents",
+    "### Recovery: broker killed (SIGKILL) mid-transfer and restarted",
+    "### The embedded amqtt broker, for reference",
+    "### Throughput against chunk size and window",
+    # rows
+    "| **mqtt-fte** A1→A2 (chunk ",
+    "| `cp` (same file, same disk) |",
+    "| `rsync -a` |",
+    "| raw MQTT QoS 1 (aiomqtt pub+sub, one process,",
+    "| raw MQTT QoS 0 (same) |",
+    "**project / cp = ",
+    "**project / raw QoS 1 = ",
+    "| **mqtt-fte** one transfer, `-dd DIR -r SRC_DIR` |",
+    "**project time / rsync time = ",
+    "| idle, just started |",
+    "| after a 1 MiB transfer |",
+    "| after a 8 MiB transfer |",
+    "| 8 concurrent × ",
+    "| 64 concurrent × ",
+    "broker back → first new byte at the destination (s)",
+    "bytes re-sent",
+    "| **mqtt-fte** 8 MiB A1→A2 |",
+    "| raw MQTT QoS 1 through amqtt |",
+    "| chunk 64 KiB |",
+    "| chunk 256 KiB |",
+    "Machine: ",
+    "`python bench/run.py --quick --no-write",
+]
+
+
+def _digest_docs() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in DOCS.glob("performance*") if p.is_file()}
+
+
+@pytest.mark.timeout(240)
+def test_quick_benchmark_prints_every_table(tmp_path: Path) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt install mosquitto)")
+    before = _digest_docs()
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-write",
+                        "--workdir", str(tmp_path / "bench")],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=220, stdin=subprocess.DEVNULL)
+    report = f"exit {p.returncode}\n--- stdout ---\n{p.stdout}\n--- stderr (tail) ---\n{p.stderr[-4000:]}"
+    assert p.returncode == 0, report
+    missing = [row for row in EXPECTED if row not in p.stdout]
+    assert not missing, f"rows missing from the benchmark output: {missing}\n{report}"
+    assert "ERROR" not in p.stdout, report
+    assert _digest_docs() == before, "--no-write must leave docs/performance* alone"
