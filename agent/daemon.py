@@ -377,7 +377,9 @@ class Agent:
                     log.warning("transfer %s from %s deferred: %d of maxDestinationTransfers=%d in use",
                                 msg.transfer_id, msg.source_agent, active, self.settings.maxDestinationTransfers)
                     return
-                dest = DestinationTransfer.accept(self.ctx, msg)
+                busy = {f.destination: d.tid for d in self.dests.values() if d.active
+                        for f in d.files.values() if f.status == "ready"}
+                dest = DestinationTransfer.accept(self.ctx, msg, busy)
                 self.dests[msg.transfer_id] = dest
                 self._status_dirty.set()
         await dest.on_resync(msg)
@@ -651,34 +653,15 @@ class Agent:
     def _walk_sources(self, spec: TransferSpec) -> list[FileRecord]:
         pairs: list[tuple[Path, str]] = []
         for item in spec.items:
-            literal = os.path.expanduser(item.source)
-            # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
-            matches = sorted(glob.glob(literal)) if any(c in item.source for c in "*?[") \
-                and not os.path.lexists(literal) else [literal]
-            if not matches:
-                raise CommandRefused(f"source {item.source!r} matches no file on agent {self.name}")
-            for m in matches:
-                try:
-                    real = self.sandbox.resolve(m, write=False)
-                except SandboxError as exc:
-                    raise CommandRefused(f"source refused: {exc}") from None
-                if real.is_dir():
-                    if item.destination_type != "directory":
-                        raise CommandRefused(f"source {m!r} is a directory: give a destination directory with -dd")
-                    walker = real.rglob("*") if item.recursive else real.glob("*")
-                    for p in sorted(walker):
-                        if p.is_file() and not p.is_symlink():
-                            self.sandbox.check(Path(os.path.realpath(p)))
-                            rel = p.relative_to(real.parent)
-                            pairs.append((p, str(Path(item.destination) / rel)))
-                elif real.is_file():
-                    dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
-                    pairs.append((real, dest))
-                else:
-                    raise CommandRefused(f"source {m!r} does not exist on agent {self.name}")
-        df_items = [i for i in spec.items if i.destination_type == "file"]
-        if df_items and len(pairs) > 1:
-            raise CommandRefused(f"-df names one destination file but the sources are {len(pairs)} files; use -dd DIR")
+            before = len(pairs)
+            self._walk_item(item, pairs)
+            if item.destination_type == "file" and len(pairs) - before > 1:
+                # one -df names one file (a monitor batch has one -df item per file, which is fine)
+                raise CommandRefused(f"-df {item.destination} names one destination file but {item.source} is "
+                                     f"{len(pairs) - before} files; use -dd DIR")
+        dests = [d for _, d in pairs]
+        if len(set(dests)) != len(dests):
+            raise CommandRefused("two sources would land on the same destination file")
         if not pairs:
             raise CommandRefused("the sources contain no files")
         files = []
@@ -686,6 +669,34 @@ class Agent:
             st = p.stat()
             files.append(FileRecord(i, str(p), dest, st.st_size, st.st_mtime))
         return files
+
+    def _walk_item(self, item: Any, pairs: list[tuple[Path, str]]) -> None:
+        """Append (source path, destination) for every file one source specification names."""
+        literal = os.path.expanduser(item.source)
+        # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
+        matches = sorted(glob.glob(literal)) if any(c in item.source for c in "*?[") \
+            and not os.path.lexists(literal) else [literal]
+        if not matches:
+            raise CommandRefused(f"source {item.source!r} matches no file on agent {self.name}")
+        for m in matches:
+            try:
+                real = self.sandbox.resolve(m, write=False)
+            except SandboxError as exc:
+                raise CommandRefused(f"source refused: {exc}") from None
+            if real.is_dir():
+                if item.destination_type != "directory":
+                    raise CommandRefused(f"source {m!r} is a directory: give a destination directory with -dd")
+                walker = real.rglob("*") if item.recursive else real.glob("*")
+                for p in sorted(walker):
+                    if p.is_file() and not p.is_symlink():
+                        self.sandbox.check(Path(os.path.realpath(p)))
+                        rel = p.relative_to(real.parent)
+                        pairs.append((p, str(Path(item.destination) / rel)))
+            elif real.is_file():
+                dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
+                pairs.append((real, dest))
+            else:
+                raise CommandRefused(f"source {m!r} does not exist on agent {self.name}")
 
     async def _cancel(self, tid: str) -> dict[str, Any]:
         session = self.sources.get(tid)

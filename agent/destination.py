@@ -44,11 +44,21 @@ class DestinationTransfer:
         self.last_activity = time.monotonic()
         self.gap_reported: dict[int, int] = {}
         self._last_checkpoint = 0.0
+        for f in self.files.values():
+            if f.status == "renaming":  # killed between verifying and renaming: finish the rename
+                part = part_path(f.destination)
+                try:
+                    if os.path.exists(part):
+                        os.replace(part, f.destination)
+                    f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+                except OSError as exc:
+                    f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+                ctx.store.save_file(self.tid, "destination", f)
 
     # ------------------------------------------------------------------ creation
 
     @classmethod
-    def accept(cls, ctx: AgentContext, msg: Resync) -> "DestinationTransfer":
+    def accept(cls, ctx: AgentContext, msg: Resync, busy: dict[str, str] | None = None) -> "DestinationTransfer":
         """A new transfer: check every destination against the sandbox and -de, before writing anything."""
         header = {"source_agent": msg.source_agent, "destination_agent": msg.destination_agent,
                   "exist": msg.exist, "checksum": msg.checksum, "job_name": msg.job_name,
@@ -68,6 +78,9 @@ class DestinationTransfer:
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
                 if os.path.isdir(real):
                     raise IsADirectoryError(f'destination "{real}" is a directory')
+                if busy and str(real) in busy:
+                    # two transfers writing one part file would interleave their data
+                    raise FileExistsError(f'destination "{real}" is being written by transfer {busy[str(real)]}')
             except (SandboxError, OSError) as exc:
                 f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
             rec.files.append(f)
@@ -237,6 +250,10 @@ class DestinationTransfer:
                                  f"the destination computed {actual}")
             if self.rec.header.get("exist") == "error" and os.path.lexists(f.destination):
                 raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
+            # verified: remember that before renaming, so that a crash between the rename and the next
+            # save cannot turn a delivered file into "already exists" when the source resends it
+            f.status, f.digest = "renaming", actual
+            self.ctx.store.save_file(self.tid, "destination", f)
             os.replace(part, f.destination)
             f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
         except (OSError, ValueError) as exc:

@@ -137,8 +137,12 @@ def parse_properties(text: str) -> dict[str, PropertyValue]:
     for number, logical in _logical_lines(text):
         raw_key, raw_value = _split_key_value(logical)
         key = _unescape(raw_key, number)
+        try:
+            value = _unescape(raw_value, number)
+        except PropertiesSyntaxError as exc:  # name the property the bad escape belongs to
+            raise PropertiesSyntaxError(number, f"{key}: {exc.message}") from None
         result.pop(key, None)  # keep file order of the winning definitions
-        result[key] = PropertyValue(_unescape(raw_value, number), number)
+        result[key] = PropertyValue(value, number)
     return result
 
 

@@ -210,6 +210,10 @@ def _agent_ready(name: str, pid: int) -> bool:
     return asyncio.run(check())
 
 
+class StopRefused(ClientError):
+    """The agent answered and refused to stop (as opposed to: no broker, no answer)."""
+
+
 @app.command("stop-agent")
 def stop_agent(
     name: str = typer.Argument(...),
@@ -226,7 +230,7 @@ def stop_agent(
             reply = await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
                                                     reply_to=c.client_id, immediate=immediate), timeout=10)
             if not reply.ok:
-                raise ClientError(f"agent {name} refused to stop: {reply.message}", reply.result_code or 1)
+                raise StopRefused(f"agent {name} refused to stop: {reply.message}", reply.result_code or 1)
             q = await c.subscribe(c.topics.agent_status(name))
             deadline = asyncio.get_running_loop().time() + timeout
             from agent.protocol import parse_agent_status
@@ -246,8 +250,8 @@ def stop_agent(
         out.print(f"Agent {name} stopped.")
         return
     except (ClientError, asyncio.TimeoutError) as exc:
-        if isinstance(exc, ClientError) and exc.code not in (1, 2) or "refused" in str(exc):
-            fail(str(exc), exc.code if isinstance(exc, ClientError) else 1)  # refused: never force it
+        if isinstance(exc, StopRefused):
+            fail(str(exc), exc.code)  # the agent said no: never force it
         if pid is None:
             fail(f"could not stop agent {name}: {exc}")
         # the broker is away or the agent does not answer, but it runs here: signal it
@@ -281,10 +285,11 @@ def list_agents(
     from rich.table import Table
 
     t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
+    console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
     for name, st in sorted(statuses.items()):
         t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
                   st.time)
-    out.print(t)
+    console.print(t)
 
 
 @app.command("show-agent-details")
@@ -455,12 +460,29 @@ def key_list(agent: str = typer.Argument(..., help="Agent whose trusted requeste
 # --------------------------------------------------------------------------- transfers
 
 
+FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
+                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd"}
+
+
+def _validation_text(exc: Exception) -> str:
+    """A pydantic error as one line naming the flag and the value."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    first = errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    flag = FLAG_OF_FIELD.get(loc[0], loc[0]) if loc else "request"
+    value = first.get("input")
+    shown = f" {value!r}" if isinstance(value, (str, int)) else ""
+    return f"{flag}{shown}: {first.get('msg')}"
+
+
 def _metadata(values: List[str]) -> dict[str, str]:
     md: dict[str, str] = {}
     for v in values:
         for pair in v.split(","):
             if "=" not in pair:
-                fail(f"-md {pair!r} is not key=value")
+                fail(f"-md {pair!r} is not key=value (e.g. -md ticket=42)")
             k, _, val = pair.partition("=")
             md[k.strip()] = val.strip()
     return md
@@ -552,12 +574,13 @@ def create_transfer(
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
                               destination_type="file" if dest_file else "directory", recursive=recursive)
                  for s in sources]
+        md = _metadata(metadata)
         try:
             spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                 exist=exist, disposition=disposition, checksum=checksum.lower(),
-                                recovery_timeout=recovery_timeout, job_name=job_name, metadata=_metadata(metadata))
-        except Exception as exc:
-            fail(f"invalid transfer request: {exc}".splitlines()[0])
+                                recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
+        except ValueError as exc:
+            fail(f"invalid transfer request: {_validation_text(exc)}")
     else:
         try:
             overrides = templates.overrides_from(
@@ -589,6 +612,8 @@ def create_transfer(
                       f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
                       markup=False, emoji=False)
         raise typer.Exit(0)
+    if schedule_start is None and (occurrence_frequency != 1 or time_base != "admin"):
+        fail("-of and -tb describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
     if schedule_start is not None:
         from .schedules import schedule_spec, submit_schedule
 
@@ -616,7 +641,10 @@ def create_transfer(
 async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], as_json: bool, url: str,
                            timeout: float) -> int:
     async with FteClient(url) as c:
-        await c.require_agent(spec.source_agent)
+        st = await c.require_agent(spec.source_agent)
+        if st.status in ("STOPPED", "UNREACHABLE"):
+            raise ClientError(f"agent {spec.source_agent} is {st.status}; start it with "
+                              f"fte-start-agent {spec.source_agent}")
         watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=(wait is not None and not as_json
                                                                              and out.is_terminal), console=out)
         if wait is not None:
@@ -713,7 +741,9 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
             if not rows:
                 out.print("No transfers. Watch live events with: fte-logs --follow")
             return
-        q = await c.subscribe(c.topics.log_filter(agent, transfer))
+        # without a transfer filter: monitor events too (Log/<agent>/Monitors/<name>)
+        q = await c.subscribe(c.topics.log_filter(agent, transfer) if transfer
+                              else f"{c.topics.prefix}/Log/{agent or '+'}/#")
         while True:
             get = asyncio.ensure_future(q.get())
             gone = asyncio.ensure_future(c.disconnected.wait())

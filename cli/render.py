@@ -17,6 +17,12 @@ TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
 
 def format_event(ev: dict[str, Any]) -> str:
+    if "monitor" in ev and "transfer_id" not in ev or ev.get("monitor") and ev.get("action") in ("fired", "failed"):
+        return (f"{ev.get('time', '')} {ev.get('agent', '')} monitor {ev.get('monitor')} {ev.get('action')}: "
+                f"{ev.get('message', '')}")
+    if "schedule_id" in ev:
+        return (f"{ev.get('time', '')} {ev.get('agent', '')} schedule {ev.get('schedule_id')} {ev.get('action')}: "
+                f"{ev.get('message', '')}")
     tid = str(ev.get("transfer_id", "?"))
     action = ev.get("action", "?")
     head = f"{ev.get('time', '')} {ev.get('agent', ev.get('source_agent', ''))} {tid[:12]} {action:10}"
@@ -107,9 +113,13 @@ class TransferWatcher:
 
     async def _recover(self) -> dict[str, Any] | None:
         """The broker went away: reconnect, then ask the agent rather than trusting no event was missed."""
-        self.console.print("[yellow]lost the broker; reconnecting ...[/]") if self.show_progress else None
+        if self.show_progress:
+            self.console.print("[yellow]lost the broker; reconnecting ...[/]")
         await self.c.reconnect()
         while True:
+            final = self._queued_outcome()
+            if final is not None:
+                return final
             try:
                 r = await self.c.request(self.agent, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
                                                                    reply_to=self.c.client_id, transfer_id=self.tid),
@@ -118,13 +128,39 @@ class TransferWatcher:
                 if self.c.disconnected.is_set():
                     await self.c.reconnect()
                 continue  # the agent may still be reconnecting itself
-            if r.ok and r.data.get("state") in TERMINAL:
-                d = r.data
-                return {"transfer_id": self.tid, "action": "completed", "state": d["state"],
-                        "result_code": d.get("result_code"), "source_agent": self.agent,
-                        "statistics": {"files": d.get("files_total"), "bytes": d.get("bytes_done")},
-                        "message": "outcome asked from the agent after a broker outage"}
-            return None
+            if not (r.ok and r.data.get("state") in TERMINAL):
+                return None  # still running: keep following its events
+            # it ended while we were away: its completed event is normally on its way (the agent keeps
+            # events on disk while the broker is away); wait a moment for it, the real record
+            deadline = asyncio.get_running_loop().time() + 3.0
+            while asyncio.get_running_loop().time() < deadline:
+                final = self._queued_outcome()
+                if final is not None:
+                    return final
+                try:
+                    m = await asyncio.wait_for(self.q.get(), deadline - asyncio.get_running_loop().time())
+                except asyncio.TimeoutError:
+                    break
+                ev = event_of(m)
+                if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
+                    return ev
+            d = r.data
+            files = d.get("files") or []
+            return {"transfer_id": self.tid, "action": "completed", "state": d["state"],
+                    "result_code": d.get("result_code"), "source_agent": self.agent,
+                    "destination_agent": d.get("destination_agent"), "files": files,
+                    "statistics": {"files": d.get("files_total"), "bytes": d.get("bytes_done"),
+                                   "files_succeeded": sum(1 for f in files if f.get("result_code") in (0, 2))},
+                    "message": (f"{'BFGSS0081E: ' if d['state'] == 'recovery_timed_out' else ''}transfer ended "
+                                f"{d['state']} while the broker was unreachable (outcome from agent {self.agent})")}
+
+    def _queued_outcome(self) -> dict[str, Any] | None:
+        while not self.q.empty():
+            m = self.q.get_nowait()
+            ev = event_of(m)
+            if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
+                return ev
+        return None
 
 
 def dumps(ev: dict[str, Any]) -> str:

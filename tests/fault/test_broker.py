@@ -148,12 +148,8 @@ def test_waiting_client_reports_69_when_the_broker_outage_outlasts_rt(
     watcher.wait(tid, "cleaned_up", 15, context=env.logs)
     assert part_files(dirs.dst) == [] and not dst.exists()
     assert src.exists(), "-sd delete must not delete the source of a transfer that did not complete"
-    if out["files"] is None or "BFGSS0081E" not in (out["message"] or ""):
-        # everything the issue requires held (exit code 69, cleanup, events); what remains is cli/'s
-        pytest.xfail("BUG: cli/render.py TransferWatcher._recover: after a broker outage, -w --json reports a "
-                     "synthesized outcome ('outcome asked from the agent after a broker outage', files null) "
-                     "instead of the transfer's completed event (BFGSS0081E message, per-file results); while it "
-                     "retries its query (5 s each) it also ignores the completed event already queued")
+    # the waiting client reports the transfer's own outcome: per-file results and the BFGSS0081E message
+    assert out["files"] and "BFGSS0081E" in (out["message"] or ""), out
 
 
 def test_transfer_set_survives_a_broker_restart(env: FaultEnv, fresh_mosquitto: BrokerProcess, dirs: Dirs) -> None:

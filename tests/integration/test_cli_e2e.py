@@ -395,12 +395,7 @@ USAGE_ERRORS = {
     "create-agent-bad-name": ("create-agent", ["-agentName", "bad/name"], ("bad/name",)),
     "create-agent-no-name": ("create-agent", [], ("-agentName",)),
 }
-USAGE_BUGS = {
-    "bad-md": "BUG: cli/main.py create_transfer calls _metadata() inside 'try: ... except Exception', which catches "
-              "the typer.Exit raised by fail(): a second line 'error: invalid transfer request: 1' follows",
-    "bad-agent-name": "BUG: cli/main.py create_transfer reports a TransferSpec ValidationError by its first line only: "
-                      "'invalid transfer request: 1 validation error for TransferSpec' names neither -sa nor the value",
-}
+USAGE_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [
@@ -433,13 +428,7 @@ MALFORMED = {
     "unknown-property": ("transferAckTimout=100", "transferAckTimout"),
     "bad-unicode-escape": ("topicPrefix=SYSTEM\\uZZZZ", "topicPrefix"),
 }
-MALFORMED_CASES = [
-    pytest.param(case, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: agent/settings.py _PropertiesFileSource._read reports a malformed \\uXXXX escape "
-                            "with file and line but without the property it belongs to"))
-    if case == "bad-unicode-escape" else case
-    for case in MALFORMED
-]
+MALFORMED_CASES = list(MALFORMED)
 
 
 @pytest.mark.parametrize("case", MALFORMED_CASES)
@@ -508,8 +497,6 @@ def test_logs_lists_known_transfers(fte1: FteEnv, data: Path) -> None:
 # --------------------------------------------------------------------------- bugs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli/main.py list_agents renders a rich Table at 80 columns when "
-                                       "stdout is not a terminal: agent names (up to 28 characters) are cut with '…'")
 def test_list_agents_shows_long_agent_names_whole(tmp_path: Path, url1: str, data: Path) -> None:
     env = FteEnv(tmp_path / "fte_home", url1)
     name = "Payments_Gateway_Agent_EU_01"  # 28 characters, the longest name allowed
@@ -523,9 +510,6 @@ def test_list_agents_shows_long_agent_names_whole(tmp_path: Path, url1: str, dat
         env.stop_all()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli/main.py _submit_and_wait sends the request to a STOPPED source "
-                                       "agent, waits --timeout (default 10 s) and exits 2 ('the wait ran out, the transfer "
-                                       "goes on') although no transfer exists")
 def test_transfer_from_stopped_agent_fails_at_once(fte1: FteEnv, data: Path) -> None:
     src = make_file(data / "src.bin", 1000)
     fte1.agents["A1"].terminate()

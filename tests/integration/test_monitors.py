@@ -372,11 +372,6 @@ def test_batch_size_combines_files_into_one_transfer(case: Case) -> None:
         arrived(case.out / name, content)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: agent/daemon.py _resolve_sources refuses any transfer that has a -df item and more than one file in "
-    "all ('-df names one destination file but the sources are N files'), so a monitor with -bs N > 1 and a "
-    "per-file destination such as -df '/out/${FileName}' never starts a batch; the check should count the "
-    "files of each -df item, not of the whole transfer"))
 def test_batch_size_with_a_destination_file_per_file(case: Case) -> None:
     for i in range(2):
         (case.watch / f"b{i}.dat").write_bytes(os.urandom(1000))

@@ -255,9 +255,6 @@ def test_invalid_schedule_flags(case: Case, env: FteEnv) -> None:
     assert not any(r["spec"]["items"][0]["destination"] == str(case.out / "x.bin") for r in case.listing().values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: cli/main.py create_transfer checks only -oi, -oc and -es for 'describe a schedule: give its start "
-    "with -ss'; -of N (and -tb) without -ss are silently ignored and the transfer runs at once"))
 def test_occurrence_frequency_without_start_is_refused(case: Case, env: FteEnv) -> None:
     r = env.run("create-transfer", "-sa", SRC, "-da", DST, "-df", str(case.out / "f.bin"), str(case.src),
                 "-of", "2")

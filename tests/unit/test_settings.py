@@ -250,7 +250,7 @@ def test_secret_never_printed(env: dict[str, str]) -> None:
         ("agentName=A2\n", ":1: agentName='A2' does not match the agent directory name 'A1'; set agentName=A1"),
         ("agentName=A/1\n", ":1: agentName='A/1' is not a valid agent name (it contains '/')"),
         ("transferAckTimeout=5000\n", "agent.properties: agentName is missing; add the line agentName=A1"),
-        ("agentName=A1\nx=\\u12\n", ":2: malformed \\uXXXX escape"),
+        ("agentName=A1\nx=\\u12\n", ":2: x: malformed \\uXXXX escape"),
     ],
 )
 def test_errors_name_file_line_and_property(env: dict[str, str], text: str, expected: str) -> None:
