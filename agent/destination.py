@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import time
@@ -44,6 +45,9 @@ class DestinationTransfer:
         self.last_activity = time.monotonic()
         self.gap_reported: dict[int, int] = {}
         self._last_checkpoint = 0.0
+        self._pending: set[asyncio.Task[None]] = set()
+        # digest computed as the data is written in order, so that the file is not read again at the end
+        self.hashers: dict[int, tuple[Any, int]] = {}
         for f in self.files.values():
             if f.status == "renaming":  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
@@ -80,7 +84,8 @@ class DestinationTransfer:
                     raise IsADirectoryError(f'destination "{real}" is a directory')
                 if busy and str(real) in busy:
                     # two transfers writing one part file would interleave their data
-                    raise FileExistsError(f'destination "{real}" is being written by transfer {busy[str(real)]}')
+                    raise FileExistsError(f'destination "{real}" already exists as the part file of transfer '
+                                          f'{busy[str(real)]}, which is writing it')
             except (SandboxError, OSError) as exc:
                 f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
             rec.files.append(f)
@@ -126,6 +131,7 @@ class DestinationTransfer:
             return
         if chunk.offset == f.offset:
             await self._write(f, chunk.offset, chunk.data)
+            self._hash(f, chunk.offset, chunk.data)
             f.offset = end
             if self.ctx.metrics is not None:
                 self.ctx.metrics.bytes_received += len(chunk.data)
@@ -169,7 +175,9 @@ class DestinationTransfer:
         removed = []
         for f in self.files.values():
             self._close(f.index)
-            if f.status == "done":
+            if f.status != "ready":
+                # done: in place; failed: refused before writing (the part file may be another transfer's)
+                # or failed at the end, which removed its own part file
                 continue
             p = part_path(f.destination)
             try:
@@ -179,8 +187,7 @@ class DestinationTransfer:
                 pass
             except OSError as exc:
                 log.warning("could not remove part file %s: %s", p, exc)
-            if f.status == "ready":
-                f.status, f.result_code = "failed", results.FILE_FAILED
+            f.status, f.result_code = "failed", results.FILE_FAILED
         return removed
 
     async def request_recovery(self, reason: str, cancel: bool = False) -> None:
@@ -244,7 +251,13 @@ class DestinationTransfer:
         self._close(f.index)
         algo = self.rec.header.get("checksum", "sha256")
         try:
-            actual = await asyncio.to_thread(hash_file, part, algo)
+            entry = self.hashers.pop(f.index, None)
+            if algo == "none":
+                actual = None
+            elif entry is not None and entry[1] == f.size:
+                actual = entry[0].hexdigest()
+            else:  # resumed after a restart: the part file is read once
+                actual = await asyncio.to_thread(hash_file, part, algo)
             if f.digest and actual != f.digest:
                 raise ValueError(f"digest mismatch: the source sent {algo} {f.digest}, "
                                  f"the destination computed {actual}")
@@ -268,6 +281,15 @@ class DestinationTransfer:
                                     destination=f.destination, digest=f.digest))
         return True
 
+    def _hash(self, f: FileRecord, offset: int, data: Any) -> None:
+        algo = self.rec.header.get("checksum", "sha256")
+        if algo == "none":
+            return
+        hasher, pos = self.hashers.get(f.index) or (hashlib.new(algo), 0)
+        if pos == offset:
+            hasher.update(data)
+            self.hashers[f.index] = (hasher, offset + len(data))
+
     def _checkpoint(self, f: FileRecord) -> None:
         now = time.monotonic()
         if now - self._last_checkpoint >= 0.5:
@@ -286,8 +308,14 @@ class DestinationTransfer:
     async def _send(self, msg: Any) -> None:
         # the negotiation answer is signed (it carries our key exchange value); the rest carries a MAC
         identity = self.ctx.identity if isinstance(msg, ResyncReply) else None
-        try:
-            await self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid),
-                                   seal(msg, self.key, identity), 1, False)
-        except ConnectionError:
-            pass  # the source resyncs; nothing is lost by dropping a reply while the broker is away
+        # Not waiting for the broker's PUBACK: the destination handles one message at a time, and waiting a
+        # round trip per ack held up the next chunk. A reply lost with the broker is recovered by a resync.
+        task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid),
+                                                      seal(msg, self.key, identity), 1, False))
+        self._pending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: "asyncio.Task[None]") -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a ConnectionError here is handled by the source's resync

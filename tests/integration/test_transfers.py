@@ -376,9 +376,6 @@ def test_destination_outside_sandbox(fte1: FteEnv, tmp_path: Path, data: Path) -
 # --------------------------------------------------------------------------- bugs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agent/destination.py part_path() names the part file after the "
-                                       "destination only: two transfers to one destination write the same "
-                                       "<dest>.part and both fail (digest mismatch / part file vanished)")
 def test_two_transfers_to_one_destination(fte1: FteEnv, data: Path) -> None:
     """Two jobs deliver different files to the same -df at once (-de error): one wins, the other is refused."""
     x = make_file(data / "x.bin", 4 * 1024 * 1024)
