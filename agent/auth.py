@@ -78,9 +78,23 @@ def generate_key(config_home: Path, name: str, overwrite: bool = False) -> Path:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    if overwrite:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+    else:
+        # written under a temporary name and linked into place: two processes creating the same key
+        # at once never overwrite each other, and nobody reads a half-written key
+        tmp = d / f".{name}.key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"a key for {name} already exists: {path}") from None
+        finally:
+            tmp.unlink()
     (d / f"{name}.pub").write_text(public_text(key.public_key()) + "\n")
     return path
 
@@ -99,7 +113,10 @@ def load_private(config_home: Path, name: str) -> Ed25519PrivateKey | None:
 def ensure_key(config_home: Path, name: str) -> Ed25519PrivateKey:
     key = load_private(config_home, name)
     if key is None:
-        generate_key(config_home, name)
+        try:
+            generate_key(config_home, name)
+        except FileExistsError:
+            pass  # another process created it a moment ago: use that one
         key = load_private(config_home, name)
     assert key is not None
     return key

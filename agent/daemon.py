@@ -46,6 +46,8 @@ log = logging.getLogger("fte.agent")
 
 TERMINAL = {s.value for s in S if s.is_terminal}
 COMPLETE_RETRY_INTERVAL = 15.0
+LIST_LIMIT = 500  # transfers in a list_transfers reply (the most recent)
+HISTORY_DAYS = 7  # finished transfers are kept this long in the state store, then forgotten
 STATUS_MIN_INTERVAL = 1.0
 
 
@@ -82,6 +84,7 @@ class Agent:
         self._status_dirty = asyncio.Event()
         self._raw_command = b""
         self._drops: dict[str, tuple[float, int]] = {}
+        self._status_force = False
         self.metrics = Metrics(self.name)
         self.metrics.gauges.update({
             "fte_transfers_active": lambda: {'role="source"': len(self.sources),
@@ -173,6 +176,9 @@ class Agent:
 
     def _load_state(self) -> None:
         """Rebuild every transfer from the state store after a (possibly violent) restart."""
+        pruned = self.store.prune(time.time() - HISTORY_DAYS * 86400, TERMINAL)
+        if pruned:
+            log.info("forgot %d transfer(s) that finished more than %d days ago", pruned, HISTORY_DAYS)
         for rec in self.store.transfers("source"):
             if rec.state in TERMINAL:
                 continue
@@ -253,6 +259,12 @@ class Agent:
         status = parse_agent_status(payload)
         if status.agent != agent:
             raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+        if agent == self.name and status.status == "UNREACHABLE" and self.link.up.is_set() \
+                and not self.stopping.is_set():
+            # a late last will of an earlier connection (clusters deliver them late): correct it, or the
+            # other agents would not resync with us until our next change of state
+            self._status_force = True
+            self._status_dirty.set()
         before = self.peers.get(agent)
         self.peers[agent] = status.status
         self.peer_seen.set()
@@ -454,7 +466,9 @@ class Agent:
         if isinstance(cmd, QueryTransfer):
             return self._query(cmd.transfer_id, files=True)
         if isinstance(cmd, ListTransfers):
-            return {"transfers": [self._query(r.transfer_id, r.role) for r in self.store.transfers()]}
+            # the most recent ones: a reply stays far below the clients' size limit, however long the history
+            recs = list(self.store.transfers())[-LIST_LIMIT:]
+            return {"transfers": [self._query(r.transfer_id, r.role) for r in recs]}
         if isinstance(cmd, StopAgent):
             return {"agent": self.name, "status": "STOPPING"}
         if isinstance(cmd, (CreateMonitor, MonitorCommand, ListMonitors)):
@@ -794,12 +808,13 @@ class Agent:
             busy = bool(self.sources) or any(d.active for d in self.dests.values())
             wanted = ("ACTIVE" if busy else "READY") if self.status in ("READY", "ACTIVE") else self.status
             wait = last + self.settings.agentStatusPublishRateLimit - time.monotonic()
-            if wanted == published and wait > 0:
+            if wanted == published and wait > 0 and not self._status_force:
                 try:  # only transfer states changed: wait out the rate limit (or a status change)
                     await asyncio.wait_for(self._status_changed(published), wait)
                 except asyncio.TimeoutError:
                     pass
             self._status_dirty.clear()
+            self._status_force = False
             await self._publish_status()
             published, last = self.status, time.monotonic()
             await asyncio.sleep(STATUS_MIN_INTERVAL)

@@ -90,7 +90,11 @@ class Metrics:
             finally:
                 writer.close()
 
-        server = await asyncio.start_server(handle, host, port)
+        try:
+            server = await asyncio.start_server(handle, host, port)
+        except OSError as exc:
+            log.error("no metrics: cannot listen on %s:%d (metricsPort): %s", host, port, exc)
+            return
         log.info("metrics on http://%s:%d/metrics", host, port)
         async with server:
             await server.serve_forever()

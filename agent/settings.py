@@ -55,6 +55,7 @@ ENV_ALIASES: dict[str, str] = {
     "FTE_BROKER_URL": "brokerUrl",
     "FTE_BROKER_USERNAME": "brokerUsername",
     "FTE_BROKER_PASSWORD": "brokerPassword",
+    "FTE_TOPIC_PREFIX": "topicPrefix",  # the commands read this one too: one variable for both
 }
 # agentName is never read from the environment: an agent's identity is its directory, and a shell-wide
 # FTE_AGENTNAME (say, a default agent for commands) must not rename whichever agent gets started.

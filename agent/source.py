@@ -140,6 +140,10 @@ class SourceTransfer:
             if self.state == S.QUEUED:
                 self._event(E.START)
                 await self._send_resync()
+                peer = self.ctx.peer_status(self.dest)
+                if peer in ("UNREACHABLE", "STOPPED"):
+                    # no point waiting an ack timeout for an answer that cannot come: recover now
+                    self._stall(f"destination agent {self.dest} is {peer}", "peer_unreachable")
             elif self.restarted and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
                 self._stall("the source agent restarted", "agent_restart")
             elif self.restarted and self.state == S.RECOVERING:

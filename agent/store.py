@@ -166,6 +166,16 @@ class StateStore:
         for row in rows:
             yield self._record(row)
 
+    def prune(self, older_than: float, terminal: set[str]) -> int:
+        """Forget finished transfers last changed before `older_than` (the peer has confirmed the outcome)."""
+        marks = ",".join("?" * len(terminal))
+        rows = self._db.execute(
+            f"SELECT transfer_id, role FROM transfers WHERE updated < ? AND state IN ({marks}) "
+            "AND (peer_confirmed = 1 OR role = 'destination')", (older_than, *sorted(terminal))).fetchall()
+        for tid, role in rows:
+            self.delete_transfer(tid, role)
+        return len(rows)
+
     def delete_transfer(self, transfer_id: str, role: str) -> None:
         with self._db:
             self._db.execute("DELETE FROM transfers WHERE transfer_id=? AND role=?", (transfer_id, role))

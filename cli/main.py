@@ -62,6 +62,9 @@ def create_agent(
                                           help="sandboxRoot: directories the agent may use, ':'-separated; "
                                                "'!DIR' excludes. Default: your home directory."),
     force: bool = typer.Option(False, "-f", "--force", help="Overwrite an existing agent.properties."),
+    topic_prefix: Optional[str] = typer.Option(
+        None, "--topic-prefix", help="topicPrefix (default SYSTEM.FTE; brokers that map '.' in topics, such as "
+                                     "NATS and RabbitMQ, need one without '.', e.g. SYSTEM_FTE)."),
 ) -> None:
     """Create an agent's configuration: $FTE_CONFIG_HOME/agents/NAME/agent.properties."""
     from agent.settings import (SettingsError, default_sandbox, load_agent_settings, properties_path,
@@ -77,6 +80,9 @@ def create_agent(
     path = properties_path(agent_name)
     values = {"agentName": agent_name, "brokerUrl": broker_url(broker), "sandboxRoot": sandbox or default_sandbox(),
               "authorityChecking": "true"}
+    prefix = topic_prefix or os.environ.get("FTE_TOPIC_PREFIX")
+    if prefix:
+        values["topicPrefix"] = prefix
     try:
         write_agent_properties(path, values, force=force)
         load_agent_settings(agent_name)
@@ -363,6 +369,10 @@ def clean_agent(
         while batch := store.outbox_peek(1000):
             for seq, *_ in batch:
                 store.outbox_done(seq)
+        for mname, *_ in store.monitors():
+            store.delete_monitor(mname)
+        for sid, *_ in store.schedules():
+            store.delete_schedule(sid)
     store.close()
     out.print(f"Deleted {n} transfer record(s) from agent {name}'s state store.")
 
