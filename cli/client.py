@@ -216,6 +216,19 @@ class FteClient:
             return dump(command)
         return json.dumps(sign(json.loads(dump(command)), name, key)).encode()
 
+    async def retained_json(self, topic: str, settle: float = 0.7) -> list[dict[str, Any]]:
+        """The retained JSON objects on `topic` (a filter), collected until none arrives for `settle` s."""
+        q = await self.subscribe(topic)
+        rows: list[dict[str, Any]] = []
+        while True:
+            try:
+                m = await asyncio.wait_for(q.get(), settle)
+            except asyncio.TimeoutError:
+                return rows
+            data = event_of(m)
+            if data is not None:
+                rows.append(data)
+
     async def agent_statuses(self, settle: float = 0.5, want: str | None = None) -> dict[str, AgentStatus]:
         """The retained statuses of every agent (or, with `want`, until that one arrives)."""
         q = await self.subscribe(self.topics.agent_status(want) if want else self.topics.all_agent_status())

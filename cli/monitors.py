@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any, List, Optional
@@ -144,17 +143,7 @@ async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:
 
 async def _retained_monitors(broker: Optional[str], agent: Optional[str], name: Optional[str]) -> list[dict]:
     async with FteClient(broker_url(broker, agent)) as c:
-        q = await c.subscribe(f"{c.topics.prefix}/Monitors/{agent or '+'}/{name or '+'}")
-        rows = []
-        while True:
-            try:
-                m = await asyncio.wait_for(q.get(), 0.7)
-            except asyncio.TimeoutError:
-                break
-            try:
-                rows.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
-            except (ValueError, TypeError):
-                continue
+        rows = await c.retained_json(f"{c.topics.prefix}/Monitors/{agent or '+'}/{name or '+'}")
         return sorted(rows, key=lambda r: (r.get("agent", ""), r.get("name", "")))
 
 

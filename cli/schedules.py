@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from typing import Any, Optional
@@ -110,16 +109,7 @@ def register(app: typer.Typer) -> None:
 
 async def _retained(broker: Optional[str], agent: Optional[str]) -> list[dict[str, Any]]:
     async with FteClient(broker_url(broker, agent)) as c:
-        q = await c.subscribe(f"{c.topics.prefix}/Scheduler/{agent or '+'}")
         rows: list[dict[str, Any]] = []
-        while True:
-            try:
-                m = await asyncio.wait_for(q.get(), 0.7)
-            except asyncio.TimeoutError:
-                break
-            try:
-                data = json.loads(bytes(m.payload))  # type: ignore[arg-type]
-            except (ValueError, TypeError):
-                continue
+        for data in await c.retained_json(f"{c.topics.prefix}/Scheduler/{agent or '+'}"):
             rows += [dict(r, agent=data.get("agent")) for r in data.get("schedules", [])]
         return rows
