@@ -165,7 +165,9 @@ def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
     client = aiomqtt.Client(
         addr.host, addr.port, identifier=client_id, username=addr.username, password=addr.password,
         keepalive=keepalive, will=will, tls_context=addr.tls_context(), clean_session=True,
-        max_inflight_messages=64, timeout=10,
+        # a connect cut before the broker's CONNACK waits this long (aiomqtt): short, since every second of
+        # it is a second of recovery; the reconnection policy simply tries again
+        max_inflight_messages=64, timeout=4,
         # Nagle's algorithm held acks and small control messages back for tens of ms each: 3x slower
         # transfers and 5x slower small-file sets (docs/performance.md)
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
