@@ -673,9 +673,12 @@ class Agent:
                 # one -df names one file (a monitor batch has one -df item per file, which is fine)
                 raise CommandRefused(f"-df {item.destination} names one destination file but {item.source} is "
                                      f"{len(pairs) - before} files; use -dd DIR")
-        dests = [d for _, d in pairs]
-        if len(set(dests)) != len(dests):
-            raise CommandRefused("two sources would land on the same destination file")
+        seen: set[str] = set()
+        for _, d in pairs:
+            if d in seen:
+                raise CommandRefused(f"two sources would land on the same destination file {d} (-df names one "
+                                     "file: for several sources use -dd DIR)")
+            seen.add(d)
         if not pairs:
             raise CommandRefused("the sources contain no files")
         files = []
