@@ -334,10 +334,6 @@ class RequestRecovery(Sealed):
     cancel: bool = False
 
 
-class Control(Strict):
-    """Wrapper used only for dispatch."""
-
-
 ControlMessage = Annotated[
     Union[Resync, ResyncReply, Ack, FileEnd, FileResult, Complete, CompleteAck, RequestRecovery],
     Field(discriminator="kind"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from rich.console import Console
@@ -161,7 +160,3 @@ class TransferWatcher:
             if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
                 return ev
         return None
-
-
-def dumps(ev: dict[str, Any]) -> str:
-    return json.dumps(ev)
