@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import aiomqtt
 
+STALL_SECONDS = 60.0
+
 
 async def measure(url: str, total: int, chunk: int, window: int, qos: int) -> dict[str, float]:
     u = urlparse(url)
@@ -56,15 +58,23 @@ async def measure(url: str, total: int, chunk: int, window: int, qos: int) -> di
         consumer = asyncio.create_task(consume())
         pending: set[asyncio.Task[None]] = set()
         t0 = time.perf_counter()
-        for _ in range(n):
-            await credit.acquire()
+        for i in range(n):
+            try:
+                # bounded: a message the broker dropped (QoS 0 under load) would otherwise hang the bench
+                await asyncio.wait_for(credit.acquire(), STALL_SECONDS)
+            except asyncio.TimeoutError:
+                raise SystemExit(f"stalled: message {i + 1} of {n} not sent, {received} received, "
+                                 f"nothing arrived for {STALL_SECONDS:.0f} s (QoS {qos})") from None
             if qos == 0:
                 await pub.publish(topic, payload, qos=0)
             else:
                 task = asyncio.create_task(pub.publish(topic, payload, qos=qos, timeout=60))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-        await asyncio.wait_for(done.wait(), 600)
+        try:
+            await asyncio.wait_for(done.wait(), STALL_SECONDS)
+        except asyncio.TimeoutError:
+            raise SystemExit(f"stalled: {received} of {n} messages received (QoS {qos})") from None
         if pending:
             await asyncio.gather(*pending)
         seconds = time.perf_counter() - t0
