@@ -24,6 +24,8 @@ from .scheduler import CreateSchedule, DeleteSchedule, ListSchedules, Scheduler
 from .scheduler import event as schedule_event
 from .monitor import (CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec,
                       check_task, parse_any_command)
+from .broker_probe import BUDGET as PROBE_BUDGET
+from .broker_probe import BrokerProbe, ProbeReport, TopicStatus
 from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_or_create_agent_key, new_ephemeral,
                       seal, transfer_key, verify_signed)
 from .context import AgentContext
@@ -34,7 +36,7 @@ from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink
 from .protocol import (FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
                        ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery, Resync,
-                       ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, dump, new_transfer_id,
+                       ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
                        parse_agent_status,
                        parse_command, parse_control, utc_now)
 from .sandbox import Sandbox, SandboxError
@@ -103,6 +105,11 @@ class Agent:
         self.authority = Authority(self.agent_home / TRUST_FILE) if settings.authorityChecking else None
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
+        self.broker_check: str | None = None  # what the last broker probe found (agent.broker_probe)
+        self._probe_topics: TopicStatus | None = None  # its topic finding, logged when it changes
+        self._probe_sizes: str | None = None  # and its size finding
+        self._diagnosis: asyncio.Task[None] | None = None  # a topic check after a failed connection attempt
+        self._probes = 0  # full probes started
         will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload("UNREACHABLE"), qos=1,
                             retain=True)
         self.link = BrokerLink(
@@ -110,7 +117,8 @@ class Agent:
             subscriptions=[self.topics.commands(self.name), f"{self.topics.prefix}/Data/{self.name}/+",
                            f"{self.topics.prefix}/Control/{self.name}/+", self.topics.all_agent_status()],
             on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
-            keepalive=settings.brokerKeepalive, will=will)
+            keepalive=settings.brokerKeepalive, will=will, before_up=self._check_broker,
+            not_up=self._connection_failed)
         self.ctx = AgentContext(
             name=self.name, topics=self.topics, store=self.store, log=self.tlog, sandbox=self.sandbox,
             publish=self._publish, link_up=lambda: self.link.up.is_set(), peer_status=self.peers.get,
@@ -145,6 +153,8 @@ class Agent:
             await self._shutdown()
         finally:
             monitor_tasks = [t for _, t in self.monitors.values()]
+            if self._diagnosis is not None:
+                self._diagnosis.cancel()
             for t in tasks + list(self.source_tasks.values()) + monitor_tasks:
                 t.cancel()
             await asyncio.gather(*tasks, *self.source_tasks.values(), *monitor_tasks, return_exceptions=True)
@@ -200,6 +210,66 @@ class Agent:
 
     async def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         await self.link.publish(topic, payload, qos=qos, retain=retain)
+
+    async def _check_broker(self) -> None:
+        """The broker probe (agent.broker_probe), on every connection of the link before it is up, so before
+        any transfer resumes: are topics kept as published, and which chunk size passes this broker?"""
+        if not self.settings.brokerProbe:
+            self.broker_check = "off (brokerProbe=false)"
+            return
+        self._probes += 1
+        probe = BrokerProbe(self.addr, self.name, self.topics, self.settings.agentChunkSize)
+        try:
+            # the probe bounds itself (PROBE_BUDGET); this only guards against a bug
+            report = await asyncio.wait_for(probe.run(), PROBE_BUDGET + 15)
+        except Exception as exc:  # never fatal: the agent works on as before the probe
+            log.warning("the broker probe failed (%s); chunk size stays %d", str(exc) or type(exc).__name__,
+                        self.ctx.chunk_size)
+            return
+        self._apply_probe(report)
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        """A connection attempt failed before the link was up. A broker that refuses the agent's topics may
+        refuse its CONNECT already (NATS 2.9 drops one whose last will topic has a '.', without a CONNACK: the
+        attempt times out): the topic check then runs on a connection of its own, without a will, in the
+        background (the reconnection policy is not delayed), until one reaches the broker. Not after a refused
+        TCP connection, a TLS error or refused credentials: the check would fail the same way."""
+        if not self.settings.brokerProbe or "timed out" not in str(exc).lower() or \
+                self._probe_topics not in (None, TopicStatus.NOT_CHECKED) or \
+                (self._diagnosis is not None and not self._diagnosis.done()):
+            return
+        self._diagnosis = asyncio.create_task(self._diagnose(), name="broker-diagnosis")
+
+    async def _diagnose(self) -> None:
+        probes = self._probes
+        probe = BrokerProbe(self.addr, self.name, self.topics, self.settings.agentChunkSize, sizes=False)
+        try:
+            report = await asyncio.wait_for(probe.run(), PROBE_BUDGET + 15)
+        except Exception as exc:
+            log.debug("broker diagnosis failed: %s", exc)
+            return
+        # a finding, unless it could not reach the broker or a full probe ran meanwhile (it knows better)
+        if report.topic_status is not TopicStatus.NOT_CHECKED and probes == self._probes:
+            self._apply_probe(report, quiet=True)
+
+    def _apply_probe(self, report: ProbeReport, quiet: bool = False) -> None:
+        # each finding is logged once, when it changes, not on every reconnection
+        if report.topic_status is not self._probe_topics and report.topic_message:
+            (log.error if report.topic_status.is_error else log.warning)("broker check: %s", report.topic_message)
+        self._probe_topics = report.topic_status
+        if report.sized:  # else the probe learnt nothing about sizes: keep what the last one found
+            finding = report.size_finding()
+            if finding is not None and finding[1] != self._probe_sizes:
+                (log.error if finding[0] == "error" else log.warning)("%s", finding[1])
+            elif finding is None and self.ctx.chunk_size != report.chunk_size:
+                log.info("the broker passes %d-byte chunks again: chunk size back to agentChunkSize",
+                         report.chunk_size)
+            self._probe_sizes = finding[1] if finding else None
+            self.ctx.chunk_size = report.chunk_size
+        self.broker_check = report.summary()
+        if not quiet:
+            log.info("broker check in %.2f s: topics %s, chunk size %d", report.seconds, report.topic_status.value,
+                     self.ctx.chunk_size)
 
     async def _on_up(self) -> None:
         if self.status in ("STARTING", "UNREACHABLE"):
@@ -287,7 +357,11 @@ class Agent:
             if frame is None:
                 raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
             payload = frame
-        await dest.on_chunk(decode_chunk(payload))
+        frame = decode_chunk(payload)
+        if isinstance(frame, Bundle):
+            await dest.on_bundle(frame)
+        else:
+            await dest.on_chunk(frame)
 
     def _key_of(self, tid: str, role: str) -> bytes | None:
         live = (self.sources if role == "source" else self.dests).get(tid)
@@ -341,7 +415,7 @@ class Agent:
                 await self._publish(self.topics.control(msg.source_agent, tid),
                                     dump(CompleteAck(kind="complete_ack", transfer_id=tid)), 1, False)
             self._status_dirty.set()
-        elif isinstance(msg, (ResyncReply, Ack, FileResult)):
+        elif isinstance(msg, (ResyncReply, Ack, FileResult, FileResults)):
             if tid in self.sources:
                 self.sources[tid].post("control", msg)
         elif isinstance(msg, RequestRecovery):
@@ -788,7 +862,10 @@ class Agent:
             destination_transfers={t: d.rec.state for t, d in self.dests.items()},
             max_source_transfers=self.settings.maxSourceTransfers,
             max_destination_transfers=self.settings.maxDestinationTransfers,
-            max_queued_transfers=self.settings.maxQueuedTransfers))
+            max_queued_transfers=self.settings.maxQueuedTransfers,
+            # the will is made before the context exists: the configured chunk size until a probe ran
+            chunk_size=self.ctx.chunk_size if hasattr(self, "ctx") else self.settings.agentChunkSize,
+            broker_check=self.broker_check))
 
     async def _publish_status(self) -> None:
         if self.status in ("READY", "ACTIVE"):

@@ -18,8 +18,8 @@ from typing import Any
 from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
-from .protocol import (Ack, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, RequestRecovery, Resync,
-                       ResyncReply, dump)
+from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
+                       FileResults, RequestRecovery, Resync, ResyncReply, dump)
 from .sandbox import SandboxError
 from .source import hash_file
 from .store import FileRecord, TransferRecord
@@ -27,6 +27,7 @@ from .store import FileRecord, TransferRecord
 log = logging.getLogger("fte.destination")
 
 PART_SUFFIX = ".part"
+FEATURES = ("bundle",)
 
 
 def part_path(destination: str) -> str:
@@ -48,6 +49,7 @@ class DestinationTransfer:
         self._pending: set[asyncio.Task[None]] = set()
         # digest computed as the data is written in order, so that the file is not read again at the end
         self.hashers: dict[int, tuple[Any, int]] = {}
+        self._made_dirs: set[str] = set()  # directories known to exist (bundles: not one mkdir per file)
         for f in self.files.values():
             if f.status == "renaming":  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
@@ -116,7 +118,7 @@ class DestinationTransfer:
                     for f in self.files.values()]
         # files whose length is already complete may just be waiting for their FileEnd
         await self._send(ResyncReply(kind="resync_reply", transfer_id=self.tid, epoch=self.epoch, files=holdings,
-                                     kx=self.rec.header.get("kx_public")))
+                                     kx=self.rec.header.get("kx_public"), features=list(FEATURES)))
 
     async def on_chunk(self, chunk: Chunk) -> None:
         self.last_activity = time.monotonic()
@@ -147,6 +149,69 @@ class DestinationTransfer:
                 self.gap_reported[f.index] = f.offset
                 await self._send(Ack(kind="ack", transfer_id=self.tid, epoch=self.epoch, index=f.index,
                                      offset=f.offset, rewind=True))
+
+    async def on_bundle(self, bundle: Bundle) -> None:
+        """Whole small files in one frame: each is written to its part file and verified; then all are marked
+        verified in one commit, renamed, marked done in one commit, and answered in one FileResults."""
+        self.last_activity = time.monotonic()
+        if bundle.epoch != self.epoch:
+            return
+        algo = self.rec.header.get("checksum", "sha256")
+        exist_error = self.rec.header.get("exist") == "error"
+        verified: list[FileRecord] = []
+        answered: list[FileRecord] = []
+        for entry in bundle.entries:
+            f = self.files.get(entry.index)
+            if f is None or f.status != "ready" or len(entry.data) != f.size:
+                continue  # not expected (any more): a resync will tell the source where this file stands
+            part = part_path(f.destination)
+            try:
+                self._close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
+                parent = os.path.dirname(f.destination)
+                if parent not in self._made_dirs:
+                    os.makedirs(parent, exist_ok=True)
+                    self._made_dirs.add(parent)
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                try:
+                    os.write(fd, entry.data)
+                finally:
+                    os.close(fd)
+                actual = None if algo == "none" else hashlib.new(algo, entry.data).hexdigest()
+                if entry.digest and actual != entry.digest:
+                    raise ValueError(f"digest mismatch: the source sent {algo} {entry.digest}, "
+                                     f"the destination computed {actual}")
+                if exist_error and os.path.lexists(f.destination):
+                    raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
+                f.offset, f.status, f.digest = f.size, "renaming", actual
+                verified.append(f)
+            except (OSError, ValueError) as exc:
+                self._fail(f, exc)
+                answered.append(f)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.bytes_received += len(entry.data)
+            self.hashers.pop(f.index, None)
+        # as in _finalize: "verified" is saved before the renames, so that a crash between them is finished
+        # by the restart rather than turned into "already exists" when the source sends the file again
+        self.ctx.store.save_files(self.tid, "destination", verified)
+        for f in verified:
+            try:
+                os.replace(part_path(f.destination), f.destination)
+                f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+            except OSError as exc:
+                self._fail(f, exc)
+            answered.append(f)
+        self.ctx.store.save_files(self.tid, "destination", answered)
+        if answered:
+            await self._send(FileResults(kind="file_results", transfer_id=self.tid, results=[
+                FileOutcome(index=f.index, result_code=f.result_code, supplement=f.supplement,
+                            destination=f.destination, digest=f.digest) for f in answered]))
+
+    def _fail(self, f: FileRecord, exc: BaseException) -> None:
+        try:
+            os.unlink(part_path(f.destination))
+        except OSError:
+            pass
+        f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
 
     async def on_file_end(self, msg: FileEnd) -> None:
         self.last_activity = time.monotonic()

@@ -161,10 +161,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
-                will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+                will: aiomqtt.Will | None = None, logger: logging.Logger | None = None) -> aiomqtt.Client:
     client = aiomqtt.Client(
         addr.host, addr.port, identifier=client_id, username=addr.username, password=addr.password,
-        keepalive=keepalive, will=will, tls_context=addr.tls_context(), clean_session=True,
+        keepalive=keepalive, will=will, tls_context=addr.tls_context(), clean_session=True, logger=logger,
         # a connect cut before the broker's CONNACK waits this long (aiomqtt): short, since every second of
         # it is a second of recovery; the reconnection policy simply tries again
         max_inflight_messages=64, timeout=4,
@@ -194,8 +194,14 @@ class BrokerLink:
     """Connect, subscribe, dispatch; on loss, tell the agent and reconnect with backoff."""
 
     def __init__(self, addr: BrokerAddress, client_id: str, subscriptions: list[str], on_message: MessageHandler,
-                 on_up: Hook, on_down: Hook, keepalive: int = 30, will: aiomqtt.Will | None = None) -> None:
+                 on_up: Hook, on_down: Hook, keepalive: int = 30, will: aiomqtt.Will | None = None,
+                 before_up: Hook | None = None, not_up: Callable[[BaseException], None] | None = None) -> None:
         self.addr = addr
+        # awaited on every connection before the subscriptions and before the link is up (the broker probe):
+        # nothing is announced to the agent, and no transfer resumes, until it returns
+        self._before_up = before_up
+        # called (not awaited) with the error when a connection attempt fails before the link is up
+        self._not_up = not_up
         self.client_id = client_id
         self.subscriptions = subscriptions
         self._on_message = on_message
@@ -262,6 +268,8 @@ class BrokerLink:
             async with client:
                 self._client = client
                 self._lost = asyncio.Event()
+                if self._before_up is not None:
+                    await self._before_up()
                 for topic in self.subscriptions:
                     granted = await client.subscribe(topic, qos=1)
                     if _refused(granted):
@@ -282,6 +290,8 @@ class BrokerLink:
                             exc if self.up.is_set() else connect_error(exc, started))
             if self.up.is_set():
                 return  # a connection that was up and dropped: the next outage starts its backoff afresh
+            if self._not_up is not None and not self._stopping:
+                self._not_up(exc)
             raise
         finally:
             was_up = self.up.is_set()

@@ -28,6 +28,7 @@ MAX_COMMAND_BYTES = 8 * 1024 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_FILES_PER_TRANSFER = 100_000
 MAX_PATH_CHARS = 4096
+MAX_BUNDLE_FILES = 4096
 
 TRANSFER_ID_RE = re.compile(r"^[0-9a-f]{48}$")
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._]{0,27}$"
@@ -66,6 +67,10 @@ class Topics:
 
     def all_agent_status(self) -> str:
         return f"{self.prefix}/Agents/+"
+
+    def probe(self, agent: str, token: str) -> str:
+        """A broker probe message of the agent (agent.broker_probe); token "+" gives the filter for all."""
+        return f"{self.prefix}/Agents/{agent}/probe/{token}"
 
     def commands(self, agent: str) -> str:
         return f"{self.prefix}/Commands/{agent}"
@@ -269,6 +274,8 @@ class ResyncReply(Sealed):
     epoch: Epoch
     files: Annotated[list[FileHolding], Field(max_length=MAX_FILES_PER_TRANSFER)]
     kx: Annotated[str, Field(max_length=64)] | None = None
+    # what this destination understands beyond the base protocol ("bundle": small files packed in one frame)
+    features: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=16)] = []
     signature: Annotated[str, Field(max_length=256)] | None = None
 
 
@@ -307,6 +314,22 @@ class FileResult(Sealed):
     digest: str | None = None
 
 
+class FileOutcome(Strict):
+    index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
+    result_code: ResultCode
+    supplement: str | None = None
+    destination: str | None = None
+    digest: str | None = None
+
+
+class FileResults(Sealed):
+    """Destination → source: the results of the files of one bundle, in one message."""
+
+    kind: Literal["file_results"]
+    transfer_id: TransferId
+    results: Annotated[list[FileOutcome], Field(min_length=1, max_length=MAX_BUNDLE_FILES)]
+
+
 class Complete(Sealed):
     """Source → destination: the transfer's outcome. The destination removes the part files of a
     transfer that did not complete, forgets it, and confirms with CompleteAck."""
@@ -335,7 +358,7 @@ class RequestRecovery(Sealed):
 
 
 ControlMessage = Annotated[
-    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, Complete, CompleteAck, RequestRecovery],
+    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery],
     Field(discriminator="kind"),
 ]
 
@@ -391,6 +414,28 @@ CHUNK_HEADER = struct.Struct(">4sBBHIIQII")
 _CRC_COVERED = CHUNK_HEADER.size - 4
 CHUNK_MAGIC = b"FTEC"
 FLAG_LAST = 0x01
+# A bundle: whole small files in one frame (the header's index field holds the number of entries, offset 0).
+# Per file, a round trip (chunk, file end, result) costs far more than its bytes; a bundle of N files costs
+# one message each way. Each entry: file index, size, digest length, the raw digest, the file's bytes.
+FLAG_BUNDLE = 0x02
+BUNDLE_ENTRY = struct.Struct(">IIB")
+
+
+class BundleEntry:
+    __slots__ = ("index", "digest", "data")
+
+    def __init__(self, index: int, digest: str | None, data: bytes | memoryview):
+        self.index = index
+        self.digest = digest  # hex, as in FileEnd; None when the transfer uses no checksum
+        self.data = data
+
+
+class Bundle:
+    __slots__ = ("epoch", "entries")
+
+    def __init__(self, epoch: int, entries: list[BundleEntry]):
+        self.epoch = epoch
+        self.entries = entries
 
 
 class Chunk:
@@ -411,7 +456,47 @@ def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, 
     return bytes(header) + bytes(data)
 
 
-def decode_chunk(payload: bytes) -> Chunk:
+def encode_bundle(epoch: int, entries: list[tuple[int, str | None, bytes]]) -> bytes:
+    """A FLAG_BUNDLE frame of whole files: (index, hex digest or None, content) each."""
+    if not 0 < len(entries) <= MAX_BUNDLE_FILES:
+        raise ValueError(f"a bundle holds 1 to {MAX_BUNDLE_FILES} files, not {len(entries)}")
+    parts = []
+    for index, digest, data in entries:
+        raw = bytes.fromhex(digest) if digest else b""
+        parts += [BUNDLE_ENTRY.pack(index, len(data), len(raw)), raw, data]
+    body = b"".join(parts)
+    header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_BUNDLE, 0, epoch, len(entries), 0,
+                                         len(body), 0))
+    struct.pack_into(">I", header, _CRC_COVERED, zlib.crc32(body, zlib.crc32(header[:_CRC_COVERED])))
+    return bytes(header) + body
+
+
+def _bundle(epoch: int, count: int, body: memoryview) -> Bundle:
+    if not 0 < count <= MAX_BUNDLE_FILES:
+        raise ProtocolError(f"bundle of {count} files (1 to {MAX_BUNDLE_FILES} allowed)")
+    entries: list[BundleEntry] = []
+    pos = 0
+    seen: set[int] = set()
+    for _ in range(count):
+        if pos + BUNDLE_ENTRY.size > len(body):
+            raise ProtocolError(f"bundle truncated in the header of entry {len(entries)}")
+        index, size, dlen = BUNDLE_ENTRY.unpack_from(body, pos)
+        pos += BUNDLE_ENTRY.size
+        if index >= MAX_FILES_PER_TRANSFER or index in seen:
+            raise ProtocolError(f"bundle entry {len(entries)}: file index {index} out of range or repeated")
+        if dlen > 64 or pos + dlen + size > len(body):
+            raise ProtocolError(f"bundle entry {len(entries)} (file {index}) runs past the end of the frame")
+        digest = bytes(body[pos:pos + dlen]).hex() if dlen else None
+        pos += dlen
+        entries.append(BundleEntry(index, digest, body[pos:pos + size]))
+        seen.add(index)
+        pos += size
+    if pos != len(body):
+        raise ProtocolError(f"bundle has {len(body) - pos} bytes after its last entry")
+    return Bundle(epoch, entries)
+
+
+def decode_chunk(payload: bytes) -> Chunk | Bundle:
     if len(payload) < CHUNK_HEADER.size:
         raise ProtocolError(f"chunk of {len(payload)} bytes is shorter than its header")
     if len(payload) > CHUNK_HEADER.size + MAX_CHUNK_BYTES:
@@ -424,10 +509,12 @@ def decode_chunk(payload: bytes) -> Chunk:
     data = memoryview(payload)[CHUNK_HEADER.size:]
     if len(data) != length:
         raise ProtocolError(f"chunk says {length} bytes but carries {len(data)} (truncated?)")
-    if index >= MAX_FILES_PER_TRANSFER:
+    if index >= MAX_FILES_PER_TRANSFER and not flags & FLAG_BUNDLE:
         raise ProtocolError(f"chunk file index {index} out of range")
     if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
         raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
+    if flags & FLAG_BUNDLE:
+        return _bundle(epoch, index, data)
     return Chunk(epoch, index, offset, data, bool(flags & FLAG_LAST))
 
 
@@ -454,6 +541,9 @@ class AgentStatus(BaseModel):
     max_source_transfers: int | None = None
     max_destination_transfers: int | None = None
     max_queued_transfers: int | None = None
+    # the broker probe (agent.broker_probe): the chunk size of this broker connection, and what was found
+    chunk_size: int | None = None
+    broker_check: str | None = None
 
 
 def parse_agent_status(payload: bytes) -> AgentStatus:

@@ -437,6 +437,11 @@ class AgentSettings(BaseSettings):
     agentWindowSize: Annotated[int, _whole("chunks", "between 1 and 1024 chunks", lambda v: 1 <= v <= 1024)] = Field(
         16, description="Chunks a source sends ahead of the destination's acknowledgement (memory = window x chunk)."
     )
+    brokerProbe: bool = Field(
+        True,
+        description="true: at every connection, check that the broker keeps topics as published and passes "
+        "chunk messages, and lower the chunk size if not (docs/brokers.md); false: no check.",
+    )
     transferAckTimeout: Annotated[int, _whole(_MS, "a positive number of milliseconds", lambda v: v > 0)] = Field(
         60000, description="Milliseconds without an acknowledgement (source) or data (destination) before retrying."
     )

@@ -24,8 +24,8 @@ from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
 from .core.window import SendWindow
-from .protocol import (Ack, Complete, FileEnd, FileOffer, FileResult, RequestRecovery, Resync, ResyncReply, dump,
-                       encode_chunk)
+from .protocol import (BUNDLE_ENTRY, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult, FileResults,
+                       RequestRecovery, Resync, ResyncReply, dump, encode_bundle, encode_chunk)
 from .retry import resync_delay
 from .store import FileRecord, TransferRecord
 
@@ -34,6 +34,11 @@ log = logging.getLogger("fte.source")
 DATA_QOS = 1
 PROGRESS_INTERVAL = 0.5
 CHECKPOINT_INTERVAL = 0.5
+# Files up to this size (and half a chunk) travel whole, many to a frame, when the destination supports it.
+BUNDLE_FILE_MAX = 64 * 1024
+# File results are saved and logged (one `progress` event) in batches, at most this often or this many.
+RESULTS_INTERVAL = 0.5
+RESULTS_BATCH = 500
 # How long a resync may stay unanswered before the next attempt (seconds, capped by the ack timeout).
 RESYNC_WAIT = 5.0
 
@@ -46,6 +51,23 @@ def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_whole_files(items: list[tuple[str, int]], algorithm: str) -> list[tuple[bytes | None, str | None, str | None]]:
+    """(content, hex digest, error) of each small file (path, expected size); run in a worker thread."""
+    out: list[tuple[bytes | None, str | None, str | None]] = []
+    for path, size in items:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(size + 1)
+        except OSError as exc:
+            out.append((None, None, f"cannot read source: {exc}"))
+            continue
+        if len(data) != size:
+            out.append((None, None, "the source file changed size during the transfer"))
+            continue
+        out.append((data, None if algorithm == "none" else hashlib.new(algorithm, data).hexdigest(), None))
+    return out
 
 
 def hash_file(path: str, algorithm: str) -> str | None:
@@ -93,6 +115,9 @@ class SourceTransfer:
         self._last_progress_pub = 0.0
         self._last_checkpoint = 0.0
         self.started_mono = time.monotonic()
+        self.bundles = False  # the destination said it understands bundles (ResyncReply.features)
+        self._resulted: list[FileRecord] = []  # results not yet saved and logged (_flush_results)
+        self._last_results_flush = time.monotonic()
 
     # ------------------------------------------------------------------ public
 
@@ -166,6 +191,7 @@ class SourceTransfer:
     # ------------------------------------------------------------------ the loop
 
     async def _step(self) -> None:
+        self._flush_results()
         if self.lc.poll().is_terminal:
             self._persist_state()
             return
@@ -195,6 +221,8 @@ class SourceTransfer:
         left = self.lc.seconds_until_timeout()
         if left is not None:
             t = min(t, left)
+        if self._resulted:
+            t = min(t, self._last_results_flush + RESULTS_INTERVAL - now)
         return max(0.0, min(t, 1.0))
 
     def _resync_wait(self) -> float:
@@ -257,6 +285,7 @@ class SourceTransfer:
         if isinstance(msg, ResyncReply):
             if msg.epoch != self.epoch:
                 return
+            self.bundles = "bundle" in msg.features
             self._apply_holdings(msg)
             self.last_progress = time.monotonic()
             self.ack_misses = 0
@@ -292,14 +321,15 @@ class SourceTransfer:
             self.files[msg.index].offset = w.acked
             self._dirty.add(msg.index)
             self._checkpoint()
-        elif isinstance(msg, FileResult):
-            f = self.files.get(msg.index)
-            if f is None or f.status != "ready":
-                return
-            self.last_progress = time.monotonic()
-            self.ack_misses = 0
-            self._file_resulted(f, "done" if msg.result_code == results.FILE_SUCCESS else "failed",
-                                msg.result_code, msg.supplement, msg.destination, msg.digest)
+        elif isinstance(msg, (FileResult, FileResults)):
+            for r in msg.results if isinstance(msg, FileResults) else [msg]:
+                f = self.files.get(r.index)
+                if f is None or f.status != "ready":
+                    continue  # unknown, or answered already (a repeated message)
+                self.last_progress = time.monotonic()
+                self.ack_misses = 0
+                self._file_resulted(f, "done" if r.result_code == results.FILE_SUCCESS else "failed",
+                                    r.result_code, r.supplement, r.destination, r.digest)
         elif isinstance(msg, RequestRecovery) and msg.cancel:
             self.end_reason = f"cancelled at the destination agent {self.dest}: {msg.reason}"
             self._event(E.CANCEL)
@@ -331,9 +361,46 @@ class SourceTransfer:
                 return pos, budget
         return len(self._order), budget
 
+    def _bundleable(self, idx: int) -> bool:
+        """Small, and nothing of it sent in this epoch: it can travel whole in a bundle."""
+        w = self.windows.get(idx)
+        f = self.files[idx]
+        return (w is not None and f.status == "ready" and w.next_offset == 0 and idx not in self.end_sent
+                and f.size <= min(BUNDLE_FILE_MAX, self.ctx.chunk_size // 2))
+
+    def _needs_sending(self, idx: int) -> bool:
+        w = self.windows.get(idx)
+        return w is not None and (w.can_send() or idx not in self.end_sent)
+
     async def _pump(self) -> None:
         start, budget = self._frontier()
-        for idx in self._order[start:]:
+        order = self._order
+        pos = start
+        while pos < len(order) and budget > 0 and self.state == S.IN_PROGRESS:
+            idx = order[pos]
+            if self.bundles and self._bundleable(idx):
+                # consecutive small files, up to a chunk's worth of bytes, in one frame
+                batch: list[int] = []
+                room = min(self.ctx.chunk_size, budget)
+                # the answer (one FileResults, a few hundred bytes a file) must pass the broker too
+                most = max(1, min(MAX_BUNDLE_FILES, self.ctx.chunk_size // 512))
+                while pos < len(order) and len(batch) < most:
+                    j = order[pos]
+                    if self._bundleable(j):
+                        cost = self.files[j].size + BUNDLE_ENTRY.size + 64
+                        if batch and cost > room:
+                            break
+                        batch.append(j)
+                        room -= cost
+                    elif self._needs_sending(j):
+                        break  # sent by chunks, in its turn
+                    pos += 1
+                sent = await self._send_bundle(batch)
+                if sent < 0:
+                    return
+                budget -= sent
+                continue
+            pos += 1
             if idx not in self.windows:
                 continue
             f = self.files[idx]
@@ -366,9 +433,32 @@ class SourceTransfer:
                     return
                 self.end_sent.add(idx)
                 self._close(idx)
-            if budget <= 0:
-                break
         self._publish_progress()
+
+    async def _send_bundle(self, batch: list[int]) -> int:
+        """Read, hash and send whole files in one frame. The bytes now in flight, or -1 if the link is down."""
+        algo = self.rec.header.get("checksum", "sha256")
+        items = await asyncio.to_thread(read_whole_files, [(self.files[j].source, self.files[j].size) for j in batch],
+                                        algo)
+        entries = []
+        for j, (data, digest, error) in zip(batch, items):
+            f = self.files[j]
+            if data is None:
+                self._file_resulted(f, "failed", results.FILE_FAILED, error)
+                continue
+            w = self.windows[j]
+            if f.size:
+                w.take()  # the whole file: size <= half a chunk
+            self.end_sent.add(j)
+            entries.append((j, digest, data))
+        if not entries:
+            return 0
+        frame = encode_bundle(self.epoch, entries)
+        if self.key is not None:
+            frame += mac_chunk(frame, self.key)
+        if not self._publish_data(frame):
+            return -1
+        return sum(len(e[2]) for e in entries)
 
     def _publish_data(self, payload: bytes, control: bool = False) -> bool:
         """Publish without waiting for the broker's ack: the window, not PUBACKs, paces the flow."""
@@ -469,6 +559,11 @@ class SourceTransfer:
                 held = min(h.held, f.size)
                 if held < w.next_offset:
                     self.bytes_resent += w.next_offset - held
+                if w.chunk_size != self.ctx.chunk_size:
+                    # the broker probe (agent.broker_probe) changed the chunk size of this broker connection:
+                    # offsets are byte offsets, so resuming at `held` with another chunk size is fine
+                    w = self.windows[h.index] = SendWindow(f.size, self.ctx.chunk_size, w.window_chunks,
+                                                           start_offset=held)
                 w.rewind(held)
                 f.offset = held
                 self._dirty.add(h.index)
@@ -503,8 +598,26 @@ class SourceTransfer:
             f.offset = f.size
         self.windows.pop(f.index, None)
         self._close(f.index)
-        self.ctx.store.save_file(self.tid, "source", f)
-        self.ctx.log.emit(self.rec, "progress", files=[self._file_view(f)])
+        self._dirty.discard(f.index)
+        self._resulted.append(f)
+        self._flush_results()
+
+    def _flush_results(self, force: bool = False) -> None:
+        """Save the files that got a result and log them in one `progress` event: per file, a commit and an
+        event cost more than sending a small file. A source killed before this runs learns them again from
+        the destination at its restart (the resync), so nothing is lost."""
+        if not self._resulted:
+            return
+        now = time.monotonic()
+        if not force and len(self._resulted) < RESULTS_BATCH and now - self._last_results_flush < RESULTS_INTERVAL:
+            return
+        self._last_results_flush = now
+        done, self._resulted = self._resulted, []
+        self.ctx.store.save_files(self.tid, "source", done)
+        if self.state.is_terminal:
+            return  # the `completed` event lists every file with its result
+        for i in range(0, len(done), RESULTS_BATCH):
+            self.ctx.log.emit(self.rec, "progress", files=[self._file_view(f) for f in done[i:i + RESULTS_BATCH]])
 
     def _file_view(self, f: FileRecord) -> dict[str, Any]:
         return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
@@ -579,6 +692,7 @@ class SourceTransfer:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _finish_ok(self) -> None:
+        self._flush_results(force=True)
         codes = [f.result_code if f.result_code is not None else results.FILE_FAILED for f in self.files.values()]
         rc = results.transfer_result(codes)
         self._event({results.SUCCESS: E.FINISH_OK, results.PARTIAL: E.FINISH_PARTIAL}.get(rc, E.FINISH_FAILED))
@@ -587,6 +701,7 @@ class SourceTransfer:
         """Log the outcome, apply the disposition, and tell the destination (which cleans up)."""
         for t in list(self._pending):
             t.cancel()
+        self._flush_results(force=True)
         st = self.state
         rc = self.lc.result_code if self.lc.result_code is not None else results.FAILED
         if st == S.RECOVERY_TIMED_OUT:

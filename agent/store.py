@@ -153,6 +153,18 @@ class StateStore:
             (f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role, f.index),
         )
 
+    def save_files(self, transfer_id: str, role: str, files: list[FileRecord]) -> None:
+        """`save_file` of several files in one transaction (one commit for a bundle of small files)."""
+        if not files:
+            return
+        with self._db:
+            self._db.executemany(
+                "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
+                "WHERE transfer_id=? AND role=? AND idx=?",
+                [(f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role,
+                  f.index) for f in files],
+            )
+
     def load_transfer(self, transfer_id: str, role: str) -> TransferRecord | None:
         row = self._db.execute("SELECT * FROM transfers WHERE transfer_id=? AND role=?",
                                (transfer_id, role)).fetchone()

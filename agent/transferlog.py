@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -33,6 +34,8 @@ class TransferLog:
         header = rec.header
         source_agent = header.get("source_agent", self.agent)
         event: dict[str, Any] = {
+            # the same id when the event is published again (the outbox keeps the event as it was made)
+            "event_id": uuid.uuid4().hex,
             "transfer_id": rec.transfer_id,
             "action": action,
             "state": rec.state,

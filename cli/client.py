@@ -270,6 +270,27 @@ def event_of(message: aiomqtt.Message) -> dict[str, Any] | None:
         return None
 
 
+class RecentEvents:
+    """Log events are delivered at least once: an agent killed between publishing an event and noting it as
+    published publishes it again at its restart, with the same `event_id`. This remembers the ids of the
+    last `size` events, so that a reader shows each event once."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._ids: dict[str, None] = {}
+
+    def first_time(self, event: dict[str, Any]) -> bool:
+        eid = event.get("event_id")
+        if not isinstance(eid, str):
+            return True  # not a transfer event (or an older agent): nothing to go by
+        if eid in self._ids:
+            return False
+        self._ids[eid] = None
+        if len(self._ids) > self.size:
+            del self._ids[next(iter(self._ids))]
+        return True
+
+
 async def iterate(q: "asyncio.Queue[aiomqtt.Message]", timeout: float | None) -> AsyncIterator[aiomqtt.Message]:
     while True:
         yield await asyncio.wait_for(q.get(), timeout)

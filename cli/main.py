@@ -754,6 +754,8 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
         # without a transfer filter: monitor events too (Log/<agent>/Monitors/<name>)
         q = await c.subscribe(c.topics.log_filter(agent, transfer) if transfer
                               else f"{c.topics.prefix}/Log/{agent or '+'}/#")
+        from .client import RecentEvents
+        recent = RecentEvents()
         while True:
             get = asyncio.ensure_future(q.get())
             gone = asyncio.ensure_future(c.disconnected.wait())
@@ -762,7 +764,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                 gone.cancel()
                 from .client import event_of
                 ev = event_of(get.result())
-                if ev is None:
+                if ev is None or not recent.first_time(ev):
                     continue
                 out.print(json.dumps(ev) if as_json else format_event(ev), soft_wrap=True, markup=False)
             else:

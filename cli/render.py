@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from agent.protocol import QueryTransfer
 
-from .client import ClientError, FteClient, event_of, new_request_id
+from .client import ClientError, FteClient, RecentEvents, event_of, new_request_id
 
 TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
@@ -62,6 +62,7 @@ class TransferWatcher:
         self.console = console
         self.print_events = print_events and show_progress
         self.q: asyncio.Queue[Any] = asyncio.Queue()
+        self.recent = RecentEvents()
 
     async def subscribe(self) -> None:
         await self.c.subscribe(self.c.topics.log(self.agent, self.tid), self.q)
@@ -104,6 +105,8 @@ class TransferWatcher:
                     continue
                 if ev.get("action") == "completed":
                     return ev
+                if not self.recent.first_time(ev):
+                    continue
                 if self.print_events:
                     self.console.print(format_event(ev), soft_wrap=True)
         finally:
