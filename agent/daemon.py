@@ -59,6 +59,22 @@ class CommandRefused(Exception):
         self.code = code
 
 
+def _regular_files(root: Path, recursive: bool) -> list[Path]:
+    """The regular files in `root` (and below it, if `recursive`), sorted; symbolic links are neither
+    followed nor listed. One scandir per directory: its entries know their type without a stat each."""
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.append(Path(e.path))
+                elif e.is_file(follow_symlinks=False):
+                    found.append(Path(e.path))
+    return sorted(found)
+
+
 class Agent:
     def __init__(self, settings: Any, state_dir: Path, agent_home: Path | None = None) -> None:
         self.settings = settings
@@ -777,12 +793,11 @@ class Agent:
             if real.is_dir():
                 if item.destination_type != "directory":
                     raise CommandRefused(f"source {m!r} is a directory: give a destination directory with -dd")
-                walker = real.rglob("*") if item.recursive else real.glob("*")
-                for p in sorted(walker):
-                    if p.is_file() and not p.is_symlink():
-                        self.sandbox.check(Path(os.path.realpath(p)))
-                        rel = p.relative_to(real.parent)
-                        pairs.append((p, str(Path(item.destination) / rel)))
+                for p in _regular_files(real, item.recursive):
+                    # `real` is resolved and no symbolic link is followed below it: p is its own real path
+                    self.sandbox.check(p)
+                    rel = p.relative_to(real.parent)
+                    pairs.append((p, str(Path(item.destination) / rel)))
             elif real.is_file():
                 dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
                 pairs.append((real, dest))

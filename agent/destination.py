@@ -75,10 +75,11 @@ class DestinationTransfer:
             key = derive_key(private, msg.kx, msg.transfer_id)
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
+        parents: dict[Path, Path] = {}
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
-                real = ctx.sandbox.resolve(offer.destination, write=True)
+                real = ctx.sandbox.resolve(offer.destination, write=True, parents=parents)
                 f.destination = str(real)
                 if msg.exist == "error" and os.path.lexists(real):
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
@@ -106,12 +107,17 @@ class DestinationTransfer:
         self.epoch = msg.epoch
         self.rec.epoch = msg.epoch
         self.gap_reported.clear()
+        moved = []
         for offer in msg.files:  # files the source had not yet seen a result for
             f = self.files.get(offer.index)
             if f is None or f.status != "ready":
                 continue
-            f.offset = self._held(f)
-        self.ctx.store.save_transfer(self.rec)
+            held = self._held(f)
+            if held != f.offset:
+                f.offset = held
+                moved.append(f)
+        self.ctx.store.update_transfer(self.rec)
+        self.ctx.store.save_files(self.tid, "destination", moved)
         holdings = [FileHolding(index=f.index, held=f.offset if f.status == "ready" else f.size,
                                 status=f.status, result_code=f.result_code or 0, supplement=f.supplement,
                                 destination=f.destination, digest=f.digest)

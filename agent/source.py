@@ -133,7 +133,7 @@ class SourceTransfer:
         key = derive_key(base64.b64decode(private), peer_kx, self.tid)
         if transfer_key(self.rec.header) != key:
             self.rec.header["transfer_key"] = base64.b64encode(key).decode()
-            self.ctx.store.save_transfer(self.rec)
+            self.ctx.store.update_transfer(self.rec, header=True)
 
     @property
     def state(self) -> S:

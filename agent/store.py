@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -118,11 +119,24 @@ class StateStore:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction, committed at the end or rolled back on an error. (The connection is in autocommit
+        mode, where `with connection:` begins nothing: each statement of an executemany was its own
+        transaction, a commit per file, and save_transfer's DELETE and INSERTs could be cut apart by a crash.)"""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     # ---- transfers
 
     def save_transfer(self, rec: TransferRecord) -> None:
         rec.updated = time.time()
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.transfer_id, rec.role, rec.state, rec.peer, json.dumps(rec.header), rec.result_code,
@@ -136,9 +150,13 @@ class StateStore:
                   f.status, f.result_code, f.supplement, f.digest) for f in rec.files],
             )
 
-    def update_transfer(self, rec: TransferRecord) -> None:
-        """Save the transfer row only (cheap; files are saved by save_file/save_transfer)."""
+    def update_transfer(self, rec: TransferRecord, header: bool = False) -> None:
+        """Save the transfer row only (cheap; files are saved by save_file/save_transfer); with `header`, the
+        header too."""
         rec.updated = time.time()
+        if header:
+            self._db.execute("UPDATE transfers SET header=? WHERE transfer_id=? AND role=?",
+                             (json.dumps(rec.header), rec.transfer_id, rec.role))
         self._db.execute(
             "UPDATE transfers SET state=?, result_code=?, epoch=?, recoveries=?, recovering_since=?, "
             "last_stall=?, peer_confirmed=?, updated=? WHERE transfer_id=? AND role=?",
@@ -157,7 +175,7 @@ class StateStore:
         """`save_file` of several files in one transaction (one commit for a bundle of small files)."""
         if not files:
             return
-        with self._db:
+        with self._transaction():
             self._db.executemany(
                 "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
                 "WHERE transfer_id=? AND role=? AND idx=?",
@@ -189,7 +207,7 @@ class StateStore:
         return len(rows)
 
     def delete_transfer(self, transfer_id: str, role: str) -> None:
-        with self._db:
+        with self._transaction():
             self._db.execute("DELETE FROM transfers WHERE transfer_id=? AND role=?", (transfer_id, role))
             self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (transfer_id, role))
 

@@ -1,0 +1,48 @@
+"""The state store writes what belongs together in one transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.store import FileRecord, StateStore, TransferRecord
+
+
+def _store_with_transfer(tmp_path: Path, n: int = 3) -> tuple[StateStore, TransferRecord]:
+    store = StateStore(tmp_path / "state.db")
+    rec = TransferRecord("b" * 48, "destination", "in_progress", "A1", {})
+    rec.files = [FileRecord(i, f"/src/{i}", f"/dst/{i}", 10, 0.0) for i in range(n)]
+    store.save_transfer(rec)
+    return store, rec
+
+
+def _statuses(store: StateStore, rec: TransferRecord) -> list[str]:
+    loaded = store.load_transfer(rec.transfer_id, rec.role)
+    assert loaded is not None
+    return [f.status for f in loaded.files]
+
+
+def test_save_files_is_all_or_nothing(tmp_path: Path) -> None:
+    store, rec = _store_with_transfer(tmp_path)
+    for f in rec.files:
+        f.status = "done"
+    rec.files[2].offset = object()  # type: ignore[assignment]  # cannot be stored: the third update fails
+    with pytest.raises(Exception):
+        store.save_files(rec.transfer_id, rec.role, rec.files)
+    assert _statuses(store, rec) == ["ready"] * 3, "the first two updates were kept without the third"
+    rec.files[2].offset = 10
+    store.save_files(rec.transfer_id, rec.role, rec.files)
+    assert _statuses(store, rec) == ["done"] * 3
+    store.close()
+
+
+def test_save_transfer_never_leaves_a_transfer_without_its_files(tmp_path: Path) -> None:
+    store, rec = _store_with_transfer(tmp_path)
+    rec.files.insert(0, FileRecord(3, "/src/3", object(), 10, 0.0))  # type: ignore[arg-type]
+    with pytest.raises(Exception):
+        store.save_transfer(rec)  # DELETE of the old rows, then an INSERT that fails
+    loaded = store.load_transfer(rec.transfer_id, rec.role)
+    assert loaded is not None and [f.index for f in loaded.files] == [0, 1, 2], \
+        "the old file rows were deleted and not replaced"
+    store.close()
