@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -34,8 +35,9 @@ from .core.lifecycle import TransferState as S
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink
-from .protocol import (FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd, FileResult,
-                       ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery, Resync,
+from .protocol import (NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
+                       CreateTransfer, FileEnd, FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply,
+                       RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
                        parse_agent_status,
                        parse_command, parse_control, utc_now)
@@ -51,12 +53,28 @@ COMPLETE_RETRY_INTERVAL = 15.0
 LIST_LIMIT = 500  # transfers in a list_transfers reply (the most recent)
 HISTORY_DAYS = 7  # finished transfers are kept this long in the state store, then forgotten
 STATUS_MIN_INTERVAL = 1.0
+# Peers whose status an agent subscribes to on its own topic, <prefix>/Agents/<peer>, besides <prefix>/Agents/+
+# (a broker may not deliver retained messages to a wildcard subscription: RabbitMQ 3.x). Beyond this, the one
+# subscribed longest ago that no running transfer goes to is dropped; its live changes still come on the wildcard.
+PEER_WATCH_LIMIT = 256
+PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
+_AGENT_NAME = re.compile(NAME_PATTERN)
 
 
 class CommandRefused(Exception):
     def __init__(self, message: str, code: int = results.COMMAND_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _open_frame(payload: bytes, key: bytes | None, tid: str) -> Any:
+    """A data frame checked (MAC, when the transfer is bound; then CRC) and decoded: a Chunk or a Bundle."""
+    if key is not None:
+        frame = check_chunk_mac(payload, key)
+        if frame is None:
+            raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
+        payload = frame
+    return decode_chunk(payload)
 
 
 def _regular_files(root: Path, recursive: bool) -> list[Path]:
@@ -92,6 +110,10 @@ class Agent:
         self.started_at = utc_now()
         self.peers: dict[str, str] = {}
         self.peer_seen = asyncio.Event()
+        # peers watched on their own status topic (agent._watch_peer), the one subscribed longest ago first
+        self._watched: dict[str, None] = {}
+        self._watch_tasks: set[asyncio.Task[None]] = set()
+        self._watch_lock = asyncio.Lock()  # (un)subscriptions in the order they were decided
         self.sources: dict[str, SourceTransfer] = {}
         self.source_tasks: dict[str, asyncio.Task[None]] = {}
         self.dests: dict[str, DestinationTransfer] = {}
@@ -134,10 +156,10 @@ class Agent:
                            f"{self.topics.prefix}/Control/{self.name}/+", self.topics.all_agent_status()],
             on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
             keepalive=settings.brokerKeepalive, will=will, before_up=self._check_broker,
-            not_up=self._connection_failed)
+            not_up=self._connection_failed, urgent=self._on_status_now)
         self.ctx = AgentContext(
             name=self.name, topics=self.topics, store=self.store, log=self.tlog, sandbox=self.sandbox,
-            publish=self._publish, link_up=lambda: self.link.up.is_set(), peer_status=self.peers.get,
+            publish=self._publish, link_up=lambda: self.link.up.is_set(), peer_status=self._peer_status,
             chunk_size=settings.agentChunkSize, window_chunks=settings.agentWindowSize,
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
@@ -171,9 +193,11 @@ class Agent:
             monitor_tasks = [t for _, t in self.monitors.values()]
             if self._diagnosis is not None:
                 self._diagnosis.cancel()
-            for t in tasks + list(self.source_tasks.values()) + monitor_tasks:
+            watches = list(self._watch_tasks)
+            for t in tasks + list(self.source_tasks.values()) + monitor_tasks + watches:
                 t.cancel()
-            await asyncio.gather(*tasks, *self.source_tasks.values(), *monitor_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self.source_tasks.values(), *monitor_tasks, *watches,
+                                 return_exceptions=True)
             for d in self.dests.values():
                 for idx in list(d.fds):
                     d._close(idx)
@@ -318,6 +342,64 @@ class Agent:
             self.metrics.rejected_messages += 1
             self._log_drop(topic, str(exc))
 
+    def _on_status_now(self, message: aiomqtt.Message) -> bool:
+        """Agent statuses are handled as they arrive (the link's `urgent` path), not queued behind the message
+        being handled: a new transfer waits for its destination's status (start_transfer) while it holds the
+        link's worker. Other messages are left to the worker (False)."""
+        topic = str(message.topic)
+        levels = self.topics.split(topic)
+        if len(levels) != 2 or levels[0] != "Agents":
+            return False
+        payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+        try:
+            self._on_agent_status(levels[1], bytes(payload))
+        except ProtocolError as exc:
+            self.metrics.rejected_messages += 1
+            self._log_drop(topic, str(exc))
+        return True
+
+    def _peer_status(self, agent: str) -> str | None:
+        """A peer's last known status (the sessions' ctx.peer_status). A peer not known yet is watched on its
+        own status topic, so that its retained status arrives on any broker."""
+        status = self.peers.get(agent)
+        if status is None:
+            self._watch_peer(agent)
+        return status
+
+    def _watch_peer(self, agent: str) -> None:
+        """Subscribe to `agent`'s own status topic, <prefix>/Agents/<agent>, and keep the subscription (the
+        link makes it again at every reconnection, which brings the current retained status each time).
+
+        Every agent also subscribes to <prefix>/Agents/+, which gets every status as it is published, but a
+        broker may not deliver the retained ones to a wildcard subscription (RabbitMQ 3.x, rabbitmq-server
+        issues #8096 and #8824): a source agent started after its destination would never learn of it.
+        On the other brokers this subscription is redundant (a status may then arrive twice, which changes
+        nothing). At most PEER_WATCH_LIMIT peers: beyond, the one subscribed longest ago that is not the
+        destination of a running transfer is unsubscribed."""
+        if agent == self.name or not _AGENT_NAME.fullmatch(agent):
+            return
+        if agent in self._watched:
+            self._watched[agent] = self._watched.pop(agent)  # needed (again) now: the last to be dropped
+            return
+        self._watched[agent] = None
+        dropped = []
+        while len(self._watched) > PEER_WATCH_LIMIT:
+            busy = {s.dest for s in self.sources.values()}
+            victim = next((a for a in self._watched if a not in busy and a != agent), next(iter(self._watched)))
+            del self._watched[victim]
+            dropped.append(victim)
+        log.debug("watching the status of agent %s on %s", agent, self.topics.agent_status(agent))
+
+        async def subscribe() -> None:
+            async with self._watch_lock:
+                for name in dropped:
+                    await self.link.remove_subscription(self.topics.agent_status(name))
+                await self.link.add_subscription(self.topics.agent_status(agent))
+
+        task = asyncio.ensure_future(subscribe())
+        self._watch_tasks.add(task)
+        task.add_done_callback(self._watch_tasks.discard)
+
     def _log_drop(self, topic: str, reason: str) -> None:
         """Every dropped message is logged with its reason, but a flood costs one line per second per reason."""
         now = time.monotonic()
@@ -367,13 +449,12 @@ class Agent:
         if dest is None:
             # not (or no longer) ours: late chunks of a finished transfer, or garbage
             raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
-        key = dest.key
-        if key is not None:
-            frame = check_chunk_mac(payload, key)
-            if frame is None:
-                raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
-            payload = frame
-        frame = decode_chunk(payload)
+        if len(payload) >= 65536:
+            # the MAC and the CRC (two passes over the data) in a worker thread: they release the GIL, so
+            # the event loop handles the next message meanwhile
+            frame = await asyncio.to_thread(_open_frame, payload, dest.key, tid)
+        else:
+            frame = _open_frame(payload, dest.key, tid)
         if isinstance(frame, Bundle):
             await dest.on_bundle(frame)
         else:
@@ -598,8 +679,10 @@ class Agent:
                                  f"(maxSourceTransfers + maxQueuedTransfers = "
                                  f"{self.settings.maxSourceTransfers + self.settings.maxQueuedTransfers}); retry later")
         if spec.destination_agent not in self.peers:
+            # its retained status, on its own topic: the <prefix>/Agents/+ subscription may never get it
+            self._watch_peer(spec.destination_agent)
             try:
-                await asyncio.wait_for(self._wait_peer(spec.destination_agent), timeout=2.0)
+                await asyncio.wait_for(self._wait_peer(spec.destination_agent), timeout=PEER_WAIT)
             except asyncio.TimeoutError:
                 raise CommandRefused(
                     f"destination agent {spec.destination_agent!r} is not known on this broker (no status on "
@@ -866,7 +949,7 @@ class Agent:
                 last_resend = now
                 for rec in self.store.transfers("source"):
                     if rec.state in TERMINAL and not rec.peer_confirmed and \
-                            self.peers.get(rec.peer) in ("READY", "ACTIVE"):
+                            self._peer_status(rec.peer) in ("READY", "ACTIVE"):
                         await send_complete(self.ctx, rec)
 
     def _status_payload(self, status: str) -> bytes:

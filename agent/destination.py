@@ -34,6 +34,12 @@ def part_path(destination: str) -> str:
     return destination + PART_SUFFIX
 
 
+def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
+    os.pwrite(fd, data, offset)
+    if hasher is not None:
+        hasher.update(data)
+
+
 class DestinationTransfer:
     def __init__(self, ctx: AgentContext, rec: TransferRecord) -> None:
         self.ctx = ctx
@@ -139,7 +145,6 @@ class DestinationTransfer:
             return
         if chunk.offset == f.offset:
             await self._write(f, chunk.offset, chunk.data)
-            self._hash(f, chunk.offset, chunk.data)
             f.offset = end
             if self.ctx.metrics is not None:
                 self.ctx.metrics.bytes_received += len(chunk.data)
@@ -300,6 +305,7 @@ class DestinationTransfer:
             return 0
 
     async def _write(self, f: FileRecord, offset: int, data: Any) -> None:
+        """Write at `offset` of the part file, and hash the data if it continues what was hashed so far."""
         fd = self.fds.get(f.index)
         if fd is None:
             Path(f.destination).parent.mkdir(parents=True, exist_ok=True)
@@ -307,10 +313,18 @@ class DestinationTransfer:
             fd = self.fds[f.index] = os.open(part_path(f.destination), flags, 0o644)
             if offset == 0:
                 os.ftruncate(fd, 0)
+        hasher = None
+        algo = self.rec.header.get("checksum", "sha256")
+        if algo != "none":
+            h, pos = self.hashers.get(f.index) or (hashlib.new(algo), 0)
+            hasher = h if pos == offset else None
         if len(data) >= 65536:
-            await asyncio.to_thread(os.pwrite, fd, data, offset)
+            # both in a worker thread (they release the GIL): the event loop goes on with the next message
+            await asyncio.to_thread(_pwrite_and_hash, fd, data, offset, hasher)
         else:
-            os.pwrite(fd, data, offset)
+            _pwrite_and_hash(fd, data, offset, hasher)
+        if hasher is not None:
+            self.hashers[f.index] = (hasher, offset + len(data))
 
     async def _finalize(self, f: FileRecord) -> bool:
         """Verify the digest and rename the part file into place. True when a FileResult was sent."""
@@ -351,15 +365,6 @@ class DestinationTransfer:
                                     result_code=f.result_code, supplement=f.supplement,
                                     destination=f.destination, digest=f.digest))
         return True
-
-    def _hash(self, f: FileRecord, offset: int, data: Any) -> None:
-        algo = self.rec.header.get("checksum", "sha256")
-        if algo == "none":
-            return
-        hasher, pos = self.hashers.get(f.index) or (hashlib.new(algo), 0)
-        if pos == offset:
-            hasher.update(data)
-            self.hashers[f.index] = (hasher, offset + len(data))
 
     def _checkpoint(self, f: FileRecord) -> None:
         now = time.monotonic()

@@ -195,15 +195,21 @@ class BrokerLink:
 
     def __init__(self, addr: BrokerAddress, client_id: str, subscriptions: list[str], on_message: MessageHandler,
                  on_up: Hook, on_down: Hook, keepalive: int = 30, will: aiomqtt.Will | None = None,
-                 before_up: Hook | None = None, not_up: Callable[[BaseException], None] | None = None) -> None:
+                 before_up: Hook | None = None, not_up: Callable[[BaseException], None] | None = None,
+                 urgent: Callable[[aiomqtt.Message], bool] | None = None) -> None:
         self.addr = addr
         # awaited on every connection before the subscriptions and before the link is up (the broker probe):
         # nothing is announced to the agent, and no transfer resumes, until it returns
         self._before_up = before_up
         # called (not awaited) with the error when a connection attempt fails before the link is up
         self._not_up = not_up
+        # called (not awaited) by the reader with every message before it is queued for the worker; True when
+        # it handled the message there and then. For small messages a handler running in the worker may be
+        # waiting for (agent statuses): queued, they would only be seen once that handler has given up.
+        self._urgent = urgent
         self.client_id = client_id
-        self.subscriptions = subscriptions
+        # subscribed at every connection; add_subscription / remove_subscription change it while running
+        self.subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_up = on_up
         self._on_down = on_down
@@ -270,16 +276,24 @@ class BrokerLink:
                 self._lost = asyncio.Event()
                 if self._before_up is not None:
                     await self._before_up()
-                for topic in self.subscriptions:
-                    granted = await client.subscribe(topic, qos=1)
-                    if _refused(granted):
-                        log.error("the broker refused the subscription to %s: nothing sent there reaches this "
-                                  "agent; check the broker's ACL (docs/security.md)", topic)
+                # topics added while these subscribe (add_subscription before the link is up) are taken too
+                done: set[str] = set()
+                while pending := [t for t in self.subscriptions if t not in done]:
+                    for topic in pending:
+                        done.add(topic)
+                        await self._subscribe(client, topic)
                 self.connects += 1
                 self.up.set()
                 log.info("connected to %s as %s", self.addr.url, self.client_id)
                 await self._on_up()
                 async for message in client.messages:
+                    if self._urgent is not None:
+                        try:
+                            if self._urgent(message):
+                                continue
+                        except Exception:  # a bad message must never take the agent down
+                            log.exception("error handling a message on %s", message.topic)
+                            continue
                     self._inbox.put_nowait(message)
         except aiomqtt.MqttError as exc:
             if not self._stopping:
@@ -300,6 +314,41 @@ class BrokerLink:
             self._client = None
             if was_up and not self._stopping:
                 await self._on_down()
+
+    @staticmethod
+    async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
+        granted = await client.subscribe(topic, qos=1)
+        if _refused(granted):
+            log.error("the broker refused the subscription to %s: nothing sent there reaches this "
+                      "agent; check the broker's ACL (docs/security.md)", topic)
+
+    async def add_subscription(self, topic: str) -> None:
+        """Subscribe to `topic` from now on: on the live connection at once (returns once the broker has
+        answered), and again at every reconnection. While the link is down it only notes the topic: the
+        next connection subscribes to it before the link is up."""
+        if topic in self.subscriptions:
+            return
+        self.subscriptions.append(topic)
+        client = self._client
+        if client is None or not self.up.is_set():
+            return
+        try:
+            await self._subscribe(client, topic)
+        except aiomqtt.MqttError as exc:  # the connection is going: the next one subscribes
+            log.debug("subscription to %s not made now (%s); it is made at the next connection", topic, exc)
+
+    async def remove_subscription(self, topic: str) -> None:
+        """Undo add_subscription: unsubscribe on the live connection, and not again at reconnections."""
+        if topic not in self.subscriptions:
+            return
+        self.subscriptions.remove(topic)
+        client = self._client
+        if client is None or not self.up.is_set():
+            return
+        try:
+            await client.unsubscribe(topic)
+        except aiomqtt.MqttError:
+            pass  # the connection is going, and the next one does not subscribe to it
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         client = self._client

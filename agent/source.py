@@ -379,6 +379,10 @@ class SourceTransfer:
         while pos < len(order) and budget > 0 and self.state == S.IN_PROGRESS:
             idx = order[pos]
             if self.bundles and self._bundleable(idx):
+                if budget < self.ctx.chunk_size // 2 < self.ctx.window_chunks * self.ctx.chunk_size - budget:
+                    # little room, and bundles in flight whose answers will make more: wait for a fuller
+                    # bundle rather than send a train of one-file frames (each costs a message both ways)
+                    break
                 # consecutive small files, up to a chunk's worth of bytes, in one frame
                 batch: list[int] = []
                 room = min(self.ctx.chunk_size, budget)

@@ -246,6 +246,29 @@ class FteClient:
             if want and st.agent == want:
                 return found
 
+    async def agent_statuses_of(self, names: list[str], settle: float = 1.0) -> dict[str, AgentStatus]:
+        """The retained statuses of the named agents, each read on its own topic <prefix>/Agents/<name>
+        (every broker delivers a retained message to such a subscription; RabbitMQ 3.x does not to
+        <prefix>/Agents/+): until all have arrived, or none arrived for `settle` s."""
+        q: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        for name in names:
+            await self.subscribe(self.topics.agent_status(name), q)
+        wanted = set(names)
+        found: dict[str, AgentStatus] = {}
+        while not wanted <= found.keys():
+            try:
+                m = await asyncio.wait_for(q.get(), settle)
+            except asyncio.TimeoutError:
+                break
+            levels = self.topics.split(str(m.topic))
+            try:
+                st = parse_agent_status(bytes(m.payload))  # type: ignore[arg-type]
+            except ProtocolError:
+                continue
+            if levels == ["Agents", st.agent] and st.agent in wanted:
+                found[st.agent] = st
+        return found
+
     async def agent_status(self, agent: str, settle: float = 1.0) -> AgentStatus | None:
         return (await self.agent_statuses(settle=settle, want=agent)).get(agent)
 

@@ -272,30 +272,102 @@ def stop_agent(
 
 @app.command("list-agents")
 def list_agents(
+    names: Optional[List[str]] = typer.Argument(
+        None, help="Only these agents, each read on its own status topic: this works on every broker, RabbitMQ 3.x "
+             "included (exit 1 if one has no status)."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> None:
-    """List the agents that publish a status on the broker."""
+    """List the agents that publish a status on the broker (or only the named ones).
 
-    async def go() -> Any:
-        async with FteClient(broker_url(broker)) as c:
-            return await c.agent_statuses(settle=0.7)
+    Without names: every status retained on PREFIX/Agents/+, and the status of each agent configured on this
+    machine ($FTE_CONFIG_HOME) read on its own topic. A broker that does not deliver retained messages to a
+    wildcard subscription (RabbitMQ 3.x) shows only the latter: name the others.
+    """
+    from agent.settings import validate_agent_name
 
-    statuses = run(go())
+    for name in names or []:
+        try:
+            validate_agent_name(name)
+        except ValueError as exc:
+            fail(str(exc))
+
+    async def go() -> tuple[dict[str, Any], bool, FteClient]:
+        async with FteClient(broker_url(broker, names[0] if names else None)) as c:
+            if names:
+                return await c.agent_statuses_of(list(dict.fromkeys(names))), False, c
+            since = time.time()
+            statuses = await c.agent_statuses(settle=0.7)
+            local = [n for n in _local_agent_names() if n not in statuses]
+            extra = await c.agent_statuses_of(local, settle=0.5) if local else {}
+            # a status retained before the wildcard subscription, found only on its own topic: the broker
+            # does not deliver retained messages to wildcard subscriptions (not an agent that just started)
+            wildcard_blind = any(_epoch(st.time) < since - 1.0 for st in extra.values())
+            return {**statuses, **extra}, wildcard_blind, c
+
+    statuses, wildcard_blind, client = run(go())
+    topics = client.topics
+    missing = [n for n in dict.fromkeys(names or []) if n not in statuses]
     if as_json:
         out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}))
+    elif statuses:
+        from rich.table import Table
+
+        t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
+        console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
+        for name, st in sorted(statuses.items()):
+            t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
+                      st.time)
+        console.print(t)
+    elif not names:
+        out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
+    if missing:
+        fail(f"no status for agent{'s' if len(missing) > 1 else ''} {', '.join(missing)} on the broker at "
+             f"{client.url} (nothing retained on {topics.agent_status(missing[0])}); check the name, the broker "
+             f"(--broker, FTE_BROKER_URL) and FTE_TOPIC_PREFIX (it must be the agents' topicPrefix)")
+    if names:
         return
     if not statuses:
-        out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
-        return
-    from rich.table import Table
+        _note(f"no agent status arrived on {topics.all_agent_status()}. Check the broker and FTE_TOPIC_PREFIX (it "
+              f"must be the agents' topicPrefix). A broker that does not deliver retained messages to wildcard "
+              f"subscriptions (RabbitMQ 3.x) shows no agent here: name them, fte-list-agents A1 A2, or use "
+              f"fte-show-agent-details NAME.")
+    elif wildcard_blind:
+        _note(f"this broker did not deliver the retained statuses on {topics.all_agent_status()} (RabbitMQ 3.x does "
+              f"not deliver retained messages to wildcard subscriptions): only the agents configured on this "
+              f"machine were found, each on its own topic. Name the others: fte-list-agents NAME...")
 
-    t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
-    console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
-    for name, st in sorted(statuses.items()):
-        t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
-                  st.time)
-    console.print(t)
+
+def _note(message: str) -> None:
+    err.print(f"note: {message}", markup=False, soft_wrap=True)
+
+
+def _local_agent_names() -> list[str]:
+    """The agents configured on this machine ($FTE_CONFIG_HOME/agents/NAME/agent.properties)."""
+    from agent.settings import config_home, validate_agent_name
+
+    names = []
+    try:
+        dirs = sorted((config_home() / "agents").iterdir())
+    except OSError:
+        return []
+    for d in dirs:
+        try:
+            if (d / "agent.properties").is_file() and validate_agent_name(d.name):
+                names.append(d.name)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def _epoch(iso: str) -> float:
+    """Seconds since the epoch of an agent status's `time` (inf when it cannot be read)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 @app.command("show-agent-details")

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, pid_gone, run_fte, wait_until
+from tests.support.agents import FteEnv, Result, pid_gone, run_fte, script, wait_until
 from tests.support.brokers import AmqttProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -270,6 +271,30 @@ def test_agent_status_commands(fte1: FteEnv) -> None:
     name = unknown_name()
     r = fte1.run("show-agent-details", name)
     assert_one_error_line(r, name, "not known")
+
+    # named agents: each read on its own status topic (what works on RabbitMQ 3.x too)
+    r = fte1.run("list-agents", "A2", "A1", "--json")
+    assert r.returncode == 0, str(r)
+    assert {n: s["status"] for n, s in json.loads(r.stdout).items()} == {"A1": "READY", "A2": "READY"}, r.stdout
+    r = fte1.run("list-agents", "A1", name)
+    assert agent_rows(r.stdout) == {"A1": "READY"}, r.stdout  # what was found, and one error line
+    assert_one_error_line(r, name, "no status", f"/Agents/{name}", "FTE_TOPIC_PREFIX")
+    r = fte1.run("list-agents", "A/1")
+    assert_one_error_line(r, "invalid agent name")
+
+
+def test_list_agents_says_why_it_may_find_none(tmp_path: Path, url1: str) -> None:
+    """An empty list: a note on stderr says what to check, and how to list agents where a wildcard
+    subscription gets no retained status (RabbitMQ 3.x)."""
+    env = {**FteEnv(tmp_path / "fte_home", url1).env,
+           "FTE_TOPIC_PREFIX": f"EMPTY_{secrets.token_hex(4)}"}  # no agent publishes there
+    p = subprocess.run([script("list-agents")], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p
+    assert "No agents are known" in p.stdout, p
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("note: no agent status arrived on EMPTY_"), p.stderr
+    for needle in ("FTE_TOPIC_PREFIX", "RabbitMQ", "fte-list-agents A1 A2", "fte-show-agent-details NAME"):
+        assert needle in lines[0], p.stderr
 
 
 def test_ping_without_answer_exits_2_within_the_wait(fte1: FteEnv) -> None:
