@@ -17,6 +17,11 @@ NAME_MAX = 255
 PATH_MAX = 4095
 
 
+def _within(path: str, root: str) -> bool:
+    """`path` is `root` or below it (both absolute and resolved)."""
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
 class SandboxError(PermissionError):
     """A path the agent must not touch."""
 
@@ -28,6 +33,8 @@ class Sandbox:
         self.allow = [Path(os.path.realpath(p)) for p in (allow or [])]
         self.deny = [Path(os.path.realpath(p)) for p in (deny or [])]
         self.base = Path(base or Path.home())
+        self._allow_text = [str(p) for p in self.allow]
+        self._deny_text = [str(p) for p in self.deny]
 
     @property
     def enabled(self) -> bool:
@@ -73,8 +80,10 @@ class Sandbox:
         shown = shown or str(real)
         if not self.enabled:
             return
-        if any(real == d or d in real.parents for d in self.deny):
+        # string prefixes of resolved absolute paths (Path.parents builds a Path per level: slow per file)
+        text = str(real)
+        if any(_within(text, d) for d in self._deny_text):
             raise SandboxError(f"{shown!r} is inside an excluded part of the agent's sandbox")
-        if not any(real == a or a in real.parents for a in self.allow):
+        if not any(_within(text, a) for a in self._allow_text):
             roots = ", ".join(str(a) for a in self.allow)
             raise SandboxError(f"{shown!r} is outside the agent's sandbox ({roots})")
