@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .core.budget import InFlightBudget
 from .protocol import Topics
 from .sandbox import Sandbox
 from .store import StateStore
@@ -33,3 +34,6 @@ class AgentContext:
     peer_key: Callable[[str], Any] = lambda agent: None
     verify_peers: bool = False
     metrics: Any = None
+    # data in flight across this agent's transfers (agentMaxDataInFlight); `wake` posts to a held-back session
+    budget: InFlightBudget = field(default_factory=lambda: InFlightBudget(0))
+    wake: Callable[[str], None] = lambda tid: None

@@ -32,6 +32,7 @@ from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_
 from .context import AgentContext
 from .core import results
 from .core.lifecycle import TransferState as S
+from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink
@@ -164,7 +165,13 @@ class Agent:
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
             settings=settings, identity=load_or_create_agent_key(self.agent_home), peer_key=self._trusted_agent_key,
-            verify_peers=self.authority is not None, metrics=self.metrics)
+            verify_peers=self.authority is not None, metrics=self.metrics,
+            budget=InFlightBudget(settings.agentMaxDataInFlight), wake=self._wake_source)
+
+    def _wake_source(self, tid: str) -> None:
+        session = self.sources.get(tid)
+        if session is not None:
+            session.post("wake")
 
     # ------------------------------------------------------------------ lifecycle
 

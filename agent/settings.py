@@ -437,6 +437,10 @@ class AgentSettings(BaseSettings):
     agentWindowSize: Annotated[int, _whole("chunks", "between 1 and 1024 chunks", lambda v: 1 <= v <= 1024)] = Field(
         16, description="Chunks a source sends ahead of the destination's acknowledgement (memory = window x chunk)."
     )
+    agentMaxDataInFlight: Annotated[int, _whole("bytes", "0 (no cap) or more bytes", lambda v: v >= 0)] = Field(
+        67108864, description="Bytes sent and not yet acknowledged across all the transfers of this agent as a "
+        "source (0: no cap; each transfer may still send one chunk)."
+    )
     brokerProbe: bool = Field(
         True,
         description="true: at every connection, check that the broker keeps topics as published and passes "

@@ -115,6 +115,7 @@ class SourceTransfer:
         self._last_progress_pub = 0.0
         self._last_checkpoint = 0.0
         self.started_mono = time.monotonic()
+        self._budget_left = 0  # what _send_within has not used of its budget (for the agent's in-flight count)
         self.bundles = False  # the destination said it understands bundles (ResyncReply.features)
         self._resulted: list[FileRecord] = []  # results not yet saved and logged (_flush_results)
         self._last_results_flush = time.monotonic()
@@ -372,8 +373,29 @@ class SourceTransfer:
         w = self.windows.get(idx)
         return w is not None and (w.can_send() or idx not in self.end_sent)
 
+    def _limit(self, budget: int) -> int:
+        """`budget` (what the window allows) within what the agent's cap on data in flight allows."""
+        own = self.ctx.window_chunks * self.ctx.chunk_size - budget
+        allowed = self.ctx.budget.allowance(self.tid, own, self.ctx.chunk_size)
+        return budget if allowed is None else min(budget, allowed)
+
+    def _report_in_flight(self, own: int) -> None:
+        for tid in self.ctx.budget.report(self.tid, own):
+            self.ctx.wake(tid)
+
     async def _pump(self) -> None:
-        start, budget = self._frontier()
+        start, window_left = self._frontier()
+        budget = self._limit(window_left)
+        try:
+            await self._send_within(start, budget)
+        finally:
+            # in flight now: what was before, plus what was sent (the rest of the reservation goes back)
+            sent = budget - self._budget_left
+            self._report_in_flight(self.ctx.window_chunks * self.ctx.chunk_size - window_left + sent)
+        self._publish_progress()
+
+    async def _send_within(self, start: int, budget: int) -> None:
+        self._budget_left = budget
         order = self._order
         pos = start
         while pos < len(order) and budget > 0 and self.state == S.IN_PROGRESS:
@@ -403,6 +425,7 @@ class SourceTransfer:
                 if sent < 0:
                     return
                 budget -= sent
+                self._budget_left = budget
                 continue
             pos += 1
             if idx not in self.windows:
@@ -423,6 +446,7 @@ class SourceTransfer:
                                         "the source file changed size during the transfer")
                     break
                 budget -= length
+                self._budget_left = budget
                 last = offset + length >= f.size
                 frame = encode_chunk(self.epoch, idx, offset, data, last)
                 if self.key is not None:
@@ -437,7 +461,6 @@ class SourceTransfer:
                     return
                 self.end_sent.add(idx)
                 self._close(idx)
-        self._publish_progress()
 
     async def _send_bundle(self, batch: list[int]) -> int:
         """Read, hash and send whole files in one frame. The bytes now in flight, or -1 if the link is down."""
@@ -649,6 +672,8 @@ class SourceTransfer:
         if before.is_terminal or before == S.QUEUED:
             return
         self.stall_reason = reason
+        for tid in self.ctx.budget.release(self.tid):  # nothing is sent while recovering: room for the others
+            self.ctx.wake(tid)
         after = self._event(E.STALL)
         if before.is_recovery:
             return  # still recovering; the counter keeps running
@@ -705,6 +730,8 @@ class SourceTransfer:
         """Log the outcome, apply the disposition, and tell the destination (which cleans up)."""
         for t in list(self._pending):
             t.cancel()
+        for tid in self.ctx.budget.release(self.tid):
+            self.ctx.wake(tid)
         self._flush_results(force=True)
         st = self.state
         rc = self.lc.result_code if self.lc.result_code is not None else results.FAILED

@@ -385,7 +385,9 @@ def test_two_transfers_to_one_destination(fte1: FteEnv, data: Path) -> None:
     def sources_negotiating() -> bool:
         r = fte1.run("logs", "-a", "A1", "--json")
         states = [json.loads(line)["state"] for line in r.stdout.splitlines() if line.startswith("{")]
-        return states.count("negotiating") == 2
+        # on a loaded machine the first may already have given up waiting for the paused A2 (ack timeout:
+        # recovering) by the time the second starts; both are waiting for A2 either way
+        return sum(st in ("negotiating", "recovering", "resynchronising") for st in states) == 2
 
     # both requests reach the destination agent before it handles either, so they run side by side
     fte1.agents["A2"].pause()
