@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, pid_gone, run_fte, script, wait_until
+from tests.support.agents import FteEnv, Result, pid_gone, run_fte, script, start_pair, wait_until
 from tests.support.brokers import AmqttProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,12 +38,8 @@ WAIT = 30.0
 def _env(tmp_path: Path, url: str) -> Iterator[FteEnv]:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    env = FteEnv(tmp_path / "fte_home", url)
+    env = start_pair(tmp_path / "fte_home", url, data, **AGENT_PROPERTIES)
     try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, **AGENT_PROPERTIES)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
         yield env
     finally:
         env.stop_all()

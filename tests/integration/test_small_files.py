@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, LogFollower
+from tests.support.agents import FteEnv, LogFollower, start_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,12 +26,8 @@ PROPS = {"agentChunkSize": 65536, "agentWindowSize": 8, "transferAckTimeout": 30
 def fte(tmp_path: Path, broker_url: str) -> Iterator[FteEnv]:
     data = tmp_path / "data"
     data.mkdir()
-    env = FteEnv(tmp_path / "fte_home", broker_url)
+    env = start_pair(tmp_path / "fte_home", broker_url, data, **PROPS)
     try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, **PROPS)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
         yield env
     finally:
         env.stop_all()

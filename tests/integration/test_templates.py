@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv
+from tests.support.agents import FteEnv, start_pair
 from tests.support.brokers import MosquittoProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,19 +35,7 @@ def data(tmp_path: Path) -> Path:
 @pytest.fixture
 def fte(tmp_path: Path, data: Path, mosquitto: MosquittoProcess) -> Iterator[FteEnv]:
     """Agents A1 and A2 (sandbox: `data`) on the Mosquitto session broker."""
-    try:
-        from tests.support.agents import start_pair  # type: ignore[attr-defined]
-    except ImportError:
-        start_pair = None
-    url = mosquitto.ensure_running().url
-    if start_pair is not None:
-        env = start_pair(tmp_path / "fte_home", url, data)
-    else:
-        env = FteEnv(tmp_path / "fte_home", url)
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, **AGENT_PROPERTIES)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
+    env = start_pair(tmp_path / "fte_home", mosquitto.ensure_running().url, data, **AGENT_PROPERTIES)
     try:
         yield env
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, LogFollower, Result, wait_until
+from tests.support.agents import FteEnv, LogFollower, Result, start_pair, wait_until
 from tests.support.brokers import AmqttProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,12 +39,8 @@ TID_RE = re.compile(r"^[0-9a-f]{48}$")
 def _env(tmp_path: Path, url: str) -> Iterator[FteEnv]:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    env = FteEnv(tmp_path / "fte_home", url)
+    env = start_pair(tmp_path / "fte_home", url, data, **AGENT_PROPERTIES)
     try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, **AGENT_PROPERTIES)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
         yield env
     finally:
         env.stop_all()

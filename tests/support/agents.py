@@ -178,6 +178,21 @@ class FteEnv:
                 a.terminate()
 
 
+def start_pair(home: Path, url: str, sandbox: Path, **properties: Any) -> FteEnv:
+    """Agents A1 and A2 created (sandbox `sandbox`, agent.properties `properties`) and started; everything
+    started is stopped again if one of them fails to start."""
+    env = FteEnv(home, url)
+    try:
+        for name in ("A1", "A2"):
+            env.create_agent(name, sandbox=sandbox, **properties)
+        for name in ("A1", "A2"):
+            env.start_agent(name)
+    except BaseException:
+        env.stop_all()
+        raise
+    return env
+
+
 def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
