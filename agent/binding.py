@@ -111,13 +111,13 @@ def mac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
     return hmac.new(key, frame, hashlib.sha256).digest()[:MAC_BYTES]
 
 
-def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> bytes | None:
-    """The frame without its MAC trailer when the MAC is right, else None."""
+def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> memoryview | None:
+    """The frame without its MAC trailer (a view: 256 KiB not copied) when the MAC is right, else None."""
     if len(frame_with_mac) < MAC_BYTES:
         return None
     frame = memoryview(frame_with_mac)[:-MAC_BYTES]
     if hmac.compare_digest(mac_chunk(frame, key), frame_with_mac[-MAC_BYTES:]):
-        return bytes(frame)
+        return frame
     return None
 
 

@@ -69,13 +69,14 @@ class CommandRefused(Exception):
 
 
 def _open_frame(payload: bytes, key: bytes | None, tid: str) -> Any:
-    """A data frame checked (MAC, when the transfer is bound; then CRC) and decoded: a Chunk or a Bundle."""
-    if key is not None:
-        frame = check_chunk_mac(payload, key)
-        if frame is None:
-            raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
-        payload = frame
-    return decode_chunk(payload)
+    """A data frame checked and decoded: a Chunk or a Bundle. A bound transfer's frames carry a MAC, which
+    is their check (the CRC then adds nothing and is not computed); an unbound transfer's frames, a CRC."""
+    if key is None:
+        return decode_chunk(payload)
+    frame = check_chunk_mac(payload, key)
+    if frame is None:
+        raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
+    return decode_chunk(frame, authenticated=True)
 
 
 def _regular_files(root: Path, recursive: bool) -> list[Path]:
@@ -457,8 +458,8 @@ class Agent:
             # not (or no longer) ours: late chunks of a finished transfer, or garbage
             raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
         if len(payload) >= 65536:
-            # the MAC and the CRC (two passes over the data) in a worker thread: they release the GIL, so
-            # the event loop handles the next message meanwhile
+            # the MAC (or the CRC) in a worker thread: it releases the GIL, so the event loop handles the next
+            # message meanwhile
             frame = await asyncio.to_thread(_open_frame, payload, dest.key, tid)
         else:
             frame = _open_frame(payload, dest.key, tid)

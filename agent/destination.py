@@ -27,7 +27,9 @@ from .store import FileRecord, TransferRecord
 log = logging.getLogger("fte.destination")
 
 PART_SUFFIX = ".part"
-FEATURES = ("bundle",)
+# What this destination understands beyond the base protocol, told to the source in every ResyncReply
+# (docs/protocol.md): bundles of small files, FLAG_NO_ACK chunks, FLAG_NO_CRC frames of a bound transfer.
+FEATURES = ("bundle", "sparse_ack", "mac_no_crc")
 
 
 def part_path(destination: str) -> str:
@@ -152,7 +154,9 @@ class DestinationTransfer:
             if f.offset == f.size and f.digest is not None:  # the FileEnd came first
                 if await self._finalize(f):
                     return
-            await self._send(Ack(kind="ack", transfer_id=self.tid, epoch=self.epoch, index=f.index, offset=f.offset))
+            if chunk.ack:  # else a later chunk asks (FLAG_NO_ACK), and the ack then covers this one too
+                await self._send(Ack(kind="ack", transfer_id=self.tid, epoch=self.epoch, index=f.index,
+                                     offset=f.offset))
             self._checkpoint(f)
         elif chunk.offset > f.offset:
             # a chunk was lost before this one: ask for everything from our offset, once per gap

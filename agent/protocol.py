@@ -419,6 +419,15 @@ FLAG_LAST = 0x01
 # one message each way. Each entry: file index, size, digest length, the raw digest, the file's bytes.
 FLAG_BUNDLE = 0x02
 BUNDLE_ENTRY = struct.Struct(">IIB")
+# Sparse acknowledgements (feature "sparse_ack"): the source needs no ack of this chunk on its own; a later
+# chunk of the file asks for one, which covers this one too (acks are cumulative offsets). The source asks at
+# least every quarter window, at the end of a file, and whenever it must stop and wait: an ack per chunk was a
+# sealed message and two MQTT packets each way for every 256 KiB.
+FLAG_NO_ACK = 0x04
+# No CRC (feature "mac_no_crc"): the CRC field is 0 and the frame's MAC (HMAC-SHA256 of the whole frame, key of
+# the transfer) is its only check, which a CRC adds nothing to. Only on a bound transfer: a frame with this flag
+# and no MAC is refused.
+FLAG_NO_CRC = 0x08
 
 
 class BundleEntry:
@@ -439,21 +448,37 @@ class Bundle:
 
 
 class Chunk:
-    __slots__ = ("epoch", "index", "offset", "data", "last")
+    __slots__ = ("epoch", "index", "offset", "data", "last", "ack")
 
-    def __init__(self, epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False):
+    def __init__(self, epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False,
+                 ack: bool = True):
         self.epoch = epoch
         self.index = index
         self.offset = offset
         self.data = data
         self.last = last
+        self.ack = ack  # False: FLAG_NO_ACK, a later chunk asks for the ack
 
 
-def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False) -> bytes:
-    header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_LAST if last else 0, 0, epoch,
-                                         index, offset, len(data), 0))
-    struct.pack_into(">I", header, _CRC_COVERED, zlib.crc32(data, zlib.crc32(header[:_CRC_COVERED])))
-    return bytes(header) + bytes(data)
+def finish_chunk(frame: bytearray | memoryview, epoch: int, index: int, offset: int, length: int, *,
+                 last: bool = False, ack: bool = True, crc: bool = True) -> None:
+    """Write the header of a chunk frame whose payload is already in place at frame[CHUNK_HEADER.size:]
+    (`length` bytes; anything after them, e.g. room for a MAC, is left alone). The source reads a file
+    straight into the frame, so the payload is never copied."""
+    flags = (FLAG_LAST if last else 0) | (0 if ack else FLAG_NO_ACK) | (0 if crc else FLAG_NO_CRC)
+    CHUNK_HEADER.pack_into(frame, 0, CHUNK_MAGIC, PROTOCOL_VERSION, flags, 0, epoch, index, offset, length, 0)
+    if crc:
+        view = memoryview(frame)
+        value = zlib.crc32(view[CHUNK_HEADER.size:CHUNK_HEADER.size + length], zlib.crc32(view[:_CRC_COVERED]))
+        struct.pack_into(">I", frame, _CRC_COVERED, value)
+
+
+def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, last: bool = False,
+                 ack: bool = True, crc: bool = True) -> bytes:
+    frame = bytearray(CHUNK_HEADER.size + len(data))
+    frame[CHUNK_HEADER.size:] = data
+    finish_chunk(frame, epoch, index, offset, len(data), last=last, ack=ack, crc=crc)
+    return bytes(frame)
 
 
 def encode_bundle(epoch: int, entries: list[tuple[int, str | None, bytes]]) -> bytes:
@@ -496,7 +521,8 @@ def _bundle(epoch: int, count: int, body: memoryview) -> Bundle:
     return Bundle(epoch, entries)
 
 
-def decode_chunk(payload: bytes) -> Chunk | Bundle:
+def decode_chunk(payload: bytes | memoryview, authenticated: bool = False) -> Chunk | Bundle:
+    """A data frame. `authenticated`: its MAC was checked, which makes the CRC redundant (not checked)."""
     if len(payload) < CHUNK_HEADER.size:
         raise ProtocolError(f"chunk of {len(payload)} bytes is shorter than its header")
     if len(payload) > CHUNK_HEADER.size + MAX_CHUNK_BYTES:
@@ -511,11 +537,14 @@ def decode_chunk(payload: bytes) -> Chunk | Bundle:
         raise ProtocolError(f"chunk says {length} bytes but carries {len(data)} (truncated?)")
     if index >= MAX_FILES_PER_TRANSFER and not flags & FLAG_BUNDLE:
         raise ProtocolError(f"chunk file index {index} out of range")
-    if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
-        raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
+    if not authenticated:
+        if flags & FLAG_NO_CRC:
+            raise ProtocolError(f"chunk at file {index} offset {offset} has neither a CRC nor a MAC")
+        if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
+            raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
     if flags & FLAG_BUNDLE:
         return _bundle(epoch, index, data)
-    return Chunk(epoch, index, offset, data, bool(flags & FLAG_LAST))
+    return Chunk(epoch, index, offset, data, bool(flags & FLAG_LAST), not flags & FLAG_NO_ACK)
 
 
 # --------------------------------------------------------------------------- agent status

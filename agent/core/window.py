@@ -96,3 +96,29 @@ class SendWindow:
             f"SendWindow(size={self.size}, acked={self._acked}, next_offset={self._next}, "
             f"in_flight={len(self._in_flight)}/{self.window_chunks})"
         )
+
+
+class AckRequests:
+    """Which chunks ask the destination for an ack (the others carry FLAG_NO_ACK; docs/protocol.md#chunk-frame).
+
+    Acks are cumulative, so one ack answers every chunk before it. The source asks where it would otherwise
+    wait: at the end of a file (it then waits for the file's result), when this chunk uses the last of what the
+    window or the agent's cap allows now (it then waits for an ack to free room), and at least once every
+    quarter window, so room comes back while the rest of the window is still in flight.
+    """
+
+    def __init__(self, window_chunks: int, sparse: bool = False) -> None:
+        if window_chunks <= 0:
+            raise ValueError(f"window_chunks {window_chunks} is invalid: must be > 0")
+        self.every = max(1, window_chunks // 4)
+        self.sparse = sparse  # the destination understands FLAG_NO_ACK ("sparse_ack" in its features)
+        self._unasked = 0  # chunks sent since the last that asked
+
+    def ask(self, last: bool, room_left: int) -> bool:
+        """For the chunk about to be sent: True if it must ask for an ack. `room_left`: bytes the source
+        may still send after this chunk before it has to wait."""
+        self._unasked += 1
+        if not self.sparse or last or room_left <= 0 or self._unasked >= self.every:
+            self._unasked = 0
+            return True
+        return False

@@ -1,10 +1,10 @@
-"""SendWindow: chunking, window limit, monotonic acks, resync rewind."""
+"""SendWindow: chunking, window limit, monotonic acks, resync rewind; AckRequests: which chunks ask for an ack."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.core.window import SendWindow
+from agent.core.window import AckRequests, SendWindow
 
 
 def drain(w: SendWindow) -> list[tuple[int, int]]:
@@ -142,3 +142,49 @@ def test_rewind_outside_the_file(offset: int) -> None:
 def test_invalid_construction(args: tuple[int, int, int, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SendWindow(*args)
+
+
+# ------------------------------------------------------------------ AckRequests: which chunks ask for an ack
+
+CHUNK = 256 * 1024
+
+
+def _asks(window: int, sparse: bool, chunks: list[tuple[bool, int]]) -> list[bool]:
+    a = AckRequests(window, sparse)
+    return [a.ask(last, room) for last, room in chunks]
+
+
+@pytest.mark.parametrize("window, sparse, chunks, expected", [
+    # a destination without "sparse_ack": every chunk asks
+    (16, False, [(False, 10 * CHUNK)] * 5, [True] * 5),
+    # window 16: every 4th chunk asks, while there is room left
+    (16, True, [(False, 10 * CHUNK)] * 9, [False, False, False, True, False, False, False, True, False]),
+    # the last chunk of a file asks, and the count starts again after it
+    (16, True, [(False, CHUNK), (True, CHUNK), (False, CHUNK), (False, CHUNK), (False, CHUNK), (False, CHUNK)],
+     [False, True, False, False, False, True]),
+    # the chunk that uses the last of the room asks (the source then waits for an ack)
+    (16, True, [(False, 2 * CHUNK), (False, CHUNK), (False, 0)], [False, False, True]),
+    (16, True, [(False, -100)], [True]),
+    # small windows: every chunk (1..7) or every other (8..11) asks
+    (1, True, [(False, CHUNK)] * 3, [True] * 3),
+    (7, True, [(False, CHUNK)] * 3, [True] * 3),
+    (8, True, [(False, CHUNK)] * 4, [False, True, False, True]),
+    (64, True, [(False, CHUNK)] * 16, [False] * 15 + [True]),
+])
+def test_ack_requests(window: int, sparse: bool, chunks: list[tuple[bool, int]], expected: list[bool]) -> None:
+    assert _asks(window, sparse, chunks) == expected
+
+
+def test_ack_requests_never_leave_a_window_unasked() -> None:
+    # whatever the pattern, no run of chunks without an ask is longer than a quarter window
+    for window in (1, 2, 4, 5, 16, 17, 64):
+        a = AckRequests(window, sparse=True)
+        run = 0
+        for i in range(500):
+            run = 0 if a.ask(i % 37 == 36, CHUNK * (i % 5)) else run + 1
+            assert run < max(1, window // 4)
+
+
+def test_ack_requests_refuses_an_empty_window() -> None:
+    with pytest.raises(ValueError, match="window_chunks 0"):
+        AckRequests(0)
