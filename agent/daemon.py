@@ -457,12 +457,7 @@ class Agent:
         if dest is None:
             # not (or no longer) ours: late chunks of a finished transfer, or garbage
             raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
-        if len(payload) >= 65536:
-            # the MAC (or the CRC) in a worker thread: it releases the GIL, so the event loop handles the next
-            # message meanwhile
-            frame = await asyncio.to_thread(_open_frame, payload, dest.key, tid)
-        else:
-            frame = _open_frame(payload, dest.key, tid)
+        frame = _open_frame(payload, dest.key, tid)
         if isinstance(frame, Bundle):
             await dest.on_bundle(frame)
         else:

@@ -322,11 +322,8 @@ class DestinationTransfer:
         if algo != "none":
             h, pos = self.hashers.get(f.index) or (hashlib.new(algo), 0)
             hasher = h if pos == offset else None
-        if len(data) >= 65536:
-            # both in a worker thread (they release the GIL): the event loop goes on with the next message
-            await asyncio.to_thread(_pwrite_and_hash, fd, data, offset, hasher)
-        else:
-            _pwrite_and_hash(fd, data, offset, hasher)
+        # in the event loop: a worker thread cost more than it freed (docs/performance.md, "Threads")
+        _pwrite_and_hash(fd, data, offset, hasher)
         if hasher is not None:
             self.hashers[f.index] = (hasher, offset + len(data))
 

@@ -464,7 +464,7 @@ class SourceTransfer:
                 last = offset + length >= f.size
                 ack = self.acks.ask(last, budget)
                 try:
-                    frame = await self._read_frame(idx, offset, length, last, ack)
+                    frame = self._read_frame(idx, offset, length, last, ack)
                 except OSError as exc:
                     self._file_resulted(f, "failed", results.FILE_FAILED, f"cannot read source: {exc}")
                     break
@@ -526,7 +526,7 @@ class SourceTransfer:
         if not task.cancelled() and task.exception() is not None:
             self.post("link_down")
 
-    async def _read_frame(self, idx: int, offset: int, length: int, last: bool, ack: bool) -> bytearray | None:
+    def _read_frame(self, idx: int, offset: int, length: int, last: bool, ack: bool) -> bytearray | None:
         """The chunk [offset, offset+length) of file `idx` as a frame ready to publish (None: short read)."""
         fd = self.fds.get(idx)
         if fd is None:
@@ -537,9 +537,9 @@ class SourceTransfer:
             hasher, pos = self.hashers.get(idx) or (hashlib.new(algo), 0)
             if pos != offset:
                 hasher = None  # not sequential (a resend): the digest is computed apart at the end
-        args = (fd, self.epoch, idx, offset, length, last, ack, hasher, self.key, self.mac_no_crc)
-        # read, hash, CRC and MAC in one worker thread (all release the GIL): the event loop goes on meanwhile
-        frame = await asyncio.to_thread(read_chunk_frame, *args) if length >= 65536 else read_chunk_frame(*args)
+        # In the event loop, not a worker thread: on two cores shared with the broker and the destination, the
+        # hand-off to a thread and back cost more CPU than it freed (docs/performance.md, "Threads")
+        frame = read_chunk_frame(fd, self.epoch, idx, offset, length, last, ack, hasher, self.key, self.mac_no_crc)
         if frame is not None and hasher is not None:
             self.hashers[idx] = (hasher, offset + length)
         return frame
