@@ -79,20 +79,22 @@ def _open_frame(payload: bytes, key: bytes | None, tid: str) -> Any:
     return decode_chunk(frame, authenticated=True)
 
 
-def _regular_files(root: Path, recursive: bool) -> list[Path]:
-    """The regular files in `root` (and below it, if `recursive`), sorted; symbolic links are neither
-    followed nor listed. One scandir per directory: its entries know their type without a stat each."""
-    found: list[Path] = []
+def _regular_files(root: str, recursive: bool) -> list[str]:
+    """The regular files in `root` (and below it, if `recursive`), sorted by path; symbolic links are
+    neither followed nor listed. One scandir per directory: its entries know their type without a stat
+    each. Strings, not Paths: a Path per file cost more than the walk itself for 10,000 files."""
+    found: list[str] = []
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
                     if recursive:
-                        stack.append(Path(e.path))
+                        stack.append(e.path)
                 elif e.is_file(follow_symlinks=False):
-                    found.append(Path(e.path))
-    return sorted(found)
+                    found.append(e.path)
+    # sorted as Paths were (component by component: "a/b" before "a-c"), so the send order is unchanged
+    return sorted(found, key=lambda p: p.split("/"))
 
 
 class Agent:
@@ -841,7 +843,7 @@ class Agent:
             raise CommandRefused(f"cannot read the sources on agent {self.name}: {exc}") from None
 
     def _walk_sources(self, spec: TransferSpec) -> list[FileRecord]:
-        pairs: list[tuple[Path, str]] = []
+        pairs: list[tuple[str, str]] = []
         for item in spec.items:
             before = len(pairs)
             self._walk_item(item, pairs)
@@ -859,11 +861,11 @@ class Agent:
             raise CommandRefused("the sources contain no files")
         files = []
         for i, (p, dest) in enumerate(pairs):
-            st = p.stat()
-            files.append(FileRecord(i, str(p), dest, st.st_size, st.st_mtime))
+            st = os.stat(p)
+            files.append(FileRecord(i, p, dest, st.st_size, st.st_mtime))
         return files
 
-    def _walk_item(self, item: Any, pairs: list[tuple[Path, str]]) -> None:
+    def _walk_item(self, item: Any, pairs: list[tuple[str, str]]) -> None:
         """Append (source path, destination) for every file one source specification names."""
         literal = os.path.expanduser(item.source)
         # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
@@ -879,14 +881,16 @@ class Agent:
             if real.is_dir():
                 if item.destination_type != "directory":
                     raise CommandRefused(f"source {m!r} is a directory: give a destination directory with -dd")
-                for p in _regular_files(real, item.recursive):
-                    # `real` is resolved and no symbolic link is followed below it: p is its own real path
+                # `real` is resolved and no symbolic link is followed below it: each p is its own real path,
+                # and "<destination>/<the directory's name>/<p below it>" its destination
+                top = str(real)
+                base = os.path.join(str(Path(item.destination)), real.name)
+                for p in _regular_files(top, item.recursive):
                     self.sandbox.check(p)
-                    rel = p.relative_to(real.parent)
-                    pairs.append((p, str(Path(item.destination) / rel)))
+                    pairs.append((p, base + p[len(top):]))
             elif real.is_file():
                 dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
-                pairs.append((real, dest))
+                pairs.append((str(real), dest))
             else:
                 raise CommandRefused(f"source {m!r} does not exist on agent {self.name}")
 

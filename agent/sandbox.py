@@ -76,7 +76,7 @@ class Sandbox:
         self.check(real, path)
         return real
 
-    def check(self, real: Path, shown: str | None = None) -> None:
+    def check(self, real: Path | str, shown: str | None = None) -> None:
         shown = shown or str(real)
         if not self.enabled:
             return

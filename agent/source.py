@@ -616,8 +616,9 @@ class SourceTransfer:
                     w = self.windows[h.index] = SendWindow(f.size, self.ctx.chunk_size, w.window_chunks,
                                                            start_offset=held)
                 w.rewind(held)
-                f.offset = held
-                self._dirty.add(h.index)
+                if f.offset != held:  # a first negotiation of 10,000 files changes none: nothing to save
+                    f.offset = held
+                    self._dirty.add(h.index)
                 self.end_sent.discard(h.index)
                 entry = self.hashers.get(h.index)
                 if entry and entry[1] != held:
@@ -721,10 +722,10 @@ class SourceTransfer:
         now = time.monotonic()
         if force or now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
             self._last_checkpoint = now
-            for idx in self._dirty:  # only what moved: O(files in flight), not O(files)
-                f = self.files[idx]
-                if f.status == "ready":
-                    self.ctx.store.save_file(self.tid, "source", f)
+            # only what moved: O(files in flight), not O(files); in one commit (a resync can move thousands)
+            moved = [self.files[idx] for idx in self._dirty if self.files[idx].status == "ready"]
+            if moved:
+                self.ctx.store.save_files(self.tid, "source", moved)
             self._dirty.clear()
         self._publish_progress()
 
@@ -765,12 +766,15 @@ class SourceTransfer:
             reason = self.end_reason or "cancelled"
         else:
             reason = self.end_reason
+        changed = []  # the rows to save with the outcome (the results were saved as they came)
         for f in self.files.values():
             if f.status == "ready":  # never report an unfinished file as a success
                 f.status = "failed"
                 f.result_code = results.FILE_FAILED
                 f.supplement = reason or f"the transfer ended {st.value}"
+                changed.append(f)
         if st == S.COMPLETE and self.rec.header.get("disposition") == "delete":
+            changed = list(self.files.values())
             for f in self.files.values():
                 try:
                     os.unlink(f.source)
@@ -779,7 +783,7 @@ class SourceTransfer:
                     f.supplement = f"transferred, but the source was not deleted: {exc}"
         self.rec.result_code = rc
         self.rec.state = st.value
-        self.ctx.store.save_transfer(self.rec)
+        self.ctx.store.update_transfer(self.rec, header=True, files=changed)
         if self.ctx.metrics is not None:
             self.ctx.metrics.transfer_finished(st.value, rc)
         total = sum(f.size for f in self.files.values() if f.status == "done")

@@ -150,19 +150,24 @@ class StateStore:
                   f.status, f.result_code, f.supplement, f.digest) for f in rec.files],
             )
 
-    def update_transfer(self, rec: TransferRecord, header: bool = False) -> None:
+    def update_transfer(self, rec: TransferRecord, header: bool = False,
+                        files: list[FileRecord] | None = None) -> None:
         """Save the transfer row only (cheap; files are saved by save_file/save_transfer); with `header`, the
-        header too."""
+        header too; with `files`, those file rows too, in the same transaction (the end of a transfer of
+        10,000 files changes a few of them, and save_transfer rewrote all)."""
         rec.updated = time.time()
-        if header:
-            self._db.execute("UPDATE transfers SET header=? WHERE transfer_id=? AND role=?",
-                             (json.dumps(rec.header), rec.transfer_id, rec.role))
-        self._db.execute(
-            "UPDATE transfers SET state=?, result_code=?, epoch=?, recoveries=?, recovering_since=?, "
-            "last_stall=?, peer_confirmed=?, updated=? WHERE transfer_id=? AND role=?",
-            (rec.state, rec.result_code, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
-             int(rec.peer_confirmed), rec.updated, rec.transfer_id, rec.role),
-        )
+        with self._transaction():
+            if header:
+                self._db.execute("UPDATE transfers SET header=? WHERE transfer_id=? AND role=?",
+                                 (json.dumps(rec.header), rec.transfer_id, rec.role))
+            self._db.execute(
+                "UPDATE transfers SET state=?, result_code=?, epoch=?, recoveries=?, recovering_since=?, "
+                "last_stall=?, peer_confirmed=?, updated=? WHERE transfer_id=? AND role=?",
+                (rec.state, rec.result_code, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
+                 int(rec.peer_confirmed), rec.updated, rec.transfer_id, rec.role),
+            )
+            if files:
+                self._update_files(rec.transfer_id, rec.role, files)
 
     def save_file(self, transfer_id: str, role: str, f: FileRecord) -> None:
         self._db.execute(
@@ -176,12 +181,15 @@ class StateStore:
         if not files:
             return
         with self._transaction():
-            self._db.executemany(
-                "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
-                "WHERE transfer_id=? AND role=? AND idx=?",
-                [(f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role,
-                  f.index) for f in files],
-            )
+            self._update_files(transfer_id, role, files)
+
+    def _update_files(self, transfer_id: str, role: str, files: list[FileRecord]) -> None:
+        self._db.executemany(
+            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
+            "WHERE transfer_id=? AND role=? AND idx=?",
+            [(f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role,
+              f.index) for f in files],
+        )
 
     def load_transfer(self, transfer_id: str, role: str) -> TransferRecord | None:
         row = self._db.execute("SELECT * FROM transfers WHERE transfer_id=? AND role=?",

@@ -46,3 +46,22 @@ def test_save_transfer_never_leaves_a_transfer_without_its_files(tmp_path: Path)
     assert loaded is not None and [f.index for f in loaded.files] == [0, 1, 2], \
         "the old file rows were deleted and not replaced"
     store.close()
+
+
+def test_update_transfer_saves_the_row_and_the_given_files_together(tmp_path: Path) -> None:
+    store, rec = _store_with_transfer(tmp_path)
+    rec.state, rec.result_code = "failed", 40
+    rec.files[1].status = "failed"
+    store.update_transfer(rec, files=[rec.files[1]])
+    loaded = store.load_transfer(rec.transfer_id, rec.role)
+    assert loaded is not None and (loaded.state, loaded.result_code) == ("failed", 40)
+    assert [f.status for f in loaded.files] == ["ready", "failed", "ready"]
+    # all or nothing: a file row that cannot be stored takes the transfer row's change back with it
+    rec.state = "complete"
+    rec.files[0].status, rec.files[0].offset = "done", object()  # type: ignore[assignment]
+    with pytest.raises(Exception):
+        store.update_transfer(rec, files=[rec.files[0]])
+    loaded = store.load_transfer(rec.transfer_id, rec.role)
+    assert loaded is not None and loaded.state == "failed"
+    assert [f.status for f in loaded.files] == ["ready", "failed", "ready"]
+    store.close()
