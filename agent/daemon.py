@@ -469,7 +469,7 @@ class Agent:
         live = (self.sources if role == "source" else self.dests).get(tid)
         if live is not None:
             return live.key
-        rec = self.store.load_transfer(tid, role)
+        rec = self.store.load_transfer(tid, role, files=False)
         return transfer_key(rec.header) if rec else None
 
     def _peer_signed(self, agent: str, raw: dict[str, Any]) -> bool:
@@ -526,17 +526,17 @@ class Agent:
             else:
                 await self._answer_finished(tid)
         elif isinstance(msg, CompleteAck):
-            rec = self.store.load_transfer(tid, "source")
+            rec = self.store.load_transfer(tid, "source", files=False)
             if rec and not rec.peer_confirmed:
                 rec.peer_confirmed = True
-                self.store.update_transfer(rec)
+                self.store.update_transfer(rec)  # the row only: the files are left as they are
 
     async def _refuse_negotiation(self, msg: Resync) -> None:
         """A transfer offered by an agent we do not trust: answer (signed) that every file failed."""
         reason = (f"not authorized: agent {self.name} does not trust agent {msg.source_agent} (add its key with: "
                   f"fte key trust {self.name} {agent_requester(msg.source_agent)} KEY -p transfer)")
         log.warning("refused transfer %s from agent %s: no trusted signature", msg.transfer_id, msg.source_agent)
-        if self.store.load_transfer(msg.transfer_id, "destination") is not None:
+        if self.store.load_transfer(msg.transfer_id, "destination", files=False) is not None:
             return  # a forged resync for a transfer we run: ignore it
         reply = ResyncReply(kind="resync_reply", transfer_id=msg.transfer_id, epoch=msg.epoch, files=[
             FileHolding(index=f.index, held=0, status="failed", result_code=results.FILE_FAILED, supplement=reason)
@@ -675,7 +675,7 @@ class Agent:
         if spec.source_agent != self.name:
             raise CommandRefused(f"this is agent {self.name}, not the source agent {spec.source_agent}")
         tid = tid or new_transfer_id()
-        if self.store.load_transfer(tid, "source") is not None:
+        if self.store.load_transfer(tid, "source", files=False) is not None:
             return {"transfer_id": tid, "duplicate": True}  # a resubmission after a lost reply
         if self.settings.maxSourceTransfers == 0:
             raise CommandRefused(f"agent {self.name} does not send files (maxSourceTransfers=0)", 51)

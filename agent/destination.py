@@ -58,6 +58,10 @@ class DestinationTransfer:
         # digest computed as the data is written in order, so that the file is not read again at the end
         self.hashers: dict[int, tuple[Any, int]] = {}
         self._made_dirs: set[str] = set()  # directories known to exist (bundles: not one mkdir per file)
+        # Bundle files renamed into place whose "done" is not saved yet: saved with the next commit (the next
+        # bundle's, a resync's, the end's). Until then their row says "renaming", which a restart finishes
+        # the same way (the part file is gone: the rename happened). One commit per bundle instead of two.
+        self._renamed: list[FileRecord] = []
         for f in self.files.values():
             if f.status == "renaming":  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
@@ -125,7 +129,7 @@ class DestinationTransfer:
                 f.offset = held
                 moved.append(f)
         self.ctx.store.update_transfer(self.rec)
-        self.ctx.store.save_files(self.tid, "destination", moved)
+        self._save(moved)
         # built from this agent's own records, which were checked when they came in: not validated again
         # (a transfer of 10,000 files builds 10,000 of them per resync)
         holdings = [FileHolding.model_construct(index=f.index, held=f.offset if f.status == "ready" else f.size,
@@ -209,20 +213,29 @@ class DestinationTransfer:
             self.hashers.pop(f.index, None)
         # as in _finalize: "verified" is saved before the renames, so that a crash between them is finished
         # by the restart rather than turned into "already exists" when the source sends the file again
-        self.ctx.store.save_files(self.tid, "destination", verified)
+        self._save(verified + answered)
+        failed = []
         for f in verified:
             try:
                 os.replace(part_path(f.destination), f.destination)
                 f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+                self._renamed.append(f)
             except OSError as exc:
                 self._fail(f, exc)
+                failed.append(f)
             answered.append(f)
-        self.ctx.store.save_files(self.tid, "destination", answered)
+        if failed:
+            self._save(failed)
         if answered:
             # this agent's own records: not validated again (the source validates what it receives)
             await self._send(FileResults(kind="file_results", transfer_id=self.tid, results=[
                 FileOutcome.model_construct(index=f.index, result_code=f.result_code, supplement=f.supplement,
                                             destination=f.destination, digest=f.digest) for f in answered]))
+
+    def _save(self, files: list[FileRecord]) -> None:
+        """Save these file rows, with the renamed bundle files not saved yet, in one commit."""
+        files, self._renamed = self._renamed + files, []
+        self.ctx.store.save_files(self.tid, "destination", files)
 
     def _fail(self, f: FileRecord, exc: BaseException) -> None:
         try:
@@ -248,7 +261,8 @@ class DestinationTransfer:
         self.rec.state = msg.state
         self.rec.result_code = msg.result_code
         self.rec.peer_confirmed = True
-        self.ctx.store.update_transfer(self.rec, files=unfinished)
+        rows, self._renamed = self._renamed + unfinished, []
+        self.ctx.store.update_transfer(self.rec, files=rows)
         if removed:
             self.ctx.log.emit(self.rec, "cleaned_up", result_code=msg.result_code,
                               message=f"removed {len(removed)} part file(s) of a transfer that ended {msg.state}",

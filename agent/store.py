@@ -191,10 +191,12 @@ class StateStore:
               f.index) for f in files],
         )
 
-    def load_transfer(self, transfer_id: str, role: str) -> TransferRecord | None:
+    def load_transfer(self, transfer_id: str, role: str, files: bool = True) -> TransferRecord | None:
+        """The transfer and its files; with files=False its row only (`files` empty): its key, state or
+        header, without reading 10,000 file rows."""
         row = self._db.execute("SELECT * FROM transfers WHERE transfer_id=? AND role=?",
                                (transfer_id, role)).fetchone()
-        return self._record(row) if row else None
+        return self._record(row, files) if row else None
 
     def transfers(self, role: str | None = None) -> Iterator[TransferRecord]:
         if role:
@@ -219,11 +221,13 @@ class StateStore:
             self._db.execute("DELETE FROM transfers WHERE transfer_id=? AND role=?", (transfer_id, role))
             self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (transfer_id, role))
 
-    def _record(self, row: tuple[Any, ...]) -> TransferRecord:
+    def _record(self, row: tuple[Any, ...], files: bool = True) -> TransferRecord:
         (tid, role, state, peer, header, result_code, rt, epoch, recoveries, since, stall, confirmed,
          created, updated) = row
         rec = TransferRecord(tid, role, state, peer, json.loads(header), result_code, rt, epoch, recoveries,
                              since, stall, bool(confirmed), created, updated)
+        if not files:
+            return rec
         rec.files = [FileRecord(*r) for r in self._db.execute(
             "SELECT idx, source, destination, size, mtime, offset, status, result_code, supplement, digest "
             "FROM files WHERE transfer_id=? AND role=? ORDER BY idx", (tid, role))]
