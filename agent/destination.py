@@ -62,6 +62,12 @@ class DestinationTransfer:
         # bundle's, a resync's, the end's). Until then their row says "renaming", which a restart finishes
         # the same way (the part file is gone: the rename happened). One commit per bundle instead of two.
         self._renamed: list[FileRecord] = []
+        # Accepted by this process (accept), not loaded at a restart: only the part files it opened itself hold
+        # bytes of this transfer. A part file already lying where a new transfer writes is a leftover of
+        # another one, not ours to resume (the first write truncates it); after a restart, the part files
+        # may hold more than the last checkpoint, and their size is what the transfer holds.
+        self._fresh = False
+        self._opened: set[int] = set()  # files whose part file this session opened for writing
         for f in self.files.values():
             if f.status == "renaming":  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
@@ -87,7 +93,7 @@ class DestinationTransfer:
             key = derive_key(private, msg.kx, msg.transfer_id)
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
-        parents: dict[Path, Path] = {}
+        parents: dict[str, str] = {}
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
@@ -105,7 +111,9 @@ class DestinationTransfer:
                 f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
             rec.files.append(f)
         ctx.store.save_transfer(rec)
-        return cls(ctx, rec)
+        session = cls(ctx, rec)
+        session._fresh = True
+        return session
 
     # ------------------------------------------------------------------ messages
 
@@ -193,6 +201,7 @@ class DestinationTransfer:
                     os.makedirs(parent, exist_ok=True)
                     self._made_dirs.add(parent)
                 fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                self._opened.add(f.index)
                 try:
                     os.write(fd, entry.data)
                 finally:
@@ -321,6 +330,8 @@ class DestinationTransfer:
     # ------------------------------------------------------------------ internals
 
     def _held(self, f: FileRecord) -> int:
+        if self._fresh and f.index not in self._opened:
+            return 0  # not a stat per file of a new transfer of 10,000 (and never a stranger's part file)
         try:
             return min(os.path.getsize(part_path(f.destination)), f.size)
         except OSError:
@@ -333,6 +344,7 @@ class DestinationTransfer:
             Path(f.destination).parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
             fd = self.fds[f.index] = os.open(part_path(f.destination), flags, 0o644)
+            self._opened.add(f.index)
             if offset == 0:
                 os.ftruncate(fd, 0)
         hasher = None

@@ -6,7 +6,9 @@ out and paths outside every allowed root are refused with a reason that ends up 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -15,6 +17,23 @@ from pathlib import Path
 # daemon._resolve_sources) and left the command without a reply. Such a name is not a plain file name.
 NAME_MAX = 255
 PATH_MAX = 4095
+
+
+def _as_pathlib(absolute: str) -> str:
+    """str(Path(absolute)): empty and '.' components dropped, a leading '//' kept (POSIX), no trailing '/'.
+    Not os.path.normpath, which also folds 'a/b/..' to 'a' without looking at symbolic links."""
+    lead = "//" if absolute.startswith("//") and not absolute.startswith("///") else "/"
+    return lead + "/".join(c for c in absolute.split("/") if c and c != ".")
+
+
+def _is_symlink(path: str) -> bool:
+    """Path(path).is_symlink(): False when nothing is there; other errors (EACCES...) are raised."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
 
 
 def _within(path: str, root: str) -> bool:
@@ -33,6 +52,7 @@ class Sandbox:
         self.allow = [Path(os.path.realpath(p)) for p in (allow or [])]
         self.deny = [Path(os.path.realpath(p)) for p in (deny or [])]
         self.base = Path(base or Path.home())
+        self._base_text = str(self.base)
         self._allow_text = [str(p) for p in self.allow]
         self._deny_text = [str(p) for p in self.deny]
 
@@ -40,18 +60,20 @@ class Sandbox:
     def enabled(self) -> bool:
         return bool(self.allow)
 
-    def resolve(self, path: str, *, write: bool, parents: dict[Path, Path] | None = None) -> Path:
+    def resolve(self, path: str, *, write: bool, parents: dict[str, str] | None = None) -> Path:
         """The absolute path `path` names, after checking that the agent may use it.
 
         `parents`: for many files at once (a transfer set), resolved parent directories remembered between
-        calls, so that a directory of 10,000 destinations is resolved once, not 10,000 times."""
+        calls, so that a directory of 10,000 destinations is resolved once, not 10,000 times. Strings, not
+        Paths, until the end: a transfer of 10,000 files resolves 10,000 of them (pathlib cost 18 µs each)."""
         if not path or "\x00" in path:
             raise SandboxError(f"path {path!r} is not a valid file name")
-        raw = Path(os.path.expanduser(path))
-        if ".." in raw.parts:
+        raw = os.path.expanduser(path)
+        if ".." in raw.split("/"):
             raise SandboxError(f"path {path!r} contains '..', which is refused")
-        if not raw.is_absolute():
-            raw = self.base / raw
+        if not raw.startswith("/"):
+            raw = os.path.join(self._base_text, raw)
+        raw = _as_pathlib(raw)
         try:
             encoded = os.fsencode(raw)
         except UnicodeEncodeError:  # a lone surrogate: no file system name can hold it
@@ -60,21 +82,23 @@ class Sandbox:
             raise SandboxError(f"path {path!r} is too long to be a file name ({NAME_MAX} bytes per name, "
                                f"{PATH_MAX} in all)")
         if write:
-            if raw.name in ("", ".", "..") or raw.name.endswith(".part"):
+            parent, _, name = raw.rpartition("/")
+            if not parent or (parent == "/" and raw.startswith("//")):
+                parent = raw[:len(raw) - len(name)]  # "/x" -> "/", "//x" -> "//" (as pathlib)
+            if name in ("", ".", "..") or name.endswith(".part"):
                 raise SandboxError(f"{path!r} is not a plain file name that can be written")
-            if raw.is_symlink():
+            if _is_symlink(raw):
                 raise SandboxError(f"destination {path!r} is a symbolic link, which is refused")
             # the file may not exist yet: resolve its nearest existing parent
             if parents is None:
-                real_parent = Path(os.path.realpath(raw.parent))
+                real_parent = os.path.realpath(parent)
             else:
-                real_parent = parents.get(raw.parent) or parents.setdefault(raw.parent,
-                                                                            Path(os.path.realpath(raw.parent)))
-            real = real_parent / raw.name
+                real_parent = parents.get(parent) or parents.setdefault(parent, os.path.realpath(parent))
+            real = os.path.join(real_parent, name)
         else:
-            real = Path(os.path.realpath(raw))
+            real = os.path.realpath(raw)
         self.check(real, path)
-        return real
+        return Path(real)
 
     def check(self, real: Path | str, shown: str | None = None) -> None:
         shown = shown or str(real)

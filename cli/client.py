@@ -24,6 +24,9 @@ logging.getLogger("mqtt").addHandler(logging.NullHandler())
 logging.getLogger("mqtt").propagate = False
 
 
+# seconds the broker may take to confirm a subscription (SUBACK)
+SUBSCRIBE_TIMEOUT = 30.0
+
 class ClientError(Exception):
     """A command failed; the message says what was wrong and what to do. `code` is the exit code."""
 
@@ -122,9 +125,16 @@ class FteClient:
                 reason += "; is it running? (set --broker or FTE_BROKER_URL)"
             raise ClientError(f"cannot connect to the broker at {self.addr.url}: {reason}") from None
         self.client = client
-        await client.subscribe(self.topics.replies(self.client_id), qos=1)
-        for topic, _ in self._queues:
-            await client.subscribe(topic, qos=1)
+        try:
+            # 30 s, not aiomqtt's 10: a loaded broker (the embedded one under a big transfer) can be that slow
+            await client.subscribe(self.topics.replies(self.client_id), qos=1, timeout=SUBSCRIBE_TIMEOUT)
+            for topic, _ in self._queues:
+                await client.subscribe(topic, qos=1, timeout=SUBSCRIBE_TIMEOUT)
+        except aiomqtt.MqttError as exc:
+            # connected, but the broker did not confirm a subscription (overloaded, or an ACL refused it)
+            raise ClientError(f"the broker at {self.addr.url} accepted the connection but did not confirm a "
+                              f"subscription ({exc}); it may be overloaded, or its ACL may refuse the topic: try "
+                              "again, or check the broker's log") from None
         self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:

@@ -247,3 +247,33 @@ def test_no_sandbox_still_refuses_names_that_are_not_plain(tree: Tree, spec: str
 def test_empty_allow_list_is_no_sandbox(tree: Tree) -> None:
     assert not Sandbox(allow=[], deny=[tree.private]).enabled
     Sandbox(allow=[], deny=[tree.private]).check(tree.private / "secret.txt")
+
+
+# The resolution works on strings (10,000 destinations per transfer); it must name exactly what pathlib named.
+_PIECES = ["", "a", ".", "b.txt", "c d", "é", "x.part", "~"]
+
+
+def _shapes() -> list[str]:
+    out = []
+    for lead in ("/", "//", "///"):
+        for a in _PIECES:
+            for b in _PIECES:
+                for trail in ("", "/", "//", "/."):
+                    out.append(f"{lead}{a}/{b}{trail}")
+                    out.append(f"{lead}{a}//./{b}{trail}")
+    return out
+
+
+def test_string_resolution_names_what_pathlib_names() -> None:
+    from agent.sandbox import _as_pathlib
+
+    wrong = [(raw, _as_pathlib(raw), str(Path(raw))) for raw in _shapes() if _as_pathlib(raw) != str(Path(raw))]
+    assert not wrong, f"{len(wrong)} of {len(_shapes())} differ, e.g. (path, ours, pathlib's): {wrong[:3]}"
+
+
+@pytest.mark.parametrize("raw", ["/x", "//x", "/a/b", "//a/b", "/a/b/c.txt", "/é/ü"])
+def test_written_name_and_parent_are_pathlib_s(tmp_path: Path, raw: str) -> None:
+    # no sandbox: what resolve returns for a path whose parents do not exist is realpath(parent) / name
+    got = Sandbox([]).resolve(raw, write=True)
+    p = Path(raw)
+    assert got == Path(os.path.realpath(p.parent)) / p.name
