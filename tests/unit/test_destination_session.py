@@ -55,6 +55,15 @@ async def _settle(dest: DestinationTransfer) -> None:
     await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
 
 
+async def _bundle_delivered(ctx: AgentContext, tid: str, out: Path) -> DestinationTransfer:
+    """A new transfer of CONTENTS negotiated and its one bundle received."""
+    dest = DestinationTransfer.accept(ctx, _resync(tid, out))
+    await dest.on_resync(_resync(tid, out))
+    await dest.on_bundle(_bundle())
+    await _settle(dest)
+    return dest
+
+
 def test_a_bundle_is_answered_at_once_and_its_rows_saved_with_the_next_commit(tmp_path: Path) -> None:
     sent: list[dict[str, Any]] = []
     ctx = _context(tmp_path, sent)
@@ -62,10 +71,7 @@ def test_a_bundle_is_answered_at_once_and_its_rows_saved_with_the_next_commit(tm
     out = tmp_path / "out"
 
     async def run() -> None:
-        dest = DestinationTransfer.accept(ctx, _resync(tid, out))
-        await dest.on_resync(_resync(tid, out))
-        await dest.on_bundle(_bundle())
-        await _settle(dest)
+        dest = await _bundle_delivered(ctx, tid, out)
         assert [p.read_bytes() for p in sorted(out.iterdir())] == CONTENTS
         assert not list(out.glob("*.part"))
         answer = sent[-1]
@@ -87,13 +93,7 @@ def test_a_restart_before_the_next_commit_finishes_the_files_as_done(tmp_path: P
     tid = new_transfer_id()
     out = tmp_path / "out"
 
-    async def run() -> None:
-        dest = DestinationTransfer.accept(ctx, _resync(tid, out))
-        await dest.on_resync(_resync(tid, out))
-        await dest.on_bundle(_bundle())
-        await _settle(dest)
-
-    asyncio.run(run())
+    asyncio.run(_bundle_delivered(ctx, tid, out))
     assert _rows(ctx, tid) == ["renaming"] * 3
     # the agent is killed here; at its restart the session is built again from the store
     rec = ctx.store.load_transfer(tid, "destination")
