@@ -135,14 +135,18 @@ def seal(msg: Any, key: bytes | None, identity: Ed25519PrivateKey | None = None)
     identity (negotiation), or plain when the peer has no binding."""
     import json
 
-    from .protocol import dump
-
-    body = json.loads(dump(msg))
+    body = msg.model_dump(mode="json", exclude_none=True)
+    if identity is None and key is None:
+        return json.dumps(body, separators=(",", ":")).encode()
+    # The canonical form (what the signature or MAC covers) is sent as it is, with the seal added as its last
+    # member: one serialisation of the message instead of three (a resync of 10,000 files is 2 MB of JSON).
+    text = canonical(_unsigned(body))
     if identity is not None:
-        body["signature"] = sign_message(body, identity)
-    elif key is not None:
-        body["mac"] = mac_message(body, key)
-    return json.dumps(body, separators=(",", ":")).encode()
+        seal_field = b'"signature":"' + base64.b64encode(identity.sign(text)) + b'"'
+    else:
+        digest = hmac.new(key, text, hashlib.sha256).digest()[:MAC_BYTES]  # type: ignore[arg-type]
+        seal_field = b'"mac":"' + base64.b64encode(digest) + b'"'
+    return text[:-1] + (b"," if len(text) > 2 else b"") + seal_field + b"}"
 
 
 def verify_signed(body: Mapping[str, Any], public: Any) -> bool:

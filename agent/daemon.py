@@ -239,12 +239,13 @@ class Agent:
         pruned = self.store.prune(time.time() - HISTORY_DAYS * 86400, TERMINAL)
         if pruned:
             log.info("forgot %d transfer(s) that finished more than %d days ago", pruned, HISTORY_DAYS)
-        for rec in self.store.transfers("source"):
-            if rec.state in TERMINAL:
-                continue
-            self.sources[rec.transfer_id] = SourceTransfer(self.ctx, rec, restarted=True)
-        for rec in self.store.transfers("destination"):
-            if rec.state not in TERMINAL:
+        for row in self.store.transfers("source", files=False):
+            rec = None if row.state in TERMINAL else self.store.load_transfer(row.transfer_id, "source")
+            if rec is not None:
+                self.sources[rec.transfer_id] = SourceTransfer(self.ctx, rec, restarted=True)
+        for row in self.store.transfers("destination", files=False):
+            rec = None if row.state in TERMINAL else self.store.load_transfer(row.transfer_id, "destination")
+            if rec is not None:
                 self.dests[rec.transfer_id] = DestinationTransfer(self.ctx, rec)
         if self.sources or self.dests:
             log.info("resuming %d source and %d destination transfer(s) from the state store",
@@ -581,7 +582,7 @@ class Agent:
             await send_complete(self.ctx, rec)
 
     async def _resend_outcomes(self, agent: str) -> None:
-        for rec in self.store.transfers("source"):
+        for rec in self.store.transfers("source", files=False):
             if rec.peer == agent and rec.state in TERMINAL and not rec.peer_confirmed:
                 await send_complete(self.ctx, rec)
 
@@ -643,7 +644,7 @@ class Agent:
             return self._query(cmd.transfer_id, files=True)
         if isinstance(cmd, ListTransfers):
             # the most recent ones: a reply stays far below the clients' size limit, however long the history
-            recs = list(self.store.transfers())[-LIST_LIMIT:]
+            recs = list(self.store.transfers(files=False))[-LIST_LIMIT:]
             return {"transfers": [self._query(r.transfer_id, r.role) for r in recs]}
         if isinstance(cmd, StopAgent):
             return {"agent": self.name, "status": "STOPPING"}
@@ -954,7 +955,7 @@ class Agent:
                     await d.request_recovery(f"no data from {d.source_agent} for {ack_timeout:g} s")
             if now - last_resend > COMPLETE_RETRY_INTERVAL:
                 last_resend = now
-                for rec in self.store.transfers("source"):
+                for rec in self.store.transfers("source", files=False):
                     if rec.state in TERMINAL and not rec.peer_confirmed and \
                             self._peer_status(rec.peer) in ("READY", "ACTIVE"):
                         await send_complete(self.ctx, rec)

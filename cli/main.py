@@ -434,7 +434,7 @@ def clean_agent(
         fail(f"agent {name} is running (pid {pid}); stop it first with fte-stop-agent {name}")
     store = StateStore(settings.state_dir / "state.db")
     n = 0
-    for rec in list(store.transfers()):
+    for rec in list(store.transfers(files=False)):
         store.delete_transfer(rec.transfer_id, rec.role)
         n += 1
     if all_:

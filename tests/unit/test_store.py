@@ -65,3 +65,14 @@ def test_update_transfer_saves_the_row_and_the_given_files_together(tmp_path: Pa
     assert loaded is not None and loaded.state == "failed"
     assert [f.status for f in loaded.files] == ["ready", "failed", "ready"]
     store.close()
+
+
+def test_rows_without_files(tmp_path: Path) -> None:
+    store, rec = _store_with_transfer(tmp_path, n=5)
+    bare = store.load_transfer(rec.transfer_id, rec.role, files=False)
+    assert bare is not None and bare.files == [] and bare.state == "in_progress" and bare.peer == "A1"
+    [listed] = store.transfers(files=False)
+    assert listed.transfer_id == rec.transfer_id and listed.files == []
+    [full] = store.transfers()
+    assert [f.index for f in full.files] == [0, 1, 2, 3, 4]
+    store.close()
