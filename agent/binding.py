@@ -98,9 +98,13 @@ def _unsigned(body: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- MACs (everything after)
 
 
+def _mac(data: bytes | memoryview, key: bytes) -> bytes:
+    """The MAC of a message's canonical form or of a chunk frame: HMAC-SHA256, first MAC_BYTES bytes."""
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
+
+
 def mac_message(body: Mapping[str, Any], key: bytes) -> str:
-    digest = hmac.new(key, canonical(_unsigned(body)), hashlib.sha256).digest()[:MAC_BYTES]
-    return base64.b64encode(digest).decode()
+    return base64.b64encode(_mac(canonical(_unsigned(body)), key)).decode()
 
 
 def check_message_mac(body: Mapping[str, Any], mac: str | None, key: bytes) -> bool:
@@ -108,7 +112,7 @@ def check_message_mac(body: Mapping[str, Any], mac: str | None, key: bytes) -> b
 
 
 def mac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
-    return hmac.new(key, frame, hashlib.sha256).digest()[:MAC_BYTES]
+    return _mac(frame, key)
 
 
 def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> memoryview | None:
@@ -144,8 +148,7 @@ def seal(msg: Any, key: bytes | None, identity: Ed25519PrivateKey | None = None)
     if identity is not None:
         seal_field = b'"signature":"' + base64.b64encode(identity.sign(text)) + b'"'
     else:
-        digest = hmac.new(key, text, hashlib.sha256).digest()[:MAC_BYTES]  # type: ignore[arg-type]
-        seal_field = b'"mac":"' + base64.b64encode(digest) + b'"'
+        seal_field = b'"mac":"' + base64.b64encode(_mac(text, key)) + b'"'  # type: ignore[arg-type]
     return text[:-1] + (b"," if len(text) > 2 else b"") + seal_field + b"}"
 
 
