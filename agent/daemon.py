@@ -41,7 +41,7 @@ from .protocol import (NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransf
                        RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
                        parse_agent_status,
-                       parse_command, parse_control, utc_now)
+                       parse_control, utc_now)
 from .sandbox import Sandbox, SandboxError
 from .source import SourceTransfer, _iso, send_complete
 from .store import FileRecord, StateStore, TransferRecord

@@ -19,7 +19,7 @@ from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
-                       FileResults, RequestRecovery, Resync, ResyncReply, dump)
+                       FileResults, RequestRecovery, Resync, ResyncReply)
 from .sandbox import SandboxError
 from .source import hash_file
 from .store import FileRecord, TransferRecord

@@ -274,7 +274,8 @@ class ResyncReply(Sealed):
     epoch: Epoch
     files: Annotated[list[FileHolding], Field(max_length=MAX_FILES_PER_TRANSFER)]
     kx: Annotated[str, Field(max_length=64)] | None = None
-    # what this destination understands beyond the base protocol ("bundle": small files packed in one frame)
+    # what this destination understands beyond the base protocol (destination.FEATURES: "bundle", "sparse_ack",
+    # "mac_no_crc"; docs/protocol.md#resync_reply)
     features: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=16)] = []
     signature: Annotated[str, Field(max_length=256)] | None = None
 

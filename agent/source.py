@@ -25,7 +25,7 @@ from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
 from .core.window import AckRequests, SendWindow
 from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult,
-                       FileResults, RequestRecovery, Resync, ResyncReply, dump, encode_bundle, finish_chunk)
+                       FileResults, RequestRecovery, Resync, ResyncReply, encode_bundle, finish_chunk)
 from .retry import resync_delay
 from .store import FileRecord, TransferRecord
 

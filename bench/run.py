@@ -205,7 +205,7 @@ class Bench:
              fmt_ratio(ratio(rate["project"], rate["rsync"]))],
             [f"raw MQTT QoS 1 (aiomqtt pub+sub, one process, {label}, no disk)", fmt(med["raw1"], 2),
              fmt(rate["raw1"]), fmt_ratio(ratio(rate["project"], rate["raw1"]))],
-            [f"raw MQTT QoS 0 (same)", fmt(med["raw0"], 2), fmt(rate["raw0"]), fmt_ratio(ratio(rate["project"], rate["raw0"]))],
+            ["raw MQTT QoS 0 (same)", fmt(med["raw0"], 2), fmt(rate["raw0"]), fmt_ratio(ratio(rate["project"], rate["raw0"]))],
         ]
         c = s.data["cpu"]
         proj = med["project"]
@@ -333,7 +333,7 @@ class Bench:
         total = cfg.small_count * cfg.small_size
         s.data.update(project=m_p, rsync=m_r, cp=m_c)
         rows = [
-            [f"**mqtt-fte** one transfer, `-dd DIR -r SRC_DIR`", fmt(m_p, 2), fmt(mbps(total, m_p), 2),
+            ["**mqtt-fte** one transfer, `-dd DIR -r SRC_DIR`", fmt(m_p, 2), fmt(mbps(total, m_p), 2),
              fmt(cfg.small_count / m_p if m_p else None, 0), "1.00×"],
             ["`rsync -a`", fmt(m_r, 2) if has_rsync else "rsync not installed", fmt(mbps(total, m_r), 2),
              fmt(cfg.small_count / m_r if m_r else None, 0), fmt_ratio(ratio(m_p, m_r))],

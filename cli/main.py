@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping, QueryTransfer, StopAgent,
+from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping, StopAgent,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
 from .client import ClientError, FteClient, broker_url, new_request_id

@@ -20,7 +20,6 @@ import dataclasses
 import importlib.util
 import json
 import re
-import sys
 import typing
 from pathlib import Path
 from typing import Any
