@@ -83,6 +83,31 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+_BROKER_CLASS: Any = None
+
+
+def _broker_class() -> Any:
+    """amqtt's Broker with one of its leaks mended; made lazily (amqtt is heavy and only the broker needs it).
+
+    amqtt 0.12 keeps a topic filter in its subscription table after its last subscriber UNSUBSCRIBEs (only a
+    disconnection removes one), and sends every client that connects the retained messages matching any filter
+    in that table. Agents unsubscribe before they stop (agent.link.BrokerLink.stop): without this, every later
+    client (a command, another agent) would receive every retained agent status on connecting."""
+    global _BROKER_CLASS
+    if _BROKER_CLASS is None:
+        from amqtt.broker import Broker
+
+        class _Broker(Broker):  # type: ignore[misc]
+            async def _handle_unsubscription(self, client_session: Any, handler: Any, waiter: Any) -> None:
+                await super()._handle_unsubscription(client_session, handler, waiter)
+                for topic in waiter.result().topics:
+                    if topic in self._subscriptions and not self._subscriptions[topic]:
+                        del self._subscriptions[topic]
+
+        _BROKER_CLASS = _Broker
+    return _BROKER_CLASS
+
+
 class EmbeddedBroker:
     """An amqtt broker running in the current event loop.
 
@@ -151,13 +176,11 @@ class EmbeddedBroker:
         async with self._lock:
             if self._broker is not None:
                 return
-            from amqtt.broker import Broker  # lazily: amqtt is heavy and only the broker needs it
-
             lsock = await self._bind()
             try:
                 if self._port == 0:
                     self._port = int(lsock.getsockname()[1])
-                broker = Broker(_broker_config(self.host, self._port))
+                broker = _broker_class()(_broker_config(self.host, self._port))
                 await broker.start()
             except BaseException:
                 lsock.close()

@@ -135,6 +135,24 @@ async def test_retained_messages_across_restart(keep: bool) -> None:
                     await next_message(late, timeout=0.5)
 
 
+async def test_an_unsubscribed_filter_does_not_bring_retained_messages_to_new_clients() -> None:
+    """amqtt 0.12 sends a connecting client the retained messages matching any filter in its subscription table,
+    and kept a filter there after its last subscriber unsubscribed (agents unsubscribe before they stop): every
+    later client would have received every retained agent status. A disconnection always removed the filter."""
+    t = topic("status")
+    async with EmbeddedBroker() as b, client(b) as agent:
+        await agent.subscribe(t.rsplit("/", 1)[0] + "/+", qos=1)
+        await agent.publish(t, b"STOPPED", qos=1, retain=True)
+        await agent.unsubscribe(t.rsplit("/", 1)[0] + "/+")
+        async with client(b) as newcomer:
+            await newcomer.subscribe(topic("own"), qos=1)
+            with pytest.raises(asyncio.TimeoutError):  # negative check: a short bounded window
+                await next_message(newcomer, timeout=0.5)
+        async with client(b) as reader:  # the retained message itself is still there for those who ask
+            await reader.subscribe(t, qos=1)
+            assert (await next_message(reader)).payload == b"STOPPED"
+
+
 async def test_last_will_when_the_network_to_a_client_is_cut() -> None:
     t = topic("agent")
     async with EmbeddedBroker() as b, TcpProxy(b.host, b.port) as proxy, client(b) as watcher:
