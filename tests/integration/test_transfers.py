@@ -378,8 +378,11 @@ def test_two_transfers_to_one_destination(fte1: FteEnv, data: Path) -> None:
     y = make_file(data / "y.bin", 4 * 1024 * 1024)
     dst = data / "shared.bin"
 
+    last: list[Result] = []
+
     def sources_negotiating() -> bool:
         r = fte1.run("logs", "-a", "A1", "--json")
+        last[:] = [r]
         states = [json.loads(line)["state"] for line in r.stdout.splitlines() if line.startswith("{")]
         # on a loaded machine the first may already have given up waiting for the paused A2 (ack timeout:
         # recovering) by the time the second starts; both are waiting for A2 either way
@@ -390,7 +393,11 @@ def test_two_transfers_to_one_destination(fte1: FteEnv, data: Path) -> None:
     procs = []
     try:
         procs = [fte1.popen("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", str(s)) for s in (x, y)]
-        wait_until(sources_negotiating, WAIT, "the two transfers did not start")
+        try:
+            wait_until(sources_negotiating, WAIT, "the two transfers did not start")
+        except AssertionError as exc:
+            ended = [p.communicate(timeout=5) if p.poll() is not None else ("(running)", "") for p in procs]
+            raise AssertionError(f"{exc}\ncommands: {ended}\nlast fte-logs: {last}\nA1:\n{fte1.agents['A1'].log_tail()}") from None
     finally:
         fte1.agents["A2"].resume()
     outcomes = {}
