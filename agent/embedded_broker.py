@@ -86,18 +86,40 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 _BROKER_CLASS: Any = None
 
 
-def _broker_class() -> Any:
-    """amqtt's Broker with one of its leaks mended; made lazily (amqtt is heavy and only the broker needs it).
+class _SnapshotKeys(dict):  # type: ignore[type-arg]
+    """A dict whose iteration goes over a copy of its keys: amqtt iterates its subscription table across awaits
+    (when a client connects) while other clients' disconnections delete from it."""
 
-    amqtt 0.12 keeps a topic filter in its subscription table after its last subscriber UNSUBSCRIBEs (only a
-    disconnection removes one), and sends every client that connects the retained messages matching any filter
-    in that table. Agents unsubscribe before they stop (agent.link.BrokerLink.stop): without this, every later
-    client (a command, another agent) would receive every retained agent status on connecting."""
+    def __iter__(self) -> Any:
+        return iter(list(super().__iter__()))
+
+
+def _broker_class() -> Any:
+    """amqtt's Broker with three of its faults mended; made lazily (amqtt is heavy and only the broker needs it).
+
+    amqtt 0.12, when a client connects, sends it the retained messages matching every topic filter in its
+    subscription table (any client's, not only this session's), iterating over that table across awaits:
+    - a client disconnecting meanwhile deletes from the table, and the new client's connection ended with
+      "dictionary changed size during iteration" (seen as a command or agent losing its connection at once,
+      now and then, under load): the table is iterated over a copy of its keys;
+    - a new client received every retained agent status and transfer log event: retained messages are now
+      sent only for filters the session itself subscribes to (what MQTT says: on SUBSCRIBE);
+    - a filter stayed in the table after its last subscriber unsubscribed (only a disconnection removed one);
+      agents unsubscribe before they stop (agent.link.BrokerLink.stop): the filter now goes too."""
     global _BROKER_CLASS
     if _BROKER_CLASS is None:
         from amqtt.broker import Broker
 
         class _Broker(Broker):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._subscriptions = _SnapshotKeys()
+
+            async def _publish_retained_messages_for_subscription(self, subscription: Any, session: Any) -> None:
+                subscribers = self._subscriptions.get(subscription[0], ())
+                if any(s.client_id == session.client_id for s, _ in subscribers):
+                    await super()._publish_retained_messages_for_subscription(subscription, session)
+
             async def _handle_unsubscription(self, client_session: Any, handler: Any, waiter: Any) -> None:
                 await super()._handle_unsubscription(client_session, handler, waiter)
                 for topic in waiter.result().topics:

@@ -153,6 +153,56 @@ async def test_an_unsubscribed_filter_does_not_bring_retained_messages_to_new_cl
             assert (await next_message(reader)).payload == b"STOPPED"
 
 
+async def test_a_new_client_gets_no_retained_messages_it_did_not_subscribe_to() -> None:
+    """amqtt 0.12 sent a connecting client the retained messages matching any other client's filters."""
+    t = topic("status")
+    async with EmbeddedBroker() as b, client(b) as agent:
+        await agent.subscribe(t.rsplit("/", 1)[0] + "/+", qos=1)  # stays subscribed
+        await agent.publish(t, b"READY", qos=1, retain=True)
+        async with client(b) as newcomer:
+            await newcomer.subscribe(topic("own"), qos=1)
+            with pytest.raises(asyncio.TimeoutError):  # negative check: a short bounded window
+                await next_message(newcomer, timeout=0.5)
+            await newcomer.subscribe(t, qos=1)  # asked for: it comes
+            assert (await next_message(newcomer)).payload == b"READY"
+
+
+async def test_clients_connect_while_others_disconnect() -> None:
+    """A client connecting while others disconnected lost its connection now and then: amqtt iterated its
+    subscription table across awaits (for a session that existed before) while disconnections deleted from it."""
+    prefix = topic("log").rsplit("/", 1)[0]
+    ids = [f"persistent-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    async with EmbeddedBroker() as b:
+        async with client(b) as pub:
+            for i in range(200):
+                await pub.publish(f"{prefix}/t{i}", b"{}" * 100, qos=1, retain=True)
+        for cid in ids:  # sessions that outlive their connections, subscribed to those retained messages
+            async with client(b, identifier=cid, clean_session=False) as c:
+                await c.subscribe(f"{prefix}/#", qos=1)
+        stop = asyncio.Event()
+
+        async def churn() -> None:  # clean sessions coming and going, each with a filter of its own
+            while not stop.is_set():
+                async with client(b) as c:
+                    await c.subscribe(topic("churn") + "/#", qos=1)
+
+        churners = [asyncio.ensure_future(churn()) for _ in range(3)]
+        failures = []
+        try:
+            for _ in range(15):
+                for cid in ids:
+                    try:
+                        async with client(b, identifier=cid, clean_session=False, timeout=5) as c:
+                            await c.subscribe(topic("own"), qos=1)
+                    except aiomqtt.MqttError as exc:
+                        failures.append(repr(exc))
+        finally:
+            stop.set()
+            churned = await asyncio.gather(*churners, return_exceptions=True)
+        assert failures == [], failures
+        assert [r for r in churned if r is not None] == []
+
+
 async def test_last_will_when_the_network_to_a_client_is_cut() -> None:
     t = topic("agent")
     async with EmbeddedBroker() as b, TcpProxy(b.host, b.port) as proxy, client(b) as watcher:
