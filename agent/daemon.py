@@ -924,15 +924,14 @@ class Agent:
                 live["files"] = [_file_view(f) for f in rec.files] if rec else []
             return live
         for r in ([role] if role else ["source", "destination"]):
-            rec = self.store.load_transfer(tid, r)
+            rec = self.store.load_transfer(tid, r, files=files)
             if rec is not None:
+                files_total, files_done, bytes_total, bytes_done = self.store.file_totals(tid, r)
                 return {"transfer_id": tid, "role": r, "state": rec.state, "result_code": rec.result_code,
                         "source_agent": rec.header.get("source_agent"),
                         "destination_agent": rec.header.get("destination_agent"),
-                        "bytes_total": sum(f.size for f in rec.files),
-                        "bytes_done": sum(f.size if f.status == "done" else f.offset for f in rec.files),
-                        "files_total": len(rec.files),
-                        "files_done": sum(1 for f in rec.files if f.status != "ready"),
+                        "bytes_total": bytes_total, "bytes_done": bytes_done,
+                        "files_total": files_total, "files_done": files_done,
                         "recoveries": rec.recoveries, "last_stall": rec.last_stall,
                         "created": _iso(rec.created), "updated": _iso(rec.updated),
                         "job_name": rec.header.get("job_name"),

@@ -208,6 +208,15 @@ class StateStore:
         for row in rows:
             yield self._record(row, files)
 
+    def file_totals(self, transfer_id: str, role: str) -> tuple[int, int, int, int]:
+        """(files, files with a result, bytes, bytes done) of a transfer, summed by SQLite: a listing of a
+        history of transfers of 10,000 files each does not read every file row."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status != 'ready'), 0), COALESCE(SUM(size), 0), "
+            "COALESCE(SUM(CASE WHEN status = 'done' THEN size ELSE offset END), 0) "
+            "FROM files WHERE transfer_id=? AND role=?", (transfer_id, role)).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
     def prune(self, older_than: float, terminal: set[str]) -> int:
         """Forget finished transfers last changed before `older_than` (the peer has confirmed the outcome)."""
         marks = ",".join("?" * len(terminal))

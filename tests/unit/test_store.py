@@ -76,3 +76,21 @@ def test_rows_without_files(tmp_path: Path) -> None:
     [full] = store.transfers()
     assert [f.index for f in full.files] == [0, 1, 2, 3, 4]
     store.close()
+
+
+def test_file_totals_are_the_sums_of_the_file_rows(tmp_path: Path) -> None:
+    store, rec = _store_with_transfer(tmp_path, n=6)
+    # each of 10 bytes: ready part way, done (its offset may lag: its size counts), failed (its offset
+    # counts), renaming, ready untouched, done
+    for f, (status, offset) in zip(rec.files, [("ready", 4), ("done", 0), ("failed", 3), ("renaming", 5),
+                                               ("ready", 0), ("done", 2)]):
+        f.status, f.offset = status, offset
+    store.save_files(rec.transfer_id, rec.role, rec.files)
+    loaded = store.load_transfer(rec.transfer_id, rec.role)
+    assert loaded is not None
+    expected = (len(loaded.files), sum(1 for f in loaded.files if f.status != "ready"),
+                sum(f.size for f in loaded.files),
+                sum(f.size if f.status == "done" else f.offset for f in loaded.files))
+    assert store.file_totals(rec.transfer_id, rec.role) == expected == (6, 4, 60, 4 + 10 + 3 + 5 + 0 + 10)
+    assert store.file_totals(rec.transfer_id, "source") == (0, 0, 0, 0)  # no such transfer: zeros
+    store.close()
