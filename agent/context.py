@@ -37,3 +37,5 @@ class AgentContext:
     # data in flight across this agent's transfers (agentMaxDataInFlight); `wake` posts to a held-back session
     budget: InFlightBudget = field(default_factory=lambda: InFlightBudget(0))
     wake: Callable[[str], None] = lambda tid: None
+    # raises agent.link.MessageTooLarge for a message the broker was found to refuse (agent.broker_probe)
+    check_size: Callable[[str, bytes], None] = lambda topic, payload: None

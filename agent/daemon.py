@@ -168,6 +168,7 @@ class Agent:
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
             settings=settings, identity=load_or_create_agent_key(self.agent_home), peer_key=self._trusted_agent_key,
+            check_size=self.link.check_size,
             verify_peers=self.authority is not None, metrics=self.metrics,
             budget=InFlightBudget(settings.agentMaxDataInFlight), wake=self._wake_source)
 
@@ -317,6 +318,8 @@ class Agent:
                          report.chunk_size)
             self._probe_sizes = finding[1] if finding else None
             self.ctx.chunk_size = report.chunk_size
+            # the largest message known to pass, when a bigger one was refused: bigger ones are not sent
+            self.link.max_packet = report.passed_bytes if report.refused_bytes else None
         self.broker_check = report.summary()
         if not quiet:
             log.info("broker check in %.2f s: topics %s, chunk size %d", report.seconds, report.topic_status.value,

@@ -20,6 +20,7 @@ from .context import AgentContext
 from .core import results
 from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply)
+from .link import MessageTooLarge
 from .sandbox import SandboxError
 from .source import hash_file
 from .store import FileRecord, TransferRecord
@@ -425,4 +426,6 @@ class DestinationTransfer:
     def _sent(self, task: "asyncio.Task[None]") -> None:
         self._pending.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: a ConnectionError here is handled by the source's resync
+            exc = task.exception()  # retrieved: a ConnectionError here is handled by the source's resync
+            if isinstance(exc, MessageTooLarge):
+                log.error("transfer %s: %s; not sent", self.tid, exc)

@@ -26,6 +26,23 @@ class LinkDown(ConnectionError):
     """The broker connection is down; what was being published was not sent."""
 
 
+class MessageTooLarge(ValueError):
+    """A message bigger than the broker was found to pass (agent.broker_probe): not sent, because the broker
+    would throw the agent's connection out for it, and again at every reconnection."""
+
+
+# a connection that drops sooner than this after it came up does not reset the reconnection backoff: a broker
+# that throws the agent out for something it sends at once (an oversized message) got thousands of
+# reconnections a minute
+STABLE_CONNECTION = 5.0
+
+
+def packet_size(topic: str, payload: bytes, qos: int = 1) -> int:
+    """Bytes of the MQTT 3.1.1 PUBLISH packet of `payload` on `topic` (what a broker's max_packet_size counts)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4) + remaining
+
+
 class BrokerConfigError(ValueError):
     """The TLS files of a broker address cannot be used (a configuration problem: retrying does not help)."""
 
@@ -224,6 +241,10 @@ class BrokerLink:
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
         self.connects = 0
+        self._up_since = 0.0
+        # the largest PUBLISH packet the broker was found to pass, when the broker check found a smaller one
+        # refused (None: no limit known); publish() refuses bigger ones (MessageTooLarge)
+        self.max_packet: int | None = None
 
     async def run(self) -> None:
         """Run until `stop()`: the one reconnection policy of the agent.
@@ -283,6 +304,7 @@ class BrokerLink:
                         done.add(topic)
                         await self._subscribe(client, topic)
                 self.connects += 1
+                self._up_since = time.monotonic()
                 self.up.set()
                 log.info("connected to %s as %s", self.addr.url, self.client_id)
                 await self._on_up()
@@ -303,7 +325,9 @@ class BrokerLink:
                 log.warning("broker connection to %s lost or refused: %s", self.addr.url,
                             exc if self.up.is_set() else connect_error(exc, started))
             if self.up.is_set():
-                return  # a connection that was up and dropped: the next outage starts its backoff afresh
+                if time.monotonic() - self._up_since >= STABLE_CONNECTION:
+                    return  # a connection that was up and dropped: the next outage starts its backoff afresh
+                raise  # thrown out soon after it came up: the backoff goes on (STABLE_CONNECTION)
             if self._not_up is not None and not self._stopping:
                 self._not_up(exc)
             raise
@@ -354,6 +378,7 @@ class BrokerLink:
         client = self._client
         if client is None or not self.up.is_set():
             raise LinkDown(f"not connected to {self.addr.url}")
+        self.check_size(topic, payload, qos)
         lost = self._lost
         publish = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain, timeout=60))
         if not publish.done():
@@ -369,6 +394,12 @@ class BrokerLink:
             publish.result()
         except aiomqtt.MqttError as exc:
             raise LinkDown(str(exc)) from exc
+
+    def check_size(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Raise MessageTooLarge if the broker was found to refuse a message this big."""
+        if self.max_packet is not None and (size := packet_size(topic, payload, qos)) > self.max_packet:
+            raise MessageTooLarge(f"a {size}-byte message on {topic} is larger than the broker passes (its largest "
+                                  f"is {self.max_packet} bytes, found by the broker check)")
 
     async def stop(self, final: list[tuple[str, bytes, bool]] | None = None) -> None:
         """Publish the final messages (e.g. STOPPED status), then disconnect cleanly (no will)."""

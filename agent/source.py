@@ -24,6 +24,7 @@ from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
 from .core.window import AckRequests, SendWindow
+from .link import MessageTooLarge
 from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply, encode_bundle, finish_chunk)
 from .retry import resync_delay
@@ -524,6 +525,8 @@ class SourceTransfer:
     def _published(self, task: "asyncio.Task[None]") -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
+            if isinstance(task.exception(), MessageTooLarge):
+                log.error("transfer %s: %s; not sent", self.tid, task.exception())
             self.post("link_down")
 
     def _read_frame(self, idx: int, offset: int, length: int, last: bool, ack: bool) -> bytearray | None:
@@ -579,10 +582,20 @@ class SourceTransfer:
         # packets) took to be declared dead: stall detection and the -rt timeout fired many seconds late
         # (tests/fault/test_network.py::test_silent_partition_...). An unanswered resync is retried by the
         # timers anyway, and a failed publish posts link_down (_published).
+        topic, payload = self.ctx.topics.control(self.dest, self.tid), seal(msg, None, self.ctx.identity)
+        try:
+            self.ctx.check_size(topic, payload)
+        except MessageTooLarge as exc:
+            # sent anyway, the broker would throw this agent out, at every attempt, and the transfer would
+            # recover for ever: fail it now, saying what to do
+            self.end_reason = (f"the negotiation of this transfer ({len(msg.files)} files) does not fit through "
+                               f"the broker: {exc}; send the files in smaller transfers, or raise the broker's "
+                               f"maximum message size (max_packet_size, max_payload)")
+            self._event(E.FAIL)
+            return False
         if not self.ctx.link_up():
             return False
-        task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.control(self.dest, self.tid),
-                                                      seal(msg, None, self.ctx.identity), 1, False))
+        task = asyncio.ensure_future(self.ctx.publish(topic, payload, 1, False))
         self._pending.add(task)
         task.add_done_callback(self._published)
         return True

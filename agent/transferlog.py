@@ -13,6 +13,7 @@ import uuid
 import logging
 from typing import Any, Awaitable, Callable
 
+from .link import MessageTooLarge
 from .protocol import Topics, utc_now
 from .store import StateStore, TransferRecord
 
@@ -58,6 +59,19 @@ class TransferLog:
         return event
 
 
+def without_files(payload: bytes) -> bytes | None:
+    """The event without its `files` list (`files_omitted` says how many), or None if it has none."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or not event.get("files"):
+        return None
+    event["files_omitted"] = len(event["files"])
+    event["files"] = []
+    return json.dumps(event).encode()
+
+
 class OutboxPublisher:
     """Drains the outbox in order whenever the broker is reachable."""
 
@@ -86,4 +100,17 @@ class OutboxPublisher:
                     await self._publish(topic, payload, 1, retain)
                 except ConnectionError:
                     return  # kept on disk; drained again when the link is back
+                except MessageTooLarge as exc:
+                    # an event listing thousands of files, on a broker with a small maximum: published
+                    # without its file list rather than not at all (watchers wait for "completed")
+                    smaller = without_files(payload)
+                    log.error("%s; published without its file list", exc) if smaller else \
+                        log.error("%s; not published", exc)
+                    if smaller:
+                        try:
+                            await self._publish(topic, smaller, 1, retain)
+                        except ConnectionError:
+                            return
+                        except MessageTooLarge as again:
+                            log.error("%s; not published", again)
                 self.store.outbox_done(seq)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,12 @@ def test_resumed_transfer_takes_the_chunk_size_the_probe_found(tmp_path: Path, l
         # the bug this probe fixes: the source agent is thrown out by the broker on its first chunk
         wait_until(lambda: oversize_kicks(limited, "fte-agent-A1") >= 1, 20,
                    f"the broker never threw A1 out:\n{limited.log_tail()}")
+        # and again after each reconnection, but not in a storm: a connection thrown out soon after it came up
+        # does not reset the backoff (link.STABLE_CONNECTION; it was about 60 reconnections a second)
+        started = time.monotonic()
+        wait_until(lambda: oversize_kicks(limited, "fte-agent-A1") >= 4, 30,
+                   f"A1 was not thrown out again:\n{limited.log_tail()}")
+        assert time.monotonic() - started >= 0.2 + 0.4 + 0.8 - 0.1, limited.log_tail()  # three backoff waits
         assert not dst.exists()
         a1.kill()
         with open(props, "a") as fh:
@@ -145,6 +152,42 @@ def test_resumed_transfer_takes_the_chunk_size_the_probe_found(tmp_path: Path, l
         assert row["state"] == "complete" and row["recoveries"] >= 1, row
         assert oversize_kicks(limited, "fte-agent-A1") == kicks, limited.log_tail()  # never thrown out again
         assert list(dst.parent.glob("*.part")) == []
+    finally:
+        next(env_iter, None)
+
+
+def test_a_transfer_too_big_to_negotiate_fails_at_once_and_says_why(tmp_path: Path, limited: MosquittoProcess) -> None:
+    """1,000 files make a negotiation message of about 200 KB, which this broker (max_packet_size 100000) throws
+    an agent out for. It was sent at every reconnection (thousands a minute: 2,406 in 40 s), and the transfer
+    recovered for ever. Now the source fails the transfer at once with what to do, is never thrown out, and its
+    "completed" event (too big with its 1,000 files) is published without the file list."""
+    env_iter = _env(tmp_path, limited.url)
+    env = next(env_iter)
+    kicks = oversize_kicks(limited, "fte-agent-")  # the broker's log is the module's (earlier tests' kicks)
+    try:
+        data = tmp_path / "data"
+        for name in ("A1", "A2"):
+            env.start_agent(name)
+        tree = data / "tree"
+        for i in range(1000):
+            (tree / f"d{i // 100}").mkdir(parents=True, exist_ok=True)
+            (tree / f"d{i // 100}" / f"f{i:04d}.bin").write_bytes(os.urandom(100))
+        r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "out"), "-r", "-w", "60",
+                    str(tree), timeout=90)
+        assert r.returncode == 40, f"{r}\n{env.agents['A1'].log_tail()}"
+        assert "does not fit through the broker" in r.stdout + r.stderr, str(r)
+        assert "smaller transfers" in r.stdout + r.stderr, str(r)
+        assert not (data / "out").exists()
+        assert oversize_kicks(limited, "fte-agent-") == kicks, limited.log_tail()
+        log = env.agents["A1"].log.read_text(errors="replace")
+        assert "published without its file list" in log, log
+        # the agent goes on working: a transfer that fits
+        src, dst = data / "small.bin", data / "out2" / "small.bin"
+        dst.parent.mkdir()
+        want = make_file(src, 5000)
+        r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", "60", str(src), timeout=90)
+        assert r.returncode == 0, str(r)
+        assert digest(dst) == want
     finally:
         next(env_iter, None)
 
