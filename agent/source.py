@@ -190,7 +190,7 @@ class SourceTransfer:
                 self._event(E.START)
                 await self._send_resync()
                 peer = self.ctx.peer_status(self.dest)
-                if peer in ("UNREACHABLE", "STOPPED"):
+                if peer in ("UNREACHABLE", "STOPPED") and not self.state.is_terminal:
                     # no point waiting an ack timeout for an answer that cannot come: recover now
                     self._stall(f"destination agent {self.dest} is {peer}", "peer_unreachable")
             elif self.restarted and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
