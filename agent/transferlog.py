@@ -104,9 +104,10 @@ class OutboxPublisher:
                     # an event listing thousands of files, on a broker with a small maximum: published
                     # without its file list rather than not at all (watchers wait for "completed")
                     smaller = without_files(payload)
-                    log.error("%s; published without its file list", exc) if smaller else \
+                    if smaller is None:
                         log.error("%s; not published", exc)
-                    if smaller:
+                    else:
+                        log.error("%s; published without its file list", exc)
                         try:
                             await self._publish(topic, smaller, 1, retain)
                         except ConnectionError:
