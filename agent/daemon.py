@@ -35,7 +35,7 @@ from .core.lifecycle import TransferState as S
 from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
-from .link import BrokerAddress, BrokerLink
+from .link import BrokerAddress, BrokerLink, MessageTooLarge
 from .protocol import (NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
                        CreateTransfer, FileEnd, FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply,
                        RequestRecovery, Resync,
@@ -631,10 +631,23 @@ class Agent:
         self.outbox.wake()
 
     async def _reply(self, client: str, reply: Reply) -> None:
+        topic = self.topics.replies(client)
         try:
-            await self._publish(self.topics.replies(client), dump(reply), 1, False)
+            await self._publish(topic, dump(reply), 1, False)
         except ConnectionError:
             pass
+        except MessageTooLarge as exc:
+            # an answer the broker would throw this agent out for (hundreds of transfers listed through a broker
+            # with a small maximum): say so, rather than leave the command waiting for its timeout
+            log.error("%s; the reply to %s was not sent", exc, client)
+            refusal = Reply(request_id=reply.request_id, ok=False, result_code=results.COMMAND_FAILED,
+                            message=f"agent {self.name}'s answer does not fit through the broker: {exc}; ask for "
+                                    f"less (one transfer: fte-show-transfer ID) or raise the broker's maximum "
+                                    f"message size (max_packet_size, max_payload)")
+            try:
+                await self._publish(topic, dump(refusal), 1, False)
+            except (ConnectionError, MessageTooLarge):
+                pass
 
     async def _execute(self, cmd: Any) -> dict[str, Any]:
         if isinstance(cmd, Ping):

@@ -107,6 +107,8 @@ def register(app: typer.Typer) -> None:
         if len(transfer_id) != 48:
             fail(f"{transfer_id!r} is not a transfer id (48 hex characters, as printed by fte-create-transfer)")
 
+        problems: list[str] = []  # answers other than "not known here" (e.g. an answer too big for the broker)
+
         async def go() -> list[dict[str, Any]]:
             async with FteClient(broker_url(broker, agent)) as c:
                 statuses = await c.agent_statuses(settle=0.5)
@@ -122,11 +124,14 @@ def register(app: typer.Typer) -> None:
                         continue
                     if r.ok:
                         found.append(dict(r.data, agent=n))
+                    elif r.message and "is not known to agent" not in r.message:
+                        problems.append(r.message)
                 return found
 
         views = run(go())
         if not views:
-            fail(f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
+            fail("; ".join(problems) if problems else
+                 f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
         if as_json:
             out.print(json.dumps(views), markup=False)
             return

@@ -181,6 +181,11 @@ def test_a_transfer_too_big_to_negotiate_fails_at_once_and_says_why(tmp_path: Pa
         assert oversize_kicks(limited, "fte-agent-") == kicks, limited.log_tail()
         log = env.agents["A1"].log.read_text(errors="replace")
         assert "published without its file list" in log, log
+        # asked for the transfer with its 1,000 files, the agent says its answer is too big (it sent nothing,
+        # and the command waited for its timeout)
+        tid = re.search(r"Transfer ([0-9a-f]{48}) started", r.stdout).group(1)  # type: ignore[union-attr]
+        shown = env.run("show-transfer", tid, "-a", "A1", timeout=60)
+        assert shown.returncode != 0 and "does not fit through the broker" in shown.stdout + shown.stderr, str(shown)
         # the agent goes on working: a transfer that fits
         src, dst = data / "small.bin", data / "out2" / "small.bin"
         dst.parent.mkdir()
