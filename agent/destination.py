@@ -244,8 +244,12 @@ class DestinationTransfer:
 
     def _save(self, files: list[FileRecord]) -> None:
         """Save these file rows, with the renamed bundle files not saved yet, in one commit."""
+        self.ctx.store.save_files(self.tid, "destination", self._with_renamed(files))
+
+    def _with_renamed(self, files: list[FileRecord]) -> list[FileRecord]:
+        """`files` and the renamed bundle files whose "done" is not saved yet (they go with this commit)."""
         files, self._renamed = self._renamed + files, []
-        self.ctx.store.save_files(self.tid, "destination", files)
+        return files
 
     def _fail(self, f: FileRecord, exc: BaseException) -> None:
         try:
@@ -271,8 +275,7 @@ class DestinationTransfer:
         self.rec.state = msg.state
         self.rec.result_code = msg.result_code
         self.rec.peer_confirmed = True
-        rows, self._renamed = self._renamed + unfinished, []
-        self.ctx.store.update_transfer(self.rec, files=rows)
+        self.ctx.store.update_transfer(self.rec, files=self._with_renamed(unfinished))
         if removed:
             self.ctx.log.emit(self.rec, "cleaned_up", result_code=msg.result_code,
                               message=f"removed {len(removed)} part file(s) of a transfer that ended {msg.state}",

@@ -524,9 +524,10 @@ class SourceTransfer:
 
     def _published(self, task: "asyncio.Task[None]") -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            if isinstance(task.exception(), MessageTooLarge):
-                log.error("transfer %s: %s; not sent", self.tid, task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            if isinstance(exc, MessageTooLarge):
+                log.error("transfer %s: %s; not sent", self.tid, exc)
             self.post("link_down")
 
     def _read_frame(self, idx: int, offset: int, length: int, last: bool, ack: bool) -> bytearray | None:

@@ -27,6 +27,7 @@ logging.getLogger("mqtt").propagate = False
 # seconds the broker may take to confirm a subscription (SUBACK)
 SUBSCRIBE_TIMEOUT = 30.0
 
+
 class ClientError(Exception):
     """A command failed; the message says what was wrong and what to do. `code` is the exit code."""
 
