@@ -9,14 +9,16 @@ Each side checks the other's signature against its authorized_requesters file (e
 
     K = HKDF-SHA256(X25519(own ephemeral, peer ephemeral), salt=transfer id, info="mqtt-fte transfer")
 
-and every later message of the transfer carries a MAC under K: a 16-byte HMAC-SHA256 trailer on chunks,
-a `mac` field on control messages. Nobody without one of the two ephemeral private keys can compute K,
+and every later message of the transfer carries a MAC under K: a trailer on chunks (AES-GMAC under a key
+derived from K, 28 bytes: nonce and tag, to a destination with the feature "gmac"; else the first 16 bytes
+of HMAC-SHA256), a `mac` field on control messages. Nobody without one of the two ephemeral private keys can compute K,
 and nobody without a trusted identity key can substitute their own ephemeral key.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -25,12 +27,19 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .auth import canonical, load_public
+from .protocol import CHUNK_FLAGS_AT, FLAG_GMAC
 
-MAC_BYTES = 16
+MAC_BYTES = 16  # HMAC-SHA256 trailer of a chunk frame (first 16 bytes), and of control messages
+GMAC_NONCE_BYTES = 12
+GMAC_TAG_BYTES = 16
+GMAC_BYTES = GMAC_NONCE_BYTES + GMAC_TAG_BYTES  # AES-GMAC trailer of a chunk frame: random nonce, tag
+MAX_TRAILER_BYTES = max(MAC_BYTES, GMAC_BYTES)
 AGENT_KEY_FILE = "agent.key"
 
 
@@ -112,15 +121,68 @@ def check_message_mac(body: Mapping[str, Any], mac: str | None, key: bytes) -> b
 
 
 def mac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
+    """The HMAC trailer of a chunk frame (a destination without the feature "gmac")."""
     return _mac(frame, key)
 
 
+# AES-GMAC (AES-GCM authenticating the frame as associated data, nothing encrypted) instead of HMAC-SHA256 for
+# chunk frames: every byte of a transfer goes through the MAC on both sides, and HMAC-SHA256 cost as much as
+# the file's own sha256 (0.93 s per GiB on the measuring machine, against 0.05 s: AES-NI and carry-less
+# multiplication). Its own key, derived from the transfer key, so that no key serves two algorithms. A fresh
+# random 96-bit nonce per frame: a resend of the same place never reuses one, and no counter has to survive a
+# restart; random nonces are safe to about 2^32 frames per key (NIST SP 800-38D), 1 PiB of 256 KiB chunks.
+def gmac_key(key: bytes) -> bytes:
+    return hmac.new(key, b"mqtt-fte chunk gmac", hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=512)
+def _gcm(key: bytes) -> AESGCM:
+    return AESGCM(gmac_key(key))
+
+
+def gmac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
+    """The AES-GMAC trailer of a chunk frame (flag FLAG_GMAC set in it): nonce + tag."""
+    nonce = os.urandom(GMAC_NONCE_BYTES)
+    return nonce + _gcm(key).encrypt(nonce, b"", frame)
+
+
+class ChunkSealer:
+    """How a bound transfer's source seals its frames: the trailer's size, the frame flag, the trailer."""
+
+    __slots__ = ("key", "gmac", "trailer", "flag")
+
+    def __init__(self, key: bytes, gmac: bool) -> None:
+        self.key = key
+        self.gmac = gmac
+        self.trailer = GMAC_BYTES if gmac else MAC_BYTES
+        self.flag = FLAG_GMAC if gmac else 0
+
+    def seal(self, frame: bytes | memoryview) -> bytes:
+        """The trailer for `frame` (whose flags already include self.flag)."""
+        return gmac_chunk(frame, self.key) if self.gmac else mac_chunk(frame, self.key)
+
+
 def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> memoryview | None:
-    """The frame without its MAC trailer (a view: 256 KiB not copied) when the MAC is right, else None."""
-    if len(frame_with_mac) < MAC_BYTES:
+    """The frame without its MAC trailer (a view: 256 KiB not copied) when the MAC is right, else None.
+    The frame's FLAG_GMAC says which trailer it carries; both are unforgeable without the transfer key, so
+    flipping the flag gains an attacker nothing but a refusal."""
+    if len(frame_with_mac) <= CHUNK_FLAGS_AT:
         return None
-    frame = memoryview(frame_with_mac)[:-MAC_BYTES]
-    if hmac.compare_digest(mac_chunk(frame, key), frame_with_mac[-MAC_BYTES:]):
+    view = memoryview(frame_with_mac)
+    if view[CHUNK_FLAGS_AT] & FLAG_GMAC:
+        if len(view) < GMAC_BYTES:
+            return None
+        frame = view[:-GMAC_BYTES]
+        nonce = bytes(view[-GMAC_BYTES:-GMAC_TAG_BYTES])
+        try:
+            _gcm(key).decrypt(nonce, bytes(view[-GMAC_TAG_BYTES:]), frame)
+        except InvalidTag:
+            return None
+        return frame
+    if len(view) < MAC_BYTES:
+        return None
+    frame = view[:-MAC_BYTES]
+    if hmac.compare_digest(mac_chunk(frame, key), view[-MAC_BYTES:]):
         return frame
     return None
 

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import aiomqtt
 
-from .binding import MAC_BYTES
+from .binding import MAX_TRAILER_BYTES
 from .link import BrokerAddress, _refused, make_client
 from .protocol import CHUNK_HEADER, Topics
 
@@ -104,8 +104,8 @@ def size_ladder(configured: int, floor: int = FLOOR) -> list[int]:
 
 def data_message_bytes(chunk_size: int) -> int:
     """The payload of the largest data message for ``chunk_size``: the chunk frame header (protocol
-    ``encode_chunk``), the data and the MAC trailer of a bound transfer (binding ``mac_chunk``)."""
-    return CHUNK_HEADER.size + chunk_size + MAC_BYTES
+    ``encode_chunk``), the data and the longest MAC trailer of a bound transfer (binding ``ChunkSealer``)."""
+    return CHUNK_HEADER.size + chunk_size + MAX_TRAILER_BYTES
 
 
 def longest_data_topic(topics: Topics) -> int:

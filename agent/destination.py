@@ -29,8 +29,9 @@ log = logging.getLogger("fte.destination")
 
 PART_SUFFIX = ".part"
 # What this destination understands beyond the base protocol, told to the source in every ResyncReply
-# (docs/protocol.md): bundles of small files, FLAG_NO_ACK chunks, FLAG_NO_CRC frames of a bound transfer.
-FEATURES = ("bundle", "sparse_ack", "mac_no_crc")
+# (docs/protocol.md): bundles of small files, FLAG_NO_ACK chunks, FLAG_NO_CRC frames of a bound transfer, and
+# AES-GMAC trailers (FLAG_GMAC) instead of HMAC-SHA256 on them.
+FEATURES = ("bundle", "sparse_ack", "mac_no_crc", "gmac")
 
 
 def part_path(destination: str) -> str:

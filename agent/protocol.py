@@ -275,7 +275,7 @@ class ResyncReply(Sealed):
     files: Annotated[list[FileHolding], Field(max_length=MAX_FILES_PER_TRANSFER)]
     kx: Annotated[str, Field(max_length=64)] | None = None
     # what this destination understands beyond the base protocol (destination.FEATURES: "bundle", "sparse_ack",
-    # "mac_no_crc"; docs/protocol.md#resync_reply)
+    # "mac_no_crc", "gmac"; docs/protocol.md#resync_reply)
     features: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=16)] = []
     signature: Annotated[str, Field(max_length=256)] | None = None
 
@@ -429,6 +429,10 @@ FLAG_NO_ACK = 0x04
 # the transfer) is its only check, which a CRC adds nothing to. Only on a bound transfer: a frame with this flag
 # and no MAC is refused.
 FLAG_NO_CRC = 0x08
+# AES-GMAC trailer (feature "gmac"): the frame's MAC is a 12-byte random nonce and a 16-byte AES-GMAC tag instead
+# of 16 bytes of HMAC-SHA256 (agent.binding). Only on a bound transfer.
+FLAG_GMAC = 0x10
+CHUNK_FLAGS_AT = 5  # offset of the flags byte in the header (read before the MAC is checked, to pick the MAC)
 
 
 class BundleEntry:
@@ -462,11 +466,11 @@ class Chunk:
 
 
 def finish_chunk(frame: bytearray | memoryview, epoch: int, index: int, offset: int, length: int, *,
-                 last: bool = False, ack: bool = True, crc: bool = True) -> None:
+                 last: bool = False, ack: bool = True, crc: bool = True, mac_flag: int = 0) -> None:
     """Write the header of a chunk frame whose payload is already in place at frame[CHUNK_HEADER.size:]
     (`length` bytes; anything after them, e.g. room for a MAC, is left alone). The source reads a file
-    straight into the frame, so the payload is never copied."""
-    flags = (FLAG_LAST if last else 0) | (0 if ack else FLAG_NO_ACK) | (0 if crc else FLAG_NO_CRC)
+    straight into the frame, so the payload is never copied. `mac_flag`: FLAG_GMAC or 0."""
+    flags = (FLAG_LAST if last else 0) | (0 if ack else FLAG_NO_ACK) | (0 if crc else FLAG_NO_CRC) | mac_flag
     CHUNK_HEADER.pack_into(frame, 0, CHUNK_MAGIC, PROTOCOL_VERSION, flags, 0, epoch, index, offset, length, 0)
     if crc:
         view = memoryview(frame)
@@ -482,8 +486,9 @@ def encode_chunk(epoch: int, index: int, offset: int, data: bytes | memoryview, 
     return bytes(frame)
 
 
-def encode_bundle(epoch: int, entries: list[tuple[int, str | None, bytes]]) -> bytes:
-    """A FLAG_BUNDLE frame of whole files: (index, hex digest or None, content) each."""
+def encode_bundle(epoch: int, entries: list[tuple[int, str | None, bytes]], mac_flag: int = 0) -> bytes:
+    """A FLAG_BUNDLE frame of whole files: (index, hex digest or None, content) each. `mac_flag`: FLAG_GMAC
+    or 0 (the MAC trailer is the caller's)."""
     if not 0 < len(entries) <= MAX_BUNDLE_FILES:
         raise ValueError(f"a bundle holds 1 to {MAX_BUNDLE_FILES} files, not {len(entries)}")
     parts = []
@@ -491,8 +496,8 @@ def encode_bundle(epoch: int, entries: list[tuple[int, str | None, bytes]]) -> b
         raw = bytes.fromhex(digest) if digest else b""
         parts += [BUNDLE_ENTRY.pack(index, len(data), len(raw)), raw, data]
     body = b"".join(parts)
-    header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_BUNDLE, 0, epoch, len(entries), 0,
-                                         len(body), 0))
+    header = bytearray(CHUNK_HEADER.pack(CHUNK_MAGIC, PROTOCOL_VERSION, FLAG_BUNDLE | mac_flag, 0, epoch,
+                                         len(entries), 0, len(body), 0))
     struct.pack_into(">I", header, _CRC_COVERED, zlib.crc32(body, zlib.crc32(header[:_CRC_COVERED])))
     return bytes(header) + body
 
@@ -541,6 +546,8 @@ def decode_chunk(payload: bytes | memoryview, authenticated: bool = False) -> Ch
     if not authenticated:
         if flags & FLAG_NO_CRC:
             raise ProtocolError(f"chunk at file {index} offset {offset} has neither a CRC nor a MAC")
+        if flags & FLAG_GMAC:
+            raise ProtocolError(f"chunk at file {index} offset {offset} says it has a GMAC, on a transfer without one")
         if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
             raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
     if flags & FLAG_BUNDLE:

@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .binding import MAC_BYTES, derive_key, mac_chunk, seal, transfer_key
+from .binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .core.lifecycle import TransferEvent as E
@@ -72,21 +72,22 @@ def read_whole_files(items: list[tuple[str, int]], algorithm: str) -> list[tuple
 
 
 def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, last: bool, ack: bool,
-                     hasher: Any, key: bytes | None, mac_no_crc: bool) -> bytearray | None:
+                     hasher: Any, sealer: ChunkSealer | None, mac_no_crc: bool) -> bytearray | None:
     """Read a chunk straight into its frame (header, data, MAC trailer of a bound transfer) and seal it; the
     data is hashed on the way when `hasher` is given. None if the file ended early. One buffer, no copy of
     the data: this runs for every 256 KiB of every file."""
     size = CHUNK_HEADER.size + length
-    frame = bytearray(size + (MAC_BYTES if key is not None else 0))
+    frame = bytearray(size + (sealer.trailer if sealer is not None else 0))
     view = memoryview(frame)
     data = view[CHUNK_HEADER.size:size]
     if os.preadv(fd, [data], offset) != length:
         return None
     if hasher is not None:
         hasher.update(data)
-    finish_chunk(frame, epoch, index, offset, length, last=last, ack=ack, crc=key is None or not mac_no_crc)
-    if key is not None:
-        view[size:] = mac_chunk(view[:size], key)
+    finish_chunk(frame, epoch, index, offset, length, last=last, ack=ack, crc=sealer is None or not mac_no_crc,
+                 mac_flag=sealer.flag if sealer is not None else 0)
+    if sealer is not None:
+        view[size:] = sealer.seal(view[:size])
     return frame
 
 
@@ -140,6 +141,7 @@ class SourceTransfer:
         self.bundles = False
         self.acks = AckRequests(ctx.window_chunks)  # .sparse: FLAG_NO_ACK on the chunks that need no ack
         self.mac_no_crc = False  # FLAG_NO_CRC on a bound transfer
+        self.sealer: ChunkSealer | None = None  # the chunks' MAC on a bound transfer (HMAC, or GMAC: "gmac")
         self._resulted: list[FileRecord] = []  # results not yet saved and logged (_flush_results)
         self._last_results_flush = time.monotonic()
 
@@ -312,6 +314,8 @@ class SourceTransfer:
             self.bundles = "bundle" in msg.features
             self.acks.sparse = "sparse_ack" in msg.features
             self.mac_no_crc = "mac_no_crc" in msg.features
+            key = self.key
+            self.sealer = ChunkSealer(key, "gmac" in msg.features) if key is not None else None
             self._apply_holdings(msg)
             self.last_progress = time.monotonic()
             self.ack_misses = 0
@@ -503,9 +507,10 @@ class SourceTransfer:
             entries.append((j, digest, data))
         if not entries:
             return 0
-        frame = encode_bundle(self.epoch, entries)
-        if self.key is not None:
-            frame += mac_chunk(frame, self.key)
+        sealer = self.sealer
+        frame = encode_bundle(self.epoch, entries, sealer.flag if sealer is not None else 0)
+        if sealer is not None:
+            frame += sealer.seal(frame)
         if not self._publish_data(frame):
             return -1
         return sum(len(e[2]) for e in entries)
@@ -543,7 +548,7 @@ class SourceTransfer:
                 hasher = None  # not sequential (a resend): the digest is computed apart at the end
         # In the event loop, not a worker thread: on two cores shared with the broker and the destination, the
         # hand-off to a thread and back cost more CPU than it freed (docs/performance.md, "Threads")
-        frame = read_chunk_frame(fd, self.epoch, idx, offset, length, last, ack, hasher, self.key, self.mac_no_crc)
+        frame = read_chunk_frame(fd, self.epoch, idx, offset, length, last, ack, hasher, self.sealer, self.mac_no_crc)
         if frame is not None and hasher is not None:
             self.hashers[idx] = (hasher, offset + length)
         return frame
