@@ -765,19 +765,23 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
 
 @app.command("cancel-transfer")
 def cancel_transfer(
-    transfer_id: str = typer.Argument(..., help="The transfer id."),
+    transfer_id: str = typer.Argument(..., help="The transfer id, or its first 8 or more characters."),
     agent: str = typer.Option(..., "-a", "--agent", help="The source or destination agent of the transfer."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent."),
 ) -> None:
     """Cancel a transfer in any state (recovering included); its part files are removed."""
-    if len(transfer_id) != 48:
-        fail(f"{transfer_id!r} is not a transfer id (48 hex characters, as printed by fte-create-transfer)")
+    try:
+        check_transfer_id(transfer_id)
+    except ClientError as exc:
+        fail(str(exc))
 
     async def go() -> Any:
+        nonlocal transfer_id
         async with FteClient(broker_url(broker, agent)) as c:
+            transfer_id = await resolve_transfer_id(c, transfer_id, agent)
             return await c.request(agent, CancelTransfer(kind="cancel_transfer", request_id=new_request_id(),
-                                                         reply_to=c.client_id, transfer_id=transfer_id.lower()),
+                                                         reply_to=c.client_id, transfer_id=transfer_id),
                                    timeout=timeout)
 
     reply = run(go())
@@ -789,17 +793,26 @@ def cancel_transfer(
 @app.command("logs")
 def logs(
     agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's events."),
-    transfer: Optional[str] = typer.Option(None, "-t", "--transfer", help="Only this transfer's events."),
+    transfer: Optional[str] = typer.Option(None, "-t", "--transfer",
+                                           help="Only this transfer's events (its id, or the first 8 or more "
+                                                "characters of it)."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing events as they happen."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
 ) -> None:
     """Show transfers known to the agents, or (--follow) every transfer log event live."""
+    if transfer is not None:
+        try:
+            check_transfer_id(transfer)
+        except ClientError as exc:
+            fail(str(exc))
     run(_logs(agent, transfer, follow, as_json, broker_url(broker, agent)))
 
 
 async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_json: bool, url: str) -> None:
     async with FteClient(url) as c:
+        if transfer is not None:
+            transfer = await resolve_transfer_id(c, transfer, agent)
         if not follow:
             statuses = await c.agent_statuses(settle=0.5)
             names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in ("READY", "ACTIVE"))
@@ -887,6 +900,7 @@ from . import schedules as _schedules  # noqa: E402
 _schedules.register(app)
 
 from . import observe as _observe  # noqa: E402
+from .observe import check_transfer_id, resolve_transfer_id  # noqa: E402
 
 _observe.register(app)
 

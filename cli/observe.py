@@ -44,6 +44,46 @@ async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[st
     return rows, warnings
 
 
+TRANSFER_ID_CHARS = 48
+SHORTEST_PREFIX = 8  # the logs, fte top and the demo show the first 12 characters of an id
+
+
+def check_transfer_id(given: str) -> str:
+    """The id or id prefix as typed, lower-cased, if it can be one; else a ClientError saying what is wanted."""
+    tid = given.strip().lower()
+    if not (SHORTEST_PREFIX <= len(tid) <= TRANSFER_ID_CHARS) or any(ch not in "0123456789abcdef" for ch in tid):
+        raise ClientError(f"{given!r} is not a transfer id: give the {TRANSFER_ID_CHARS} hex characters printed by "
+                          f"fte-create-transfer, or the first {SHORTEST_PREFIX} or more of them (fte-logs and "
+                          f"fte top show the first 12)")
+    return tid
+
+
+async def resolve_transfer_id(c: FteClient, given: str, agent: Optional[str]) -> str:
+    """The whole id of the one transfer the agents know that starts with `given` (a whole id is taken as it is).
+
+    Asks the running agents (or `agent`) for their transfers, as fte-list-transfers does."""
+    tid = check_transfer_id(given)
+    if len(tid) == TRANSFER_ID_CHARS:
+        return tid
+    rows, warnings = await transfers_of(c, agent)
+    return pick_transfer_id(tid, [str(t.get("transfer_id", "")) for t in rows], agent, warnings)
+
+
+def pick_transfer_id(prefix: str, known: list[str], agent: Optional[str] = None,
+                     warnings: Optional[list[str]] = None) -> str:
+    """The one id in `known` that starts with `prefix`; a ClientError saying what to do when none or several do."""
+    matches = sorted({t for t in known if t.startswith(prefix)})
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        who = f"agent {agent} knows no transfer" if agent else "no running agent knows a transfer"
+        unanswered = f" ({'; '.join(warnings)})" if warnings else ""
+        raise ClientError(f"{who} whose id starts with {prefix}{unanswered}; list them with fte-list-transfers, "
+                          f"or give the whole id")
+    raise ClientError(f"{len(matches)} transfers have ids starting with {prefix}: {', '.join(matches[:10])}"
+                      + (" ..." if len(matches) > 10 else "") + "; give more characters of the id")
+
+
 def _size(n: Any) -> str:
     try:
         v = float(n)
@@ -98,19 +138,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("show-transfer")
     def show_transfer(
-        transfer_id: str = typer.Argument(..., help="The transfer id."),
+        transfer_id: str = typer.Argument(..., help="The transfer id, or its first 8 or more characters."),
         agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Ask this agent (default: every agent)."),
         as_json: bool = typer.Option(False, "--json", help="JSON output."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
         """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
-        if len(transfer_id) != 48:
-            fail(f"{transfer_id!r} is not a transfer id (48 hex characters, as printed by fte-create-transfer)")
-
+        try:
+            check_transfer_id(transfer_id)
+        except ClientError as exc:
+            fail(str(exc))
         problems: list[str] = []  # answers other than "not known here" (e.g. an answer too big for the broker)
 
         async def go() -> list[dict[str, Any]]:
+            nonlocal transfer_id
             async with FteClient(broker_url(broker, agent)) as c:
+                transfer_id = await resolve_transfer_id(c, transfer_id, agent)
                 statuses = await c.agent_statuses(settle=0.5)
                 names = [agent] if agent else sorted(n for n, s in statuses.items()
                                                      if s.status in ("READY", "ACTIVE"))
@@ -118,7 +161,7 @@ def register(app: typer.Typer) -> None:
                 for n in names:
                     try:
                         r = await c.request(n, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
-                                                             reply_to=c.client_id, transfer_id=transfer_id.lower()),
+                                                             reply_to=c.client_id, transfer_id=transfer_id),
                                             timeout=5)
                     except ClientError:
                         continue

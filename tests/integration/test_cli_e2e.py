@@ -415,6 +415,10 @@ USAGE_ERRORS = {
                        ("bad/name",)),
     "create-agent-bad-name": ("create-agent", ["-agentName", "bad/name"], ("bad/name",)),
     "create-agent-no-name": ("create-agent", [], ("-agentName",)),
+    "show-transfer-not-hex": ("show-transfer", ["nope-nope"], ("nope-nope", "first 8")),
+    "show-transfer-too-short": ("show-transfer", ["abc123"], ("abc123", "first 8")),
+    "cancel-transfer-too-long": ("cancel-transfer", ["-a", "A1", "a" * 49], ("a" * 49, "48 hex")),
+    "logs-bad-transfer": ("logs", ["-t", "12345678x"], ("12345678x", "first 8")),
 }
 USAGE_BUGS: dict[str, str] = {}
 

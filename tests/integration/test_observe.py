@@ -62,6 +62,17 @@ def test_list_and_show_transfer_report_what_the_agents_know(env) -> None:
     assert missing.returncode == 1 and "no running agent knows transfer" in missing.stderr
     assert e.run("show-transfer", "nope").returncode == 1
 
+    # the first 12 characters, as fte-logs and fte top print them, find the same transfer
+    short = e.run("show-transfer", tid[:12].upper(), "-a", "A1", "--json")
+    assert short.returncode == 0, str(short)
+    assert json.loads(short.stdout)[0]["transfer_id"] == tid
+    logged = e.run("logs", "-t", tid[:8])
+    assert logged.returncode == 0 and tid in logged.stdout, str(logged)
+    unknown = e.run("show-transfer", "ffffffff" if not tid.startswith("ffffffff") else "eeeeeeee")
+    assert unknown.returncode == 1 and "no running agent knows a transfer whose id starts with" in unknown.stderr
+    refused = e.run("cancel-transfer", "-a", "A2", tid[:12])  # resolved, then refused: it is complete
+    assert refused.returncode != 0 and tid in refused.stderr + refused.stdout, str(refused)
+
 
 def test_a_stalled_transfer_shows_why(env) -> None:
     e, data = env
