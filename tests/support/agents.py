@@ -118,12 +118,15 @@ class FteEnv:
                     fh.write(f"{k}={v}\n")
         return path
 
-    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20) -> AgentProcess:
+    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20,
+                    extra_env: dict[str, str] | None = None) -> AgentProcess:
+        """`fte-start-agent NAME -F` as a process; `extra_env` is added to its environment (e.g. a PYTHONPATH
+        with a sitecustomize.py that makes it behave as an older version)."""
         log = self.agent_dir(name) / "test-agent.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log, "ab")
-        proc = subprocess.Popen([script("start-agent"), name, "-F"], env=self.env, stdout=fh, stderr=fh,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([script("start-agent"), name, "-F"], env={**self.env, **(extra_env or {})},
+                                stdout=fh, stderr=fh, stdin=subprocess.DEVNULL)
         fh.close()
         agent = AgentProcess(name, proc, log)
         self.agents[name] = agent
