@@ -42,6 +42,16 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def check_id_or_fail(transfer_id: str) -> None:
+    """A transfer id (or prefix) that cannot be one fails the command before any broker is asked."""
+    from .observe import check_transfer_id
+
+    try:
+        check_transfer_id(transfer_id)
+    except ClientError as exc:
+        fail(str(exc))
+
+
 def run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
@@ -771,10 +781,7 @@ def cancel_transfer(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent."),
 ) -> None:
     """Cancel a transfer in any state (recovering included); its part files are removed."""
-    try:
-        check_transfer_id(transfer_id)
-    except ClientError as exc:
-        fail(str(exc))
+    check_id_or_fail(transfer_id)
 
     async def go() -> Any:
         nonlocal transfer_id
@@ -802,10 +809,7 @@ def logs(
 ) -> None:
     """Show transfers known to the agents, or (--follow) every transfer log event live."""
     if transfer is not None:
-        try:
-            check_transfer_id(transfer)
-        except ClientError as exc:
-            fail(str(exc))
+        check_id_or_fail(transfer)
     run(_logs(agent, transfer, follow, as_json, broker_url(broker, agent)))
 
 
@@ -900,7 +904,7 @@ from . import schedules as _schedules  # noqa: E402
 _schedules.register(app)
 
 from . import observe as _observe  # noqa: E402
-from .observe import check_transfer_id, resolve_transfer_id  # noqa: E402
+from .observe import resolve_transfer_id  # noqa: E402
 
 _observe.register(app)
 

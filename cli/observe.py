@@ -108,7 +108,7 @@ def transfer_line(t: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from .main import err, fail, out, run
+    from .main import check_id_or_fail, err, fail, out, run
 
     @app.command("list-transfers")
     def list_transfers(
@@ -144,10 +144,7 @@ def register(app: typer.Typer) -> None:
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
         """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
-        try:
-            check_transfer_id(transfer_id)
-        except ClientError as exc:
-            fail(str(exc))
+        check_id_or_fail(transfer_id)
         problems: list[str] = []  # answers other than "not known here" (e.g. an answer too big for the broker)
 
         async def go() -> list[dict[str, Any]]:
