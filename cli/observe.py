@@ -59,14 +59,19 @@ def check_transfer_id(given: str) -> str:
 
 
 async def resolve_transfer_id(c: FteClient, given: str, agent: Optional[str]) -> str:
-    """The whole id of the one transfer the agents know that starts with `given` (a whole id is taken as it is).
+    """The whole id of the one transfer the agents know that starts with `given` (a whole id is taken as it is)."""
+    return (await find_transfer(c, given, agent))[0]
 
-    Asks the running agents (or `agent`) for their transfers, as fte-list-transfers does."""
+
+async def find_transfer(c: FteClient, given: str, agent: Optional[str]) -> tuple[str, Optional[list[str]]]:
+    """(whole id, the agents that listed it) for an id prefix, asking the running agents (or `agent`) for
+    their transfers as fte-list-transfers does; (the id, None) for a whole id, asking nobody."""
     tid = check_transfer_id(given)
     if len(tid) == TRANSFER_ID_CHARS:
-        return tid
+        return tid, None
     rows, warnings = await transfers_of(c, agent)
-    return pick_transfer_id(tid, [str(t.get("transfer_id", "")) for t in rows], agent, warnings)
+    tid = pick_transfer_id(tid, [str(t.get("transfer_id", "")) for t in rows], agent, warnings)
+    return tid, sorted({str(t["agent"]) for t in rows if t.get("transfer_id") == tid})
 
 
 def pick_transfer_id(prefix: str, known: list[str], agent: Optional[str] = None,
@@ -150,10 +155,11 @@ def register(app: typer.Typer) -> None:
         async def go() -> list[dict[str, Any]]:
             nonlocal transfer_id
             async with FteClient(broker_url(broker, agent)) as c:
-                transfer_id = await resolve_transfer_id(c, transfer_id, agent)
-                statuses = await c.agent_statuses(settle=0.5)
-                names = [agent] if agent else sorted(n for n, s in statuses.items()
-                                                     if s.status in ("READY", "ACTIVE"))
+                transfer_id, names = await find_transfer(c, transfer_id, agent)  # names: who listed a prefix's id
+                if names is None:
+                    statuses = await c.agent_statuses(settle=0.5)
+                    names = [agent] if agent else sorted(n for n, s in statuses.items()
+                                                         if s.status in ("READY", "ACTIVE"))
                 found = []
                 for n in names:
                     try:
