@@ -435,7 +435,7 @@ class AgentSettings(BaseSettings):
         int, _whole("bytes", "between 1024 and 16777216 bytes (16 MiB)", lambda v: 1024 <= v <= 16 * 1024 * 1024)
     ] = Field(262144, description="Bytes of file data per chunk message (1024 .. 16777216).")
     agentWindowSize: Annotated[int, _whole("chunks", "between 1 and 1024 chunks", lambda v: 1 <= v <= 1024)] = Field(
-        16, description="Chunks a source sends ahead of the destination's acknowledgement (memory = window x chunk)."
+        32, description="Chunks a source sends ahead of the destination's acknowledgement (memory = window x chunk)."
     )
     agentMaxDataInFlight: Annotated[int, _whole("bytes", "0 (no cap) or more bytes", lambda v: v >= 0)] = Field(
         67108864, description="Bytes sent and not yet acknowledged across all the transfers of this agent as a "

@@ -56,7 +56,7 @@ class Profile:
     prefix: str = "SYSTEM.FTE"
 
     def agent_properties(self) -> dict[str, object]:
-        """Default chunking (agentChunkSize 256 KiB, agentWindowSize 16) on every broker: none needs less."""
+        """Default chunking (agentChunkSize 256 KiB, agentWindowSize 32) on every broker: none needs less."""
         props: dict[str, object] = dict(COMMON)
         if self.prefix != "SYSTEM.FTE":
             props["topicPrefix"] = self.prefix

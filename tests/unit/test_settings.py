@@ -115,7 +115,7 @@ def test_defaults(env: dict[str, str]) -> None:
     assert (s.brokerUrl, s.broker_host, s.broker_port) == ("mqtt://127.0.0.1:1883", "127.0.0.1", 1883)
     assert s.broker_tls is False
     assert (s.brokerUsername, s.brokerPassword, s.brokerKeepalive, s.topicPrefix) == (None, None, 30, "SYSTEM.FTE")
-    assert (s.agentChunkSize, s.agentWindowSize) == (262144, 16)
+    assert (s.agentChunkSize, s.agentWindowSize) == (262144, 32)
     assert (s.transferAckTimeout, s.transferAckTimeoutRetries, s.transferRecoveryTimeout) == (60000, 5, -1)
     assert (s.maxSourceTransfers, s.maxDestinationTransfers, s.maxQueuedTransfers) == (25, 25, 1000)
     assert (s.sandboxRoot, s.sandbox_allow, s.sandbox_deny) == (None, [], [])
@@ -440,7 +440,7 @@ def test_writer_refuses_to_overwrite_unless_forced(env: dict[str, str]) -> None:
     write_agent_properties(path, {"agentName": "A1"})
     with pytest.raises(FileExistsError, match="already exists; not overwriting"):
         write_agent_properties(path, {"agentName": "A1", "agentWindowSize": "4"})
-    assert load_agent_settings("A1", env).agentWindowSize == 16
+    assert load_agent_settings("A1", env).agentWindowSize == 32
     write_agent_properties(path, {"agentName": "A1", "agentWindowSize": "4"}, force=True)
     assert load_agent_settings("A1", env).agentWindowSize == 4
     assert [p.name for p in path.parent.iterdir()] == ["agent.properties"]  # no temporary file left
