@@ -89,7 +89,7 @@ class Config:
         return cls(quick=False, runs=a.runs or 3, big=big, sweep_size=min(256 * MiB, big), small_count=10_000,
                    small_size=4 * KiB, rss_small=1 * MiB, conc_total=min(512 * MiB, big), conc_counts=(8, 64),
                    rec_size=min(256 * MiB, big), rec_down=3.0, chunks=(64 * KiB, 256 * KiB, 1 * MiB),
-                   windows=(4, 16, 64), chunk=chunk, window=window, workdir=workdir, sections=a.sections)
+                   windows=(4, 16, 32, 64), chunk=chunk, window=window, workdir=workdir, sections=a.sections)
 
     def timeout_for(self, nbytes: int) -> float:
         return max(120.0, nbytes / (0.5 * MB))  # a transfer slower than 0.5 MB/s counts as hung
