@@ -8,19 +8,17 @@ off the broker by a subscriber on the destination's data topic: the flags byte o
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from agent.binding import GMAC_BYTES, MAC_BYTES
 from agent.protocol import CHUNK_FLAGS_AT, CHUNK_HEADER, FLAG_BUNDLE, FLAG_GMAC
 from tests.support.agents import FteEnv
-from tests.support.brokers import AmqttProcess, split_url
+from tests.support.brokers import AmqttProcess
+from tests.support.subscription import Subscription
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,43 +26,6 @@ OLDER_DESTINATION = '''
 import agent.destination
 agent.destination.FEATURES = tuple(f for f in agent.destination.FEATURES if f != "gmac")
 '''
-
-
-class FrameSniffer:
-    """The flags byte and length of every frame published on <prefix>/Data/<agent>/+, from a thread of its own."""
-
-    def __init__(self, url: str, topic: str) -> None:
-        self.host, self.port = split_url(url)
-        self.topic = topic
-        self.frames: list[tuple[int, int]] = []
-        self.ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with aiomqtt.Client(self.host, self.port, timeout=10) as c:
-            await c.subscribe(self.topic, qos=1)
-            self.ready.set()
-            reader = asyncio.ensure_future(self._read(c))
-            await self._stop.wait()
-            reader.cancel()
-
-    async def _read(self, c: aiomqtt.Client) -> None:
-        async for m in c.messages:
-            payload = bytes(m.payload)  # type: ignore[arg-type]
-            self.frames.append((payload[CHUNK_FLAGS_AT], len(payload)))
-
-    def __enter__(self) -> "FrameSniffer":
-        self._thread.start()
-        assert self.ready.wait(15), f"could not subscribe to {self.topic}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
 
 
 @pytest.fixture
@@ -97,17 +58,19 @@ def test_chunk_mac_follows_the_destinations_features(pair: tuple[FteEnv, Path, b
     small.mkdir()
     for i in range(3):
         (small / f"s{i}.txt").write_bytes(os.urandom(100 + i))  # whole files: a bundle
-    with FrameSniffer(env.broker_url, "SYSTEM.FTE/Data/A2/+") as sniffer:
+    frames: list[tuple[int, int]] = []  # flags byte and length of each frame to A2, as the broker passed it
+    with Subscription(env.broker_url, "SYSTEM.FTE/Data/A2/+",
+                      lambda topic, payload: frames.append((payload[CHUNK_FLAGS_AT], len(payload)))):
         r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "out"), "-w", "30",
                     str(src), str(small / "s0.txt"), str(small / "s1.txt"), str(small / "s2.txt"))
         assert r.returncode == 0, str(r)
     assert (data / "out" / "in.bin").read_bytes() == src.read_bytes()
     for i in range(3):
         assert (data / "out" / f"s{i}.txt").read_bytes() == (small / f"s{i}.txt").read_bytes()
-    chunks = [(flags, size) for flags, size in sniffer.frames if not flags & FLAG_BUNDLE]
-    bundles = [(flags, size) for flags, size in sniffer.frames if flags & FLAG_BUNDLE]
-    assert len(chunks) >= 6 and bundles, f"frames seen: {sniffer.frames}"
-    gmac = [bool(flags & FLAG_GMAC) for flags, _ in sniffer.frames]
+    chunks = [(flags, size) for flags, size in frames if not flags & FLAG_BUNDLE]
+    bundles = [(flags, size) for flags, size in frames if flags & FLAG_BUNDLE]
+    assert len(chunks) >= 6 and bundles, f"frames seen: {frames}"
+    gmac = [bool(flags & FLAG_GMAC) for flags, _ in frames]
     if older:
         assert not any(gmac), "a destination without the 'gmac' feature got AES-GMAC frames"
         # HMAC-SHA256 (first 16 bytes) after the header and the data

@@ -16,22 +16,20 @@ test uses a monitor name and directories of its own.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from tests.support.agents import FteEnv, Result, wait_until
-from tests.support.brokers import MosquittoProcess, split_url
+from tests.support.brokers import MosquittoProcess
+from tests.support.subscription import Subscription
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,7 +47,7 @@ WAIT = 20.0  # bound for something that must happen
 
 
 class EventTap:
-    """The test's own MQTT subscription (aiomqtt on a thread): JSON events on `topic_filter`.
+    """The test's own MQTT subscription (tests.support.subscription): JSON events on `topic_filter`.
 
     Live when the constructor returns (the broker acknowledged the subscription), so no event published
     afterwards is missed.
@@ -59,44 +57,18 @@ class EventTap:
         self.events: "queue.Queue[tuple[str, dict[str, Any]]]" = queue.Queue()
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.pending: list[tuple[str, dict[str, Any]]] = []  # seen, not taken by a wait
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete,
-                                        args=(self._main(url, topic_filter),), daemon=True)
-        self._thread.start()
-        if not self._ready.wait(15) or self._error is not None:
-            raise AssertionError(f"could not subscribe to {topic_filter}: {self._error}")
+        self._subscription = Subscription(url, topic_filter, self._receive)
 
-    async def _main(self, url: str, topic_filter: str) -> None:
-        self._stop = asyncio.Event()
-        host, port = split_url(url)
+    def _receive(self, topic: str, payload: bytes) -> None:
         try:
-            async with aiomqtt.Client(host, port, identifier=f"test-tap-{secrets.token_hex(4)}", timeout=10) as c:
-                await c.subscribe(topic_filter, qos=1)
-                self._ready.set()
-
-                async def pump() -> None:
-                    async for m in c.messages:
-                        try:
-                            ev = json.loads(bytes(m.payload))  # type: ignore[arg-type]
-                        except ValueError:
-                            continue
-                        if isinstance(ev, dict):
-                            self.events.put((str(m.topic), ev))
-
-                task = asyncio.create_task(pump())
-                await self._stop.wait()
-                task.cancel()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
-            self._error = exc
-            self._ready.set()
+            ev = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(ev, dict):
+            self.events.put((topic, ev))
 
     def close(self) -> None:
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._subscription.close()
 
     def _pull(self, deadline: float) -> bool:
         """Move the next event (if one comes before `deadline`) to the unconsumed ones."""
