@@ -1,11 +1,13 @@
 """Who may command an agent: Ed25519-signed commands checked against the agent's trusted keys.
 
 A requester (a person or a program) holds a private key in $FTE_CONFIG_HOME/keys/<requester>.key.
-Every command it sends carries `requester`, `nonce`, `sent_at` and a `signature` over the canonical
-JSON of everything else. An agent with authorityChecking=true accepts a command only when:
-the requester is in its authorized_requesters file, the signature verifies, sent_at is within
-MAX_SKEW of its clock, the nonce was not seen before (replay), and the requester holds the
-permission the command needs. Otherwise: result 53, a log event, and nothing happens.
+Every command it sends carries `requester`, `target` (the agent it is for), `nonce`, `sent_at` and a
+`signature` over the canonical JSON of everything else. An agent with authorityChecking=true accepts a
+command only when: the requester is not an agent's identity key (`agent.<NAME>`), is in its
+authorized_requesters file, the signature verifies, sent_at is within MAX_SKEW of its clock, the signed
+target is this agent and the signed kind the command it runs, the nonce was never seen before (replay;
+remembered in the agent's state store, so also across restarts), and the requester holds the permission
+the command needs. Otherwise: result 53, a log event, and nothing happens.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -37,6 +39,11 @@ REQUIRED = {"create_transfer": "transfer", "cancel_transfer": "cancel", "stop_ag
             "create_schedule": "transfer", "delete_schedule": "transfer", "list_schedules": None}
 REQUESTER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 TRUST_FILE = "authorized_requesters"
+# Names of agents' identity keys in a trust file (agent.binding.agent_requester). They bind transfers and
+# are never requesters: a command signed by one is refused, and no requester key may take such a name.
+AGENT_KEY_PREFIX = "agent."
+# The only permission an agent identity key may be trusted with (to offer and accept transfers).
+AGENT_KEY_PERMISSION = "transfer"
 
 
 class AuthError(Exception):
@@ -47,6 +54,30 @@ def requester_name(env: Mapping[str, str] = os.environ) -> str:
     name = env.get("FTE_REQUESTER") or getpass.getuser()
     name = re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:64]
     return name or "requester"
+
+
+def is_agent_key_name(name: str) -> bool:
+    """Whether `name` is in the namespace of agents' identity keys (any case, so `Agent.A1` is too)."""
+    return name.lower().startswith(AGENT_KEY_PREFIX)
+
+
+def check_requester_name(name: str) -> None:
+    """A name a requester key may have: raise ValueError saying why not."""
+    if not REQUESTER_RE.match(name):
+        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    if is_agent_key_name(name):
+        raise ValueError(f"requester name {name!r} is taken: names starting with {AGENT_KEY_PREFIX!r} are agents' "
+                         "identity keys (fte key show --agent NAME), never requesters; choose another name")
+
+
+def check_trust_entry(name: str, permissions: str) -> None:
+    """What `fte key trust` may add: an agent's identity key (`agent.<NAME>`) only with the transfer permission,
+    which lets it take part in transfers and command nothing. Raise ValueError saying why not."""
+    if not REQUESTER_RE.match(name):
+        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    if is_agent_key_name(name) and permissions != AGENT_KEY_PERMISSION:
+        raise ValueError(f"{name} names an agent's identity key, which is trusted only to take part in transfers: "
+                         f"use -p {AGENT_KEY_PERMISSION} (an agent key never commands an agent)")
 
 
 def keys_dir(config_home: Path) -> Path:
@@ -68,8 +99,7 @@ def load_public(text: str) -> Ed25519PublicKey:
 
 def generate_key(config_home: Path, name: str, overwrite: bool = False) -> Path:
     """Create the requester's key pair; the private key file is readable by its owner only."""
-    if not REQUESTER_RE.match(name):
-        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    check_requester_name(name)
     d = keys_dir(config_home)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.key"
@@ -130,10 +160,14 @@ def canonical(command: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sign(command: dict[str, Any], requester: str, key: Ed25519PrivateKey) -> dict[str, Any]:
-    """Add requester, nonce, sent_at and signature to a command (a JSON-ready dict)."""
+def sign(command: dict[str, Any], requester: str, key: Ed25519PrivateKey, *, target: str) -> dict[str, Any]:
+    """Add requester, target, nonce, sent_at and signature to a command (a JSON-ready dict).
+
+    `target` is the agent the command is for: signed with the rest, so that the same bytes published on another
+    agent's command topic are refused there (the command's `kind` is signed too)."""
     signed = dict(command)
     signed["requester"] = requester
+    signed["target"] = target
     signed["nonce"] = secrets.token_hex(16)
     signed.setdefault("sent_at", datetime.now().astimezone().isoformat())
     signed.pop("signature", None)
@@ -191,13 +225,41 @@ def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> 
     return path
 
 
+class NonceLedger(Protocol):
+    """Where an agent remembers the nonces of the commands it accepted, until they expire."""
+
+    def claim_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        """Record `nonce` until `expires`; False if it is already recorded (and not expired at `now`)."""
+        ...
+
+
+class MemoryNonces:
+    """A NonceLedger that forgets at restart: for tests and tools; an agent uses its state store."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def claim_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        self._seen = {n: t for n, t in self._seen.items() if t > now}
+        if nonce in self._seen:
+            return False
+        self._seen[nonce] = expires
+        return True
+
+
+def sent_when(delta: float) -> str:
+    """`delta` seconds (now - sent_at) in words: "301 s ago", "301 s in the future"."""
+    return f"{delta:.0f} s ago" if delta >= 0 else f"{-delta:.0f} s in the future"
+
+
 class Authority:
     """An agent's check of incoming commands (used only when authorityChecking=true)."""
 
-    def __init__(self, trust_path: Path, clock: Any = time.time) -> None:
+    def __init__(self, trust_path: Path, clock: Any = time.time, nonces: NonceLedger | None = None) -> None:
         self.trust_path = trust_path
         self._clock = clock
-        self._seen: dict[str, float] = {}
+        # a nonce is kept for twice the freshness window: any copy of the command that is still fresh is refused
+        self._nonces: NonceLedger = nonces if nonces is not None else MemoryNonces()
         self._mtime = -1.0
         self._trusted: dict[str, TrustedRequester] = {}
 
@@ -212,13 +274,18 @@ class Authority:
             self._mtime = mtime
         return self._trusted
 
-    def check(self, raw: Mapping[str, Any]) -> str:
-        """Return the requester's name, or raise AuthError saying why the command is refused."""
-        kind = raw.get("kind")
+    def check(self, raw: Mapping[str, Any], *, agent: str, kind: str) -> str:
+        """Return the requester's name, or raise AuthError saying why the command is refused.
+
+        `raw` is the command as received (its JSON object); `agent` the name of the agent checking it and `kind`
+        the command it is about to run (as parsed): the signed `target` and `kind` must be these."""
         requester, signature, nonce = raw.get("requester"), raw.get("signature"), raw.get("nonce")
         if not requester or not signature or not nonce:
             raise AuthError("the command is not signed (authority checking is on); "
                             "create a key with: fte key generate, and ask the agent's owner to trust it")
+        if is_agent_key_name(str(requester)):
+            raise AuthError(f"requester {requester!r} is an agent's identity key, which only binds transfers and "
+                            "never commands an agent; sign with a requester key (fte key generate)")
         entry = self.trusted().get(str(requester))
         if entry is None:
             raise AuthError(f"requester {requester!r} is not trusted by this agent")
@@ -232,13 +299,21 @@ class Authority:
             raise AuthError("the command has no valid sent_at time") from None
         now = self._clock()
         if abs(now - sent) > MAX_SKEW:
-            raise AuthError(f"the command was sent {now - sent:+.0f} s from now (more than {MAX_SKEW} s "
+            raise AuthError(f"the command was sent {sent_when(now - sent)} (more than {MAX_SKEW} s "
                             "apart: a replay, or clocks out of sync)")
-        self._seen = {n: t for n, t in self._seen.items() if t > now}
-        if nonce in self._seen:
+        target = raw.get("target")
+        if target is None:
+            # signed by an fte older than target binding: such bytes are valid on every agent's topic
+            raise AuthError("the command does not name the agent it is for (no signed 'target': sent by an older "
+                            "fte?); upgrade the command's fte")
+        if target != agent:
+            raise AuthError(f"the command is addressed to agent {str(target)[:64]!r}, not to {agent!r} "
+                            "(a copy republished on another agent's topic)")
+        if raw.get("kind") != kind:
+            raise AuthError(f"the signed command is {str(raw.get('kind'))[:64]!r}, not {kind!r}")
+        if not self._nonces.claim_nonce(str(nonce), now + 2 * MAX_SKEW, now):
             raise AuthError("the command was already received once (a replay)")
-        self._seen[str(nonce)] = now + 2 * MAX_SKEW
-        needed = REQUIRED.get(str(kind), "admin")
+        needed = REQUIRED.get(kind, "admin")
         if needed and needed not in entry.permissions:
             raise AuthError(f"requester {requester!r} lacks the {needed!r} permission for {kind}")
         return str(requester)

@@ -144,7 +144,8 @@ class Agent:
                                                              json.dumps({"agent": self.name, "time": utc_now(),
                                                                          "schedules": rows}).encode()))
         self.agent_home = agent_home or agent_dir_of(settings)
-        self.authority = Authority(self.agent_home / TRUST_FILE) if settings.authorityChecking else None
+        self.authority = (Authority(self.agent_home / TRUST_FILE, nonces=self.store) if settings.authorityChecking
+                          else None)
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
         self.broker_check: str | None = None  # what the last broker probe found (agent.broker_probe)
@@ -605,7 +606,7 @@ class Agent:
         try:
             if self.authority is not None:
                 try:
-                    self.authority.check(json.loads(payload))
+                    self.authority.check(json.loads(payload), agent=self.name, kind=cmd.kind)
                 except (AuthError, ValueError) as exc:
                     self._log_refusal(cmd, str(exc))
                     raise CommandRefused(f"not authorized: {exc}", results.NOT_AUTHORIZED) from None

@@ -161,8 +161,9 @@ class CommandBase(Strict):
     request_id: RequestId
     reply_to: ClientId | None = None
     sent_at: Annotated[str, Field(max_length=64)] | None = None
-    # authority (agent.auth): who sent it, a one-time nonce, and an Ed25519 signature over the rest
+    # authority (agent.auth): who sent it, to which agent, a one-time nonce, and an Ed25519 signature over the rest
     requester: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] | None = None
+    target: AgentName | None = None
     nonce: Annotated[str, Field(min_length=16, max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None
 

@@ -1,8 +1,9 @@
 """The agent's durable state store (sqlite): transfers, per-file checkpoints and the log outbox.
 
 An agent killed with SIGKILL finds here, at restart, every transfer it was part of with the last
-checkpoint of each file, the outcomes its peers have not yet confirmed, and the log events it
-produced while the broker was unreachable (published in order, with their original times).
+checkpoint of each file, the outcomes its peers have not yet confirmed, the log events it
+produced while the broker was unreachable (published in order, with their original times), and the
+nonces of the signed commands it accepted (so that a captured command replayed after a restart is refused).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS schedules (
     requester TEXT,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -281,6 +287,16 @@ class StateStore:
     def schedules(self) -> list[tuple[str, dict[str, Any], dict[str, Any], int, str | None]]:
         return [(i, json.loads(sc), json.loads(sp), n, r) for i, sc, sp, n, r in self._db.execute(
             "SELECT id, schedule, spec, next_index, requester FROM schedules ORDER BY created")]
+
+    # ---- nonces of accepted commands (agent.auth.NonceLedger)
+
+    def claim_nonce(self, nonce: str, expires: float, now: float) -> bool:
+        """Record a command's nonce until `expires`; False if it is recorded already. Committed before the
+        command runs: an agent killed right after obeying a command still refuses its replay at restart."""
+        with self._transaction():
+            self._db.execute("DELETE FROM nonces WHERE expires <= ?", (now,))
+            cur = self._db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?,?)", (nonce, expires))
+            return cur.rowcount == 1
 
     # ---- outbox: log events waiting for the broker
 

@@ -202,7 +202,7 @@ class FteClient:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[command.request_id] = fut
         try:
-            await self.client.publish(self.topics.commands(agent), self.sign(command), qos=1)
+            await self.client.publish(self.topics.commands(agent), self.sign(command, agent), qos=1)
         except aiomqtt.MqttError as exc:
             raise ClientError(f"lost the broker at {self.addr.url}: {exc}") from None
         try:
@@ -213,19 +213,24 @@ class FteClient:
         finally:
             self._pending.pop(command.request_id, None)
 
-    def sign(self, command: Any) -> bytes:
-        """The command's bytes, signed with the requester's key when there is one (agent.auth)."""
-        from agent.auth import load_private, requester_name, sign
+    def sign(self, command: Any, agent: str) -> bytes:
+        """The command's bytes for `agent`, signed with the requester's key when there is one (agent.auth): the
+        signature covers `agent` (the command's `target`), so the bytes are obeyed by that agent only."""
+        from agent.auth import is_agent_key_name, load_private, requester_name, sign
         from agent.settings import config_home
 
         name = requester_name()
+        if is_agent_key_name(name):
+            raise ClientError(f"requester name {name!r} (FTE_REQUESTER or your user name) is in the namespace of "
+                              "agents' identity keys, which never command an agent; set FTE_REQUESTER to another "
+                              "name")
         try:
             key = load_private(config_home(), name)
         except (OSError, ValueError) as exc:
             raise ClientError(f"cannot read your signing key: {exc}") from None
         if key is None:
             return dump(command)
-        return json.dumps(sign(json.loads(dump(command)), name, key)).encode()
+        return json.dumps(sign(json.loads(dump(command)), name, key, target=agent)).encode()
 
     async def retained_json(self, topic: str, settle: float = 0.7) -> list[dict[str, Any]]:
         """The retained JSON objects on `topic` (a filter), collected until none arrives for `settle` s."""

@@ -84,9 +84,14 @@ def create_agent(
         validate_agent_name(agent_name)
     except ValueError as exc:
         fail(str(exc))
-    from agent.auth import ensure_key, public_text, requester_name, trust
+    from agent.auth import check_requester_name, ensure_key, public_text, requester_name, trust
     from agent.settings import config_home
 
+    me = requester_name()
+    try:
+        check_requester_name(me)  # before anything is written
+    except ValueError as exc:
+        fail(f"{exc} (set FTE_REQUESTER)")
     path = properties_path(agent_name)
     values = {"agentName": agent_name, "brokerUrl": broker_url(broker), "sandboxRoot": sandbox or default_sandbox(),
               "authorityChecking": "true"}
@@ -97,7 +102,6 @@ def create_agent(
         write_agent_properties(path, values, force=force)
         load_agent_settings(agent_name)
         # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted
-        me = requester_name()
         key = ensure_key(config_home(), me)
         trust(path.parent, me, public_text(key.public_key()), "all")
         _trust_neighbours(path.parent)
@@ -517,17 +521,21 @@ def key_trust(
     permissions: str = typer.Option("transfer,cancel", "-p", "--permissions",
                                     help="Comma-separated: transfer, cancel, monitor, admin; or all."),
 ) -> None:
-    """Let a requester command an agent."""
-    from agent.auth import trust
+    """Let a requester command an agent (or, as agent.NAME with -p transfer, let agent NAME take part in transfers)."""
+    from agent.auth import check_trust_entry, is_agent_key_name, trust
     from agent.settings import agent_dir
 
     d = agent_dir(agent)
     if not (d / "agent.properties").exists():
         fail(f"agent {agent} is not configured here ({d}); create it with fte-create-agent -agentName {agent}")
     try:
+        check_trust_entry(name, permissions)
         path = trust(d, name, public_key, permissions)
     except ValueError as exc:
         fail(str(exc))
+    if is_agent_key_name(name):
+        out.print(f"{agent} now takes part in transfers with the agent whose identity key is {name}; {path}")
+        return
     out.print(f"{agent} now obeys {name} ({permissions}); {path}")
 
 

@@ -14,9 +14,12 @@ import pytest
 
 from agent.auth import ensure_key, public_text, sign
 from agent.binding import load_or_create_agent_key, new_ephemeral, seal
-from agent.protocol import (Complete, CreateTransfer, FileOffer, Resync, TransferItem, TransferSpec, encode_chunk,
+from agent.protocol import (Complete, CreateTransfer, FileOffer, Ping, Resync, TransferItem, TransferSpec, encode_chunk,
                             new_transfer_id, parse_control)
+from cli.client import ClientError, FteClient
 from tests.support.agents import FteEnv, Result, script, wait_until
+from tests.support.brokers import split_url
+from tests.support.subscription import Subscription
 
 
 @pytest.fixture
@@ -96,7 +99,8 @@ def test_replayed_command_is_refused(pair) -> None:
                                             destination_type="file")], exist="overwrite")
     cmd = CreateTransfer(kind="create_transfer", request_id="replay1", reply_to="tester", transfer_id=new_transfer_id(),
                          spec=spec)
-    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "root-test", key)).encode()
+    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "root-test", key,
+                                    target="A1")).encode()
 
     async def go() -> list[dict]:
         async with aiomqtt.Client("127.0.0.1", int(env.broker_url.rsplit(":", 1)[1]), identifier="tester") as c:
@@ -177,3 +181,129 @@ def test_an_agent_the_destination_does_not_trust_cannot_send_it_files(pair, tmp_
     assert "does not trust agent EVIL" in reply["files"][0]["supplement"]
     assert not (data / "out" / "planted.txt").exists()
     assert not (data / "out" / "planted.txt.part").exists()
+
+
+class CommandTap:
+    """What crosses the broker on the command and reply topics, as an eavesdropper on the broker sees it."""
+
+    def __init__(self, env: FteEnv) -> None:
+        self.env = env
+        self.commands: dict[str, list[bytes]] = {}
+        self.replies: list[dict] = []
+        self._subs = [Subscription(env.broker_url, "SYSTEM.FTE/Commands/+", self._command),
+                      Subscription(env.broker_url, "SYSTEM.FTE/Replies/+", self._reply)]
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        self.commands.setdefault(topic.rsplit("/", 1)[1], []).append(payload)
+
+    def _reply(self, topic: str, payload: bytes) -> None:
+        self.replies.append(json.loads(payload))
+
+    def captured(self, agent: str) -> bytes:
+        found = wait_until(lambda: self.commands.get(agent), 10, f"a command to {agent} seen on the broker")
+        assert len(found) == 1, found
+        return found[0]
+
+    def replies_to(self, payload: bytes, count: int) -> list[dict]:
+        """The first `count` replies to the command `payload` (matched by its request id)."""
+        rid = json.loads(payload)["request_id"]
+
+        def enough() -> list[dict] | None:
+            found = [x for x in self.replies if x["request_id"] == rid]
+            return found[:count] if len(found) >= count else None
+
+        return wait_until(enough, 20, f"{count} replies to {rid}")
+
+    def republish(self, agent: str, payload: bytes) -> None:
+        async def go() -> None:
+            async with aiomqtt.Client(*split_url(self.env.broker_url), identifier="eavesdropper") as c:
+                await c.publish(f"SYSTEM.FTE/Commands/{agent}", payload, qos=1)
+
+        asyncio.run(go())
+
+    def close(self) -> None:
+        for s in self._subs:
+            s.close()
+
+
+@pytest.fixture
+def tap(pair):
+    t = CommandTap(pair[0])
+    yield t
+    t.close()
+
+
+def test_a_stop_command_captured_for_one_agent_is_refused_by_another(pair, tap: CommandTap) -> None:
+    env, _ = pair
+    r = env.run("stop-agent", "A1")
+    assert r.returncode == 0, str(r)
+    captured = tap.captured("A1")
+    env.agents["A1"].proc.wait(20)
+    tap.republish("A2", captured)  # the same bytes, on A2's command topic
+    _, answer = tap.replies_to(captured, 2)
+    assert answer["ok"] is False and answer["result_code"] == 53, answer
+    assert "addressed to agent 'A1'" in answer["message"], answer
+    assert env.agents["A2"].alive()
+    assert env.run("ping-agent", "A2").returncode == 0
+    wait_until(lambda: "refused stop_agent" in env.agents["A2"].log.read_text(), 10, "refusal logged")
+
+
+def test_a_command_replayed_after_the_agent_restarts_is_refused(pair, tap: CommandTap) -> None:
+    env, _ = pair
+    r = env.run("ping-agent", "A2")
+    assert r.returncode == 0, str(r)
+    captured = tap.captured("A2")
+    tap.replies_to(captured, 1)
+    env.agents["A2"].kill()  # SIGKILL: whatever the agent remembers only in memory is gone
+    env.start_agent("A2")
+    tap.republish("A2", captured)
+    _, answer = tap.replies_to(captured, 2)
+    assert answer["ok"] is False and answer["result_code"] == 53, answer
+    assert "already received once" in answer["message"], answer
+
+
+def test_an_agents_identity_key_is_not_a_requester(pair) -> None:
+    """agents/A1/agent.key is trusted by A2 as `agent.A1` to bind transfers; signing a command with it (here: make
+    A2 send a file to A1) must not work."""
+    env, data = pair
+    (data / "in" / "secret.txt").write_text("A2's")
+    identity = load_or_create_agent_key(env.agent_dir("A1"))
+    spec = TransferSpec(source_agent="A2", destination_agent="A1",
+                        items=[TransferItem(source=str(data / "in" / "secret.txt"),
+                                            destination=str(data / "out" / "stolen.txt"), destination_type="file")])
+    cmd = CreateTransfer(kind="create_transfer", request_id="identity1", reply_to="tester",
+                         transfer_id=new_transfer_id(), spec=spec)
+    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "agent.A1", identity,
+                              target="A2")).encode()
+
+    async def go() -> dict:
+        async with aiomqtt.Client(*split_url(env.broker_url), identifier="tester") as c:
+            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
+            await c.publish("SYSTEM.FTE/Commands/A2", payload, qos=1)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    return json.loads(m.payload)
+        raise AssertionError("no reply")
+
+    reply = asyncio.run(go())
+    assert reply["ok"] is False and reply["result_code"] == 53, reply
+    assert "identity key" in reply["message"], reply
+    assert not (data / "out" / "stolen.txt").exists()
+
+
+def test_the_key_commands_keep_agent_keys_apart_from_requesters(tmp_path: Path, monkeypatch) -> None:
+    env = FteEnv(tmp_path / "home", "mqtt://127.0.0.1:9")  # nothing here talks to a broker
+    env.create_agent("A1")
+    r = env.run("key", "generate", "--name", "agent.A2")
+    assert r.returncode != 0 and "agents' identity keys" in r.stderr, str(r)
+    assert not (env.home / "keys" / "agent.A2.key").exists()
+    other = public_text(load_or_create_agent_key(tmp_path / "A2").public_key())
+    r = env.run("key", "trust", "A1", "agent.A2", other, "-p", "all")
+    assert r.returncode != 0 and "use -p transfer" in r.stderr, str(r)
+    assert "agent.A2" not in (env.agent_dir("A1") / "authorized_requesters").read_text()
+    r = env.run("key", "trust", "A1", "agent.A2", other, "-p", "transfer")
+    assert r.returncode == 0, str(r)
+    monkeypatch.setenv("FTE_CONFIG_HOME", str(env.home))
+    monkeypatch.setenv("FTE_REQUESTER", "agent.A1")
+    with pytest.raises(ClientError, match="set FTE_REQUESTER to another name"):
+        FteClient(env.broker_url).sign(Ping(kind="ping", request_id="p1"), "A1")
