@@ -36,9 +36,10 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
-def write_failed(action: str, path: str, exc: BaseException) -> str:
-    """The supplement of a file whose part file could not be written: FTEIO0001E."""
-    return f"{FTEIO0001E}: {action} {path} failed: {describe_os_error(exc)}"
+def write_failed(what: str, exc: BaseException) -> str:
+    """The supplement of a file whose part file could not be written (`what`: "write to /in/x.part"):
+    FTEIO0001E."""
+    return f"{FTEIO0001E}: {what} failed: {describe_os_error(exc)}"
 
 
 def read_failed(path: str, exc: BaseException) -> str:
