@@ -9,8 +9,8 @@ Two small guarantees the sessions build on (agent/source.py, agent/destination.p
   with the file descriptor (fstat) and with the path (a file renamed over the original), so that a file
   appended to, rewritten in place, truncated or replaced while it was being sent never yields success.
 
-The message ids are this project's own (FTEIO...): the reference system has no message with exactly
-these meanings (docs/result-codes.md).
+The message ids are this project's own (FTEIO..., in agent.core.results): the reference system has no
+message with exactly these meanings (docs/result-codes.md).
 """
 
 from __future__ import annotations
@@ -20,12 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-# an IO error on the destination's part file (write, truncate, rename): the file fails at once
-FTEIO0001E = "FTEIO0001E"
-# a read error on the source file: the file fails at once
-FTEIO0002E = "FTEIO0002E"
-# the source file changed while it was being sent: the file fails (it is never sent as a mix)
-FTEIO0003E = "FTEIO0003E"
+from .core.results import FTEIO0001E, FTEIO0002E, FTEIO0003E
 
 
 def describe_os_error(exc: BaseException) -> str:
