@@ -18,6 +18,7 @@ from typing import Any
 from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
+from .fileio import write_all, write_failed
 from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply)
 from .link import MessageTooLarge
@@ -39,7 +40,7 @@ def part_path(destination: str) -> str:
 
 
 def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
-    os.pwrite(fd, data, offset)
+    write_all(fd, data, offset)  # every byte, or the OSError (a full disk writes short first)
     if hasher is not None:
         hasher.update(data)
 
@@ -162,7 +163,12 @@ class DestinationTransfer:
             log.warning("transfer %s file %d: chunk beyond the announced size dropped", self.tid, f.index)
             return
         if chunk.offset == f.offset:
-            await self._write(f, chunk.offset, chunk.data)
+            try:
+                await self._write(f, chunk.offset, chunk.data)
+            except OSError as exc:
+                # a full disk, a quota, EIO: resending cannot cure it (it looped, re-sending for ever)
+                await self._write_failed(f, exc)
+                return
             f.offset = end
             if self.ctx.metrics is not None:
                 self.ctx.metrics.bytes_received += len(chunk.data)
@@ -205,7 +211,7 @@ class DestinationTransfer:
                 fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
                 self._opened.add(f.index)
                 try:
-                    os.write(fd, entry.data)
+                    write_all(fd, entry.data, 0)  # every byte, or the OSError (a full disk writes short first)
                 finally:
                     os.close(fd)
                 actual = None if algo == "none" else hashlib.new(algo, entry.data).hexdigest()
@@ -232,7 +238,7 @@ class DestinationTransfer:
                 f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
                 self._renamed.append(f)
             except OSError as exc:
-                self._fail(f, exc)
+                self._fail(f, exc, "rename to")
                 failed.append(f)
             answered.append(f)
         if failed:
@@ -252,12 +258,26 @@ class DestinationTransfer:
         files, self._renamed = self._renamed + files, []
         return files
 
-    def _fail(self, f: FileRecord, exc: BaseException) -> None:
+    def _fail(self, f: FileRecord, exc: BaseException, action: str = "write to") -> None:
+        part = part_path(f.destination)
         try:
-            os.unlink(part_path(f.destination))
+            os.unlink(part)
         except OSError:
             pass
-        f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+        f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, action, part, f)
+        if _is_io_error(exc):
+            log.error("transfer %s: %s", self.tid, f.supplement)
+
+    async def _write_failed(self, f: FileRecord, exc: OSError) -> None:
+        """The part file cannot be written: the file fails now (part file removed, one log line), and the
+        source is told, so that the transfer ends rather than re-sending what cannot be stored."""
+        self._close(f.index)
+        self.hashers.pop(f.index, None)
+        self._fail(f, exc)
+        self._save([f])
+        await self._send(FileResult(kind="file_result", transfer_id=self.tid, index=f.index,
+                                    result_code=f.result_code, supplement=f.supplement,
+                                    destination=f.destination, digest=None))
 
     async def on_file_end(self, msg: FileEnd) -> None:
         self.last_activity = time.monotonic()
@@ -368,7 +388,11 @@ class DestinationTransfer:
             return False  # the FileEnd (with the digest) has not arrived yet
         part = part_path(f.destination)
         if f.size == 0 and not os.path.exists(part):
-            await self._write(f, 0, b"")
+            try:
+                await self._write(f, 0, b"")
+            except OSError as exc:
+                await self._write_failed(f, exc)
+                return True
         self._close(f.index)
         algo = self.rec.header.get("checksum", "sha256")
         try:
@@ -395,7 +419,7 @@ class DestinationTransfer:
                 os.unlink(part)
             except OSError:
                 pass
-            f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+            f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, "rename to", part, f)
         self.ctx.store.save_file(self.tid, "destination", f)
         await self._send(FileResult(kind="file_result", transfer_id=self.tid, index=f.index,
                                     result_code=f.result_code, supplement=f.supplement,
@@ -433,3 +457,15 @@ class DestinationTransfer:
             exc = task.exception()  # retrieved: a ConnectionError here is handled by the source's resync
             if isinstance(exc, MessageTooLarge):
                 log.error("transfer %s: %s; not sent", self.tid, exc)
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """An error of the system (ENOSPC, EDQUOT, EIO, EACCES...), not one this module raised with its own words
+    (BFGIO0006E file exists, a digest mismatch)."""
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def _supplement(exc: BaseException, action: str, part: str, f: FileRecord) -> str:
+    if not _is_io_error(exc):
+        return str(exc)
+    return write_failed(f"rename of {part} to {f.destination}" if action == "rename to" else f"{action} {part}", exc)

@@ -24,6 +24,8 @@ from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
 from .core.window import AckRequests, SendWindow
+from .fileio import (SourceStat, changed_since_request, changed_while_read, read_failed, source_changed,
+                     stat_path)
 from .link import MessageTooLarge
 from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply, encode_bundle, finish_chunk)
@@ -54,18 +56,30 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def read_whole_files(items: list[tuple[str, int]], algorithm: str) -> list[tuple[bytes | None, str | None, str | None]]:
-    """(content, hex digest, error) of each small file (path, expected size); run in a worker thread."""
+class SourceChanged(Exception):
+    """The source file is not (any more) the one the transfer was requested for; str() is the supplement."""
+
+
+def read_whole_files(items: list[tuple[str, int]], algorithm: str,
+                     mtimes: list[float] | None = None) -> list[tuple[bytes | None, str | None, str | None]]:
+    """(content, hex digest, error) of each small file (path, expected size, and the mtime recorded at the
+    request when given); run in a worker thread. A file that is not as requested, or that changes while it
+    is read, is an error (agent.fileio), never sent."""
     out: list[tuple[bytes | None, str | None, str | None]] = []
-    for path, size in items:
+    for i, (path, size) in enumerate(items):
         try:
             with open(path, "rb") as fh:
+                before = SourceStat.of_fd(fh.fileno())
                 data = fh.read(size + 1)
+                changed = changed_since_request(before, size, mtimes[i] if mtimes else 0.0) or \
+                    changed_while_read(before, SourceStat.of_fd(fh.fileno()), stat_path(path))
         except OSError as exc:
-            out.append((None, None, f"cannot read source: {exc}"))
+            out.append((None, None, read_failed(path, exc)))
             continue
-        if len(data) != size:
-            out.append((None, None, "the source file changed size during the transfer"))
+        if changed is None and len(data) != size:
+            changed = source_changed(f"size {size} -> {len(data) if len(data) <= size else 'more'}")
+        if changed is not None:
+            out.append((None, None, changed))
             continue
         out.append((data, None if algorithm == "none" else hashlib.new(algorithm, data).hexdigest(), None))
     return out
@@ -122,6 +136,9 @@ class SourceTransfer:
         self._dirty: set[int] = set()  # files whose checkpoint moved since the last save
         self.hashers: dict[int, tuple[Any, int]] = {}
         self.fds: dict[int, int] = {}
+        # what each open source file was when this session opened it (agent.fileio): compared after its last
+        # read and at every resync, so that a file changed while it was sent never yields success
+        self.stats: dict[int, SourceStat] = {}
         self.restarted = restarted
         self.epoch = rec.epoch
         self.last_progress = time.monotonic()
@@ -470,18 +487,29 @@ class SourceTransfer:
                 ack = self.acks.ask(last, budget)
                 try:
                     frame = self._read_frame(idx, offset, length, last, ack)
-                except OSError as exc:
-                    self._file_resulted(f, "failed", results.FILE_FAILED, f"cannot read source: {exc}")
+                except SourceChanged as exc:
+                    self._source_failed(f, str(exc))
                     break
-                if frame is None:
-                    self._file_resulted(f, "failed", results.FILE_FAILED,
-                                        "the source file changed size during the transfer")
+                except OSError as exc:
+                    self._source_failed(f, read_failed(f.source, exc))
+                    break
+                if frame is None:  # it ended early
+                    self._source_failed(f, self._changed(idx) or source_changed(f"size {f.size} -> less"))
                     break
                 self._budget_left = budget
                 if not self._publish_data(frame):
                     return
             if f.status == "ready" and w.next_offset >= f.size and idx not in self.end_sent:
-                digest = await self._digest(idx)
+                try:
+                    digest = await self._digest(idx)
+                    # after the last read (and the digest's): the bytes sent are one version of one file
+                    changed = self._changed(idx)
+                except OSError as exc:
+                    self._source_failed(f, read_failed(f.source, exc))
+                    continue
+                if changed is not None:
+                    self._source_failed(f, changed)
+                    continue
                 end = FileEnd(kind="file_end", transfer_id=self.tid, epoch=self.epoch, index=idx, size=f.size,
                               digest=digest)
                 if not self._publish_data(seal(end, self.key), control=True):
@@ -493,12 +521,12 @@ class SourceTransfer:
         """Read, hash and send whole files in one frame. The bytes now in flight, or -1 if the link is down."""
         algo = self.rec.header.get("checksum", "sha256")
         items = await asyncio.to_thread(read_whole_files, [(self.files[j].source, self.files[j].size) for j in batch],
-                                        algo)
+                                        algo, [self.files[j].mtime for j in batch])
         entries = []
         for j, (data, digest, error) in zip(batch, items):
             f = self.files[j]
             if data is None:
-                self._file_resulted(f, "failed", results.FILE_FAILED, error)
+                self._source_failed(f, error)
                 continue
             w = self.windows[j]
             if f.size:
@@ -540,6 +568,7 @@ class SourceTransfer:
         fd = self.fds.get(idx)
         if fd is None:
             fd = self.fds[idx] = os.open(self.files[idx].source, os.O_RDONLY)
+            self._opened(idx, fd)
         hasher = None
         algo = self.rec.header.get("checksum", "sha256")
         if algo != "none":
@@ -569,6 +598,33 @@ class SourceTransfer:
         fd = self.fds.pop(idx, None)
         if fd is not None:
             os.close(fd)
+        self.stats.pop(idx, None)
+
+    def _opened(self, idx: int, fd: int) -> None:
+        """Remember what the file just opened is; SourceChanged if it is not what the transfer was requested
+        for (its size and mtime then): after a restart, the bytes sent before were of that version."""
+        f = self.files[idx]
+        st = SourceStat.of_fd(fd)
+        changed = changed_since_request(st, f.size, f.mtime)
+        if changed is not None:
+            raise SourceChanged(changed)
+        self.stats[idx] = st
+
+    def _changed(self, idx: int) -> str | None:
+        """Why file `idx` is not what it was when this session first opened it (or, not open, when the
+        transfer was requested), or None."""
+        f = self.files[idx]
+        fd, before = self.fds.get(idx), self.stats.get(idx)
+        if fd is None or before is None:
+            now = stat_path(f.source)
+            return source_changed("removed") if now is None else changed_since_request(now, f.size, f.mtime)
+        return changed_while_read(before, SourceStat.of_fd(fd), stat_path(f.source))
+
+    def _source_failed(self, f: FileRecord, supplement: str) -> None:
+        """The source file cannot be sent as it was requested (changed, unreadable): it fails, once logged.
+        The destination removes what it holds of it when the outcome reaches it."""
+        log.warning("transfer %s: %s: %s", self.tid, f.source, supplement)
+        self._file_resulted(f, "failed", results.FILE_FAILED, supplement)
 
     async def _send_resync(self) -> bool:
         self.epoch += 1
@@ -617,13 +673,11 @@ class SourceTransfer:
                 self._file_resulted(f, "failed", h.result_code or results.FILE_FAILED, h.supplement, h.destination)
             else:
                 try:
-                    st = os.stat(f.source)
-                    changed = st.st_size != f.size or (f.mtime and abs(st.st_mtime - f.mtime) > 1e-3)
-                except OSError:
-                    changed = True
-                if changed:
-                    self._file_resulted(f, "failed", results.FILE_FAILED,
-                                        "the source file was changed or removed while the transfer was recovering")
+                    changed = self._changed(h.index)
+                except OSError as exc:
+                    changed = read_failed(f.source, exc)
+                if changed is not None:
+                    self._source_failed(f, changed)
                     continue
                 w = self.windows[h.index]
                 held = min(h.held, f.size)

@@ -47,6 +47,10 @@ FILE_DESCRIPTIONS: Final[dict[int, str]] = {
 BFGTR0081I: Final = "BFGTR0081I"  # transfer entered recovery
 BFGTR0082I: Final = "BFGTR0082I"  # transfer resumed after recovery
 BFGSS0081E: Final = "BFGSS0081E"  # transfer failed: recovery timed out
+# this project's own (the reference has no message with these meanings): per-file supplements (agent.fileio)
+FTEIO0001E: Final = "FTEIO0001E"  # the destination could not write its part file (ENOSPC, EDQUOT, EIO...)
+FTEIO0002E: Final = "FTEIO0002E"  # the source could not read the source file
+FTEIO0003E: Final = "FTEIO0003E"  # the source file changed while it was being sent
 
 MESSAGES: Final[dict[str, str]] = {
     BFGTR0081I: "transfer {transfer_id} entered recovery; recovery timeout {timeout}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,70 @@ def test_a_new_transfer_holds_nothing_whatever_part_file_lies_there(tmp_path: Pa
         assert (out / "f1").read_bytes() == CONTENTS[1]
 
     asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- the destination's disk fills up
+
+
+def _full_disk_pair(tmp_path: Path) -> tuple[Any, Path, Any]:
+    from tests.support.session_pair import Pair
+    from tests.support.tmpfs import small_tmpfs
+
+    pair = Pair(tmp_path)
+    disk = tmp_path / "b" / "disk"
+    mount = small_tmpfs(disk, "64k")
+    mount.__enter__()
+    return pair, disk, mount
+
+
+def test_a_full_disk_fails_the_file_at_once_and_removes_its_part_file(tmp_path: Path) -> None:
+    """256 KiB to a 64 KiB tmpfs, chunk by chunk: the write fails with ENOSPC (after a short write, which
+    is not taken for success), the file fails at once saying so, its part file is removed, the source is
+    told and the transfer ends 40 (before: the OSError escaped the handler, the source recovered for ever)."""
+    pair, disk, mount = _full_disk_pair(tmp_path)
+    try:
+        src = tmp_path / "a" / "big.bin"
+        src.write_bytes(b"x" * 256 * 1024)
+        completed = pair.run([(src, disk / "big.bin")], timeout=10)
+        assert completed["result_code"] == 40, completed
+        [f] = completed["files"]
+        assert f["result_code"] == 1
+        assert f["supplement"].startswith(f"FTEIO0001E: write to {disk}/big.bin"), f  # (its part file)
+        assert f["supplement"].endswith(" failed: No space left on device (ENOSPC)"), f
+        assert os.listdir(disk) == []
+    finally:
+        mount.__exit__(None, None, None)
+
+
+def test_a_full_disk_fails_the_big_file_and_the_small_one_arrives(tmp_path: Path) -> None:
+    """A set of a small file (in a bundle) and a big one (in chunks) to a 64 KiB tmpfs: 20."""
+    pair, disk, mount = _full_disk_pair(tmp_path)
+    try:
+        small, big = tmp_path / "a" / "small.txt", tmp_path / "a" / "big.bin"
+        small.write_bytes(b"small\n")
+        big.write_bytes(b"x" * 256 * 1024)
+        completed = pair.run([(small, disk / "small.txt"), (big, disk / "big.bin")], timeout=10)
+        assert completed["result_code"] == 20, completed
+        assert [f["result_code"] for f in completed["files"]] == [0, 1]
+        assert "No space left on device (ENOSPC)" in completed["files"][1]["supplement"]
+        assert os.listdir(disk) == ["small.txt"]
+    finally:
+        mount.__exit__(None, None, None)
+
+
+def test_a_bundle_written_short_to_a_full_disk_is_not_renamed_into_place(tmp_path: Path) -> None:
+    """Whole small files (a bundle) to a tmpfs with 8 KiB left: a write that stores only part of a file and
+    returns its count is not taken for the whole file (before: the part file was renamed into place short,
+    its digest checked against the data meant to be written)."""
+    pair, disk, mount = _full_disk_pair(tmp_path)
+    try:
+        (disk / "filler").write_bytes(b"f" * (64 - 6) * 1024)
+        pair.src_ctx.chunk_size = pair.dst_ctx.chunk_size = 65536  # files up to 32 KiB travel in bundles
+        src = tmp_path / "a" / "mid.bin"
+        src.write_bytes(b"m" * 30 * 1024)
+        completed = pair.run([(src, disk / "mid.bin")], timeout=10)
+        assert completed["result_code"] == 40, completed
+        assert "No space left on device (ENOSPC)" in completed["files"][0]["supplement"], completed
+        assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        mount.__exit__(None, None, None)
