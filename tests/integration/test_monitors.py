@@ -421,7 +421,13 @@ def test_list_stop_start_delete(case: Case, env: FteEnv) -> None:
     assert row["spec"]["trigger"] == "match,*.txt" and row["spec"]["poll_seconds"] == 1, row
     assert row["spec"]["directory"] == str(case.watch) and row["spec"]["task"]["destination_agent"] == DST, row
     [line] = [ln for ln in r.stdout.splitlines() if case.name in ln]
-    for expected in (SRC, "started", "match,*.txt", str(case.watch), "every 1 s", f"{DST}:{case.out}"):
+    # the creator is kept with the definition (the signer of create_monitor) and shown
+    from agent.auth import requester_name
+
+    creator = requester_name({})
+    assert row["requester"] == creator, row
+    for expected in (SRC, "started", "match,*.txt", str(case.watch), "every 1 s", f"{DST}:{case.out}",
+                     f"by {creator}"):
         assert expected in line, line
 
     r = env.run("stop-monitor", "-ma", SRC, "-mn", case.name)
