@@ -354,10 +354,10 @@ def read_definition_file(path: Path | str, trust: DefinitionTrust | None = None)
         except ValidationError as exc:
             raise RequestFileError(path, f"template: {_first_error(exc)}") from None
         try:
-            verify_template(t.name, document, trust)
+            creator = verify_template(t.name, document, trust)
         except TemplateError as exc:
             raise RequestFileError(path, str(exc)) from None
-        return "template", t.spec, f"template {t.name} (file {path})"
+        return "template", t.spec, f"template {t.name} (file {path}, signed by {creator})"
     raise RequestFileError(path, 'neither a transfer request ({"version": 1, "spec": {...}}, from '
                                  'fte-create-transfer -gt) nor a template ({"name", "spec", ...})')
 
