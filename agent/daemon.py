@@ -763,7 +763,7 @@ class Agent:
             except MonitorError as exc:
                 raise CommandRefused(str(exc), exc.code) from None
             self._stop_monitor_task(spec.name)
-            self.store.save_monitor(spec.name, json.loads(spec.model_dump_json()), "started")
+            self.store.save_monitor(spec.name, json.loads(spec.model_dump_json()), "started", cmd.requester)
             self._start_monitor(spec, {})
             self._monitor_event(spec.name, "created", {"message": f"monitor {spec.name} created on {root}"})
             return {"monitor": spec.name, "state": "started"}
@@ -809,6 +809,7 @@ class Agent:
     def _monitor_view(self, name: str, spec: dict[str, Any], state: str) -> dict[str, Any]:
         runner = self.monitors.get(name, (None,))[0]
         return {"name": name, "agent": self.name, "state": state, "spec": spec,
+                "requester": self.store.monitor_requester(name),
                 "polls": runner.polls if runner else 0, "last_poll": runner.last_poll if runner else None}
 
     def _publish_monitor(self, spec: MonitorSpec, state: str) -> None:

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS monitors (
     spec TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'started',
     memory TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    requester TEXT
 );
 CREATE TABLE IF NOT EXISTS schedules (
     id TEXT PRIMARY KEY,
@@ -121,6 +122,9 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        # a state store from before monitors kept their creator: add the column (NULL: creator unknown)
+        if "requester" not in {r[1] for r in self._db.execute("PRAGMA table_info(monitors)")}:
+            self._db.execute("ALTER TABLE monitors ADD COLUMN requester TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -252,11 +256,18 @@ class StateStore:
 
     # ---- monitors: definitions and what each has already fired for
 
-    def save_monitor(self, name: str, spec: dict[str, Any], state: str = "started") -> None:
+    def save_monitor(self, name: str, spec: dict[str, Any], state: str = "started",
+                     requester: str | None = None) -> None:
+        """`requester`: who created it (the verified signer of create_monitor; None without authority checking)."""
         self._db.execute(
-            "INSERT INTO monitors (name, spec, state, memory, created) VALUES (?,?,?,'{}',?) "
-            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, state=excluded.state, memory='{}'",
-            (name, json.dumps(spec), state, time.time()))
+            "INSERT INTO monitors (name, spec, state, memory, created, requester) VALUES (?,?,?,'{}',?,?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, state=excluded.state, memory='{}', "
+            "requester=excluded.requester",
+            (name, json.dumps(spec), state, time.time(), requester))
+
+    def monitor_requester(self, name: str) -> str | None:
+        row = self._db.execute("SELECT requester FROM monitors WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
 
     def set_monitor_state(self, name: str, state: str) -> None:
         self._db.execute("UPDATE monitors SET state=? WHERE name=?", (state, name))

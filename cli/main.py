@@ -687,13 +687,14 @@ def create_transfer(
                 ctx, sources=sources, source_agent=source_agent, destination_agent=destination_agent,
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
                 recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata)
+            creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)
             else:
                 assert template_name is not None
                 templates.validate_template_name(template_name)
-                base = run(templates.fetch_template(broker_url(broker, source_agent), template_name)).spec
-                label = f"template {template_name}"
+                fetched, creator = run(templates.fetch_template(broker_url(broker, source_agent), template_name))
+                base, label = fetched.spec, f"template {template_name}"
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
             fail(exc.line(), exc.code)
@@ -712,6 +713,9 @@ def create_transfer(
                       f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
                       markup=False, emoji=False)
         raise typer.Exit(0)
+    if template_name is not None or definition is not None:
+        # what you sign is what runs: say where the files go from and to before anything is sent
+        err.print(templates.submission_line(spec, label, creator), markup=False, emoji=False)
     if schedule_start is None and (occurrence_frequency != 1 or time_base != "admin"):
         fail("-of and -tb describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
     if schedule_start is not None:
@@ -906,6 +910,10 @@ _monitors.register(app)
 from . import templates as _templates  # noqa: E402  (create-template, list-templates, delete-templates)
 
 _templates.register(app)
+
+from . import definitions as _definitions  # noqa: E402  (fte key trust-creator, untrust-creator, creators)
+
+_definitions.register(key_app)
 
 from . import schedules as _schedules  # noqa: E402
 

@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="JSON output."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
-        """List monitors (from their agents' retained definitions)."""
+        """List monitors as their agents report them (each agent's retained view of the monitors in its own state
+        store; a monitor runs from that store, never from what is on the broker)."""
         rows = run(_retained_monitors(broker, agent, name))
         if as_json:
             out.print(json.dumps(rows))
@@ -125,7 +126,7 @@ def register(app: typer.Typer) -> None:
             out.print("No monitors.")
             return
         for m in rows:
-            line = f"{m['agent']:12} {m['name']:24} {m['state']}"
+            line = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
             if verbose:
                 sp = m["spec"]
                 task = sp["task"]

@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="JSON output."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
-        """List scheduled transfers (retained by their source agents on Scheduler/<agent>)."""
+        """List scheduled transfers as their source agents report them (each agent's retained view, on
+        Scheduler/<agent>, of the schedules in its own state store, which is what runs)."""
         rows = run(_retained(broker, agent))
         if as_json:
             out.print(json.dumps(rows))
@@ -83,7 +84,8 @@ def register(app: typer.Typer) -> None:
             every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
             files = ", ".join(i["source"] for i in sp["items"])
             out.print(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                      f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})")
+                      f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
+                      f"by {r.get('requester') or '(unknown)'}")
 
     @app.command("delete-scheduled-transfer")
     def delete_scheduled(

@@ -2,8 +2,10 @@
 
 * A **template** is a named, possibly partial transfer: `fte-create-template -tn NAME [transfer flags]
   [SOURCE...]` publishes it, retained (QoS 1), on `SYSTEM.FTE/Templates/<NAME>` as
-  `{"name", "created", "created_by", "spec"}`, where `spec` has the fields of a TransferSpec, any of
-  which may be missing. `fte-list-templates`, `fte-delete-templates` read and remove them, and
+  `{"name", "created", "created_by", "spec", "signature"}`, where `spec` has the fields of a TransferSpec,
+  any of which may be missing, and `signature` is the creator's (agent.definitions): every reader verifies
+  it against the creators it trusts before using or showing the template as good, because anyone who may
+  publish on the broker can replace a retained message. `fte-list-templates`, `fte-delete-templates` read and remove them, and
   `fte-create-transfer -tn NAME [flags] [SOURCE...]` submits one (beyond the reference system, where
   templates are submitted from a GUI only).
 * A **transfer request file** is `{"version": 1, "spec": <a complete TransferSpec>}`, written by
@@ -33,12 +35,16 @@ from pydantic import Field, ValidationError, model_validator
 from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
+from agent.definitions import DefinitionTrust, DefinitionTrustError
+
 from .client import ClientError, FteClient, broker_url
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
+# What `fte-list-templates --json` adds to a template's document (not part of what is signed).
+LISTING_FIELDS = ("verified", "problem")
 # How long to wait for retained messages after subscribing (they come at once when they exist).
 SETTLE = 0.7
 
@@ -109,6 +115,8 @@ class Template(Strict):
     created: Annotated[str, Field(max_length=64)]
     created_by: Annotated[str, Field(max_length=256)] | None = None
     spec: TemplateSpec
+    # the creator's Ed25519 signature (agent.definitions); None only in templates of an older fte
+    signature: Annotated[str, Field(max_length=128)] | None = None
 
 
 class RequestFile(Strict):
@@ -305,10 +313,11 @@ def write_request_file(path: Path | str, spec: TransferSpec) -> Path:
     return path
 
 
-def read_definition_file(path: Path | str) -> tuple[str, TemplateSpec, str]:
+def read_definition_file(path: Path | str, trust: DefinitionTrust | None = None) -> tuple[str, TemplateSpec, str]:
     """A transfer request file or a template's JSON, as (kind "request"|"template", spec, label).
 
-    The spec of a template may be partial. Raises RequestFileError (one line: the file and the problem).
+    The spec of a template may be partial; a template must verify (`verify_template`). Raises
+    RequestFileError (one line: the file and the problem).
     """
     path = Path(path)
     try:
@@ -338,22 +347,28 @@ def read_definition_file(path: Path | str) -> tuple[str, TemplateSpec, str]:
             raise RequestFileError(path, _first_error(exc)) from None
         return "request", TemplateSpec.model_validate(req.spec.model_dump()), f"transfer request file {path}"
     if "name" in data and "spec" in data:
+        # a line of `fte-list-templates --json` carries the listing's verdict; the file is verified afresh
+        document = {k: v for k, v in data.items() if k not in LISTING_FIELDS}
         try:
-            t = Template.model_validate_json(raw, strict=True)
+            t = Template.model_validate(document, strict=True)
         except ValidationError as exc:
             raise RequestFileError(path, f"template: {_first_error(exc)}") from None
-        return "template", t.spec, f"template {t.name} (file {path})"
+        try:
+            creator = verify_template(t.name, document, trust)
+        except TemplateError as exc:
+            raise RequestFileError(path, str(exc)) from None
+        return "template", t.spec, f"template {t.name} (file {path}, signed by {creator})"
     raise RequestFileError(path, 'neither a transfer request ({"version": 1, "spec": {...}}, from '
                                  'fte-create-transfer -gt) nor a template ({"name", "spec", ...})')
 
 
-def load_request_file(path: Path | str) -> dict[str, Any]:
+def load_request_file(path: Path | str, trust: DefinitionTrust | None = None) -> dict[str, Any]:
     """A complete transfer request from `path`: {"version": 1, "spec": <TransferSpec dict>}.
 
     Accepts what `fte-create-transfer -gt` writes, and a template's JSON when the template is complete.
     Raises RequestFileError (a ValueError; `str(exc)` is the problem, `exc.line()` names the file too).
     """
-    kind, spec, label = read_definition_file(path)
+    kind, spec, label = read_definition_file(path, trust)
     try:
         full = merge(spec, Overrides(), label)
     except TemplateError as exc:
@@ -399,14 +414,47 @@ async def read_templates(c: FteClient, name: str | None = None, settle: float = 
             return found
 
 
-async def fetch_template(url: str, name: str) -> Template:
+def trust_here() -> DefinitionTrust:
+    """The creators this client trusts: its own keys and keys/trusted_creators, under $FTE_CONFIG_HOME."""
+    from agent.settings import config_home
+
+    return DefinitionTrust(config_home())
+
+
+def verify_template(name: str, document: dict[str, Any], trust: DefinitionTrust | None = None) -> str:
+    """The creator of template `name` if its signature verifies with a trusted creator's key; else a
+    TemplateError saying what is wrong and how to fix it. `document` is the template as published."""
+    try:
+        return (trust or trust_here()).verify("template", name, document)
+    except DefinitionTrustError as exc:
+        raise TemplateError(str(exc)) from None
+    except ValueError as exc:  # a trusted_creators file that cannot be read
+        raise TemplateError(f"cannot check template {name}: {exc}") from None
+
+
+def _document(payload: bytes) -> dict[str, Any]:
+    from pydantic_core import from_json
+
+    data = from_json(payload)
+    assert isinstance(data, dict)  # _parse_template accepted it as a Template
+    return data
+
+
+def check_template(name: str, payload: bytes, trust: DefinitionTrust | None = None) -> tuple[Template, str]:
+    """A retained payload as a valid, verified template and its creator; else TemplateError."""
+    t = _parse_template(name, payload)
+    return t, verify_template(name, _document(payload), trust)
+
+
+async def fetch_template(url: str, name: str) -> tuple[Template, str]:
+    """Template `name` from the broker and its (verified) creator."""
     validate_template_name(name)
     async with FteClient(url) as c:
         found = await read_templates(c, name, settle=1.0)
         if name not in found:
             raise TemplateError(f"template {name} does not exist on the broker at {c.url}; list the templates "
                                 f"with fte-list-templates")
-        return _parse_template(name, found[name])
+        return check_template(name, found[name])
 
 
 async def _publish(c: FteClient, name: str, payload: bytes) -> None:
@@ -419,7 +467,18 @@ async def _publish(c: FteClient, name: str, payload: bytes) -> None:
         raise ClientError(f"lost the broker at {c.url}: {exc}") from None
 
 
-def summary(t: Template) -> list[str]:
+def submission_line(spec: TransferSpec, label: str, creator: str | None = None) -> str:
+    """What is about to be submitted, in one line (printed before it is): from where, to where, -sd."""
+    first = spec.items[0]
+    more = f" (+{len(spec.items) - 1} more)" if len(spec.items) > 1 else ""
+    dests = {(i.destination, i.destination_type) for i in spec.items}
+    dest = f"{first.destination} ({first.destination_type})" if len(dests) == 1 else "several destinations"
+    who = f" by {creator} (signature verified)" if creator else ""
+    return (f"{label}{who}: {spec.source_agent}:{first.source}{more} -> {spec.destination_agent}:{dest}; "
+            f"-sd {spec.disposition}, -de {spec.exist}")
+
+
+def summary(t: Template, problem: str | None = None) -> list[str]:
     """`fte-list-templates -v`: agents, files, destination, -rt and the rest that is set."""
     s = t.spec
     sources = [i.source for i in s.items if i.source is not None]
@@ -446,7 +505,9 @@ def summary(t: Template) -> list[str]:
         options.append("-md " + ",".join(f"{k}={v}" for k, v in s.metadata.items()))
     if options:
         lines.append(f"  options:      {' '.join(options)}")
-    lines.append(f"  created:      {t.created}" + (f" by {t.created_by}" if t.created_by else ""))
+    lines.append(f"  created:      {t.created}" + (f" by {t.created_by}" if t.created_by else "")
+                 + (" (claimed)" if problem and t.created_by else ""))
+    lines.append(f"  UNVERIFIED:   {problem}" if problem else f"  signature:    verified ({t.created_by})")
     return lines
 
 
@@ -496,9 +557,21 @@ def register(app: typer.Typer) -> None:
                 metadata=parse_metadata(metadata), sources=list(sources or [])))
         except TemplateError as exc:
             fail(str(exc), exc.code)
-        from agent.auth import requester_name
+        from agent.auth import keys_dir, load_private, requester_name
+        from agent.definitions import sign_definition
+        from agent.settings import config_home
 
-        template = Template(name=name, created=utc_now(), created_by=requester_name(), spec=spec)
+        creator = requester_name()
+        try:
+            key = load_private(config_home(), creator)
+        except ValueError as exc:
+            fail(str(exc))
+        if key is None:
+            fail(f"no signing key for {creator} in {keys_dir(config_home())}: a template is signed by its "
+                 f"creator; create your key with: fte key generate")
+        unsigned = Template(name=name, created=utc_now(), created_by=creator, spec=spec)
+        document = sign_definition("template", name, json.loads(unsigned.model_dump_json(exclude_none=True)),
+                                   creator, key)
 
         async def go() -> tuple[bool, str]:
             async with FteClient(broker_url(broker, source_agent)) as c:
@@ -506,7 +579,7 @@ def register(app: typer.Typer) -> None:
                 if name in existing and not force:
                     raise TemplateError(f"template {name} already exists on the broker at {c.url}; use --force "
                                         f"to replace it")
-                await _publish(c, name, template.model_dump_json(exclude_none=True).encode())
+                await _publish(c, name, json.dumps(document, ensure_ascii=False).encode())
                 return name in existing, c.url
 
         replaced, url = run(go())
@@ -539,20 +612,30 @@ def register(app: typer.Typer) -> None:
         shown = sorted(found) if not wanted else [n for n in wanted if n in found]
         missing = [n for n in wanted if n not in found]
         printed = 0
+        trust = trust_here()
         for n in shown:
             try:
                 t = _parse_template(n, found[n])
             except TemplateError as exc:
                 err.print(f"warning: {exc}", soft_wrap=True, markup=False, emoji=False)
                 continue
+            # shown all the same, marked: the owner must see that theirs was replaced, and how to mend it
+            problem: str | None = None
+            try:
+                verify_template(n, _document(found[n]), trust)
+            except TemplateError as exc:
+                problem = str(exc)
             printed += 1
             if as_json:
-                say(t.model_dump_json(exclude_none=True))
+                verdict: dict[str, Any] = {"verified": problem is None}
+                if problem:
+                    verdict["problem"] = problem
+                say(json.dumps({**_document(found[n]), **verdict}, ensure_ascii=False))
             elif verbose:
-                for line in summary(t):
+                for line in summary(t, problem):
                     say(line)
             else:
-                say(n)
+                say(f"{n}  UNVERIFIED: {problem}" if problem else n)
         if missing:
             fail(f"no template {', '.join(missing)} on the broker at {url}")
         if not printed and not wanted and not as_json:

@@ -216,6 +216,23 @@ def case(env: FteEnv, request: pytest.FixtureRequest) -> Iterator[Case]:
         c.close()
 
 
+def publish_retained(env: FteEnv, topic: str, payload: bytes) -> None:
+    """What anyone who may publish on the broker can do (a raw MQTT client of the test's own)."""
+    import asyncio
+
+    import aiomqtt
+
+    from tests.support.brokers import split_url
+
+    host, port = split_url(env.broker_url)
+
+    async def go() -> None:
+        async with aiomqtt.Client(host, port, identifier=f"third-party-{secrets.token_hex(4)}", timeout=30) as c:
+            await c.publish(topic, payload, qos=1, retain=True)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
 def run_together(env: FteEnv, *commands: tuple[str, list[str]]) -> list[Result]:
     """Independent commands run at the same time (each costs a process start and a broker round trip)."""
     procs = [(verb, args, env.popen(verb, *args)) for verb, args in commands]
@@ -380,16 +397,31 @@ def test_a_file_fires_once_again_when_modified_or_recreated_not_after_a_restart(
     case.tap.wait(lambda t, e: t == f"{PREFIX}/Log/{SRC}/{ev['transfer_id']}" and e.get("state") == "complete",
                   "the re-created file's transfer completed")
 
+    # meanwhile someone else publishes a monitor definition of their own where the agent's retained views are
+    # (same directory, their destination): the agent runs monitors from its state store, never from these
+    forged_name, forged_out = f"{case.name}_forged", case.root / "forged"
+    forged = listed(env, case.name)[0]
+    forged.update(name=forged_name, requester="mallory")
+    forged["spec"] = {**forged["spec"], "name": forged_name,
+                      "task": {**forged["spec"]["task"], "items": [
+                          {**forged["spec"]["task"]["items"][0], "destination": f"{forged_out}/${{FileName}}"}]}}
+    publish_retained(env, f"{PREFIX}/Monitors/{SRC}/{forged_name}", json.dumps(forged).encode())
+
     # the agent restarts: the monitor resumes with it, remembers a.txt, and sends what came meanwhile
     finish_cleanup(env)  # no command of an earlier teardown in flight to the agent
     env.agents[SRC].terminate()
     new = case.watch / "new.txt"
     new.write_bytes(b"arrived while the agent was down\n")
-    env.start_agent(SRC)
-    ev = case.tap.wait(fired(case.name), "the monitor resumed with its agent and fired")
-    assert ev["files"] == [str(new)], f"a.txt fired again after the restart: {ev}"
-    arrived(case.out / "new.txt", new.read_bytes())
-    case.tap.none(fired(case.name, src), "a.txt fired again after the restart")
+    try:
+        env.start_agent(SRC)
+        ev = case.tap.wait(fired(case.name), "the monitor resumed with its agent and fired")
+        assert ev["files"] == [str(new)], f"a.txt fired again after the restart: {ev}"
+        arrived(case.out / "new.txt", new.read_bytes())
+        case.tap.none(fired(case.name, src), "a.txt fired again after the restart")
+        case.tap.none(monitor_event(forged_name, "created", "fired", "failed"), "a forged retained monitor ran")
+        assert not forged_out.exists()
+    finally:
+        publish_retained(env, f"{PREFIX}/Monitors/{SRC}/{forged_name}", b"")
 
 
 def test_a_file_whose_transfer_could_not_start_fires_again(case: Case, env: FteEnv) -> None:
@@ -421,7 +453,13 @@ def test_list_stop_start_delete(case: Case, env: FteEnv) -> None:
     assert row["spec"]["trigger"] == "match,*.txt" and row["spec"]["poll_seconds"] == 1, row
     assert row["spec"]["directory"] == str(case.watch) and row["spec"]["task"]["destination_agent"] == DST, row
     [line] = [ln for ln in r.stdout.splitlines() if case.name in ln]
-    for expected in (SRC, "started", "match,*.txt", str(case.watch), "every 1 s", f"{DST}:{case.out}"):
+    # the creator is kept with the definition (the signer of create_monitor) and shown
+    from agent.auth import requester_name
+
+    creator = requester_name({})
+    assert row["requester"] == creator, row
+    for expected in (SRC, "started", "match,*.txt", str(case.watch), "every 1 s", f"{DST}:{case.out}",
+                     f"by {creator}"):
         assert expected in line, line
 
     r = env.run("stop-monitor", "-ma", SRC, "-mn", case.name)

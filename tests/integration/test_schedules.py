@@ -189,7 +189,12 @@ def test_repeating_schedule_is_listed_and_deleted(case: Case) -> None:
     r = case.env.run("list-scheduled-transfers", "-a", SRC)
     assert r.returncode == 0, str(r)
     [line] = [ln for ln in r.stdout.splitlines() if sid in ln]
-    for expected in (f"next {nxt.isoformat()}", "every 1 minutes", str(case.src), DST, "runs so far: 1"):
+    from agent.auth import requester_name
+
+    creator = requester_name({})  # the signer of create_schedule, kept with the schedule and shown
+    assert row["requester"] == creator, row
+    for expected in (f"next {nxt.isoformat()}", "every 1 minutes", str(case.src), DST, "runs so far: 1",
+                     f"by {creator}"):
         assert expected in line, line
 
     r = case.env.run("delete-scheduled-transfer", "-a", SRC, sid)

@@ -195,3 +195,149 @@ def test_template_json_as_definition(fte: FteEnv, data: Path, tmp_path: Path, na
     r = fte.run("create-transfer", "-td", str(tfile), "-w", "60", timeout=90)
     assert r.returncode == 0, str(r)
     assert same(src, dest / "t.bin")
+
+
+# --------------------------------------------------------------------------- templates others publish
+
+
+def publish_retained(env: FteEnv, name: str, document: dict) -> None:
+    """What anyone who may publish on the broker can do: replace the retained template `name`."""
+    import asyncio
+
+    import aiomqtt
+
+    from tests.support.brokers import split_url
+
+    host, port = split_url(env.broker_url)
+
+    async def go() -> None:
+        async with aiomqtt.Client(host, port, identifier=f"third-party-{secrets.token_hex(4)}", timeout=30) as c:
+            await c.publish(f"SYSTEM.FTE/Templates/{name}", json.dumps(document).encode(), qos=1, retain=True)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def template_document(env: FteEnv, name: str) -> dict:
+    r = env.run("list-templates", "--json", name)
+    assert r.returncode == 0, str(r)
+    doc = json.loads(r.stdout)
+    doc.pop("verified", None)
+    doc.pop("problem", None)
+    return doc
+
+
+class OtherPerson(FteEnv):
+    """Someone else on the same broker: their own FTE_CONFIG_HOME and requester name, no agents."""
+
+    requester: str = "mallory"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "FTE_REQUESTER": self.requester}
+
+
+def assert_refused(fte: FteEnv, data: Path, name: str, src: Path, problem: str) -> None:
+    r = fte.run("create-transfer", "-tn", name, "-w", "20", timeout=60)
+    assert r.returncode != 0 and problem in r.stderr, str(r)
+    assert len(r.stderr.strip().splitlines()) == 1, str(r)
+    assert src.exists() and not (data / "in").exists(), str(r)  # -sd delete did not run: nothing was submitted
+    r = fte.run("list-transfers", "--json")
+    assert r.returncode == 0 and r.stdout.strip() in ("[]", ""), str(r)
+
+
+def test_template_replaced_by_a_third_party_is_refused(fte: FteEnv, data: Path, names: list[str],
+                                                       tmp_path: Path) -> None:
+    """The retained template `nightly` overwritten by someone else (a -sd delete of another file, to another
+    directory): unsigned, with a forged signature, signed by a key nobody trusts, or a valid signed
+    template republished under this name: create-transfer -tn refuses it in one line, and nothing starts."""
+    t, other = names[0], names[1]
+    mine = make_file(data / "src" / "report.bin", 1000)
+    victim = make_file(data / "src" / "precious.bin", 1000)
+    r = fte.run("create-template", "-tn", t, "-sa", "A1", "-da", "A2", "-dd", str(data / "out"), str(mine))
+    assert r.returncode == 0, str(r)
+    original = template_document(fte, t)
+    assert original["signature"] and original["created_by"]
+
+    attack = dict(original, spec={"source_agent": "A1", "destination_agent": "A2", "disposition": "delete",
+                                  "items": [{"source": str(victim), "destination": str(data / "in"),
+                                             "destination_type": "directory", "recursive": False}]})
+    unsigned = {k: v for k, v in attack.items() if k != "signature"}
+    publish_retained(fte, t, unsigned)
+    assert_refused(fte, data, t, victim, f"template {t} is not signed by its creator")
+    r = fte.run("list-templates", "-v", t)
+    assert r.returncode == 0 and "UNVERIFIED" in r.stdout and "fte-create-template" in r.stdout, str(r)
+
+    publish_retained(fte, t, attack)  # the original's signature over another spec
+    assert_refused(fte, data, t, victim, "bad signature")
+
+    # signed all right, by a key of someone this client does not trust
+    mallory = OtherPerson(tmp_path / "mallory_home", fte.broker_url)
+    assert mallory.run("key", "generate").returncode == 0
+    r = mallory.run("create-template", "-tn", other, "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-sd",
+                    "delete", str(victim))
+    assert r.returncode == 0, str(r)
+    foreign = template_document(mallory, other)
+    publish_retained(fte, t, dict(foreign, name=t))
+    assert_refused(fte, data, t, victim, "'mallory', whose key you do not trust")
+    r = fte.run("create-transfer", "-tn", other, "-w", "20", timeout=60)
+    assert r.returncode != 0 and "'mallory', whose key you do not trust" in r.stderr, str(r)
+    assert "fte key trust-creator mallory" in r.stderr and victim.exists(), str(r)
+
+    # my own valid template `t`, republished as another name
+    publish_retained(fte, other, dict(original, name=other))
+    r = fte.run("create-transfer", "-tn", other, "-w", "20", timeout=60)
+    assert r.returncode != 0 and "bad signature" in r.stderr and victim.exists(), str(r)
+
+    # the listing marks what is not verified; the plain listing too
+    publish_retained(fte, t, original)
+    lines = listed(fte, t, other)
+    assert lines[0] == t and other in lines[1] and "UNVERIFIED" in lines[1], lines
+    docs = [json.loads(line) for line in listed(fte, "--json", t, other)]
+    assert [d["verified"] for d in docs] == [True, False], docs
+
+
+def test_a_trusted_creator_template_is_used(fte: FteEnv, data: Path, names: list[str], tmp_path: Path) -> None:
+    """Someone else's template is refused until their key is trusted (fte key trust-creator), then used;
+    before it is submitted, the CLI says where the files go from and to."""
+    t = names[0]
+    src = make_file(data / "src" / "shared.bin", 20_000)
+    bob = OtherPerson(tmp_path / "bob_home", fte.broker_url)
+    bob.requester = "bob"
+    r = bob.run("key", "generate")
+    assert r.returncode == 0, str(r)
+    bob_line = r.stdout.strip().splitlines()[-1]
+    r = bob.run("create-template", "-tn", t, "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-sd", "leave",
+                str(src))
+    assert r.returncode == 0, str(r)
+    assert "created by 'bob'" in "\n".join(listed(fte, "-v", t)) or "bob" in "\n".join(listed(fte, "-v", t))
+    r = fte.run("create-transfer", "-tn", t, "-w", "20", timeout=60)
+    assert r.returncode != 0 and "whose key you do not trust" in r.stderr, str(r)
+
+    r = fte.run("key", "trust-creator", *bob_line.split())
+    assert r.returncode == 0, str(r)
+    r = fte.run("key", "creators")
+    assert r.returncode == 0 and bob_line in r.stdout, str(r)
+    r = fte.run("create-transfer", "-tn", t, "-w", "60", timeout=90)
+    assert r.returncode == 0, str(r)
+    assert same(src, data / "in" / "shared.bin")
+    assert f"template {t} by bob" in r.stderr and f"A1:{src}" in r.stderr and f"A2:{data / 'in'}" in r.stderr, str(r)
+    assert "-sd leave" in r.stderr, str(r)
+
+    r = fte.run("key", "untrust-creator", "bob")
+    assert r.returncode == 0, str(r)
+    r = fte.run("create-transfer", "-tn", t, "-w", "20", timeout=60)
+    assert r.returncode != 0 and "whose key you do not trust" in r.stderr, str(r)
+
+
+def test_summary_is_shown_before_the_submission(fte: FteEnv, data: Path, names: list[str]) -> None:
+    """The source and destination are printed before anything is sent: a submission that then fails
+    (the source agent overridden to one that does not exist) still shows them first."""
+    t = names[0]
+    r = fte.run("create-template", "-tn", t, "-sa", "A1", "-da", "A2", "-dd", "/nowhere/in", "-sd", "delete",
+                "/nowhere/out/x.bin")
+    assert r.returncode == 0, str(r)
+    r = fte.run("create-transfer", "-tn", t, "-sa", "Z9", "--timeout", "2", timeout=60)
+    assert r.returncode != 0, str(r)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) >= 2 and "Z9:/nowhere/out/x.bin" in lines[0] and "A2:/nowhere/in" in lines[0], str(r)
+    assert "-sd delete" in lines[0] and "Z9" in lines[-1], str(r)

@@ -94,3 +94,24 @@ def test_file_totals_are_the_sums_of_the_file_rows(tmp_path: Path) -> None:
     assert store.file_totals(rec.transfer_id, rec.role) == expected == (6, 4, 60, 4 + 10 + 3 + 5 + 0 + 10)
     assert store.file_totals(rec.transfer_id, "source") == (0, 0, 0, 0)  # no such transfer: zeros
     store.close()
+
+
+def test_a_monitor_keeps_its_creator_also_in_an_older_store(tmp_path: Path) -> None:
+    """A state store made before monitors kept their creator gains the column; old rows say None."""
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE monitors (name TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL DEFAULT "
+               "'started', memory TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL)")
+    db.execute("INSERT INTO monitors VALUES ('old', '{}', 'started', '{}', 0)")
+    db.commit()
+    db.close()
+    store = StateStore(path)
+    assert store.monitor_requester("old") is None
+    store.save_monitor("new", {"x": 1}, "started", "alice")
+    assert store.monitor_requester("new") == "alice"
+    store.save_monitor("new", {"x": 2}, "started", "bob")  # replaced (-f): the new creator
+    assert store.monitor_requester("new") == "bob" and store.monitor_requester("none") is None
+    assert [n for n, *_ in store.monitors()] == ["new", "old"]
+    store.close()

@@ -175,17 +175,54 @@ def test_request_file_round_trip(tmp_path: Path) -> None:
     assert merge(base, Overrides(), label) == spec
 
 
+def signed_template(home: Path, t: Template, creator: str = "me") -> dict:
+    from agent.auth import ensure_key
+    from agent.definitions import sign_definition
+
+    return sign_definition("template", t.name, json.loads(t.model_dump_json(exclude_none=True)), creator,
+                           ensure_key(home, creator))
+
+
 def test_template_json_accepted_as_a_request(tmp_path: Path) -> None:
+    from agent.definitions import DefinitionTrust
+
+    home = tmp_path / "home"
+    trust = DefinitionTrust(home)
     t = Template(name="T", created="2024-01-01T00:00:00Z", created_by="me", spec=FULL)
     path = tmp_path / "t.json"
-    path.write_text(t.model_dump_json(exclude_none=True))
-    kind, base, label = read_definition_file(path)
+    # a line of fte-list-templates --json: the listing's verdict is not part of the template
+    path.write_text(json.dumps({**signed_template(home, t), "verified": True}))
+    kind, base, label = read_definition_file(path, trust)
     assert kind == "template" and label.startswith("template T")
-    assert load_request_file(path)["spec"]["items"][0]["source"] == "/data/a.bin"
+    assert load_request_file(path, trust)["spec"]["items"][0]["source"] == "/data/a.bin"
     partial = Template(name="P", created="2024-01-01T00:00:00Z", spec=template_spec(Overrides(source_agent="A1")))
-    path.write_text(partial.model_dump_json(exclude_none=True))
+    path.write_text(json.dumps(signed_template(home, partial)))
     with pytest.raises(RequestFileError, match="template P .* has no destination agent; give -da"):
-        load_request_file(path)
+        load_request_file(path, trust)
+
+
+def test_template_json_must_verify(tmp_path: Path) -> None:
+    """A template's JSON in a file is verified as on the broker: unsigned, altered, renamed, or by a creator
+    not trusted here is refused, in one line that says how to mend it."""
+    from agent.definitions import DefinitionTrust
+
+    home = tmp_path / "home"
+    t = Template(name="T", created="2024-01-01T00:00:00Z", spec=FULL)
+    good = signed_template(home, t)
+    path = tmp_path / "t.json"
+    cases = [
+        ({k: v for k, v in good.items() if k != "signature"}, "not signed by its creator"),
+        ({**good, "spec": {**good["spec"], "disposition": "leave"}}, "bad signature for its creator 'me'"),
+        ({**good, "name": "U"}, "bad signature"),
+        (signed_template(tmp_path / "elsewhere", t, creator="eve"), "'eve', whose key you do not trust"),
+        ({**good, "created_by": "agent.A1"}, "agents do not create templates"),
+    ]
+    for document, problem in cases:
+        path.write_text(json.dumps(document))
+        with pytest.raises(RequestFileError) as info:
+            load_request_file(path, DefinitionTrust(home))
+        assert problem in info.value.line() and "\n" not in info.value.line(), info.value.line()
+        assert "fte-create-template" in info.value.line() or "trust-creator" in info.value.line()
 
 
 GOOD_SPEC = {"source_agent": "A1", "destination_agent": "A2",
