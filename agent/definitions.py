@@ -29,14 +29,13 @@ from typing import Any, Iterator, Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .auth import REQUESTER_RE, canonical, keys_dir, load_public, public_text
+from .auth import REQUESTER_RE, canonical, is_agent_key_name, keys_dir, load_public, public_text
 
 DOMAIN = b"mqtt-fte signed definition v1\n"
 KINDS = ("template", "monitor", "schedule")
 TRUSTED_CREATORS = "trusted_creators"
 # Agents' identity keys are named agent.<NAME> (agent.binding): they bind transfers and never create
 # definitions, so such a name is refused as a creator.
-AGENT_KEY_PREFIX = "agent."
 
 
 class DefinitionTrustError(Exception):
@@ -120,7 +119,7 @@ class DefinitionTrust:
             raise DefinitionTrustError(f"{what} is not signed by its creator (made by an older fte, or by "
                                        f"someone else), so it is not used; {recreate}")
         creator = str(creator)
-        if creator.startswith(AGENT_KEY_PREFIX):
+        if is_agent_key_name(creator):
             raise DefinitionTrustError(f"{what} claims agent identity {creator!r} as its creator; agents do "
                                        f"not create {kind}s, so it is not used; {recreate}")
         keys = [c.key for c in self.creators() if c.name == creator]
@@ -179,7 +178,7 @@ def trust_creator(config_home: Path, name: str, public: str) -> Path:
     key = load_public(public)
     if not REQUESTER_RE.match(name):
         raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
-    if name.startswith(AGENT_KEY_PREFIX):
+    if is_agent_key_name(name):
         raise ValueError(f"{name!r} is an agent's identity key name; agents do not create templates")
     path = keys_dir(config_home) / TRUSTED_CREATORS
     with _locked(path):

@@ -31,7 +31,7 @@ def test_a_command_signature_is_not_a_definition_signature(tmp_path: Path) -> No
     """The same key signs commands; a signed command's signature over the same fields does not verify as a
     definition (the domain tag), so no captured command can be turned into a template."""
     key = ensure_key(tmp_path, "alice")
-    cmd = sign(dict(DOC, created_by="alice"), "alice", key)
+    cmd = sign(dict(DOC, created_by="alice"), "alice", key, target="A1")
     with pytest.raises(DefinitionTrustError, match="bad signature"):
         DefinitionTrust(tmp_path).verify("template", "nightly", cmd)
 
