@@ -13,6 +13,7 @@ import base64
 import hashlib
 import logging
 import os
+import stat
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from .binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
 from .core import results
+from .fsops import ConfinedDirs
 from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
@@ -54,12 +56,18 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def read_whole_files(items: list[tuple[str, int]], algorithm: str) -> list[tuple[bytes | None, str | None, str | None]]:
+def _open_read(path: str, dirs: ConfinedDirs | None) -> int:
+    """A source file opened for reading: through `dirs` (no link followed inside the sandbox), or by path."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC) if dirs is None else dirs.open(path, os.O_RDONLY, follow=True)
+
+
+def read_whole_files(items: list[tuple[str, int]], algorithm: str,
+                     dirs: ConfinedDirs | None = None) -> list[tuple[bytes | None, str | None, str | None]]:
     """(content, hex digest, error) of each small file (path, expected size); run in a worker thread."""
     out: list[tuple[bytes | None, str | None, str | None]] = []
     for path, size in items:
         try:
-            with open(path, "rb") as fh:
+            with open(_open_read(path, dirs), "rb") as fh:
                 data = fh.read(size + 1)
         except OSError as exc:
             out.append((None, None, f"cannot read source: {exc}"))
@@ -91,11 +99,11 @@ def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, 
     return frame
 
 
-def hash_file(path: str, algorithm: str) -> str | None:
+def hash_file(path: str, algorithm: str, dirs: ConfinedDirs | None = None) -> str | None:
     if algorithm == "none":
         return None
     h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
+    with open(_open_read(path, dirs), "rb") as fh:
         while block := fh.read(1024 * 1024):
             h.update(block)
     return h.hexdigest()
@@ -122,6 +130,8 @@ class SourceTransfer:
         self._dirty: set[int] = set()  # files whose checkpoint moved since the last save
         self.hashers: dict[int, tuple[Any, int]] = {}
         self.fds: dict[int, int] = {}
+        # every source file is opened through these (no link followed inside the sandbox: agent/fsops.py)
+        self.dirs = ConfinedDirs(ctx.sandbox)
         self.restarted = restarted
         self.epoch = rec.epoch
         self.last_progress = time.monotonic()
@@ -212,7 +222,10 @@ class SourceTransfer:
             for fd in self.fds.values():
                 os.close(fd)
             self.fds.clear()
-        await self._finish()
+        try:
+            await self._finish()
+        finally:
+            self.dirs.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -493,7 +506,7 @@ class SourceTransfer:
         """Read, hash and send whole files in one frame. The bytes now in flight, or -1 if the link is down."""
         algo = self.rec.header.get("checksum", "sha256")
         items = await asyncio.to_thread(read_whole_files, [(self.files[j].source, self.files[j].size) for j in batch],
-                                        algo)
+                                        algo, self.dirs)
         entries = []
         for j, (data, digest, error) in zip(batch, items):
             f = self.files[j]
@@ -539,7 +552,7 @@ class SourceTransfer:
         """The chunk [offset, offset+length) of file `idx` as a frame ready to publish (None: short read)."""
         fd = self.fds.get(idx)
         if fd is None:
-            fd = self.fds[idx] = os.open(self.files[idx].source, os.O_RDONLY)
+            fd = self.fds[idx] = _open_read(self.files[idx].source, self.dirs)
         hasher = None
         algo = self.rec.header.get("checksum", "sha256")
         if algo != "none":
@@ -561,7 +574,7 @@ class SourceTransfer:
         entry = self.hashers.get(idx)
         if entry and entry[1] == f.size:
             return str(entry[0].hexdigest())
-        digest = await asyncio.to_thread(hash_file, f.source, algo)
+        digest = await asyncio.to_thread(hash_file, f.source, algo, self.dirs)
         self.hashers[idx] = (hashlib.new(algo), -1)  # resync later: recompute, never trust a partial hash
         return digest
 
@@ -617,8 +630,9 @@ class SourceTransfer:
                 self._file_resulted(f, "failed", h.result_code or results.FILE_FAILED, h.supplement, h.destination)
             else:
                 try:
-                    st = os.stat(f.source)
-                    changed = st.st_size != f.size or (f.mtime and abs(st.st_mtime - f.mtime) > 1e-3)
+                    st = self.dirs.lstat(f.source)
+                    changed = st is None or not stat.S_ISREG(st.st_mode) or st.st_size != f.size or \
+                        bool(f.mtime and abs(st.st_mtime - f.mtime) > 1e-3)
                 except OSError:
                     changed = True
                 if changed:
@@ -796,7 +810,7 @@ class SourceTransfer:
             changed = list(self.files.values())
             for f in self.files.values():
                 try:
-                    os.unlink(f.source)
+                    self.dirs.unlink(f.source)
                 except OSError as exc:
                     f.result_code = results.FILE_WARNING
                     f.supplement = f"transferred, but the source was not deleted: {exc}"
