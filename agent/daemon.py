@@ -42,6 +42,7 @@ from .protocol import (NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransf
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
                        parse_agent_status,
                        parse_control, utc_now)
+from .fsops import ConfinedDirs
 from .sandbox import Sandbox, SandboxError
 from .source import SourceTransfer, _iso, send_complete
 from .store import FileRecord, StateStore, TransferRecord
@@ -79,20 +80,16 @@ def _open_frame(payload: bytes, key: bytes | None, tid: str) -> Any:
     return decode_chunk(frame, authenticated=True)
 
 
-def _regular_files(root: str, recursive: bool) -> list[str]:
+def _regular_files(root: str, recursive: bool, dirs: ConfinedDirs,
+                   stats: dict[str, os.stat_result]) -> list[str]:
     """The regular files in `root` (and below it, if `recursive`), sorted by path; symbolic links are
-    neither followed nor listed. One scandir per directory: its entries know their type without a stat
-    each. Strings, not Paths: a Path per file cost more than the walk itself for 10,000 files."""
+    neither followed nor listed, and each directory is opened relative to its parent without following a
+    link (agent/fsops.py), so that a directory swapped for a link during the walk lists nothing outside.
+    Their lstat goes in `stats`. Strings, not Paths: a Path per file cost more than the walk itself."""
     found: list[str] = []
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    if recursive:
-                        stack.append(e.path)
-                elif e.is_file(follow_symlinks=False):
-                    found.append(e.path)
+    for p, st in dirs.regular_files(root, recursive):
+        found.append(p)
+        stats[p] = st
     # sorted as Paths were (component by component: "a/b" before "a-c"), so the send order is unchanged
     return sorted(found, key=lambda p: p.split("/"))
 
@@ -862,10 +859,18 @@ class Agent:
             raise CommandRefused(f"cannot read the sources on agent {self.name}: {exc}") from None
 
     def _walk_sources(self, spec: TransferSpec) -> list[FileRecord]:
+        dirs = ConfinedDirs(self.sandbox)
+        try:
+            return self._walk_sources_in(spec, dirs)
+        finally:
+            dirs.close()
+
+    def _walk_sources_in(self, spec: TransferSpec, dirs: ConfinedDirs) -> list[FileRecord]:
         pairs: list[tuple[str, str]] = []
+        stats: dict[str, os.stat_result] = {}
         for item in spec.items:
             before = len(pairs)
-            self._walk_item(item, pairs)
+            self._walk_item(item, pairs, dirs, stats)
             if item.destination_type == "file" and len(pairs) - before > 1:
                 # one -df names one file (a monitor batch has one -df item per file, which is fine)
                 raise CommandRefused(f"-df {item.destination} names one destination file but {item.source} is "
@@ -880,11 +885,14 @@ class Agent:
             raise CommandRefused("the sources contain no files")
         files = []
         for i, (p, dest) in enumerate(pairs):
-            st = os.stat(p)
+            st = stats.get(p) or (os.stat(p) if not self.sandbox.enabled else dirs.lstat(p))
+            if st is None:
+                raise FileNotFoundError(f"source {p!r} vanished while it was being listed")
             files.append(FileRecord(i, p, dest, st.st_size, st.st_mtime))
         return files
 
-    def _walk_item(self, item: Any, pairs: list[tuple[str, str]]) -> None:
+    def _walk_item(self, item: Any, pairs: list[tuple[str, str]], dirs: ConfinedDirs,
+                   stats: dict[str, os.stat_result]) -> None:
         """Append (source path, destination) for every file one source specification names."""
         literal = os.path.expanduser(item.source)
         # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
@@ -904,8 +912,7 @@ class Agent:
                 # and "<destination>/<the directory's name>/<p below it>" its destination
                 top = str(real)
                 base = os.path.join(str(Path(item.destination)), real.name)
-                for p in _regular_files(top, item.recursive):
-                    self.sandbox.check(p)
+                for p in _regular_files(top, item.recursive, dirs, stats):
                     pairs.append((p, base + p[len(top):]))
             elif real.is_file():
                 dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)

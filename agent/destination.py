@@ -1,4 +1,4 @@
-"""The destination side of one transfer: accept files, write `<name>.part`, verify, rename.
+"""The destination side of one transfer: accept files, write a part file, verify, make durable, rename.
 
 The destination decides where a file lands (its own sandbox); the part file *is* the checkpoint:
 after a restart the destination reports its size as the bytes it holds, and the source resumes there.
@@ -12,13 +12,14 @@ import hashlib
 import logging
 import os
 import time
-from pathlib import Path
+import stat
 from typing import Any
 
 from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .fileio import write_all, write_failed
+from .fsops import ConfinedDirs, split
 from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply)
 from .link import MessageTooLarge
@@ -29,14 +30,31 @@ from .store import FileRecord, TransferRecord
 log = logging.getLogger("fte.destination")
 
 PART_SUFFIX = ".part"
+# NAME_MAX: a part file name never exceeds it, whatever the length of the destination's name
+NAME_MAX = 255
+_PART_HASH = 16  # hex digits of sha256 of the whole name, which tell truncated names apart
 # What this destination understands beyond the base protocol, told to the source in every ResyncReply
 # (docs/protocol.md): bundles of small files, FLAG_NO_ACK chunks, FLAG_NO_CRC frames of a bound transfer, and
 # AES-GMAC trailers (FLAG_GMAC) instead of HMAC-SHA256 on them.
 FEATURES = ("bundle", "sparse_ack", "mac_no_crc", "gmac")
 
 
+def part_name(name: str) -> str:
+    """The part file's name for a destination file name: `<name>.part`, or, when that would be longer than
+    NAME_MAX bytes (a name of 251-255 bytes), `<the name cut to fit>~<16 hex digits of its sha256>.part`
+    (255 bytes). Always ends in `.part`, which no destination may (Sandbox.resolve): a transfer never
+    writes over a part file, and a part file never over a destination."""
+    encoded = os.fsencode(name)
+    if len(encoded) + len(PART_SUFFIX) <= NAME_MAX:
+        return name + PART_SUFFIX
+    tag = hashlib.sha256(encoded).hexdigest()[:_PART_HASH].encode()
+    keep = NAME_MAX - len(PART_SUFFIX) - 1 - len(tag)
+    return os.fsdecode(encoded[:keep] + b"~" + tag + PART_SUFFIX.encode())
+
+
 def part_path(destination: str) -> str:
-    return destination + PART_SUFFIX
+    parent, name = split(destination)
+    return (parent if parent.endswith("/") else parent + "/") + part_name(name)
 
 
 def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
@@ -46,7 +64,7 @@ def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
 
 
 class DestinationTransfer:
-    def __init__(self, ctx: AgentContext, rec: TransferRecord) -> None:
+    def __init__(self, ctx: AgentContext, rec: TransferRecord, dirs: ConfinedDirs | None = None) -> None:
         self.ctx = ctx
         self.rec = rec
         self.tid = rec.transfer_id
@@ -60,7 +78,6 @@ class DestinationTransfer:
         self._pending: set[asyncio.Task[None]] = set()
         # digest computed as the data is written in order, so that the file is not read again at the end
         self.hashers: dict[int, tuple[Any, int]] = {}
-        self._made_dirs: set[str] = set()  # directories known to exist (bundles: not one mkdir per file)
         # Bundle files renamed into place whose "done" is not saved yet: saved with the next commit (the next
         # bundle's, a resync's, the end's). Until then their row says "renaming", which a restart finishes
         # the same way (the part file is gone: the rename happened). One commit per bundle instead of two.
@@ -71,12 +88,18 @@ class DestinationTransfer:
         # may hold more than the last checkpoint, and their size is what the transfer holds.
         self._fresh = False
         self._opened: set[int] = set()  # files whose part file this session opened for writing
+        # every file operation goes through these (opened without following links: agent/fsops.py)
+        self.dirs = dirs or ConfinedDirs(ctx.sandbox)
+        settings = ctx.settings
+        self.fsync = True if settings is None else bool(getattr(settings, "agentFsync", True))
         for f in self.files.values():
             if f.status == "renaming":  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
                 try:
-                    if os.path.exists(part):
-                        os.replace(part, f.destination)
+                    if self.dirs.lstat(part) is not None:
+                        self._sync_path(part)
+                        self.dirs.rename(part, f.destination)
+                        self._sync_dir(f.destination)
                     f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
                 except OSError as exc:
                     f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
@@ -97,14 +120,16 @@ class DestinationTransfer:
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         parents: dict[str, str] = {}
+        dirs = ConfinedDirs(ctx.sandbox)
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
                 real = ctx.sandbox.resolve(offer.destination, write=True, parents=parents)
                 f.destination = str(real)
-                if msg.exist == "error" and os.path.lexists(real):
+                there = dirs.lstat(f.destination)
+                if msg.exist == "error" and there is not None:
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
-                if os.path.isdir(real):
+                if there is not None and stat.S_ISDIR(there.st_mode):
                     raise IsADirectoryError(f'destination "{real}" is a directory')
                 if busy and str(real) in busy:
                     # two transfers writing one part file would interleave their data
@@ -114,7 +139,7 @@ class DestinationTransfer:
                 f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
             rec.files.append(f)
         ctx.store.save_transfer(rec)
-        session = cls(ctx, rec)
+        session = cls(ctx, rec, dirs)
         session._fresh = True
         return session
 
@@ -204,21 +229,19 @@ class DestinationTransfer:
             part = part_path(f.destination)
             try:
                 self._close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
-                parent = os.path.dirname(f.destination)
-                if parent not in self._made_dirs:
-                    os.makedirs(parent, exist_ok=True)
-                    self._made_dirs.add(parent)
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                fd = self.dirs.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, create_dirs=True)
                 self._opened.add(f.index)
                 try:
                     write_all(fd, entry.data, 0)  # every byte, or the OSError (a full disk writes short first)
+                    if self.fsync:
+                        os.fsync(fd)  # durable before it is reported done
                 finally:
                     os.close(fd)
                 actual = None if algo == "none" else hashlib.new(algo, entry.data).hexdigest()
                 if entry.digest and actual != entry.digest:
                     raise ValueError(f"digest mismatch: the source sent {algo} {entry.digest}, "
                                      f"the destination computed {actual}")
-                if exist_error and os.path.lexists(f.destination):
+                if exist_error and self.dirs.lstat(f.destination) is not None:
                     raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
                 f.offset, f.status, f.digest = f.size, "renaming", actual
                 verified.append(f)
@@ -232,15 +255,29 @@ class DestinationTransfer:
         # by the restart rather than turned into "already exists" when the source sends the file again
         self._save(verified + answered)
         failed = []
+        renamed_into: dict[str, list[FileRecord]] = {}
         for f in verified:
             try:
-                os.replace(part_path(f.destination), f.destination)
-                f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
-                self._renamed.append(f)
-            except OSError as exc:
+                self.dirs.rename(part_path(f.destination), f.destination)
+                renamed_into.setdefault(split(f.destination)[0], []).append(f)
+            except (OSError, ValueError) as exc:
                 self._fail(f, exc, "rename to")
                 failed.append(f)
-            answered.append(f)
+                answered.append(f)
+        for directory, files in renamed_into.items():
+            try:
+                if self.fsync:
+                    self.dirs.fsync_dir(directory)  # the renames durable (once per directory) before the report
+                for f in files:
+                    f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+                    self._renamed.append(f)
+            except OSError as exc:
+                for f in files:
+                    f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, \
+                        write_failed(f"fsync of directory {directory} (the file was renamed into place but is not "
+                                     f"durable)", exc)
+                    failed.append(f)
+            answered.extend(files)
         if failed:
             self._save(failed)
         if answered:
@@ -261,7 +298,7 @@ class DestinationTransfer:
     def _fail(self, f: FileRecord, exc: BaseException, action: str = "write to") -> None:
         part = part_path(f.destination)
         try:
-            os.unlink(part)
+            self.dirs.unlink(part)
         except OSError:
             pass
         f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, action, part, f)
@@ -313,13 +350,14 @@ class DestinationTransfer:
                 continue
             p = part_path(f.destination)
             try:
-                os.unlink(p)
+                self.dirs.unlink(p)
                 removed.append(p)
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 log.warning("could not remove part file %s: %s", p, exc)
             f.status, f.result_code = "failed", results.FILE_FAILED
+        self.dirs.close()  # the transfer ended: its directories are not needed any more
         return removed
 
     async def request_recovery(self, reason: str, cancel: bool = False) -> None:
@@ -358,17 +396,17 @@ class DestinationTransfer:
         if self._fresh and f.index not in self._opened:
             return 0  # not a stat per file of a new transfer of 10,000 (and never a stranger's part file)
         try:
-            return min(os.path.getsize(part_path(f.destination)), f.size)
+            st = self.dirs.lstat(part_path(f.destination))
         except OSError:
             return 0
+        return 0 if st is None else min(st.st_size, f.size)
 
     async def _write(self, f: FileRecord, offset: int, data: Any) -> None:
         """Write at `offset` of the part file, and hash the data if it continues what was hashed so far."""
         fd = self.fds.get(f.index)
         if fd is None:
-            Path(f.destination).parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-            fd = self.fds[f.index] = os.open(part_path(f.destination), flags, 0o644)
+            fd = self.fds[f.index] = self.dirs.open(part_path(f.destination), os.O_WRONLY | os.O_CREAT, 0o644,
+                                                    create_dirs=True)
             self._opened.add(f.index)
             if offset == 0:
                 os.ftruncate(fd, 0)
@@ -387,12 +425,19 @@ class DestinationTransfer:
         if f.digest is None:
             return False  # the FileEnd (with the digest) has not arrived yet
         part = part_path(f.destination)
-        if f.size == 0 and not os.path.exists(part):
-            try:
+        try:
+            if f.size == 0 and self.dirs.lstat(part) is None:
                 await self._write(f, 0, b"")
-            except OSError as exc:
-                await self._write_failed(f, exc)
-                return True
+        except OSError as exc:
+            await self._write_failed(f, exc)
+            return True
+        synced = False
+        if self.fsync and f.index in self.fds:
+            try:
+                os.fsync(self.fds[f.index])  # durable before the rename (a crash cannot leave a torn file)
+                synced = True
+            except OSError:
+                pass  # fsync again below, failing the file with the reason
         self._close(f.index)
         algo = self.rec.header.get("checksum", "sha256")
         try:
@@ -402,21 +447,24 @@ class DestinationTransfer:
             elif entry is not None and entry[1] == f.size:
                 actual = entry[0].hexdigest()
             else:  # resumed after a restart: the part file is read once
-                actual = await asyncio.to_thread(hash_file, part, algo)
+                actual = await asyncio.to_thread(hash_file, part, algo, self.dirs)
             if f.digest and actual != f.digest:
                 raise ValueError(f"digest mismatch: the source sent {algo} {f.digest}, "
                                  f"the destination computed {actual}")
-            if self.rec.header.get("exist") == "error" and os.path.lexists(f.destination):
+            if self.rec.header.get("exist") == "error" and self.dirs.lstat(f.destination) is not None:
                 raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
+            if self.fsync and not synced:
+                self._sync_path(part)  # written by an earlier process (restart), or the fsync above failed
             # verified: remember that before renaming, so that a crash between the rename and the next
             # save cannot turn a delivered file into "already exists" when the source resends it
             f.status, f.digest = "renaming", actual
             self.ctx.store.save_file(self.tid, "destination", f)
-            os.replace(part, f.destination)
+            self.dirs.rename(part, f.destination)
+            self._sync_dir(f.destination)
             f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
         except (OSError, ValueError) as exc:
             try:
-                os.unlink(part)
+                self.dirs.unlink(part)
             except OSError:
                 pass
             f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, "rename to", part, f)
@@ -425,6 +473,21 @@ class DestinationTransfer:
                                     result_code=f.result_code, supplement=f.supplement,
                                     destination=f.destination, digest=f.digest))
         return True
+
+    def _sync_path(self, path: str) -> None:
+        """fsync a file this session did not write itself (a part file of an earlier process)."""
+        if not self.fsync:
+            return
+        fd = self.dirs.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sync_dir(self, destination: str) -> None:
+        """fsync the directory a file was renamed into: the rename is durable before the file is reported."""
+        if self.fsync:
+            self.dirs.fsync_dir(split(destination)[0])
 
     def _checkpoint(self, f: FileRecord) -> None:
         now = time.monotonic()

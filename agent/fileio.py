@@ -104,9 +104,11 @@ def source_changed(how: str) -> str:
     return f"{FTEIO0003E}: source file changed while it was being sent ({how}); resend it"
 
 
-def stat_path(path: str) -> SourceStat | None:
-    """What `path` names now (not following a final symbolic link), or None if nothing."""
+def stat_path(path: str, dirs: Any = None) -> SourceStat | None:
+    """What `path` names now (not following a final symbolic link), or None if nothing. Through `dirs` (an
+    agent.fsops.ConfinedDirs) when given: the same directory descriptors the file was opened through."""
     try:
-        return SourceStat.of(os.stat(path, follow_symlinks=False))
+        st = os.stat(path, follow_symlinks=False) if dirs is None else dirs.lstat(path)
     except OSError:
         return None
+    return None if st is None else SourceStat.of(st)

@@ -446,6 +446,12 @@ class AgentSettings(BaseSettings):
         description="true: at every connection, check that the broker keeps topics as published and passes "
         "chunk messages, and lower the chunk size if not (docs/brokers.md); false: no check.",
     )
+    agentFsync: bool = Field(
+        True,
+        description="true: a received file is flushed to disk (fsync of the part file, rename, fsync of its "
+        "directory) before it is reported done; false: not (faster; for scratch data only: a crash of the "
+        "destination's host can lose files already reported done).",
+    )
     transferAckTimeout: Annotated[int, _whole(_MS, "a positive number of milliseconds", lambda v: v > 0)] = Field(
         60000, description="Milliseconds without an acknowledgement (source) or data (destination) before retrying."
     )

@@ -20,6 +20,7 @@ from typing import Any
 from .binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
 from .core import results
+from .fsops import ConfinedDirs
 from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
@@ -60,19 +61,24 @@ class SourceChanged(Exception):
     """The source file is not (any more) the one the transfer was requested for; str() is the supplement."""
 
 
-def read_whole_files(items: list[tuple[str, int]], algorithm: str,
-                     mtimes: list[float] | None = None) -> list[tuple[bytes | None, str | None, str | None]]:
+def _open_read(path: str, dirs: ConfinedDirs | None) -> int:
+    """A source file opened for reading: through `dirs` (no link followed inside the sandbox), or by path."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC) if dirs is None else dirs.open(path, os.O_RDONLY, follow=True)
+
+
+def read_whole_files(items: list[tuple[str, int]], algorithm: str, mtimes: list[float] | None = None,
+                     dirs: ConfinedDirs | None = None) -> list[tuple[bytes | None, str | None, str | None]]:
     """(content, hex digest, error) of each small file (path, expected size, and the mtime recorded at the
     request when given); run in a worker thread. A file that is not as requested, or that changes while it
-    is read, is an error (agent.fileio), never sent."""
+    is read, is an error (agent.fileio), never sent. Opened through `dirs` when given (agent/fsops.py)."""
     out: list[tuple[bytes | None, str | None, str | None]] = []
     for i, (path, size) in enumerate(items):
         try:
-            with open(path, "rb") as fh:
+            with open(_open_read(path, dirs), "rb") as fh:
                 before = SourceStat.of_fd(fh.fileno())
                 data = fh.read(size + 1)
                 changed = changed_since_request(before, size, mtimes[i] if mtimes else 0.0) or \
-                    changed_while_read(before, SourceStat.of_fd(fh.fileno()), stat_path(path))
+                    changed_while_read(before, SourceStat.of_fd(fh.fileno()), stat_path(path, dirs))
         except OSError as exc:
             out.append((None, None, read_failed(path, exc)))
             continue
@@ -105,11 +111,11 @@ def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, 
     return frame
 
 
-def hash_file(path: str, algorithm: str) -> str | None:
+def hash_file(path: str, algorithm: str, dirs: ConfinedDirs | None = None) -> str | None:
     if algorithm == "none":
         return None
     h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
+    with open(_open_read(path, dirs), "rb") as fh:
         while block := fh.read(1024 * 1024):
             h.update(block)
     return h.hexdigest()
@@ -139,6 +145,8 @@ class SourceTransfer:
         # what each open source file was when this session opened it (agent.fileio): compared after its last
         # read and at every resync, so that a file changed while it was sent never yields success
         self.stats: dict[int, SourceStat] = {}
+        # every source file is opened through these (no link followed inside the sandbox: agent/fsops.py)
+        self.dirs = ConfinedDirs(ctx.sandbox)
         self.restarted = restarted
         self.epoch = rec.epoch
         self.last_progress = time.monotonic()
@@ -229,7 +237,10 @@ class SourceTransfer:
             for fd in self.fds.values():
                 os.close(fd)
             self.fds.clear()
-        await self._finish()
+        try:
+            await self._finish()
+        finally:
+            self.dirs.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -521,7 +532,7 @@ class SourceTransfer:
         """Read, hash and send whole files in one frame. The bytes now in flight, or -1 if the link is down."""
         algo = self.rec.header.get("checksum", "sha256")
         items = await asyncio.to_thread(read_whole_files, [(self.files[j].source, self.files[j].size) for j in batch],
-                                        algo, [self.files[j].mtime for j in batch])
+                                        algo, [self.files[j].mtime for j in batch], self.dirs)
         entries = []
         for j, (data, digest, error) in zip(batch, items):
             f = self.files[j]
@@ -567,7 +578,7 @@ class SourceTransfer:
         """The chunk [offset, offset+length) of file `idx` as a frame ready to publish (None: short read)."""
         fd = self.fds.get(idx)
         if fd is None:
-            fd = self.fds[idx] = os.open(self.files[idx].source, os.O_RDONLY)
+            fd = self.fds[idx] = _open_read(self.files[idx].source, self.dirs)
             self._opened(idx, fd)
         hasher = None
         algo = self.rec.header.get("checksum", "sha256")
@@ -590,7 +601,7 @@ class SourceTransfer:
         entry = self.hashers.get(idx)
         if entry and entry[1] == f.size:
             return str(entry[0].hexdigest())
-        digest = await asyncio.to_thread(hash_file, f.source, algo)
+        digest = await asyncio.to_thread(hash_file, f.source, algo, self.dirs)
         self.hashers[idx] = (hashlib.new(algo), -1)  # resync later: recompute, never trust a partial hash
         return digest
 
@@ -616,9 +627,9 @@ class SourceTransfer:
         f = self.files[idx]
         fd, before = self.fds.get(idx), self.stats.get(idx)
         if fd is None or before is None:
-            now = stat_path(f.source)
+            now = stat_path(f.source, self.dirs)
             return source_changed("removed") if now is None else changed_since_request(now, f.size, f.mtime)
-        return changed_while_read(before, SourceStat.of_fd(fd), stat_path(f.source))
+        return changed_while_read(before, SourceStat.of_fd(fd), stat_path(f.source, self.dirs))
 
     def _source_failed(self, f: FileRecord, supplement: str) -> None:
         """The source file cannot be sent as it was requested (changed, unreadable): it fails, once logged.
@@ -850,7 +861,7 @@ class SourceTransfer:
             changed = list(self.files.values())
             for f in self.files.values():
                 try:
-                    os.unlink(f.source)
+                    self.dirs.unlink(f.source)
                 except OSError as exc:
                     f.result_code = results.FILE_WARNING
                     f.supplement = f"transferred, but the source was not deleted: {exc}"

@@ -13,7 +13,9 @@ reaches this process; the event's `statistics` (bytes_resent, recoveries, ...) a
 
 The log subscription reconnects within 50 ms when the broker goes away (the recovery measurement kills it).
 
-stdin: {"broker": URL, "source_agent": A, "destination_agent": B, "transfers": [...], "timeout": SECONDS}
+stdin: {"broker": URL, "source_agent": A, "destination_agent": B, "transfers": [...], "timeout": SECONDS,
+        "refusals_ok": false (true: a refused request is reported as {"refused": reason}, not an exit),
+        "files": false (true: each transfer's per-file results from its `completed` event, as "files")}
 stdout: {"submitted_at": wall, "transfers": [{"transfer_id", "submitted_at", "accepted_at", "completed_at",
          "seconds", "result_code", "state", "statistics", "message"}, ...]}   (times: time.time())
 """
@@ -95,11 +97,13 @@ async def main() -> int:
             t0 = time.time()
             reply = await c.request(src, cmd, timeout=60)
             if not reply.ok:
+                if req.get("refusals_ok"):  # a refusal is an outcome (tests/integration/test_sandbox_race.py)
+                    return {"transfer_id": tid, "submitted_at": t0, "refused": reply.message}
                 raise SystemExit(f"agent {src} refused the transfer: {reply.message}")
             return {"transfer_id": tid, "submitted_at": t0, "accepted_at": time.time()}
 
         out = list(await asyncio.gather(*(one(s) for s in specs)))
-    wanted = {t["transfer_id"] for t in out}
+    wanted = {t["transfer_id"] for t in out if "refused" not in t}
     deadline = time.monotonic() + timeout
     while not wanted <= set(watcher.done):
         left = deadline - time.monotonic()
@@ -112,6 +116,8 @@ async def main() -> int:
             break
     watch_task.cancel()
     for t in out:
+        if "refused" in t:
+            continue
         got = watcher.done.get(t["transfer_id"])
         if got is None:
             t.update(state="waiting", result_code=None, message=f"no completed event within {timeout:g} s")
@@ -119,6 +125,8 @@ async def main() -> int:
         at, ev = got
         t.update(completed_at=at, seconds=at - t["submitted_at"], result_code=ev.get("result_code"),
                  state=ev.get("state"), statistics=ev.get("statistics") or {}, message=ev.get("message"))
+        if req.get("files"):
+            t["files"] = ev.get("files") or []
     print(json.dumps({"submitted_at": submitted_at, "transfers": out, "watch_reconnects": watcher.reconnects}))
     return 0
 

@@ -119,19 +119,21 @@ class FteEnv:
         return path
 
     def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20,
-                    extra_env: dict[str, str] | None = None) -> AgentProcess:
+                    extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> AgentProcess:
         """`fte-start-agent NAME -F` as a process; `extra_env` is added to its environment (e.g. a PYTHONPATH
-        with a sitecustomize.py that makes it behave as an older version)."""
+        with a sitecustomize.py that makes it behave as an older version); `wrapper` runs it under another
+        command (e.g. strace: the process is then the wrapper's, and the agent's own pid is in its status)."""
         log = self.agent_dir(name) / "test-agent.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log, "ab")
-        proc = subprocess.Popen([script("start-agent"), name, "-F"], env={**self.env, **(extra_env or {})},
-                                stdout=fh, stderr=fh, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([*(wrapper or []), script("start-agent"), name, "-F"],
+                                env={**self.env, **(extra_env or {})}, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL)
         fh.close()
         agent = AgentProcess(name, proc, log)
         self.agents[name] = agent
         if wait_ready:
-            self.wait_status(name, {"READY", "ACTIVE"}, timeout=timeout, pid=proc.pid, process=agent)
+            self.wait_status(name, {"READY", "ACTIVE"}, timeout=timeout, pid=None if wrapper else proc.pid,
+                             process=agent)
         return agent
 
     def status(self, name: str) -> dict[str, Any] | None:
