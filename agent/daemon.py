@@ -374,7 +374,7 @@ class Agent:
     def _on_status_now(self, message: aiomqtt.Message) -> bool:
         """Agent statuses are handled as they arrive (the link's `urgent` path), not queued behind the message
         being handled: a new transfer waits for its destination's status (start_transfer) while it holds the
-        command lane, and a control message may wait for one too. Other messages are left to the worker (False)."""
+        command lane (agent.command_lane). Other messages are left to the worker (False)."""
         topic = str(message.topic)
         levels = self.topics.split(topic)
         if len(levels) != 2 or levels[0] != "Agents":

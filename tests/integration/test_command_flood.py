@@ -130,16 +130,25 @@ def test_forged_command_flood_leaves_pings_and_transfers_working(pair: tuple[Fte
         with lock:
             replies.append(json.loads(payload))
 
+    started: list[bool] = []  # for the transfer's started event: was the flood still running?
+    flood: Flood | None = None
+
     def on_event(topic: str, payload: bytes) -> None:
         doc = json.loads(payload)
         if doc.get("action") == "not_authorized":
             with lock:
                 events.append(doc)
 
+    def on_transfer(topic: str, payload: bytes) -> None:
+        if json.loads(payload).get("action") == "started":
+            started.append(flood is not None and flood.running())
+
     with Subscription(env.broker_url, f"{PREFIX}/Replies/attacker", on_reply), \
-            Subscription(env.broker_url, f"{PREFIX}/Log/A2/+", on_event):
+            Subscription(env.broker_url, f"{PREFIX}/Log/A2/+", on_event), \
+            Subscription(env.broker_url, f"{PREFIX}/Log/A1/+", on_transfer):
         t0 = time.monotonic()
         with Flood(env.broker_url, f"{PREFIX}/Commands/A2", forgeries(3000), FLOOD_SECONDS) as flood:
+            assert flood is not None
             transfer = env.popen("create-transfer", "-sa", "A1", "-da", "A2", "-df",
                                  str(data / "out" / "during_flood.bin"), "-w", "120", "--json", str(src))
             pings = []
@@ -157,7 +166,8 @@ def test_forged_command_flood_leaves_pings_and_transfers_working(pair: tuple[Fte
     assert pings, "the flood ended before the first ping"
     for p in pings:
         assert p.returncode == 0, f"{p}\n(sent {sent_by_then} forgeries by then)\n--- A2 log:\n{a2.log_tail()}"
-    # (b) the transfer that ran meanwhile completed, with identical content
+    # (b) the transfer that started during the flood completed, with identical content
+    assert started == [True], started
     assert transfer.returncode == 0, f"{out}{err}\n--- A2 log:\n{a2.log_tail()}"
     assert json.loads(out.strip().splitlines()[-1])["result_code"] == 0
     assert sha(data / "out" / "during_flood.bin") == sha(src)
