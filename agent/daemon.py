@@ -18,6 +18,7 @@ import aiomqtt
 
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
+from .command_lane import CommandLane
 from .core import triggers as T
 from .metrics import Metrics
 from .core.schedule import ScheduleError
@@ -143,6 +144,10 @@ class Agent:
         self.agent_home = agent_home or agent_dir_of(settings)
         self.authority = (Authority(self.agent_home / TRUST_FILE, nonces=self.store) if settings.authorityChecking
                           else None)
+        # commands are rate-limited, queued and handled apart from the data path (agent.command_lane)
+        authority = self.authority
+        self.commands = CommandLane(self._on_command, (lambda: authority.trusted().keys()) if authority else None)
+        self._refusals_reported = (0, 0)  # (held, dropped) of the lane at the last not_authorized event
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
         self.broker_check: str | None = None  # what the last broker probe found (agent.broker_probe)
@@ -158,7 +163,7 @@ class Agent:
                            f"{self.topics.prefix}/Control/{self.name}/+", self.topics.all_agent_status()],
             on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
             keepalive=settings.brokerKeepalive, will=will, before_up=self._check_broker,
-            not_up=self._connection_failed, urgent=self._on_status_now)
+            not_up=self._connection_failed, urgent=self._on_arrival)
         self.ctx = AgentContext(
             name=self.name, topics=self.topics, store=self.store, log=self.tlog, sandbox=self.sandbox,
             publish=self._publish, link_up=lambda: self.link.up.is_set(), peer_status=self._peer_status,
@@ -181,6 +186,7 @@ class Agent:
         self._load_state()
         tasks = [asyncio.create_task(self.link.run(), name="link"),
                  asyncio.create_task(self.outbox.run(), name="outbox"),
+                 asyncio.create_task(self.commands.run(), name="commands"),
                  asyncio.create_task(self._watchdog(), name="watchdog"),
                  asyncio.create_task(self._status_publisher(), name="status"),
                  asyncio.create_task(self._run_scheduler(), name="scheduler")]
@@ -346,18 +352,27 @@ class Agent:
                 await self._on_data(levels[2], bytes(payload))
             elif len(levels) == 3 and levels[0] == "Control" and levels[1] == self.name:
                 await self._on_control(levels[2], parse_control(bytes(payload)), bytes(payload))
-            elif len(levels) == 2 and levels[0] == "Commands" and levels[1] == self.name:
-                await self._on_command(bytes(payload))
             elif len(levels) == 2 and levels[0] == "Agents":
                 self._on_agent_status(levels[1], bytes(payload))
         except ProtocolError as exc:
             self.metrics.rejected_messages += 1
             self._log_drop(topic, str(exc))
 
+    def _on_arrival(self, message: aiomqtt.Message) -> bool:
+        """The link's `urgent` path, run by its reader as each message arrives. Commands go to their own lane
+        (agent.command_lane: rate limits, a bounded queue, a task of their own), so that data chunks and control
+        messages never wait behind them on the link's worker; agent statuses are handled at once."""
+        levels = self.topics.split(str(message.topic))
+        if len(levels) == 2 and levels[0] == "Commands" and levels[1] == self.name:
+            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            self.commands.offer(bytes(payload))
+            return True
+        return self._on_status_now(message)
+
     def _on_status_now(self, message: aiomqtt.Message) -> bool:
         """Agent statuses are handled as they arrive (the link's `urgent` path), not queued behind the message
         being handled: a new transfer waits for its destination's status (start_transfer) while it holds the
-        link's worker. Other messages are left to the worker (False)."""
+        command lane (agent.command_lane). Other messages are left to the worker (False)."""
         topic = str(message.topic)
         levels = self.topics.split(topic)
         if len(levels) != 2 or levels[0] != "Agents":
@@ -593,6 +608,8 @@ class Agent:
         try:
             cmd = parse_any_command(payload)
         except ProtocolError as exc:
+            if not self.commands.refusal_allowed():
+                return  # beyond the bound of refusals answered: counted (command_lane), not answered
             log.warning("dropped a command: %s", exc)
             request_id = _peek(payload, "request_id")
             reply_to = _peek(payload, "reply_to")
@@ -605,7 +622,8 @@ class Agent:
                 try:
                     self.authority.check(json.loads(payload), agent=self.name, kind=cmd.kind)
                 except (AuthError, ValueError) as exc:
-                    self._log_refusal(cmd, str(exc))
+                    if not self._log_refusal(cmd, str(exc)):
+                        return  # beyond the bound of refusals answered: counted (command_lane), not answered
                     raise CommandRefused(f"not authorized: {exc}", results.NOT_AUTHORIZED) from None
             self._raw_command = payload
             data = await self._execute(cmd)
@@ -617,16 +635,27 @@ class Agent:
         if isinstance(cmd, StopAgent) and reply.ok:
             self.request_stop(cmd.immediate)
 
-    def _log_refusal(self, cmd: Any, reason: str) -> None:
-        """A refused command leaves a trace on the log topic (the reply alone could go to anyone)."""
+    def _log_refusal(self, cmd: Any, reason: str) -> bool:
+        """A refused command leaves a trace on the log topic (the reply alone could go to anyone), within the
+        bound of refusals answered (agent.command_lane); False, when beyond it: then it is only counted, and
+        neither answered, logged nor published. The event and the log line say how many were so suppressed,
+        and how many commands were dropped unread (rate limits), since the previous event."""
+        if not self.commands.refusal_allowed():
+            return False
+        held, dropped = self.commands.refusals.held, self.commands.dropped
+        suppressed, unread = held - self._refusals_reported[0], dropped - self._refusals_reported[1]
+        self._refusals_reported = (held, dropped)
         tid = getattr(cmd, "transfer_id", None) or "Security"
         event = {"action": "not_authorized", "time": utc_now(), "agent": self.name, "command": cmd.kind,
                  "request_id": cmd.request_id, "requester": getattr(cmd, "requester", None),
                  "transfer_id": getattr(cmd, "transfer_id", None), "result_code": results.NOT_AUTHORIZED,
-                 "message": f"command {cmd.kind} refused: {reason}"}
-        log.warning("refused %s from %s: %s", cmd.kind, event["requester"] or "an unsigned requester", reason)
+                 "message": f"command {cmd.kind} refused: {reason}", "suppressed": suppressed, "dropped": unread}
+        more = f" ({suppressed} more refused and {unread} dropped unread since the last refusal logged)" \
+            if suppressed or unread else ""
+        log.warning("refused %s from %s: %s%s", cmd.kind, event["requester"] or "an unsigned requester", reason, more)
         self.store.outbox_put(self.topics.log(self.name, tid), json.dumps(event).encode())
         self.outbox.wake()
+        return True
 
     async def _reply(self, client: str, reply: Reply) -> None:
         topic = self.topics.replies(client)

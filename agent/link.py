@@ -222,7 +222,9 @@ class BrokerLink:
         self._not_up = not_up
         # called (not awaited) by the reader with every message before it is queued for the worker; True when
         # it handled the message there and then. For small messages a handler running in the worker may be
-        # waiting for (agent statuses): queued, they would only be seen once that handler has given up.
+        # waiting for (agent statuses): queued, they would only be seen once that handler has given up. And
+        # for messages that must not hold up the worker (the agent's commands go to a lane of their own,
+        # agent.command_lane, rate-limited and bounded): queued, chunks and acks would wait behind them.
         self._urgent = urgent
         self.client_id = client_id
         # subscribed at every connection; add_subscription / remove_subscription change it while running

@@ -126,10 +126,11 @@ def hostile_messages(data: Path, outside: Path, rng: random.Random) -> tuple[lis
                     b'{"kind":"cancel_transfer","request_id":"r","reply_to":"attacker","transfer_id":"../x"}',
                     b'{"kind":"stop_agent","request_id":"r","immediate":"yes"}', b"\xff\xfe\x00{",
                     json.dumps({"kind": "ack", "transfer_id": tid(), "epoch": 0, "index": 0, "offset": 0}).encode()]
-    # commands: garbage, wrong shapes, oversized
-    msgs += [(cmd, junk()) for _ in range(500)]
-    msgs += [(cmd, w) for w in wrong_shapes]
+    # commands: oversized, wrong shapes, garbage (in that order: an agent answers and logs only the first
+    # refusals of a flood, docs/authority.md, and each kind must be seen refused with its reason)
     msgs += [(cmd, b"{" + b" " * (5 * MB)), (cmd, rng.randbytes(5 * MB)), (cmd, b"x" * (9 * MB))]
+    msgs += [(cmd, w) for w in wrong_shapes]
+    msgs += [(cmd, junk()) for _ in range(500)]
     # a well-formed request to read a file outside the sandbox (whoever may command A2, it is refused)
     msgs.append((cmd, json.dumps({
         "kind": "create_transfer", "request_id": "steal", "reply_to": "attacker",
@@ -212,11 +213,15 @@ def hostile_messages(data: Path, outside: Path, rng: random.Random) -> tuple[lis
 
 
 def flood(env: FteEnv, msgs: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], Result]:
-    """Publish every message to A2 (QoS 1: the broker holds them all), then ping A2 (the ping queues behind the
-    flood on A2's single message worker, so its answer means every message was handled). Returns what came
-    back to the attacker meanwhile, and the ping's result."""
+    """Publish every message to A2 (QoS 1: the broker holds them all), then ping A2 (commands have a queue of
+    their own: the ping's answer means every command before it was handled, or dropped by the rate limits),
+    then offer A2 one more transfer it refuses (data and control messages are handled in order: its answer
+    means every one before it was handled). Returns what came back to the attacker meanwhile, and the
+    ping's result."""
     host, port = split_url(env.broker_url)
     got: list[tuple[str, bytes]] = []
+    sentinel = tid()
+    handled = asyncio.Event()
 
     async def go() -> Result:
         async with aiomqtt.Client(host, port, identifier=f"attacker-{os.getpid()}", timeout=30) as c:
@@ -228,9 +233,17 @@ def flood(env: FteEnv, msgs: list[tuple[str, bytes]]) -> tuple[list[tuple[str, b
             async def collect() -> None:
                 async for m in c.messages:
                     got.append((str(m.topic), bytes(m.payload)))  # type: ignore[arg-type]
+                    if str(m.topic) == f"{PREFIX}/Control/Ghost/{sentinel}":
+                        handled.set()
 
             collector = asyncio.create_task(collect())
-            ping = await asyncio.to_thread(env.run, "ping-agent", "A2", "-w", "30", timeout=60)
+            for _ in range(3):  # without authority checking, the ping shares the rate limit with the flood
+                ping = await asyncio.to_thread(env.run, "ping-agent", "A2", "-w", "10", timeout=60)
+                if ping.returncode == 0:
+                    break
+            await c.publish(f"{PREFIX}/Control/A2/{sentinel}", resync(sentinel, ["/etc/fte-hostile-sentinel"]), qos=1)
+            async with asyncio.timeout(30):
+                await handled.wait()
             await asyncio.sleep(0.5)  # answers published just before the ping's reply
             collector.cancel()
             await asyncio.gather(collector, return_exceptions=True)
