@@ -24,21 +24,20 @@ from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, format_event
+from .render import TransferWatcher, format_event, safe, safe_markup, safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# emoji off: ":thumbs_up:" in a file name is shown as typed, not as a picture
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
 
 def fail(message: str, code: int = 1) -> None:
-    from rich.markup import escape
-
-    # messages carry file names and agent replies: never rich markup
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    # messages carry file names and agent replies: never rich markup, never a control character
+    err.print(f"[bold red]error:[/] {safe_markup(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -319,15 +318,15 @@ def list_agents(
     topics = client.topics
     missing = [n for n in dict.fromkeys(names or []) if n not in statuses]
     if as_json:
-        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}))
+        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}), ensure_ascii=True)
     elif statuses:
         from rich.table import Table
 
         t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
         console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
         for name, st in sorted(statuses.items()):
-            t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
-                      st.time)
+            t.add_row(safe_text(name), safe_text(st.status), safe_text(st.host or ""),
+                      f"{len(st.source_transfers)}/{len(st.destination_transfers)}", safe_text(st.time))
         console.print(t)
     elif not names:
         out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
@@ -349,7 +348,7 @@ def list_agents(
 
 
 def _note(message: str) -> None:
-    err.print(f"note: {message}", markup=False, soft_wrap=True)
+    err.print(f"note: {safe(message)}", markup=False, soft_wrap=True)
 
 
 def _local_agent_names() -> list[str]:
@@ -395,10 +394,10 @@ def show_agent_details(
     st = run(go())
     data = st.model_dump()
     if as_json:
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(data), ensure_ascii=True)
         return
     for k, v in data.items():
-        out.print(f"{k:26} {v}")
+        out.print(safe(f"{k:26} {v}"), markup=False)
 
 
 @app.command("ping-agent")
@@ -720,8 +719,8 @@ def create_transfer(
         if as_json:
             out.print(json.dumps(data), markup=False)
         else:
-            out.print(f"Scheduled transfer {data['schedule_id']} on agent {spec.source_agent}: first run at "
-                      f"{data['next_run']}. List with fte-list-scheduled-transfers.", markup=False)
+            out.print(safe(f"Scheduled transfer {data['schedule_id']} on agent {spec.source_agent}: first run at "
+                           f"{data['next_run']}. List with fte-list-scheduled-transfers."), markup=False)
         raise typer.Exit(0)
     elif any(v is not None for v in (occurrence_interval, occurrence_count, end_schedule)):
         fail("-oi, -oc and -es describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
@@ -751,11 +750,12 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
             if as_json:
                 out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}), markup=False)
             else:
-                out.print(f"Transfer {tid} submitted to agent {spec.source_agent} "
-                          f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes).")
+                out.print(safe(f"Transfer {tid} submitted to agent {spec.source_agent} "
+                               f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes)."), markup=False)
             return 0
         if not as_json:
-            out.print(f"Transfer {tid} started: {reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes.")
+            out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
+                           f"{reply.data.get('bytes')} bytes."), markup=False)
         final = await watcher.wait(None if wait < 0 else wait)
         if final is None:
             if as_json:
@@ -794,7 +794,7 @@ def cancel_transfer(
     reply = run(go())
     if not reply.ok:
         fail(reply.message, reply.result_code or 1)
-    out.print(f"Cancel of transfer {transfer_id} accepted by {agent} ({reply.data.get('state')}).")
+    out.print(safe(f"Cancel of transfer {transfer_id} accepted by {agent} ({reply.data.get('state')})."), markup=False)
 
 
 @app.command("logs")
@@ -827,15 +827,15 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                                                          reply_to=c.client_id), timeout=5)
                     rows += [t for t in r.data.get("transfers", []) if not transfer or t["transfer_id"] == transfer]
                 except ClientError as exc:
-                    err.print(f"warning: {exc}")
+                    err.print(f"warning: {safe(exc)}", markup=False)
             for t in rows:
                 if as_json:
                     out.print(json.dumps(t), soft_wrap=True, markup=False)
                 else:
-                    out.print(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
-                              f"{t.get('source_agent')}->{t.get('destination_agent')} "
-                              f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
-                              + (f" result {t['result_code']}" if t.get("result_code") is not None else ""),
+                    out.print(safe(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
+                                   f"{t.get('source_agent')}->{t.get('destination_agent')} "
+                                   f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
+                                   + (f" result {t['result_code']}" if t.get("result_code") is not None else "")),
                               soft_wrap=True, markup=False)
             if not rows:
                 out.print("No transfers. Watch live events with: fte-logs --follow")
@@ -956,7 +956,7 @@ def _invoke(argv: list[str]) -> None:
             sys.exit(0)
         known = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
         where = f"fte {argv[0]} --help" if argv and argv[0] in known else "fte --help"
-        err.print(f"[bold red]error:[/] {message} (see: {where})")
+        err.print(f"[bold red]error:[/] {safe_markup(message)} (see: {where})")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -12,6 +12,7 @@ from agent.protocol import TransferSpec
 from agent.scheduler import CreateSchedule, DeleteSchedule, ScheduleSpec
 
 from .client import ClientError, FteClient, broker_url, new_request_id
+from .render import safe
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         """List scheduled transfers (retained by their source agents on Scheduler/<agent>)."""
         rows = run(_retained(broker, agent))
         if as_json:
-            out.print(json.dumps(rows))
+            out.print(json.dumps(rows), markup=False)
             return
         if not rows:
             out.print("No scheduled transfers.")
@@ -82,8 +83,8 @@ def register(app: typer.Typer) -> None:
             sc, sp = r["schedule"], r["spec"]
             every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
             files = ", ".join(i["source"] for i in sp["items"])
-            out.print(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                      f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})")
+            out.print(safe(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
+                           f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})"), markup=False)
 
     @app.command("delete-scheduled-transfer")
     def delete_scheduled(

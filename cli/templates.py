@@ -457,8 +457,10 @@ def register(app: typer.Typer) -> None:
     """Add create-template, list-templates and delete-templates to the `fte` app."""
     from .main import err, fail, out, run  # fail() prints messages without markup
 
+    from .render import safe
+
     def say(text: str) -> None:
-        out.print(text, markup=False, emoji=False, soft_wrap=True)
+        out.print(safe(text), markup=False, emoji=False, soft_wrap=True)
 
     @app.command("create-template")
     def create_template(
@@ -543,11 +545,11 @@ def register(app: typer.Typer) -> None:
             try:
                 t = _parse_template(n, found[n])
             except TemplateError as exc:
-                err.print(f"warning: {exc}", soft_wrap=True, markup=False, emoji=False)
+                err.print(f"warning: {safe(exc)}", soft_wrap=True, markup=False, emoji=False)
                 continue
             printed += 1
             if as_json:
-                say(t.model_dump_json(exclude_none=True))
+                say(json.dumps(t.model_dump(mode="json", exclude_none=True)))  # JSON escapes, never raw controls
             elif verbose:
                 for line in summary(t):
                     say(line)
