@@ -38,6 +38,26 @@ def part_path(destination: str) -> str:
     return destination + PART_SUFFIX
 
 
+def not_a_directory(parent: str, cache: dict[str, str | None]) -> str | None:
+    """Why `parent` cannot be made a directory (a file where it or one of its ancestors should be), or None.
+
+    Said before any byte travels, in words: mkdir would fail later with a bare "[Errno 17] File exists"."""
+    if parent not in cache:
+        problem, probe = None, parent
+        while not os.path.isdir(probe):
+            if os.path.lexists(probe):
+                what = "a file, not a directory" if os.path.isfile(probe) else "not a directory"
+                problem = (f'"{probe}" is {what}; the directories of a destination must be directories or not '
+                           f'exist yet (check -dd / -df)')
+                break
+            up = os.path.dirname(probe)
+            if up == probe:
+                break
+            probe = up  # does not exist: made when the first file arrives, if its parent can hold it
+        cache[parent] = problem
+    return cache[parent]
+
+
 def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
     os.pwrite(fd, data, offset)
     if hasher is not None:
@@ -96,11 +116,15 @@ class DestinationTransfer:
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         parents: dict[str, str] = {}
+        blocked: dict[str, str | None] = {}  # parent directory -> why it cannot be one (a file in the way)
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
                 real = ctx.sandbox.resolve(offer.destination, write=True, parents=parents)
                 f.destination = str(real)
+                problem = not_a_directory(str(real.parent), blocked)
+                if problem:
+                    raise NotADirectoryError(problem)
                 if msg.exist == "error" and os.path.lexists(real):
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
                 if os.path.isdir(real):

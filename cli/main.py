@@ -151,7 +151,7 @@ def start_agent(
     from agent.settings import SettingsError, agent_dir, load_agent_settings, timeout_warnings
 
     try:
-        settings = load_agent_settings(name)
+        settings = load_agent_settings(name, require_directories=True)
     except SettingsError as exc:
         fail(str(exc))
     pid = _running_pid(name)
@@ -552,7 +552,7 @@ def key_list(agent: str = typer.Argument(..., help="Agent whose trusted requeste
 
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd"}
+                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
 
 
 def _validation_text(exc: Exception) -> str:
@@ -563,8 +563,15 @@ def _validation_text(exc: Exception) -> str:
     first = errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
     flag = FLAG_OF_FIELD.get(loc[0], loc[0]) if loc else "request"
+    if loc == ["destination"]:
+        flag = "-df" if "-df" in sys.argv or "--destination-file" in sys.argv else "-dd"
     value = first.get("input")
     shown = f" {value!r}" if isinstance(value, (str, int)) else ""
+    if isinstance(value, str) and len(value) > 60:  # a path of 5,000 characters is not repeated in full
+        shown = f" {value[:40]!r}... ({len(value)} characters)"
+    limit = (first.get("ctx") or {}).get("max_length")
+    if first.get("type") == "string_too_long" and limit:
+        return f"{flag}{shown} is too long: at most {limit} characters are allowed"
     return f"{flag}{shown}: {first.get('msg')}"
 
 
@@ -662,11 +669,11 @@ def create_transfer(
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
-        items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
-                              destination_type="file" if dest_file else "directory", recursive=recursive)
-                 for s in sources]
         md = _metadata(metadata)
         try:
+            items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
+                                  destination_type="file" if dest_file else "directory", recursive=recursive)
+                     for s in sources]
             spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                 exist=exist, disposition=disposition, checksum=checksum.lower(),
                                 recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
@@ -938,6 +945,30 @@ def _preprocess(verb: str | None, argv: list[str]) -> list[str]:
     return fixed
 
 
+# typer checks a typed flag with pydantic; its words ("Input should be a valid integer, unable to parse
+# string as an integer") name neither the flag's value nor what to give instead
+_VALUE_PROBLEM = {"int_parsing": "is not a whole number", "int_from_float": "is not a whole number",
+                  "float_parsing": "is not a number", "bool_parsing": "is not true or false"}
+
+
+def _bad_value_text(exc: Exception, argv: list[str]) -> str | None:
+    """'-rt 'abc' is not a whole number' for a flag value typer could not convert; None for other errors."""
+    cause = exc.__cause__
+    param = getattr(exc, "param", None)
+    errors = getattr(cause, "errors", None)
+    if param is None or not callable(errors):
+        return None
+    try:
+        first = errors()[0]
+    except (IndexError, TypeError):
+        return None
+    opts = list(getattr(param, "opts", None) or [])
+    flag = next((o for o in opts if o in argv), opts[0] if opts else str(getattr(param, "name", "value")))
+    problem = _VALUE_PROBLEM.get(first.get("type"), f"is invalid: {first.get('msg')}")
+    shown = first.get("input")
+    return f"{flag} {str(shown)!r} {problem}"
+
+
 def _invoke(argv: list[str]) -> None:
     """Run the app; a usage error is one line and exit 1 (2 means 'timed out' for these commands)."""
     try:
@@ -951,7 +982,7 @@ def _invoke(argv: list[str]) -> None:
             sys.exit(130)
         if "UsageError" not in kinds:
             raise
-        message = exc.format_message()  # type: ignore[attr-defined]
+        message = _bad_value_text(exc, argv) or exc.format_message()  # type: ignore[attr-defined]
         if not message:  # no arguments at all: the help was shown
             sys.exit(0)
         known = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]

@@ -126,6 +126,11 @@ def register(app: typer.Typer) -> None:
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
         """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
+        from agent.core.lifecycle import TransferState
+
+        states = [s.value for s in TransferState]
+        if state is not None and state not in states:
+            fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
         async def go() -> tuple[list[dict[str, Any]], list[str]]:
             async with FteClient(broker_url(broker, agent)) as c:
                 if agent:
