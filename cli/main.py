@@ -92,14 +92,19 @@ def create_agent(
     prefix = topic_prefix or os.environ.get("FTE_TOPIC_PREFIX")
     if prefix:
         values["topicPrefix"] = prefix
+    from agent.atomic_files import locked
+
     try:
         write_agent_properties(path, values, force=force)
         load_agent_settings(agent_name)
-        # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted
+        # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted.
+        # One fte-create-agent at a time past this point: two run at once would each make their key before
+        # the other looked for it, and neither would trust the other.
         me = requester_name()
-        key = ensure_key(config_home(), me)
-        trust(path.parent, me, public_text(key.public_key()), "all")
-        _trust_neighbours(path.parent)
+        with locked(config_home()):
+            key = ensure_key(config_home(), me)
+            trust(path.parent, me, public_text(key.public_key()), "all")
+            _trust_neighbours(path.parent)
     except FileExistsError:
         fail(f"agent {agent_name} already exists ({path}); use --force to overwrite it")
     except SettingsError as exc:

@@ -1,16 +1,18 @@
-"""Mistakes found on the way (issue 13), each one clear line and a non-zero exit.
+"""Mistakes found on the way (issue 13), each one clear line and a non-zero exit, and `fte-create-agent`
+run many times at once in one FTE_CONFIG_HOME losing no trust entry.
 
 The commands run as processes; the ones that need agents use real agents over Mosquitto.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support.agents import FteEnv, Result
+from tests.support.agents import FteEnv, Result, script
 from tests.support.brokers import MosquittoProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -132,3 +134,41 @@ def test_list_transfers_refuses_an_unknown_state(pair: tuple[FteEnv, Path]) -> N
     assert line.startswith("error:"), line
     ok = env.run("list-transfers", "--state", "complete")
     assert ok.returncode == 0, str(ok)
+
+
+# --------------------------------------------------------------------------- fte-create-agent in parallel
+
+
+def test_agents_created_at_once_trust_each_other(tmp_path: Path) -> None:
+    """20 fte-create-agent processes started together in one FTE_CONFIG_HOME: every agent's trust file names
+    every other agent's identity key and the requester's key (no run rewrote another's entries)."""
+    from agent.auth import TRUST_FILE, parse_trust_file, public_text
+    from agent.binding import agent_requester, load_or_create_agent_key
+
+    env = offline(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [f"P{i:02d}" for i in range(20)]
+    procs = [subprocess.Popen([script("create-agent"), "-agentName", n, "--sandbox", str(data)], env=env.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for n in names]
+    for n, p in zip(names, procs):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, f"fte-create-agent {n}: {p.returncode}\n{out}\n{err}"
+    keys = {n: public_text(load_or_create_agent_key(env.agent_dir(n)).public_key()) for n in names}
+    requester_keys = list((env.home / "keys").glob("*.pub"))
+    assert len(requester_keys) == 1, requester_keys
+    requester, requester_key = requester_keys[0].stem, requester_keys[0].read_text().strip()
+    missing = []
+    for n in names:
+        path = env.agent_dir(n) / TRUST_FILE
+        trusted = parse_trust_file(path.read_text(), path)
+        if requester not in trusted or public_text(trusted[requester].key) != requester_key:
+            missing.append(f"{n} lacks the requester {requester}")
+        for other in names:
+            entry = trusted.get(agent_requester(other))
+            if other != n and (entry is None or public_text(entry.key) != keys[other]):
+                missing.append(f"{n} lacks {other}")
+    assert not missing, f"{len(missing)} trust entries lost: {missing[:10]}"
+    leftovers = [p.name for p in env.home.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, leftovers
