@@ -28,6 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .atomic_files import locked, write_atomic
+
 # A command older or newer than this (seconds) is refused: with the nonce cache, this stops replays.
 MAX_SKEW = 300
 PERMISSIONS = ("transfer", "cancel", "monitor", "admin")
@@ -98,34 +100,24 @@ def load_public(text: str) -> Ed25519PublicKey:
 
 
 def generate_key(config_home: Path, name: str, overwrite: bool = False) -> Path:
-    """Create the requester's key pair; the private key file is readable by its owner only."""
+    """Create the requester's key pair; the private key file is readable by its owner only.
+
+    Under the keys directory's lock, each file written whole (agent.atomic_files): two processes creating
+    the same key at once never overwrite each other, and nobody reads a half-written key."""
     check_requester_name(name)
     d = keys_dir(config_home)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.key"
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"a key for {name} already exists: {path}")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    if overwrite:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-    else:
-        # written under a temporary name and linked into place: two processes creating the same key
-        # at once never overwrite each other, and nobody reads a half-written key
-        tmp = d / f".{name}.key.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
+    with locked(d):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"a key for {name} already exists: {path}")
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
         try:
-            os.link(tmp, path)
+            write_atomic(path, pem, 0o600, replace=overwrite)
         except FileExistsError:
             raise FileExistsError(f"a key for {name} already exists: {path}") from None
-        finally:
-            tmp.unlink()
-    (d / f"{name}.pub").write_text(public_text(key.public_key()) + "\n")
+        write_atomic(d / f"{name}.pub", (public_text(key.public_key()) + "\n").encode(), 0o644)
     return path
 
 
@@ -210,18 +202,19 @@ def parse_trust_file(text: str, path: Path) -> dict[str, TrustedRequester]:
 
 
 def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> Path:
-    """Add (or replace) a requester in an agent's trust file."""
+    """Add (or replace) a requester in an agent's trust file (an agent key only with the transfer permission)."""
     load_public(public)
-    if not REQUESTER_RE.match(name):
-        raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+    check_trust_entry(name, permissions)
     path = agent_dir / TRUST_FILE
-    lines = path.read_text().splitlines() if path.exists() else [
-        "# Requesters this agent obeys: <requester> <Ed25519 public key, base64> <permissions>",
-        f"# permissions: {','.join(PERMISSIONS)} or all. Manage with: fte key trust / fte key untrust"]
-    lines = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
-    lines.append(f"{name} {public} {permissions}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    # read, change and write back under the agent directory's lock: two processes adding a requester
+    # at once (fte-create-agent run in parallel) must both find their line in the file afterwards
+    with locked(agent_dir):
+        lines = path.read_text().splitlines() if path.exists() else [
+            "# Requesters this agent obeys: <requester> <Ed25519 public key, base64> <permissions>",
+            f"# permissions: {','.join(PERMISSIONS)} or all. Manage with: fte key trust / fte key untrust"]
+        lines = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
+        lines.append(f"{name} {public} {permissions}")
+        write_atomic(path, ("\n".join(lines) + "\n").encode(), _mode_of(path, 0o644))
     return path
 
 
@@ -250,6 +243,14 @@ class MemoryNonces:
 def sent_when(delta: float) -> str:
     """`delta` seconds (now - sent_at) in words: "301 s ago", "301 s in the future"."""
     return f"{delta:.0f} s ago" if delta >= 0 else f"{-delta:.0f} s in the future"
+
+
+def _mode_of(path: Path, default: int) -> int:
+    """The permission bits `path` has (kept when it is rewritten), or `default` for a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return default
 
 
 class Authority:

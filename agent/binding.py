@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .atomic_files import write_atomic
 from .auth import canonical, load_public
 from .protocol import CHUNK_FLAGS_AT, FLAG_GMAC
 
@@ -50,17 +51,19 @@ def agent_requester(agent: str) -> str:
 
 def load_or_create_agent_key(agent_home: Path) -> Ed25519PrivateKey:
     path = agent_home / AGENT_KEY_FILE
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    agent_home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    if not path.exists():
+        # written whole and linked into place (agent.atomic_files): a neighbour reading it at that moment
+        # (fte-create-agent trusting the agents beside it) sees no key or the whole key, never half of one
+        key = Ed25519PrivateKey.generate()
+        try:
+            write_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()), 0o600, replace=False)
+            return key
+        except FileExistsError:
+            pass  # another process made it a moment ago: that one is the agent's key
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
     return key
 
 

@@ -57,6 +57,26 @@ def part_path(destination: str) -> str:
     return (parent if parent.endswith("/") else parent + "/") + part_name(name)
 
 
+def not_a_directory(parent: str, cache: dict[str, str | None]) -> str | None:
+    """Why `parent` cannot be made a directory (a file where it or one of its ancestors should be), or None.
+
+    Said before any byte travels, in words: mkdir would fail later with a bare "[Errno 17] File exists"."""
+    if parent not in cache:
+        problem, probe = None, parent
+        while not os.path.isdir(probe):
+            if os.path.lexists(probe):
+                what = "a file, not a directory" if os.path.isfile(probe) else "not a directory"
+                problem = (f'"{probe}" is {what}; the directories of a destination must be directories or not '
+                           f'exist yet (check -dd / -df)')
+                break
+            up = os.path.dirname(probe)
+            if up == probe:
+                break
+            probe = up  # does not exist: made when the first file arrives, if its parent can hold it
+        cache[parent] = problem
+    return cache[parent]
+
+
 def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
     write_all(fd, data, offset)  # every byte, or the OSError (a full disk writes short first)
     if hasher is not None:
@@ -121,11 +141,15 @@ class DestinationTransfer:
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         parents: dict[str, str] = {}
         dirs = ConfinedDirs(ctx.sandbox)
+        blocked: dict[str, str | None] = {}  # parent directory -> why it cannot be one (a file in the way)
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
                 real = ctx.sandbox.resolve(offer.destination, write=True, parents=parents)
                 f.destination = str(real)
+                problem = not_a_directory(str(real.parent), blocked)
+                if problem:
+                    raise NotADirectoryError(problem)
                 there = dirs.lstat(f.destination)
                 if msg.exist == "error" and there is not None:
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')

@@ -610,9 +610,13 @@ def _build(ctx: _Load, expected_name: str | None) -> AgentSettings:
             raise _describe(exc, ctx, expected_name) from None
 
 
-def load_agent_settings(name: str, env: Mapping[str, str] = os.environ, path: Path | None = None) -> AgentSettings:
+def load_agent_settings(name: str, env: Mapping[str, str] = os.environ, path: Path | None = None,
+                        require_directories: bool = False) -> AgentSettings:
     """Load agent ``name`` from ``$FTE_CONFIG_HOME/agents/<name>/agent.properties`` (or ``path``),
-    with ``FTE_*`` variables from ``env`` taking precedence. Raises SettingsError (one line)."""
+    with ``FTE_*`` variables from ``env`` taking precedence. Raises SettingsError (one line).
+
+    ``require_directories`` (an agent about to start): the directories of sandboxRoot and transferRoot must
+    exist, as the agent would otherwise refuse every transfer there with a puzzling "outside the sandbox"."""
     try:
         validate_agent_name(name)
     except ValueError as exc:
@@ -634,9 +638,26 @@ def load_agent_settings(name: str, env: Mapping[str, str] = os.environ, path: Pa
     filled: dict[str, Any] = {}
     if settings.agentStateDir is None:
         filled["agentStateDir"] = agent_dir(name, env) / "state"
+    if require_directories:
+        _require_directories(settings, ctx)
     if settings.transferRoot is None:
         filled["transferRoot"] = Path.home()
     return settings.model_copy(update=filled) if filled else settings
+
+
+def _require_directories(s: AgentSettings, ctx: _Load) -> None:
+    """SettingsError naming the property and its origin for a directory the agent needs that is not one."""
+    wanted = [("sandboxRoot", p, f"sandboxRoot={s.sandboxRoot!r} lists {p}, which") for p in s.sandbox_allow]
+    if s.transferRoot is not None:  # the default (the home directory) is the user's, not a setting to fix
+        wanted.append(("transferRoot", s.transferRoot, f"transferRoot={str(s.transferRoot)!r}"))
+    for key, path, shown in wanted:
+        if not path.exists():
+            problem = f"does not exist; create the directory or correct {key}"
+        elif not path.is_dir():
+            problem = f"is not a directory; {key} names directories"
+        else:
+            continue
+        raise SettingsError(f"{ctx.origins.get(key, str(ctx.path))}: {shown} {problem}")
 
 
 # -------------------------------------------------------------------------------------- warnings

@@ -74,7 +74,7 @@ class DemoAgents:
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         self.events.append(ev)
-        self.console.print(format_event(ev), soft_wrap=True)
+        self.console.print(format_event(ev), soft_wrap=True, markup=False, emoji=False)
         if ev.get("action") == "completed":
             self.finished[ev["transfer_id"]] = ev
         self.changed.set()

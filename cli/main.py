@@ -24,21 +24,20 @@ from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, format_event
+from .render import TransferWatcher, format_event, safe, safe_markup, safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# emoji off: ":thumbs_up:" in a file name is shown as typed, not as a picture
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
 
 def fail(message: str, code: int = 1) -> None:
-    from rich.markup import escape
-
-    # messages carry file names and agent replies: never rich markup
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    # messages carry file names and agent replies: never rich markup, never a control character
+    err.print(f"[bold red]error:[/] {safe_markup(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -98,13 +97,18 @@ def create_agent(
     prefix = topic_prefix or os.environ.get("FTE_TOPIC_PREFIX")
     if prefix:
         values["topicPrefix"] = prefix
+    from agent.atomic_files import locked
+
     try:
         write_agent_properties(path, values, force=force)
         load_agent_settings(agent_name)
-        # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted
-        key = ensure_key(config_home(), me)
-        trust(path.parent, me, public_text(key.public_key()), "all")
-        _trust_neighbours(path.parent)
+        # commands from this user (same FTE_CONFIG_HOME) work at once: their key is created and trusted.
+        # One fte-create-agent at a time past this point: two run at once would each make their key before
+        # the other looked for it, and neither would trust the other.
+        with locked(config_home()):
+            key = ensure_key(config_home(), me)
+            trust(path.parent, me, public_text(key.public_key()), "all")
+            _trust_neighbours(path.parent)
     except FileExistsError:
         fail(f"agent {agent_name} already exists ({path}); use --force to overwrite it")
     except SettingsError as exc:
@@ -156,7 +160,7 @@ def start_agent(
     from agent.settings import SettingsError, agent_dir, load_agent_settings, timeout_warnings
 
     try:
-        settings = load_agent_settings(name)
+        settings = load_agent_settings(name, require_directories=True)
     except SettingsError as exc:
         fail(str(exc))
     pid = _running_pid(name)
@@ -323,15 +327,15 @@ def list_agents(
     topics = client.topics
     missing = [n for n in dict.fromkeys(names or []) if n not in statuses]
     if as_json:
-        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}))
+        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}), ensure_ascii=True)
     elif statuses:
         from rich.table import Table
 
         t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
         console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
         for name, st in sorted(statuses.items()):
-            t.add_row(name, st.status, st.host or "", f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
-                      st.time)
+            t.add_row(safe_text(name), safe_text(st.status), safe_text(st.host or ""),
+                      f"{len(st.source_transfers)}/{len(st.destination_transfers)}", safe_text(st.time))
         console.print(t)
     elif not names:
         out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
@@ -353,7 +357,7 @@ def list_agents(
 
 
 def _note(message: str) -> None:
-    err.print(f"note: {message}", markup=False, soft_wrap=True)
+    err.print(f"note: {safe(message)}", markup=False, soft_wrap=True)
 
 
 def _local_agent_names() -> list[str]:
@@ -399,10 +403,10 @@ def show_agent_details(
     st = run(go())
     data = st.model_dump()
     if as_json:
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(data), ensure_ascii=True)
         return
     for k, v in data.items():
-        out.print(f"{k:26} {v}")
+        out.print(safe(f"{k:26} {v}"), markup=False)
 
 
 @app.command("ping-agent")
@@ -561,7 +565,7 @@ def key_list(agent: str = typer.Argument(..., help="Agent whose trusted requeste
 
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd"}
+                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
 
 
 def _validation_text(exc: Exception) -> str:
@@ -572,8 +576,15 @@ def _validation_text(exc: Exception) -> str:
     first = errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
     flag = FLAG_OF_FIELD.get(loc[0], loc[0]) if loc else "request"
+    if loc == ["destination"]:
+        flag = "-df" if "-df" in sys.argv or "--destination-file" in sys.argv else "-dd"
     value = first.get("input")
     shown = f" {value!r}" if isinstance(value, (str, int)) else ""
+    if isinstance(value, str) and len(value) > 60:  # a path of 5,000 characters is not repeated in full
+        shown = f" {value[:40]!r}... ({len(value)} characters)"
+    limit = (first.get("ctx") or {}).get("max_length")
+    if first.get("type") == "string_too_long" and limit:
+        return f"{flag}{shown} is too long: at most {limit} characters are allowed"
     return f"{flag}{shown}: {first.get('msg')}"
 
 
@@ -671,11 +682,11 @@ def create_transfer(
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
-        items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
-                              destination_type="file" if dest_file else "directory", recursive=recursive)
-                 for s in sources]
         md = _metadata(metadata)
         try:
+            items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
+                                  destination_type="file" if dest_file else "directory", recursive=recursive)
+                     for s in sources]
             spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                 exist=exist, disposition=disposition, checksum=checksum.lower(),
                                 recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
@@ -732,8 +743,8 @@ def create_transfer(
         if as_json:
             out.print(json.dumps(data), markup=False)
         else:
-            out.print(f"Scheduled transfer {data['schedule_id']} on agent {spec.source_agent}: first run at "
-                      f"{data['next_run']}. List with fte-list-scheduled-transfers.", markup=False)
+            out.print(safe(f"Scheduled transfer {data['schedule_id']} on agent {spec.source_agent}: first run at "
+                           f"{data['next_run']}. List with fte-list-scheduled-transfers."), markup=False)
         raise typer.Exit(0)
     elif any(v is not None for v in (occurrence_interval, occurrence_count, end_schedule)):
         fail("-oi, -oc and -es describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
@@ -763,11 +774,12 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
             if as_json:
                 out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}), markup=False)
             else:
-                out.print(f"Transfer {tid} submitted to agent {spec.source_agent} "
-                          f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes).")
+                out.print(safe(f"Transfer {tid} submitted to agent {spec.source_agent} "
+                               f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes)."), markup=False)
             return 0
         if not as_json:
-            out.print(f"Transfer {tid} started: {reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes.")
+            out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
+                           f"{reply.data.get('bytes')} bytes."), markup=False)
         final = await watcher.wait(None if wait < 0 else wait)
         if final is None:
             if as_json:
@@ -806,7 +818,7 @@ def cancel_transfer(
     reply = run(go())
     if not reply.ok:
         fail(reply.message, reply.result_code or 1)
-    out.print(f"Cancel of transfer {transfer_id} accepted by {agent} ({reply.data.get('state')}).")
+    out.print(safe(f"Cancel of transfer {transfer_id} accepted by {agent} ({reply.data.get('state')})."), markup=False)
 
 
 @app.command("logs")
@@ -839,15 +851,15 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                                                          reply_to=c.client_id), timeout=5)
                     rows += [t for t in r.data.get("transfers", []) if not transfer or t["transfer_id"] == transfer]
                 except ClientError as exc:
-                    err.print(f"warning: {exc}")
+                    err.print(f"warning: {safe(exc)}", markup=False)
             for t in rows:
                 if as_json:
                     out.print(json.dumps(t), soft_wrap=True, markup=False)
                 else:
-                    out.print(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
-                              f"{t.get('source_agent')}->{t.get('destination_agent')} "
-                              f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
-                              + (f" result {t['result_code']}" if t.get("result_code") is not None else ""),
+                    out.print(safe(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
+                                   f"{t.get('source_agent')}->{t.get('destination_agent')} "
+                                   f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
+                                   + (f" result {t['result_code']}" if t.get("result_code") is not None else "")),
                               soft_wrap=True, markup=False)
             if not rows:
                 out.print("No transfers. Watch live events with: fte-logs --follow")
@@ -954,6 +966,30 @@ def _preprocess(verb: str | None, argv: list[str]) -> list[str]:
     return fixed
 
 
+# typer checks a typed flag with pydantic; its words ("Input should be a valid integer, unable to parse
+# string as an integer") name neither the flag's value nor what to give instead
+_VALUE_PROBLEM = {"int_parsing": "is not a whole number", "int_from_float": "is not a whole number",
+                  "float_parsing": "is not a number", "bool_parsing": "is not true or false"}
+
+
+def _bad_value_text(exc: Exception, argv: list[str]) -> str | None:
+    """'-rt 'abc' is not a whole number' for a flag value typer could not convert; None for other errors."""
+    cause = exc.__cause__
+    param = getattr(exc, "param", None)
+    errors = getattr(cause, "errors", None)
+    if param is None or not callable(errors):
+        return None
+    try:
+        first = errors()[0]
+    except (IndexError, TypeError):
+        return None
+    opts = list(getattr(param, "opts", None) or [])
+    flag = next((o for o in opts if o in argv), opts[0] if opts else str(getattr(param, "name", "value")))
+    problem = _VALUE_PROBLEM.get(first.get("type"), f"is invalid: {first.get('msg')}")
+    shown = first.get("input")
+    return f"{flag} {str(shown)!r} {problem}"
+
+
 def _invoke(argv: list[str]) -> None:
     """Run the app; a usage error is one line and exit 1 (2 means 'timed out' for these commands)."""
     try:
@@ -967,12 +1003,12 @@ def _invoke(argv: list[str]) -> None:
             sys.exit(130)
         if "UsageError" not in kinds:
             raise
-        message = exc.format_message()  # type: ignore[attr-defined]
+        message = _bad_value_text(exc, argv) or exc.format_message()  # type: ignore[attr-defined]
         if not message:  # no arguments at all: the help was shown
             sys.exit(0)
         known = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
         where = f"fte {argv[0]} --help" if argv and argv[0] in known else "fte --help"
-        err.print(f"[bold red]error:[/] {message} (see: {where})")
+        err.print(f"[bold red]error:[/] {safe_markup(message)} (see: {where})")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -12,6 +12,7 @@ from agent.monitor import CreateMonitor, ListMonitors, MonitorCommand, MonitorSp
 from agent.protocol import TransferItem, TransferSpec
 
 from .client import ClientError, FteClient, broker_url, new_request_id
+from .render import safe
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
@@ -89,7 +90,8 @@ def register(app: typer.Typer) -> None:
                                                           monitor=spec, replace=force)))
         if not reply.ok:
             fail(reply.message, reply.result_code or 1)
-        out.print(f"Monitor {name} created on agent {agent}: {trigger} in {directory}, every {seconds} s.")
+        out.print(safe(f"Monitor {name} created on agent {agent}: {trigger} in {directory}, every {seconds} s."),
+                  markup=False)
 
     for verb, kind, doc in (("delete-monitor", "delete_monitor", "Delete a monitor."),
                             ("stop-monitor", "stop_monitor", "Stop a monitor (its agent keeps running)."),
@@ -103,7 +105,7 @@ def register(app: typer.Typer) -> None:
                 reply = run(_request(broker, agent, MonitorCommand(kind=kind, request_id=new_request_id(), name=name)))
                 if not reply.ok:
                     fail(reply.message, reply.result_code or 1)
-                out.print(f"Monitor {name} on agent {agent}: {reply.data.get('state')}.")
+                out.print(safe(f"Monitor {name} on agent {agent}: {reply.data.get('state')}."), markup=False)
             command.__doc__ = doc
             return command
         app.command(verb)(make())
@@ -120,7 +122,7 @@ def register(app: typer.Typer) -> None:
         store; a monitor runs from that store, never from what is on the broker)."""
         rows = run(_retained_monitors(broker, agent, name))
         if as_json:
-            out.print(json.dumps(rows))
+            out.print(json.dumps(rows), markup=False)
             return
         if not rows:
             out.print("No monitors.")
@@ -133,7 +135,7 @@ def register(app: typer.Typer) -> None:
                 dests = ", ".join(i["destination"] for i in task["items"])
                 line += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
                          f"{task['destination_agent']}:{dests}")
-            out.print(line)
+            out.print(safe(line), markup=False)
 
 
 async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:

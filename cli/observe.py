@@ -15,10 +15,12 @@ import typer
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from agent.protocol import ListTransfers, QueryTransfer, parse_agent_status
 
 from .client import ClientError, FteClient, broker_url, event_of, new_request_id
+from .render import safe, safe_markup, safe_text
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
@@ -124,6 +126,11 @@ def register(app: typer.Typer) -> None:
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
         """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
+        from agent.core.lifecycle import TransferState
+
+        states = [s.value for s in TransferState]
+        if state is not None and state not in states:
+            fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
         async def go() -> tuple[list[dict[str, Any]], list[str]]:
             async with FteClient(broker_url(broker, agent)) as c:
                 if agent:
@@ -132,12 +139,12 @@ def register(app: typer.Typer) -> None:
 
         rows, warnings = run(go())
         for w in warnings:
-            err.print(f"warning: {w}", markup=False)
+            err.print(f"warning: {safe(w)}", markup=False)
         # "recovering" includes its resynchronising step: the transfer is in recovery either way
         wanted = {state, "resynchronising"} if state == "recovering" else {state}
         rows = [t for t in rows if state is None or t.get("state") in wanted]
         for t in rows:
-            out.print(json.dumps(t) if as_json else transfer_line(t), markup=False)
+            out.print(json.dumps(t) if as_json else safe(transfer_line(t)), markup=False)
         if not rows and not as_json:
             out.print("No transfers" + (f" in state {state}." if state else "."))
 
@@ -182,16 +189,16 @@ def register(app: typer.Typer) -> None:
             out.print(json.dumps(views), markup=False)
             return
         for v in views:
-            out.print(f"[bold]{v['agent']}[/] ({v['role']})")
+            out.print(f"[bold]{safe_markup(v['agent'])}[/] ({safe_markup(v.get('role'))})")
             for key in ("state", "result_code", "source_agent", "destination_agent", "job_name", "bytes_done",
                         "bytes_total", "files_done", "files_total", "recoveries", "last_stall", "recovering_since",
                         "recovery_timeout", "recovery_deadline", "bytes_resent", "created", "updated", "seconds"):
                 if v.get(key) is not None:
-                    out.print(f"  {key:20} {v[key]}", markup=False)
+                    out.print(safe(f"  {key:20} {v[key]}"), markup=False)
             for f in v.get("files", []):
                 extra = f" - {f['supplement']}" if f.get("supplement") else ""
-                out.print(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
-                          f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}", markup=False)
+                out.print(safe(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
+                               f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}"), markup=False)
 
     @app.command("top")
     def top(
@@ -218,7 +225,7 @@ async def _top(url: str, once: bool, console: Any) -> None:
             at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
             for name, st in sorted(agents.items()):
                 style = {"UNREACHABLE": "red", "STOPPED": "dim", "ACTIVE": "green"}.get(st.status, "")
-                at.add_row(name, f"[{style}]{st.status}[/]" if style else st.status, st.host or "",
+                at.add_row(safe_text(name), Text(safe(st.status), style=style), safe_text(st.host or ""),
                            str(len(st.source_transfers)), str(len(st.destination_transfers)))
             tt = Table("Transfer", "From -> To", "State", "Progress", "Rate", "Recoveries", "Note",
                        title="Transfers", title_justify="left")
@@ -233,10 +240,11 @@ async def _top(url: str, once: bool, console: Any) -> None:
                     "green" if state == "complete" else "red" if state in TERMINAL else ""
                 note = t.get("last_stall") if state in ("recovering", "resynchronising") else \
                     (f"result {t['result_code']}" if t.get("result_code") is not None else "")
-                tt.add_row(t["transfer_id"][:12], f"{t.get('source_agent')} -> {t.get('destination_agent')}",
-                           f"[{style}]{state}[/]" if style else state, bar,
+                tt.add_row(safe_text(str(t["transfer_id"])[:12]),
+                           safe_text(f"{t.get('source_agent')} -> {t.get('destination_agent')}"),
+                           Text(safe(state), style=style), bar,
                            _size(t.get("rate_bytes_per_second")) + "/s" if t.get("rate_bytes_per_second") else "",
-                           str(t.get("recoveries", 0)), note or "")
+                           safe_text(t.get("recoveries", 0)), safe_text(note or ""))
             return Group(at, tt)
 
         def absorb(m: Any) -> None:

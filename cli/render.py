@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as escape_markup
+from rich.text import Text
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from agent.protocol import QueryTransfer
@@ -14,8 +17,60 @@ from .client import ClientError, FteClient, RecentEvents, event_of, new_request_
 
 TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
+# Characters a terminal acts on instead of showing, beyond the Unicode categories below: the bidi controls
+# (U+061C, U+200E/F, U+202A-E, U+2066-9) are format characters (Cf) too, listed for the reader.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+_escapes: dict[str, str] = {}
+
+
+def _escape_char(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def safe(value: Any) -> str:
+    """`value` as text a terminal shows and never obeys: every control character (C0, DEL, C1), bidi
+    override, invisible format character, line separator and lone surrogate becomes a visible escape
+    (ESC -> \\x1b, U+202E -> \\u202e); the newline too, so that one field cannot forge a line.
+
+    Everything that came from the broker (file names, job names, messages, status fields) goes through this
+    before it is printed; it escapes no rich markup: print the result with markup=False, or use `safe_text`
+    / `safe_markup` where markup is on."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the common case: nothing to do (isprintable() is False for every unsafe class)
+        return text
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append(ch)
+            continue
+        esc = _escapes.get(ch)
+        if esc is None:
+            unsafe = ch in _BIDI or unicodedata.category(ch) in _UNSAFE_CATEGORIES
+            esc = _escape_char(ch) if unsafe else ch
+            if len(_escapes) < 4096:
+                _escapes[ch] = esc
+        out.append(esc)
+    return "".join(out)
+
+
+def safe_text(value: Any) -> Text:
+    """`safe(value)` as a rich Text: a table cell or a Live view that never reads it as markup."""
+    return Text(safe(value))
+
+
+def safe_markup(value: Any) -> str:
+    """`safe(value)` with its rich markup escaped, to embed in a string printed with markup on."""
+    return escape_markup(safe(value))
+
 
 def format_event(ev: dict[str, Any]) -> str:
+    """One line for a log event, safe to print (every field came from the broker: see `safe`)."""
+    return safe(_event_line(ev))
+
+
+def _event_line(ev: dict[str, Any]) -> str:
     if "monitor" in ev and "transfer_id" not in ev or ev.get("monitor") and ev.get("action") in ("fired", "failed"):
         return (f"{ev.get('time', '')} {ev.get('agent', '')} monitor {ev.get('monitor')} {ev.get('action')}: "
                 f"{ev.get('message', '')}")
@@ -101,14 +156,14 @@ class TransferWatcher:
                 if "/Transfers/" in str(m.topic):
                     if progress is not None and task is not None:
                         progress.update(task, total=ev.get("bytes_total"), completed=ev.get("bytes_done", 0),
-                                        description=f"{self.tid[:12]} {ev.get('state', '')}")
+                                        description=f"{self.tid[:12]} {safe_markup(ev.get('state', ''))}")
                     continue
                 if ev.get("action") == "completed":
                     return ev
                 if not self.recent.first_time(ev):
                     continue
                 if self.print_events:
-                    self.console.print(format_event(ev), soft_wrap=True)
+                    self.console.print(format_event(ev), soft_wrap=True, markup=False, emoji=False)
         finally:
             if progress is not None:
                 progress.stop()

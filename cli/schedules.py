@@ -12,6 +12,7 @@ from agent.protocol import TransferSpec
 from agent.scheduler import CreateSchedule, DeleteSchedule, ScheduleSpec
 
 from .client import ClientError, FteClient, broker_url, new_request_id
+from .render import safe
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
@@ -74,7 +75,7 @@ def register(app: typer.Typer) -> None:
         Scheduler/<agent>, of the schedules in its own state store, which is what runs)."""
         rows = run(_retained(broker, agent))
         if as_json:
-            out.print(json.dumps(rows))
+            out.print(json.dumps(rows), markup=False)
             return
         if not rows:
             out.print("No scheduled transfers.")
@@ -83,9 +84,9 @@ def register(app: typer.Typer) -> None:
             sc, sp = r["schedule"], r["spec"]
             every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
             files = ", ".join(i["source"] for i in sp["items"])
-            out.print(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                      f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
-                      f"by {r.get('requester') or '(unknown)'}")
+            out.print(safe(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
+                           f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
+                           f"by {r.get('requester') or '(unknown)'}"), markup=False)
 
     @app.command("delete-scheduled-transfer")
     def delete_scheduled(

@@ -518,8 +518,10 @@ def register(app: typer.Typer) -> None:
     """Add create-template, list-templates and delete-templates to the `fte` app."""
     from .main import err, fail, out, run  # fail() prints messages without markup
 
+    from .render import safe
+
     def say(text: str) -> None:
-        out.print(text, markup=False, emoji=False, soft_wrap=True)
+        out.print(safe(text), markup=False, emoji=False, soft_wrap=True)
 
     @app.command("create-template")
     def create_template(
@@ -617,7 +619,7 @@ def register(app: typer.Typer) -> None:
             try:
                 t = _parse_template(n, found[n])
             except TemplateError as exc:
-                err.print(f"warning: {exc}", soft_wrap=True, markup=False, emoji=False)
+                err.print(f"warning: {safe(exc)}", soft_wrap=True, markup=False, emoji=False)
                 continue
             # shown all the same, marked: the owner must see that theirs was replaced, and how to mend it
             problem: str | None = None
@@ -630,7 +632,7 @@ def register(app: typer.Typer) -> None:
                 verdict: dict[str, Any] = {"verified": problem is None}
                 if problem:
                     verdict["problem"] = problem
-                say(json.dumps({**_document(found[n]), **verdict}, ensure_ascii=False))
+                say(json.dumps({**_document(found[n]), **verdict}))  # JSON escapes, never raw controls
             elif verbose:
                 for line in summary(t, problem):
                     say(line)
