@@ -333,10 +333,23 @@ class LogFollower:
 
         from tests.support.brokers import split_url
 
+        from agent import provenance
+        from agent.auth import public_text
+        from agent.binding import load_or_create_agent_key
+        from cli.trusted_agents import trust_agent
+
         tid = secrets.token_hex(24)
         topic = f"SYSTEM.FTE/Log/{self.probe_agent}/{tid}"
-        payload = json.dumps({"transfer_id": tid, "action": "probe", "state": "probe",
-                              "agent": self.probe_agent}).encode()
+        # signed like an agent's event, by a key the follower trusts: it shows no other
+        local = self.env.agent_dir(self.probe_agent)
+        if (local / "agent.key").exists():  # `-a A1`: the probes are A1's, with its key
+            key = load_or_create_agent_key(local)
+        else:
+            key = load_or_create_agent_key(self.env.home / "probe-keys" / self.probe_agent)
+            trust_agent(self.env.home, self.probe_agent, public_text(key.public_key()))
+        payload = provenance.sign_payload(json.dumps({"transfer_id": tid, "action": "probe", "state": "probe",
+                                                      "agent": self.probe_agent}).encode(),
+                                          provenance.EVENT, topic, key)
         host, port = split_url(self.env.broker_url)
         deadline = time.monotonic() + timeout
 
