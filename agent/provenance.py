@@ -38,6 +38,7 @@ EVENT = b"event"
 _MEMBER = b'"signature":"'
 # an Ed25519 signature is 64 bytes: 88 base64 characters
 _TAIL = re.compile(rb'(,?)"signature":"([A-Za-z0-9+/]{86}==)"\s*}\s*\Z')
+_TAIL_WINDOW = 160  # bytes: the member (104), its comma, and whitespace a re-indenting relay might add
 
 
 def _signed_bytes(purpose: bytes, subject: str, body: bytes) -> bytes:
@@ -58,7 +59,9 @@ def sign_payload(payload: bytes, purpose: bytes, subject: str, key: Ed25519Priva
 
 def unsigned_body(payload: bytes) -> tuple[bytes, bytes] | None:
     """(the message without its signature member, the raw signature), or None when it carries none."""
-    m = _TAIL.search(payload)
+    # only the tail can hold it: a 2 MB event is not scanned
+    start = max(0, len(payload) - _TAIL_WINDOW)
+    m = _TAIL.search(payload, start)
     if m is None:
         return None
     inner = payload[:m.start()].rstrip()

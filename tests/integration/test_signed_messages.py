@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,29 @@ def test_a_status_nobody_trusts_is_shown_as_unverified(pair) -> None:
         assert _listing(env, "A1")["A1"]["verified"] is True
     finally:
         publish(env, topic, b"", retain=True)
+
+
+def test_a_client_elsewhere_believes_an_agent_once_it_trusts_its_key(pair, tmp_path: Path) -> None:
+    """A client whose FTE_CONFIG_HOME does not hold A1 ignores A1's (signed) replies until it trusts A1's key."""
+    env, _ = pair
+    laptop = dict(env.env, FTE_CONFIG_HOME=str(tmp_path / "laptop"))
+
+    def fte(verb: str, *args: str) -> subprocess.CompletedProcess[str]:
+        from tests.support.agents import script
+
+        return subprocess.run([script(verb), *args], env=laptop, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    # no key here either: A1 refuses the unsigned ping, and signs its refusal with a key this client lacks
+    r = fte("ping-agent", "A1", "-w", "3")
+    assert r.returncode == 2 and "a reply came but was ignored" in r.stderr and "fte key trust-agent A1" in r.stderr, \
+        r.stderr
+    line = env.run("key", "show", "--agent", "A1").stdout.split()
+    assert line[0] == "agent.A1"
+    r = fte("key", "trust-agent", *line)
+    assert r.returncode == 0, r.stderr
+    assert "agent.A1 " in fte("key", "trusted-agents").stdout
+    r = fte("ping-agent", "A1", "-w", "10")
+    assert r.returncode == 53 and "not authorized" in r.stderr, r.stderr  # A1's own answer, now believed
+    listing = json.loads(fte("list-agents", "--json", "A1", "A2").stdout)
+    assert listing["A1"]["verified"] is True and listing["A2"]["verified"] is False
