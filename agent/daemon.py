@@ -201,6 +201,8 @@ class Agent:
         for name, spec, state, memory in self.store.monitors():
             if state == "started":
                 self._start_monitor(MonitorSpec.model_validate(spec), memory)
+            else:  # its retained listing again, signed as this version signs (clients believe no other)
+                self._publish_monitor(MonitorSpec.model_validate(spec), state)
         try:
             stop_wait = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait([stop_wait, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
