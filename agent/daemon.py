@@ -31,6 +31,7 @@ from .broker_probe import BrokerProbe, ProbeReport, TopicStatus
 from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_or_create_agent_key, new_ephemeral,
                       seal, transfer_key, verify_signed)
 from .context import AgentContext
+from . import provenance
 from .core import results
 from .core.lifecycle import TransferState as S
 from .core.budget import InFlightBudget
@@ -148,7 +149,13 @@ class Agent:
         authority = self.authority
         self.commands = CommandLane(self._on_command, (lambda: authority.trusted().keys()) if authority else None)
         self._refusals_reported = (0, 0)  # (held, dropped) of the lane at the last not_authorized event
-        self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set())
+        # signs the transfers it negotiates, and everything it publishes for others to believe (agent.provenance)
+        self.identity = load_or_create_agent_key(self.agent_home)
+        self._own_key = self.identity.public_key()
+        self._untrusted_peers: set[str] = set()  # peers whose status came without a signature we can check
+        self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set(),
+                                      sign=lambda topic, payload: provenance.sign_payload(
+                                          payload, provenance.EVENT, topic, self.identity))
         self.tlog = TransferLog(self.name, self.topics, self.store, self.outbox.wake)
         self.broker_check: str | None = None  # what the last broker probe found (agent.broker_probe)
         self._probe_topics: TopicStatus | None = None  # its topic finding, logged when it changes
@@ -170,7 +177,7 @@ class Agent:
             chunk_size=settings.agentChunkSize, window_chunks=settings.agentWindowSize,
             ack_timeout=settings.transferAckTimeout / 1000.0, ack_retries=settings.transferAckTimeoutRetries,
             agent_recovery_timeout=settings.transferRecoveryTimeout, on_state_change=self._status_dirty.set,
-            settings=settings, identity=load_or_create_agent_key(self.agent_home), peer_key=self._trusted_agent_key,
+            settings=settings, identity=self.identity, peer_key=self._trusted_agent_key,
             check_size=self.link.check_size,
             verify_peers=self.authority is not None, metrics=self.metrics,
             budget=InFlightBudget(settings.agentMaxDataInFlight), wake=self._wake_source)
@@ -198,6 +205,8 @@ class Agent:
         for name, spec, state, memory in self.store.monitors():
             if state == "started":
                 self._start_monitor(MonitorSpec.model_validate(spec), memory)
+            else:  # its retained listing again, signed as this version signs (clients believe no other)
+                self._publish_monitor(MonitorSpec.model_validate(spec), state)
         try:
             stop_wait = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait([stop_wait, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
@@ -448,18 +457,12 @@ class Agent:
         return entry.key if entry is not None and "transfer" in entry.permissions else None
 
     def _on_agent_status(self, agent: str, payload: bytes) -> None:
-        if not payload:
-            self.peers.pop(agent, None)
+        if agent == self.name:
+            status = self._own_status(payload)
+        else:
+            status = self._peer_status_of(agent, payload)
+        if status is None:
             return
-        status = parse_agent_status(payload)
-        if status.agent != agent:
-            raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
-        if agent == self.name and status.status == "UNREACHABLE" and self.link.up.is_set() \
-                and not self.stopping.is_set():
-            # a late last will of an earlier connection (clusters deliver them late): correct it, or the
-            # other agents would not resync with us until our next change of state
-            self._status_force = True
-            self._status_dirty.set()
         before = self.peers.get(agent)
         self.peers[agent] = status.status
         self.peer_seen.set()
@@ -470,6 +473,58 @@ class Agent:
                 s.post("peer", status.status)
         if status.status in ("READY", "ACTIVE") and agent != self.name:
             asyncio.ensure_future(self._resend_outcomes(agent))
+
+    def _own_status(self, payload: bytes) -> AgentStatus | None:
+        """What is retained on this agent's own status topic is what every new client and peer reads of it:
+        anything there that is not this agent's current status (garbage, an empty message, a forgery, a status
+        of an earlier run, a late last will) is replaced by republishing its own at once (the status publisher
+        bounds that to one per STATUS_MIN_INTERVAL, however many arrive)."""
+        status: AgentStatus | None = None
+        try:
+            status = parse_agent_status(payload) if payload else None
+        except ProtocolError:
+            pass
+        signed = status is not None and status.agent == self.name and \
+            provenance.verify_payload(payload, provenance.STATUS, self.name, [self._own_key])
+        current = signed and status is not None and status.pid == os.getpid() and \
+            status.started_at == self.started_at and status.status != "UNREACHABLE"
+        if not current and self.link.up.is_set() and not self.stopping.is_set():
+            what = "an earlier status of this agent" if signed else \
+                "a status not signed by this agent" if status is not None else "no status" if not payload else \
+                "a message that is no status"
+            self._log_drop(self.topics.agent_status(self.name), f"its own status topic holds {what}: republishing "
+                           "this agent's status")
+            self._status_force = True
+            self._status_dirty.set()
+        return status if signed else None
+
+    def _peer_status_of(self, agent: str, payload: bytes) -> AgentStatus | None:
+        """A peer's status, believed (for sessions, waits, outcome resends) only when signed by the peer's
+        trusted identity key, if authority checking is on (without it, no peer is checked at all)."""
+        if self.authority is None:
+            if not payload:
+                self.peers.pop(agent, None)
+                return None
+            status = parse_agent_status(payload)
+            if status.agent != agent:
+                raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+            return status
+        if not payload:
+            raise ProtocolError(f"an empty status for agent {agent} (no signature to check): ignored")
+        status = parse_agent_status(payload)
+        if status.agent != agent:
+            raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+        key = self._trusted_agent_key(agent)
+        if key is None:
+            # an agent on the broker this one does not work with: not worth a warning per status change
+            if agent not in self._untrusted_peers:
+                log.debug("ignoring the status of agent %s: its key is not trusted here", agent)
+            self._untrusted_peers.add(agent)
+            return None
+        if not provenance.verify_payload(payload, provenance.STATUS, agent, [key]):
+            raise ProtocolError(f"status of agent {agent} not signed by its trusted key (a forgery?): ignored")
+        self._untrusted_peers.discard(agent)
+        return status
 
     async def _on_data(self, tid: str, payload: bytes) -> None:
         dest = self.dests.get(tid)
@@ -660,7 +715,7 @@ class Agent:
     async def _reply(self, client: str, reply: Reply) -> None:
         topic = self.topics.replies(client)
         try:
-            await self._publish(topic, dump(reply), 1, False)
+            await self._publish(topic, self._signed_reply(reply), 1, False)
         except ConnectionError:
             pass
         except MessageTooLarge as exc:
@@ -672,9 +727,14 @@ class Agent:
                                     f"less (one transfer: fte-show-transfer ID) or raise the broker's maximum "
                                     f"message size (max_packet_size, max_payload)")
             try:
-                await self._publish(topic, dump(refusal), 1, False)
+                await self._publish(topic, self._signed_reply(refusal), 1, False)
             except (ConnectionError, MessageTooLarge):
                 pass
+
+    def _signed_reply(self, reply: Reply) -> bytes:
+        """A reply the client can tell from a forgery: signed by this agent's key, bound to the agent (the
+        signed body names the request_id), agent.provenance."""
+        return provenance.sign_payload(dump(reply), provenance.REPLY, self.name, self.identity)
 
     async def _execute(self, cmd: Any) -> dict[str, Any]:
         if isinstance(cmd, Ping):
@@ -733,6 +793,12 @@ class Agent:
             try:
                 await asyncio.wait_for(self._wait_peer(spec.destination_agent), timeout=PEER_WAIT)
             except asyncio.TimeoutError:
+                if spec.destination_agent in self._untrusted_peers:
+                    raise CommandRefused(
+                        f"destination agent {spec.destination_agent!r} is on the broker, but agent {self.name} does "
+                        f"not trust its key (its status cannot be verified); trust it with: fte key trust "
+                        f"{self.name} {agent_requester(spec.destination_agent)} KEY -p transfer", results.FAILED) \
+                        from None
                 raise CommandRefused(
                     f"destination agent {spec.destination_agent!r} is not known on this broker (no status on "
                     f"{self.topics.agent_status(spec.destination_agent)}); check the name with fte-list-agents",
@@ -1014,6 +1080,10 @@ class Agent:
                         await send_complete(self.ctx, rec)
 
     def _status_payload(self, status: str) -> bytes:
+        """The agent's retained status, signed (agent.provenance): clients and peers believe no other."""
+        return provenance.sign_payload(self._status_body(status), provenance.STATUS, self.name, self.identity)
+
+    def _status_body(self, status: str) -> bytes:
         return dump(AgentStatus(
             agent=self.name, status=status, time=utc_now(), version=__version__, host=socket.gethostname(),
             pid=os.getpid(), started_at=self.started_at,

@@ -18,7 +18,7 @@ import zlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -209,6 +209,8 @@ class Reply(Strict):
     result_code: ResultCode = 0
     message: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
+    # the replying agent's identity signature (agent.provenance), which the client checks
+    signature: Annotated[str, Field(max_length=128)] | None = None
 
 
 # ---- control messages between the two agents of a transfer
@@ -582,6 +584,14 @@ class AgentStatus(BaseModel):
     # the broker probe (agent.broker_probe): the chunk size of this broker connection, and what was found
     chunk_size: int | None = None
     broker_check: str | None = None
+    # the agent's identity signature (agent.provenance); whether a reader checked it is `verified`
+    signature: str | None = None
+    _verified: bool = PrivateAttr(default=False)
+
+    @property
+    def verified(self) -> bool:
+        """Signed by the agent's key as the reader trusts it (set by the reader, never by the message)."""
+        return self._verified
 
 
 def parse_agent_status(payload: bytes) -> AgentStatus:

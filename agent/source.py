@@ -19,6 +19,7 @@ from typing import Any
 
 from .binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
+from . import provenance
 from .core import results
 from .fsops import ConfinedDirs
 from .core.lifecycle import TransferEvent as E
@@ -825,8 +826,9 @@ class SourceTransfer:
                  current_file=current.source if current else None)
         import json
         if self.ctx.link_up():
-            task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.progress(self.ctx.name, self.tid),
-                                                          json.dumps(s).encode(), 0, False))
+            topic = self.ctx.topics.progress(self.ctx.name, self.tid)
+            payload = provenance.sign_payload(json.dumps(s).encode(), provenance.EVENT, topic, self.ctx.identity)
+            task = asyncio.ensure_future(self.ctx.publish(topic, payload, 0, False))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _finish_ok(self) -> None:

@@ -2,7 +2,9 @@
 
 Events go to the state store's outbox first and are published from there, in order, by
 `OutboxPublisher`: an event produced while the broker is unreachable is kept on disk and published,
-with its original time, when the broker comes back.
+with its original time, when the broker comes back. The publisher signs each message with the agent's
+identity key for the topic it goes to (agent.provenance) as it publishes it: events kept on disk from before
+are signed too, and an event shortened to fit the broker is signed as it is sent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .store import StateStore, TransferRecord
 log = logging.getLogger("fte.log")
 
 Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
+Sign = Callable[[str, bytes], bytes]  # (topic, payload) -> the payload with its signature member
 
 
 class TransferLog:
@@ -75,9 +78,11 @@ def without_files(payload: bytes) -> bytes | None:
 class OutboxPublisher:
     """Drains the outbox in order whenever the broker is reachable."""
 
-    def __init__(self, store: StateStore, publish: Publish, is_up: Callable[[], bool]) -> None:
+    def __init__(self, store: StateStore, publish: Publish, is_up: Callable[[], bool],
+                 sign: Sign = lambda topic, payload: payload) -> None:
         self.store = store
         self._publish = publish
+        self._sign = sign
         self._is_up = is_up
         self.wakeup = asyncio.Event()
 
@@ -97,7 +102,7 @@ class OutboxPublisher:
                 return
             for seq, topic, payload, retain in batch:
                 try:
-                    await self._publish(topic, payload, 1, retain)
+                    await self._publish(topic, self._sign(topic, payload), 1, retain)
                 except ConnectionError:
                     return  # kept on disk; drained again when the link is back
                 except MessageTooLarge as exc:
@@ -109,7 +114,7 @@ class OutboxPublisher:
                     else:
                         log.error("%s; published without its file list", exc)
                         try:
-                            await self._publish(topic, smaller, 1, retain)
+                            await self._publish(topic, self._sign(topic, smaller), 1, retain)
                         except ConnectionError:
                             return
                         except MessageTooLarge as again:

@@ -10,12 +10,15 @@ import secrets
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiomqtt
 
 from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client
+from agent import provenance
 from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
+
+from .trusted_agents import AgentKeys
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
@@ -91,15 +94,23 @@ def topic_prefix() -> str:
 class FteClient:
     """One broker connection for one command. Use as `async with FteClient(url) as c:`."""
 
-    def __init__(self, url: str, prefix: str | None = None, env: Mapping[str, str] | None = None) -> None:
-        # env: where FTE_BROKER_USERNAME / _PASSWORD / _CA_FILE / _CERT_FILE / _KEY_FILE come from (os.environ)
+    def __init__(self, url: str, prefix: str | None = None, env: Mapping[str, str] | None = None,
+                 keys: AgentKeys | None = None, on_ignored: Callable[[str], None] | None = None) -> None:
+        # env: where FTE_BROKER_USERNAME / _PASSWORD / _CA_FILE / _CERT_FILE / _KEY_FILE come from (os.environ),
+        # and FTE_CONFIG_HOME, whose agent keys the client trusts (keys: others, e.g. the demo's)
+        from agent.settings import config_home
+
         self.addr = broker_address(url, os.environ if env is None else env)
+        self.keys = keys or AgentKeys(config_home(os.environ if env is None else env))
+        # told of every message ignored because it is not signed by a trusted agent key (the commands' -v)
+        self.on_ignored = on_ignored
+        self._unverified_replies: dict[str, str] = {}  # request id -> why its reply was not believed
         self.url = self.addr.url  # never the URL as given: it may hold a password
         self.topics = Topics(prefix or topic_prefix())
         self.client_id = "fte-cli-" + secrets.token_hex(6)
         self._stack = AsyncExitStack()
         self.client: aiomqtt.Client | None = None
-        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[Reply], str]] = {}  # request id -> (reply, agent asked)
         self._queues: list[tuple[str, asyncio.Queue[aiomqtt.Message]]] = []
         self._reader: asyncio.Task[None] | None = None
         self.disconnected = asyncio.Event()
@@ -176,8 +187,20 @@ class FteClient:
                         reply = parse_reply(payload)
                     except ProtocolError:
                         continue
-                    fut = self._pending.pop(reply.request_id, None)
-                    if fut and not fut.done():
+                    pending = self._pending.get(reply.request_id)
+                    if pending is None:
+                        continue
+                    fut, agent = pending
+                    keys = self.keys.keys(agent)
+                    if not provenance.verify_payload(payload, provenance.REPLY, agent, keys):
+                        # a forged answer (anyone can publish here) must not stand for the agent's: wait on
+                        why = provenance.why_unverified(payload, keys, agent)
+                        self._unverified_replies[reply.request_id] = why
+                        self.ignored(f"ignored a reply to request {reply.request_id} claiming to be from agent "
+                                     f"{agent}: {why}")
+                        continue
+                    self._pending.pop(reply.request_id, None)
+                    if not fut.done():
                         fut.set_result(reply)
                     continue
                 for pattern, q in self._queues:
@@ -200,7 +223,7 @@ class FteClient:
         """Send a command to an agent and wait for its reply."""
         assert self.client is not None
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[command.request_id] = fut
+        self._pending[command.request_id] = (fut, agent)
         try:
             await self.client.publish(self.topics.commands(agent), self.sign(command, agent), qos=1)
         except aiomqtt.MqttError as exc:
@@ -208,10 +231,56 @@ class FteClient:
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
+            why = self._unverified_replies.get(command.request_id)
+            if why is not None:
+                raise ClientError(f"no trustworthy answer from agent {agent} within {timeout:g} s: a reply came "
+                                  f"but was ignored ({why}); if agent {agent} runs elsewhere, trust its key with: "
+                                  f"fte key trust-agent {agent} KEY (KEY from fte key show --agent {agent} where "
+                                  f"it is configured)", 2) from None
             raise ClientError(f"agent {agent} did not answer within {timeout:g} s; is it running? "
                               f"(check with fte-list-agents, start it with fte-start-agent {agent})", 2) from None
         finally:
             self._pending.pop(command.request_id, None)
+            self._unverified_replies.pop(command.request_id, None)
+
+    def ignored(self, note: str) -> None:
+        if self.on_ignored is not None:
+            self.on_ignored(note)
+
+    def status_of(self, message: aiomqtt.Message) -> AgentStatus | None:
+        """The agent status in `message` (on <prefix>/Agents/<name>), `verified` when it is signed by that
+        agent's trusted key; None for anything that is not a status of the agent its topic names."""
+        payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+        levels = self.topics.split(str(message.topic))
+        try:
+            st = parse_agent_status(payload)
+        except ProtocolError as exc:
+            if payload:
+                self.ignored(f"ignored a status on {message.topic} that is not one ({exc})")
+            return None
+        if levels != ["Agents", st.agent]:
+            self.ignored(f"ignored a status of agent {st.agent} published on {message.topic}")
+            return None
+        keys = self.keys.keys(st.agent)
+        st._verified = provenance.verify_payload(payload, provenance.STATUS, st.agent, keys)
+        if not st._verified:
+            self.ignored(f"the status of agent {st.agent} is unverified: "
+                         f"{provenance.why_unverified(payload, keys, st.agent)}")
+        return st
+
+    def event_of(self, message: aiomqtt.Message) -> dict[str, Any] | None:
+        """The JSON object of an agent's event or retained listing (<prefix>/Log/<agent>/...,
+        <prefix>/Transfers/<agent>/..., <prefix>/Monitors/<agent>/..., <prefix>/Scheduler/<agent>) when it is
+        signed by that agent's trusted key for that topic; None (and a note) for anything else."""
+        payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+        topic = str(message.topic)
+        levels = self.topics.split(topic)
+        agent = levels[1] if len(levels) >= 2 else ""
+        keys = self.keys.keys(agent)
+        if not provenance.verify_payload(payload, provenance.EVENT, topic, keys):
+            self.ignored(f"ignored an event on {topic}: {provenance.why_unverified(payload, keys, agent or '?')}")
+            return None
+        return event_of(message)
 
     def sign(self, command: Any, agent: str) -> bytes:
         """The command's bytes for `agent`, signed with the requester's key when there is one (agent.auth): the
@@ -241,7 +310,7 @@ class FteClient:
                 m = await asyncio.wait_for(q.get(), settle)
             except asyncio.TimeoutError:
                 return rows
-            data = event_of(m)
+            data = self.event_of(m)  # an agent's listing, signed by it for this topic: no other
             if data is not None:
                 rows.append(data)
 
@@ -254,9 +323,8 @@ class FteClient:
                 m = await asyncio.wait_for(q.get(), settle)
             except asyncio.TimeoutError:
                 return found
-            try:
-                st = parse_agent_status(bytes(m.payload))  # type: ignore[arg-type]
-            except ProtocolError:
+            st = self.status_of(m)
+            if st is None:
                 continue
             found[st.agent] = st
             if want and st.agent == want:
@@ -276,12 +344,8 @@ class FteClient:
                 m = await asyncio.wait_for(q.get(), settle)
             except asyncio.TimeoutError:
                 break
-            levels = self.topics.split(str(m.topic))
-            try:
-                st = parse_agent_status(bytes(m.payload))  # type: ignore[arg-type]
-            except ProtocolError:
-                continue
-            if levels == ["Agents", st.agent] and st.agent in wanted:
+            st = self.status_of(m)
+            if st is not None and st.agent in wanted:
                 found[st.agent] = st
         return found
 

@@ -28,6 +28,7 @@ from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_trans
 from agent.settings import load_agent_settings, write_agent_properties
 
 from .client import ClientError, FteClient, new_request_id
+from .trusted_agents import AgentKeys
 from .render import format_event
 
 TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
@@ -99,9 +100,10 @@ class DemoAgents:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
 
-async def _submit(url: str, spec: TransferSpec) -> str:
+async def _submit(url: str, spec: TransferSpec, home: Path) -> str:
+    """`home`: the demo's FTE_CONFIG_HOME, whose agents' keys sign the replies."""
     tid = new_transfer_id()
-    async with FteClient(url) as c:
+    async with FteClient(url, keys=AgentKeys(home)) as c:
         reply = await c.request(spec.source_agent, CreateTransfer(
             kind="create_transfer", request_id=new_request_id(), reply_to=c.client_id, sent_at=utc_now(),
             transfer_id=tid, spec=spec))
@@ -153,7 +155,7 @@ async def run_demo(size_mib: int, keep: bool, recovery: bool, console: Console) 
             dst = home / "A2" / "inbox" / "demo.bin"
             spec = TransferSpec(source_agent="A1", destination_agent="A2", job_name="demo",
                                 items=[TransferItem(source=str(src), destination=str(dst), destination_type="file")])
-            tid = await _submit(broker.url, spec)
+            tid = await _submit(broker.url, spec, home)
             await _progress_until(demo, tid, console)
             ev = await demo.outcome(tid, 120)
             good = ev["result_code"] == 0 and dst.exists() and _sha256(dst) == digest
@@ -180,7 +182,7 @@ async def _demo_broker_outage(demo: DemoAgents, broker: EmbeddedBroker, src: Pat
     dst = home / "A2" / "inbox" / "demo-recovered.bin"
     spec = TransferSpec(source_agent="A1", destination_agent="A2", job_name="demo-outage",
                         items=[TransferItem(source=str(src), destination=str(dst), destination_type="file")])
-    tid = await _submit(broker.url, spec)
+    tid = await _submit(broker.url, spec, home)
     await _progress_until(demo, tid, console, fraction=0.3)
     if tid not in demo.finished:
         await broker.stop()
@@ -203,7 +205,7 @@ async def _demo_recovery_timeout(demo: DemoAgents, url: str, src: Path, home: Pa
     part = Path(str(dst) + ".part")
     spec = TransferSpec(source_agent="A1", destination_agent="A2", job_name="demo-timeout", recovery_timeout=3,
                         items=[TransferItem(source=str(src), destination=str(dst), destination_type="file")])
-    tid = await _submit(url, spec)
+    tid = await _submit(url, spec, home)
     while not part.exists() and tid not in demo.finished:
         await asyncio.sleep(0.01)
     await demo.stop("A2")

@@ -33,6 +33,19 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+VERBOSE_HELP = "Say (on stderr) which messages were ignored because no trusted agent key signed them."
+
+
+def note_ignored(verbose: bool) -> Any:
+    """The FteClient's on_ignored for a command's -v: one note line per ignored message."""
+    if not verbose:
+        return None
+    return lambda message: err.print(f"note: {message}", markup=False, soft_wrap=True)
+
+
+def status_text(st: Any) -> str:
+    """An agent's status as shown: what it says, and whether it is believed (agent.provenance)."""
+    return st.status if st.verified else f"{st.status} (unverified)"
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -227,7 +240,7 @@ def _agent_ready(name: str, pid: int) -> bool:
         try:
             async with FteClient(broker_url(None, name)) as c:
                 st = await c.agent_status(name, settle=0.5)
-                return bool(st and st.pid == pid and st.status in ("READY", "ACTIVE"))
+                return bool(st and st.verified and st.pid == pid and st.status in ("READY", "ACTIVE"))
         except ClientError:
             return False
 
@@ -257,17 +270,13 @@ def stop_agent(
                 raise StopRefused(f"agent {name} refused to stop: {reply.message}", reply.result_code or 1)
             q = await c.subscribe(c.topics.agent_status(name))
             deadline = asyncio.get_running_loop().time() + timeout
-            from agent.protocol import parse_agent_status
             while True:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     raise ClientError(f"agent {name} has not stopped within {timeout:g} s", 2)
-                m = await asyncio.wait_for(q.get(), left)
-                try:
-                    if parse_agent_status(bytes(m.payload)).status == "STOPPED":  # type: ignore[arg-type]
-                        return True
-                except Exception:
-                    continue
+                st = c.status_of(await asyncio.wait_for(q.get(), left))
+                if st is not None and st.verified and st.status == "STOPPED":  # a forged STOPPED is no stop
+                    return True
 
     try:
         asyncio.run(go())
@@ -295,8 +304,12 @@ def list_agents(
              "included (exit 1 if one has no status)."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """List the agents that publish a status on the broker (or only the named ones).
+
+    A status not signed by a key this client trusts (agents configured here, and fte key trust-agent) is shown
+    as unverified: anyone on the broker can publish one.
 
     Without names: every status retained on PREFIX/Agents/+, and the status of each agent configured on this
     machine ($FTE_CONFIG_HOME) read on its own topic. A broker that does not deliver retained messages to a
@@ -311,7 +324,7 @@ def list_agents(
             fail(str(exc))
 
     async def go() -> tuple[dict[str, Any], bool, FteClient]:
-        async with FteClient(broker_url(broker, names[0] if names else None)) as c:
+        async with FteClient(broker_url(broker, names[0] if names else None), on_ignored=note_ignored(verbose)) as c:
             if names:
                 return await c.agent_statuses_of(list(dict.fromkeys(names))), False, c
             since = time.time()
@@ -327,14 +340,15 @@ def list_agents(
     topics = client.topics
     missing = [n for n in dict.fromkeys(names or []) if n not in statuses]
     if as_json:
-        out.print_json(json.dumps({k: v.model_dump() for k, v in sorted(statuses.items())}), ensure_ascii=True)
+        out.print_json(json.dumps({k: {**v.model_dump(), "verified": v.verified} for k, v in sorted(statuses.items())}),
+                       ensure_ascii=True)
     elif statuses:
         from rich.table import Table
 
         t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
         console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
         for name, st in sorted(statuses.items()):
-            t.add_row(safe_text(name), safe_text(st.status), safe_text(st.host or ""),
+            t.add_row(safe_text(name), safe_text(status_text(st)), safe_text(st.host or ""),
                       f"{len(st.source_transfers)}/{len(st.destination_transfers)}", safe_text(st.time))
         console.print(t)
     elif not names:
@@ -350,7 +364,10 @@ def list_agents(
               f"must be the agents' topicPrefix). A broker that does not deliver retained messages to wildcard "
               f"subscriptions (RabbitMQ 3.x) shows no agent here: name them, fte-list-agents A1 A2, or use "
               f"fte-show-agent-details NAME.")
-    elif wildcard_blind:
+    if any(not st.verified for st in statuses.values()):
+        _note("a status marked unverified is not signed by a key this client trusts: it may be forged. For an agent "
+              "configured elsewhere, trust its key: fte key trust-agent NAME KEY (see docs/troubleshooting.md)")
+    if wildcard_blind:
         _note(f"this broker did not deliver the retained statuses on {topics.all_agent_status()} (RabbitMQ 3.x does "
               f"not deliver retained messages to wildcard subscriptions): only the agents configured on this "
               f"machine were found, each on its own topic. Name the others: fte-list-agents NAME...")
@@ -393,20 +410,26 @@ def show_agent_details(
     name: str = typer.Argument(...),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Show an agent's status and transfers."""
+    """Show an agent's status and transfers (marked unverified when no trusted key signed it)."""
 
     async def go() -> Any:
-        async with FteClient(broker_url(broker, name)) as c:
+        async with FteClient(broker_url(broker, name), on_ignored=note_ignored(verbose)) as c:
             return await c.require_agent(name)
 
     st = run(go())
-    data = st.model_dump()
+    data = {**st.model_dump(), "verified": st.verified}
+    data.pop("signature", None)
     if as_json:
         out.print_json(json.dumps(data), ensure_ascii=True)
         return
+    data["status"] = status_text(st)
     for k, v in data.items():
         out.print(safe(f"{k:26} {v}"), markup=False)
+    if not st.verified:
+        _note(f"this status is not signed by a key this client trusts for agent {name}: it may be forged; "
+              f"trust the agent's key with fte key trust-agent {name} KEY (see docs/troubleshooting.md)")
 
 
 @app.command("ping-agent")
@@ -543,6 +566,43 @@ def key_trust(
     out.print(f"{agent} now obeys {name} ({permissions}); {path}")
 
 
+@key_app.command("trust-agent")
+def key_trust_agent(
+    agent: str = typer.Argument(..., help="The agent, as NAME or agent.NAME (as fte key show --agent prints it)."),
+    public_key: str = typer.Argument(..., help="Its identity key (base64), from fte key show --agent NAME where "
+                                               "the agent is configured."),
+) -> None:
+    """Believe an agent configured elsewhere: its replies, log events and statuses (signed by this key)."""
+    from agent.settings import config_home
+
+    from .trusted_agents import agent_name_of, trust_agent
+
+    try:
+        name = agent_name_of(agent)
+        path = trust_agent(config_home(), name, public_key)
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"This client now believes agent {name} when it is signed by that key; {path}")
+
+
+@key_app.command("trusted-agents")
+def key_trusted_agents() -> None:
+    """List the agents whose replies, events and statuses this client believes, and their keys."""
+    from agent.settings import config_home
+
+    from .trusted_agents import AgentKeys
+
+    keys = AgentKeys(config_home())
+    rows = keys.describe()
+    if keys.problem:
+        fail(f"{keys.problem}; fix or remove that line")
+    if not rows:
+        out.print("No agent key is trusted here: no agent is configured in this FTE_CONFIG_HOME and "
+                  "fte key trust-agent was not used.")
+    for name, key, where in rows:
+        out.print(f"agent.{name} {key} ({where})", markup=False)
+
+
 @key_app.command("list")
 def key_list(agent: str = typer.Argument(..., help="Agent whose trusted requesters to list.")) -> None:
     """List the requesters an agent obeys."""
@@ -637,6 +697,7 @@ def create_transfer(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent to accept the request."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
     schedule_start: Optional[str] = typer.Option(
         None, "-ss", "--schedule-start", help="Run at this time (YYYY-MM-DDThh:mm) instead of now: a scheduled "
                                               "transfer, kept by the source agent across restarts."),
@@ -749,15 +810,15 @@ def create_transfer(
     elif any(v is not None for v in (occurrence_interval, occurrence_count, end_schedule)):
         fail("-oi, -oc and -es describe a schedule: give its start with -ss YYYY-MM-DDThh:mm")
     tid = new_transfer_id()
-    code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, spec.source_agent), timeout))
+    code = run(_submit_and_wait(spec, tid, wait, as_json, broker_url(broker, spec.source_agent), timeout, verbose))
     raise typer.Exit(code)
 
 
 async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], as_json: bool, url: str,
-                           timeout: float) -> int:
-    async with FteClient(url) as c:
+                           timeout: float, verbose: bool = False) -> int:
+    async with FteClient(url, on_ignored=note_ignored(verbose)) as c:
         st = await c.require_agent(spec.source_agent)
-        if st.status in ("STOPPED", "UNREACHABLE"):
+        if st.verified and st.status in ("STOPPED", "UNREACHABLE"):  # else the (signed) reply will tell
             raise ClientError(f"agent {spec.source_agent} is {st.status}; start it with "
                               f"fte-start-agent {spec.source_agent}")
         watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=(wait is not None and not as_json
@@ -830,15 +891,19 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing events as they happen."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Show transfers known to the agents, or (--follow) every transfer log event live."""
+    """Show transfers known to the agents, or (--follow) every transfer log event live.
+
+    Only events signed by the agent that published them (a key this client trusts) are shown."""
     if transfer is not None:
         check_id_or_fail(transfer)
-    run(_logs(agent, transfer, follow, as_json, broker_url(broker, agent)))
+    run(_logs(agent, transfer, follow, as_json, broker_url(broker, agent), verbose))
 
 
-async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_json: bool, url: str) -> None:
-    async with FteClient(url) as c:
+async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_json: bool, url: str,
+                verbose: bool = False) -> None:
+    async with FteClient(url, on_ignored=note_ignored(verbose)) as c:
         if transfer is not None:
             transfer = await resolve_transfer_id(c, transfer, agent)
         if not follow:
@@ -875,8 +940,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
             done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
             if get in done:
                 gone.cancel()
-                from .client import event_of
-                ev = event_of(get.result())
+                ev = c.event_of(get.result())  # None for anything its agent did not sign
                 if ev is None or not recent.first_time(ev):
                     continue
                 out.print(json.dumps(ev) if as_json else format_event(ev), soft_wrap=True, markup=False)

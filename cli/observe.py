@@ -17,9 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agent.protocol import ListTransfers, QueryTransfer, parse_agent_status
+from agent.protocol import ListTransfers, QueryTransfer
 
-from .client import ClientError, FteClient, broker_url, event_of, new_request_id
+from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import safe, safe_markup, safe_text
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
@@ -115,7 +115,7 @@ def transfer_line(t: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from .main import check_id_or_fail, err, fail, out, run
+    from .main import VERBOSE_HELP, check_id_or_fail, err, fail, note_ignored, out, run
 
     @app.command("list-transfers")
     def list_transfers(
@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
                                                                   "which includes resynchronising)."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
     ) -> None:
         """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
         from agent.core.lifecycle import TransferState
@@ -132,7 +133,7 @@ def register(app: typer.Typer) -> None:
         if state is not None and state not in states:
             fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
         async def go() -> tuple[list[dict[str, Any]], list[str]]:
-            async with FteClient(broker_url(broker, agent)) as c:
+            async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
                 if agent:
                     await c.require_agent(agent)
                 return await transfers_of(c, agent)
@@ -154,6 +155,7 @@ def register(app: typer.Typer) -> None:
         agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Ask this agent (default: every agent)."),
         as_json: bool = typer.Option(False, "--json", help="JSON output."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
     ) -> None:
         """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
         check_id_or_fail(transfer_id)
@@ -161,7 +163,7 @@ def register(app: typer.Typer) -> None:
 
         async def go() -> list[dict[str, Any]]:
             nonlocal transfer_id
-            async with FteClient(broker_url(broker, agent)) as c:
+            async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
                 transfer_id, names = await find_transfer(c, transfer_id, agent)  # names: who listed a prefix's id
                 if names is None:
                     statuses = await c.agent_statuses(settle=0.5)
@@ -204,13 +206,16 @@ def register(app: typer.Typer) -> None:
     def top(
         once: bool = typer.Option(False, "--once", help="Print one view after collecting for 2 s, then exit."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
     ) -> None:
-        """A live view of agents and transfers (progress, rates, recovering states), until Ctrl-C."""
-        run(_top(broker_url(broker), once, out))
+        """A live view of agents and transfers (progress, rates, recovering states), until Ctrl-C.
+
+        Only what the agents signed is shown; a status no trusted key signed is marked unverified."""
+        run(_top(broker_url(broker), once, out, note_ignored(verbose)))
 
 
-async def _top(url: str, once: bool, console: Any) -> None:
-    async with FteClient(url) as c:
+async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> None:
+    async with FteClient(url, on_ignored=on_ignored) as c:
         agents: dict[str, Any] = {}
         transfers: dict[str, dict[str, Any]] = {}
         q: asyncio.Queue[Any] = asyncio.Queue()
@@ -225,7 +230,9 @@ async def _top(url: str, once: bool, console: Any) -> None:
             at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
             for name, st in sorted(agents.items()):
                 style = {"UNREACHABLE": "red", "STOPPED": "dim", "ACTIVE": "green"}.get(st.status, "")
-                at.add_row(safe_text(name), Text(safe(st.status), style=style), safe_text(st.host or ""),
+                shown = st.status if st.verified else f"{st.status} (unverified)"
+                style = style if st.verified else "yellow"
+                at.add_row(safe_text(name), Text(safe(shown), style=style), safe_text(st.host or ""),
                            str(len(st.source_transfers)), str(len(st.destination_transfers)))
             tt = Table("Transfer", "From -> To", "State", "Progress", "Rate", "Recoveries", "Note",
                        title="Transfers", title_justify="left")
@@ -251,13 +258,11 @@ async def _top(url: str, once: bool, console: Any) -> None:
             topic = str(m.topic)
             levels = c.topics.split(topic)
             if levels[:1] == ["Agents"]:
-                try:
-                    st = parse_agent_status(bytes(m.payload))
+                st = c.status_of(m)
+                if st is not None:
                     agents[st.agent] = st
-                except Exception:
-                    pass
                 return
-            ev = event_of(m)
+            ev = c.event_of(m)  # None unless signed by the agent its topic names
             if not ev or "transfer_id" not in ev:
                 return
             t = transfers.setdefault(ev["transfer_id"], {"transfer_id": ev["transfer_id"]})

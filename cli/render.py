@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from agent.protocol import QueryTransfer
 
-from .client import ClientError, FteClient, RecentEvents, event_of, new_request_id
+from .client import ClientError, FteClient, RecentEvents, new_request_id
 
 TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
@@ -150,7 +150,7 @@ class TransferWatcher:
                     continue
                 gone.cancel()
                 m = get.result()
-                ev = event_of(m)
+                ev = self.c.event_of(m)  # None unless signed by the agent for this topic
                 if ev is None:
                     continue
                 if "/Transfers/" in str(m.topic):
@@ -198,7 +198,7 @@ class TransferWatcher:
                     m = await asyncio.wait_for(self.q.get(), deadline - asyncio.get_running_loop().time())
                 except asyncio.TimeoutError:
                     break
-                ev = event_of(m)
+                ev = self.c.event_of(m)  # None unless signed by the agent for this topic
                 if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
                     return ev
             d = r.data
@@ -214,7 +214,7 @@ class TransferWatcher:
     def _queued_outcome(self) -> dict[str, Any] | None:
         while not self.q.empty():
             m = self.q.get_nowait()
-            ev = event_of(m)
+            ev = self.c.event_of(m)  # None unless signed by the agent for this topic
             if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
                 return ev
         return None

@@ -325,14 +325,18 @@ class FollowLogs:
 
     def ready(self, agent: str = "PROBE", timeout: float = 20) -> None:
         """`agent`: publish the probes as this agent's (when the command filters with -a AGENT)."""
+        from tests.support.agents import signed_probe
+
         probe = f"probe-{uuid.uuid4().hex[:8]}"
+        topic = f"{PREFIX}/Log/{agent}/{probe}"
+        payload = signed_probe(self.env, agent, topic, json.dumps({"transfer_id": probe, "action": "probe"}).encode())
         c = paho.Client(paho.CallbackAPIVersion.VERSION2)
         c.connect(*split_url(self.env.broker_url))
         c.loop_start()
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                c.publish(f"{PREFIX}/Log/{agent}/{probe}", json.dumps({"transfer_id": probe, "action": "probe"}), qos=1)
+                c.publish(topic, payload, qos=1)
                 with self._cond:
                     if self._cond.wait_for(lambda: any(e.get("transfer_id") == probe for e in self.events), 0.3):
                         return

@@ -233,6 +233,24 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
+def signed_probe(env: FteEnv, agent: str, topic: str, payload: bytes) -> bytes:
+    """`payload` signed as agent `agent`'s event on `topic`, by a key the commands of `env` trust (they show
+    no other): the agent's own key when it is configured in `env`, else a probe key added to its
+    trusted_agents (agent.provenance)."""
+    from agent import provenance
+    from agent.auth import public_text
+    from agent.binding import load_or_create_agent_key
+    from cli.trusted_agents import trust_agent
+
+    local = env.agent_dir(agent)
+    if (local / "agent.key").exists():  # `-a A1`: the probes are A1's, with its key
+        key = load_or_create_agent_key(local)
+    else:
+        key = load_or_create_agent_key(env.home / "probe-keys" / agent)
+        trust_agent(env.home, agent, public_text(key.public_key()))
+    return provenance.sign_payload(payload, provenance.EVENT, topic, key)
+
+
 class LogFollower:
     """`fte-logs --follow --json [ARGS]` left running; its stdout lines are read by a thread.
 
@@ -337,8 +355,8 @@ class LogFollower:
 
         tid = secrets.token_hex(24)
         topic = f"SYSTEM.FTE/Log/{self.probe_agent}/{tid}"
-        payload = json.dumps({"transfer_id": tid, "action": "probe", "state": "probe",
-                              "agent": self.probe_agent}).encode()
+        payload = signed_probe(self.env, self.probe_agent, topic, json.dumps(
+            {"transfer_id": tid, "action": "probe", "state": "probe", "agent": self.probe_agent}).encode())
         host, port = split_url(self.env.broker_url)
         deadline = time.monotonic() + timeout
 

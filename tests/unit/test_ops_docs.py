@@ -103,7 +103,7 @@ def _command_lines(text: str) -> list[str]:
 # `fte-cli-<hex>` (names of the project, the unit, MQTT client ids)
 _DASHED = re.compile(r"(?<![\w.-])fte-([a-z]+(?:-[a-z]+)*)(?![\w@<-])")
 # `fte top`, `fte key show`, at the start of a command line
-_SPACED = re.compile(r"^\s*fte ([a-z][a-z-]*)(?: ([a-z]+(?:-[a-z]+)*))?")
+_SPACED = re.compile(r"^\s*fte ([a-z][a-z-]*)(?: ([a-z]+(?:-[a-z]+)*))?")  # subcommands: `fte key trust-agent`
 _END_OF_COMMAND = re.compile(r"\s(?:\||;|&&|>>?|#)\s|`")
 
 
