@@ -10,13 +10,13 @@ Every test session starts its own brokers on free ports (never the machine's Mos
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.brokers import AmqttProcess, BrokerProcess, MosquittoProcess, find_mosquitto
+from tests.support.ci import unavailable
 
 MOSQUITTO_MISSING = "mosquitto binary not found; install mosquitto (apt install mosquitto) to run these tests"
 
@@ -38,9 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _require_mosquitto() -> None:
     if find_mosquitto() is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(MOSQUITTO_MISSING)
-        pytest.skip(MOSQUITTO_MISSING)
+        unavailable(MOSQUITTO_MISSING)
 
 
 # -- session-wide brokers ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import FteEnv, start_pair, wait_until
+from tests.support.ci import unavailable
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,7 +64,7 @@ def _strace_usable() -> str | None:
 def test_the_file_is_durable_before_it_is_reported_done(tmp_path: Path, broker_url: str, size: int) -> None:
     why = _strace_usable()
     if why:
-        pytest.skip(why)
+        unavailable(why)
     data = tmp_path / "data"
     (data / "out").mkdir(parents=True)
     env = FteEnv(tmp_path / "fte_home", broker_url)
