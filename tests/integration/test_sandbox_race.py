@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agents import FteEnv, start_pair
+from tests.support.agents import FteEnv, running_agents, sandbox_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -100,14 +100,9 @@ def _submit(env: FteEnv, transfers: list[dict[str, Any]], timeout: float = 180) 
 def fte(tmp_path: Path, broker_url: str) -> Iterator[FteEnv]:
     if _renameat2() is None:
         pytest.skip("renameat2 is not in this C library: the swap cannot be made atomic")
-    data = tmp_path / "data"
-    data.mkdir()
-    env = start_pair(tmp_path / "fte_home", broker_url, data, agentChunkSize=65536, transferAckTimeout=5000,
-                     transferAckTimeoutRetries=3)
-    try:
+    with running_agents(tmp_path / "fte_home", broker_url, sandbox_dir(tmp_path), agentChunkSize=65536,
+                        transferAckTimeout=5000, transferAckTimeoutRetries=3) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 def _outcomes(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:

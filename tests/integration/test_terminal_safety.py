@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, wait_until
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import MosquittoProcess, split_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,19 +53,13 @@ def assert_safe(r: Result, *visible: str) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[tuple[FteEnv, Path]]:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
-    e = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    data = sandbox_dir(tmp_path, "in", "out")
+    url = mosquitto.ensure_running().url
     try:
-        for name in ("A1", "A2"):
-            e.create_agent(name, sandbox=data, transferAckTimeout=2000)
-        for name in ("A1", "A2"):
-            e.start_agent(name)
-        yield e, data
+        with running_agents(tmp_path / "home", url, data, transferAckTimeout=2000) as e:
+            yield e, data
     finally:
-        e.stop_all()
-        _publish(e.broker_url, f"SYSTEM.FTE/Agents/{FAKE_AGENT}", b"")
+        _publish(url, f"SYSTEM.FTE/Agents/{FAKE_AGENT}", b"")
 
 
 def _publish(url: str, topic: str, payload: bytes) -> None:
