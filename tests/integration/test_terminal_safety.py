@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import queue
 import secrets
-import subprocess
 import threading
 import time
 import unicodedata
@@ -21,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, wait_until
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, stop_command, wait_until
 from tests.support.brokers import MosquittoProcess, split_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -105,12 +104,7 @@ class TextFollower:
         return False
 
     def close(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_command(self.proc)
         self.thread.join(5)
         while not self.lines.empty():
             self.text.append(self.lines.get_nowait())

@@ -256,6 +256,17 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
+def stop_command(proc: subprocess.Popen[str]) -> None:
+    """A command left running (`FteEnv.popen`) ended: SIGTERM, then SIGKILL if it has not exited in 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def signed_probe(env: FteEnv, agent: str, topic: str, payload: bytes) -> bytes:
     """`payload` signed as agent `agent`'s event on `topic`, by a key the commands of `env` trust (they show
     no other): the agent's own key when it is configured in `env`, else a probe key added to its
@@ -314,13 +325,7 @@ class LogFollower:
         self.close()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_command(self.proc)
         self._thread.join(5)
 
     def stderr(self) -> str:
