@@ -19,6 +19,8 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -177,26 +179,39 @@ class TrustedRequester:
     permissions: frozenset[str]
 
 
+def key_lines(text: str, path: Path, fields: int, expected: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each line of a key-list file (trusted_requesters, trusted_creators,
+    trusted_agents): `#` starts a comment, blank lines are skipped, and a line of other than `fields` fields
+    is a ValueError `path:line: expected '<expected>'`."""
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) != fields:
+            raise ValueError(f"{path}:{n}: expected '{expected}'")
+        yield n, parts
+
+
+@contextmanager
+def at_line(path: Path, n: int) -> Iterator[None]:
+    """A ValueError raised inside (a key that does not load, a bad name) says where: `path:line: reason`."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{path}:{n}: {exc}") from None
+
+
 def parse_trust_file(text: str, path: Path) -> dict[str, TrustedRequester]:
     """Lines: `<requester> <base64 public key> <permission,...|all>`; `#` starts a comment."""
     trusted: dict[str, TrustedRequester] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 3:
-            raise ValueError(f"{path}:{n}: expected '<requester> <public key> <permissions>'")
-        name, pub, perms = parts
+    for n, (name, pub, perms) in key_lines(text, path, 3, "<requester> <public key> <permissions>"):
         wanted = set(PERMISSIONS) if perms == "all" else set(perms.split(","))
         unknown = wanted - set(PERMISSIONS)
         if unknown:
             raise ValueError(f"{path}:{n}: unknown permission(s) {', '.join(sorted(unknown))}; "
                              f"use {', '.join(PERMISSIONS)} or all")
-        try:
+        with at_line(path, n):
             key = load_public(pub)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{n}: {exc}") from None
         trusted[name] = TrustedRequester(name, key, frozenset(wanted))
     return trusted
 

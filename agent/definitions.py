@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .auth import REQUESTER_RE, canonical, is_agent_key_name, keys_dir, load_public, public_text
+from .auth import REQUESTER_RE, at_line, canonical, is_agent_key_name, key_lines, keys_dir, load_public, public_text
 
 DOMAIN = b"mqtt-fte signed definition v1\n"
 KINDS = ("template", "monitor", "schedule")
@@ -64,17 +64,9 @@ def sign_definition(kind: str, name: str, document: Mapping[str, Any], creator: 
 def parse_creators(text: str, path: Path) -> dict[str, list[Ed25519PublicKey]]:
     """Lines `<requester> <base64 Ed25519 public key>`; `#` starts a comment. A name may have several keys."""
     found: dict[str, list[Ed25519PublicKey]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected '<requester> <public key>'")
-        try:
-            found.setdefault(parts[0], []).append(load_public(parts[1]))
-        except ValueError as exc:
-            raise ValueError(f"{path}:{n}: {exc}") from None
+    for n, (name, pub) in key_lines(text, path, 2, "<requester> <public key>"):
+        with at_line(path, n):
+            found.setdefault(name, []).append(load_public(pub))
     return found
 
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from agent.auth import keys_dir, load_public, public_text
+from agent.auth import at_line, key_lines, keys_dir, load_public, public_text
 from agent.binding import AGENT_KEY_FILE, agent_requester
 from agent.protocol import NAME_PATTERN
 
@@ -38,16 +38,9 @@ def agent_name_of(text: str) -> str:
 def parse_trusted_agents(text: str, path: Path) -> dict[str, Any]:
     """agent name -> public key, from the lines of a trusted_agents file."""
     found: dict[str, Any] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split("#", 1)[0].split()
-        if not parts:
-            continue
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected 'agent.<NAME> <public key>'")
-        try:
-            found[agent_name_of(parts[0])] = load_public(parts[1])
-        except ValueError as exc:
-            raise ValueError(f"{path}:{n}: {exc}") from None
+    for n, (requester, pub) in key_lines(text, path, 2, "agent.<NAME> <public key>"):
+        with at_line(path, n):
+            found[agent_name_of(requester)] = load_public(pub)
     return found
 
 

@@ -17,25 +17,16 @@ from agent.binding import load_or_create_agent_key, new_ephemeral, seal
 from agent.protocol import (Complete, CreateTransfer, FileOffer, Ping, Resync, TransferItem, TransferSpec, encode_chunk,
                             new_transfer_id, parse_control)
 from cli.client import ClientError, FteClient
-from tests.support.agents import FteEnv, Result, script, wait_until
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, script, wait_until
 from tests.support.brokers import split_url
 from tests.support.subscription import Subscription
 
 
 @pytest.fixture
 def pair(tmp_path: Path, mosquitto):
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
-    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
-    try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, transferAckTimeout=3000)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
+    data = sandbox_dir(tmp_path, "in", "out")
+    with running_agents(tmp_path / "home", mosquitto.ensure_running().url, data, transferAckTimeout=3000) as env:
         yield env, data
-    finally:
-        env.stop_all()
 
 
 def run_as(env: FteEnv, requester: str, verb: str, *args: str) -> Result:

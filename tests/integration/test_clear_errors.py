@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, script
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, script
 from tests.support.brokers import MosquittoProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -97,18 +97,9 @@ def test_a_path_over_4096_characters(tmp_path: Path, where: str) -> None:
 
 @pytest.fixture
 def pair(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[tuple[FteEnv, Path]]:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
-    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
-    try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, transferAckTimeout=2000)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
+    data = sandbox_dir(tmp_path, "in", "out")
+    with running_agents(tmp_path / "home", mosquitto.ensure_running().url, data, transferAckTimeout=2000) as env:
         yield env, data
-    finally:
-        env.stop_all()
 
 
 def test_dd_naming_an_existing_file(pair: tuple[FteEnv, Path]) -> None:

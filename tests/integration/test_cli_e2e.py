@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, pid_gone, run_fte, script, start_pair, wait_until
+from tests.support.agents import FteEnv, Result, pid_gone, run_fte, running_agents, sandbox_dir, script, wait_until
 from tests.support.brokers import AmqttProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,13 +36,8 @@ WAIT = 30.0
 
 
 def _env(tmp_path: Path, url: str) -> Iterator[FteEnv]:
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    env = start_pair(tmp_path / "fte_home", url, data, **AGENT_PROPERTIES)
-    try:
+    with running_agents(tmp_path / "fte_home", url, sandbox_dir(tmp_path), **AGENT_PROPERTIES) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import aiomqtt
 import pytest
 
 from agent.command_lane import REFUSAL_BURST, REFUSAL_RATE
-from tests.support.agents import FteEnv, start_pair
+from tests.support.agents import FteEnv, running_agents, sandbox_dir
 from tests.support.brokers import MosquittoProcess, split_url
 from tests.support.subscription import Subscription
 
@@ -37,15 +37,10 @@ FLOOD_SECONDS = 6.0
 
 @pytest.fixture
 def pair(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[tuple[FteEnv, Path]]:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
+    data = sandbox_dir(tmp_path, "in", "out")
     # as fte-create-agent makes them: authority checking on, the test's user trusted
-    env = start_pair(tmp_path / "home", mosquitto.ensure_running().url, data, transferAckTimeout=5000)
-    try:
+    with running_agents(tmp_path / "home", mosquitto.ensure_running().url, data, transferAckTimeout=5000) as env:
         yield env, data
-    finally:
-        env.stop_all()
 
 
 def forgeries(n: int) -> list[bytes]:

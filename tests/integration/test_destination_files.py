@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, start_pair, wait_until
+from tests.support.agents import FteEnv, running_agents, sandbox_dir, wait_until
 from tests.support.ci import unavailable
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,13 +27,8 @@ PROPS = {"agentChunkSize": 65536, "transferAckTimeout": 5000, "transferAckTimeou
 
 @pytest.fixture
 def fte(tmp_path: Path, broker_url: str) -> Iterator[FteEnv]:
-    data = tmp_path / "data"
-    data.mkdir()
-    env = start_pair(tmp_path / "fte_home", broker_url, data, **PROPS)
-    try:
+    with running_agents(tmp_path / "fte_home", broker_url, sandbox_dir(tmp_path), **PROPS) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 @pytest.mark.parametrize("size", [1000, 300_000], ids=["bundle", "chunks"])

@@ -26,7 +26,7 @@ import aiomqtt
 import pytest
 
 from agent.protocol import encode_chunk
-from tests.support.agents import FteEnv, Result
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir
 from tests.support.brokers import MosquittoProcess, split_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,23 +39,14 @@ MB = 1024 * 1024
 
 @contextmanager
 def _agents(tmp_path: Path, url: str, **properties: Any) -> Iterator[FteEnv]:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
+    data = sandbox_dir(tmp_path, "in", "out")
     (tmp_path / "outside").mkdir()
     # a directory symlink inside the sandbox that leads out of it
     (data / "escape").symlink_to(tmp_path / "outside", target_is_directory=True)
-    fte = FteEnv(tmp_path / "fte_home", url)
-    try:
-        for name in ("A1", "A2"):
-            # the sandbox is data/, except data/tree/private ('!' entry)
-            fte.create_agent(name, sandbox=f"{data}{os.pathsep}!{data / 'tree' / 'private'}",
-                             **{**AGENT_PROPERTIES, **properties})
-        for name in ("A1", "A2"):
-            fte.start_agent(name)
+    # the sandbox is data/, except data/tree/private ('!' entry)
+    with running_agents(tmp_path / "fte_home", url, f"{data}{os.pathsep}!{data / 'tree' / 'private'}",
+                        **{**AGENT_PROPERTIES, **properties}) as fte:
         yield fte
-    finally:
-        fte.stop_all()
 
 
 @pytest.fixture(scope="module")

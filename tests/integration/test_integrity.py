@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_transfers import AGENT_PROPERTIES, assert_same, make_file, part_files, transfer
-from tests.support.agents import FteEnv, start_pair, wait_until
+from tests.support.agents import FteEnv, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import AmqttProcess
 from tests.support.tmpfs import small_tmpfs
 
@@ -25,9 +25,7 @@ WAIT = 60.0
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return d
+    return sandbox_dir(tmp_path)
 
 
 @pytest.fixture
@@ -39,11 +37,8 @@ def full(data: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def fte(tmp_path: Path, data: Path, full: Path, amqtt_broker: AmqttProcess) -> Iterator[FteEnv]:
-    env = start_pair(tmp_path / "fte_home", amqtt_broker.ensure_running().url, data, **AGENT_PROPERTIES)
-    try:
+    with running_agents(tmp_path / "fte_home", amqtt_broker.ensure_running().url, data, **AGENT_PROPERTIES) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 def test_a_full_disk_fails_the_transfer_and_the_agent_serves_on(fte: FteEnv, data: Path, full: Path) -> None:

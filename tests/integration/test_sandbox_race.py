@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agents import FteEnv, start_pair
+from tests.support.agents import FteEnv, running_agents, sandbox_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -100,14 +100,26 @@ def _submit(env: FteEnv, transfers: list[dict[str, Any]], timeout: float = 180) 
 def fte(tmp_path: Path, broker_url: str) -> Iterator[FteEnv]:
     if _renameat2() is None:
         pytest.skip("renameat2 is not in this C library: the swap cannot be made atomic")
-    data = tmp_path / "data"
-    data.mkdir()
-    env = start_pair(tmp_path / "fte_home", broker_url, data, agentChunkSize=65536, transferAckTimeout=5000,
-                     transferAckTimeoutRetries=3)
-    try:
+    with running_agents(tmp_path / "fte_home", broker_url, sandbox_dir(tmp_path), agentChunkSize=65536,
+                        transferAckTimeout=5000, transferAckTimeoutRetries=3) as env:
         yield env
+
+
+def _race(fte: FteEnv, swapper: Swapper, transfers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The transfers submitted while `swapper` swaps; their `_outcomes`, once it is sure the race was run."""
+    swapper.start()
+    try:
+        done = _submit(fte, transfers)
     finally:
-        env.stop_all()
+        swapper.stop()
+    files, reasons = _outcomes(done)
+    assert swapper.swaps > 100, f"only {swapper.swaps} swaps: the race was not run"
+    return files, reasons
+
+
+def _report(swapper: Swapper, arrived: list[dict[str, Any]], files: list[dict[str, Any]], reasons: list[str]) -> None:
+    print(f"{swapper.swaps} swaps; {len(arrived)} of {len(files)} files arrived, "
+          f"{len(files) - len(arrived)} failed; {len(reasons)} transfers refused")
 
 
 def _outcomes(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -146,13 +158,7 @@ def test_a_destination_directory_swapped_for_a_link_is_never_written_through(fte
     for t in transfers[::2]:
         for item in t["items"]:
             item["destination"] = str(racy / f"{Path(item['destination']).parent.name}-{Path(item['destination']).name}")
-    swapper.start()
-    try:
-        done = _submit(fte, transfers)
-    finally:
-        swapper.stop()
-    files, reasons = _outcomes(done)
-    assert swapper.swaps > 100, f"only {swapper.swaps} swaps: the race was not run"
+    files, reasons = _race(fte, swapper, transfers)
     assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == [], "written outside the sandbox"
     arrived = [f for f in files if f["result_code"] == 0]
     for f in arrived:
@@ -160,8 +166,7 @@ def test_a_destination_directory_swapped_for_a_link_is_never_written_through(fte
         assert got.is_file() and got.resolve().is_relative_to(data), f"reported at {got}, which is not there"
         assert got.read_bytes() == contents[Path(f["source"]).name], f"{got} differs"
     assert not list(data.rglob("*.part")), "part files left behind"
-    print(f"{swapper.swaps} swaps; {len(arrived)} of {len(files)} files arrived, "
-          f"{len(files) - len(arrived)} failed; {len(reasons)} transfers refused")
+    _report(swapper, arrived, files, reasons)
 
 
 def test_a_source_directory_swapped_for_a_link_never_sends_the_file_outside(fte: FteEnv, tmp_path: Path) -> None:
@@ -180,17 +185,10 @@ def test_a_source_directory_swapped_for_a_link_never_sends_the_file_outside(fte:
     transfers = [{"items": [{"source": str(racy / f"f{i}"), "destination": str(out / f"t{t}" / f"f{i}"),
                              "destination_type": "file"} for i in range(FILES)], "exist": "overwrite"}
                  for t in range(TRANSFERS)]
-    swapper.start()
-    try:
-        done = _submit(fte, transfers)
-    finally:
-        swapper.stop()
-    files, reasons = _outcomes(done)
-    assert swapper.swaps > 100, f"only {swapper.swaps} swaps: the race was not run"
+    files, reasons = _race(fte, swapper, transfers)
     leaked = [str(p) for p in out.rglob("*") if p.is_file() and p.read_bytes() == secret]
     assert not leaked, f"{len(leaked)} files were read from outside the sandbox, e.g. {leaked[:3]}"
     arrived = [f for f in files if f["result_code"] == 0]
     for f in arrived:
         assert Path(f["destination"]).read_bytes() == inside[Path(f["source"]).name]
-    print(f"{swapper.swaps} swaps; {len(arrived)} of {len(files)} files arrived, "
-          f"{len(files) - len(arrived)} failed; {len(reasons)} transfers refused")
+    _report(swapper, arrived, files, reasons)

@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 
 from agent.protocol import utc_now
-from tests.support.agents import FteEnv, LogFollower, wait_until
+from tests.support.agents import FteEnv, LogFollower, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import split_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,18 +24,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def pair(tmp_path: Path, mosquitto):
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
-    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
-    try:
-        for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data)
-        for name in ("A1", "A2"):
-            env.start_agent(name)
+    data = sandbox_dir(tmp_path, "in", "out")
+    with running_agents(tmp_path / "home", mosquitto.ensure_running().url, data) as env:
         yield env, data
-    finally:
-        env.stop_all()
 
 
 def publish(env: FteEnv, topic: str, payload: bytes, retain: bool = False) -> None:

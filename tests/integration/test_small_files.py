@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, LogFollower, start_pair
+from tests.support.agents import FteEnv, LogFollower, running_agents, sandbox_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,13 +24,8 @@ PROPS = {"agentChunkSize": 65536, "agentWindowSize": 8, "transferAckTimeout": 30
 
 @pytest.fixture
 def fte(tmp_path: Path, broker_url: str) -> Iterator[FteEnv]:
-    data = tmp_path / "data"
-    data.mkdir()
-    env = start_pair(tmp_path / "fte_home", broker_url, data, **PROPS)
-    try:
+    with running_agents(tmp_path / "fte_home", broker_url, sandbox_dir(tmp_path), **PROPS) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 def _tree(root: Path, count: int) -> dict[str, bytes]:

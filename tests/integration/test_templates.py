@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, start_pair
+from tests.support.agents import FteEnv, running_agents, sandbox_dir
 from tests.support.brokers import MosquittoProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,19 +27,14 @@ AGENT_PROPERTIES = {"agentChunkSize": 65536, "agentWindowSize": 4, "transferAckT
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return d
+    return sandbox_dir(tmp_path)
 
 
 @pytest.fixture
 def fte(tmp_path: Path, data: Path, mosquitto: MosquittoProcess) -> Iterator[FteEnv]:
     """Agents A1 and A2 (sandbox: `data`) on the Mosquitto session broker."""
-    env = start_pair(tmp_path / "fte_home", mosquitto.ensure_running().url, data, **AGENT_PROPERTIES)
-    try:
+    with running_agents(tmp_path / "fte_home", mosquitto.ensure_running().url, data, **AGENT_PROPERTIES) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import queue
 import secrets
-import subprocess
 import threading
 import time
 import unicodedata
@@ -21,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.agents import FteEnv, Result, wait_until
+from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, stop_command, wait_until
 from tests.support.brokers import MosquittoProcess, split_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,19 +52,13 @@ def assert_safe(r: Result, *visible: str) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[tuple[FteEnv, Path]]:
-    data = tmp_path / "data"
-    (data / "in").mkdir(parents=True)
-    (data / "out").mkdir()
-    e = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    data = sandbox_dir(tmp_path, "in", "out")
+    url = mosquitto.ensure_running().url
     try:
-        for name in ("A1", "A2"):
-            e.create_agent(name, sandbox=data, transferAckTimeout=2000)
-        for name in ("A1", "A2"):
-            e.start_agent(name)
-        yield e, data
+        with running_agents(tmp_path / "home", url, data, transferAckTimeout=2000) as e:
+            yield e, data
     finally:
-        e.stop_all()
-        _publish(e.broker_url, f"SYSTEM.FTE/Agents/{FAKE_AGENT}", b"")
+        _publish(url, f"SYSTEM.FTE/Agents/{FAKE_AGENT}", b"")
 
 
 def _publish(url: str, topic: str, payload: bytes) -> None:
@@ -111,12 +104,7 @@ class TextFollower:
         return False
 
     def close(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_command(self.proc)
         self.thread.join(5)
         while not self.lines.empty():
             self.text.append(self.lines.get_nowait())

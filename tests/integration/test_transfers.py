@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import FteEnv, LogFollower, Result, start_pair, wait_until
+from tests.support.agents import FteEnv, LogFollower, Result, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import AmqttProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,13 +37,8 @@ TID_RE = re.compile(r"^[0-9a-f]{48}$")
 
 
 def _env(tmp_path: Path, url: str) -> Iterator[FteEnv]:
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    env = start_pair(tmp_path / "fte_home", url, data, **AGENT_PROPERTIES)
-    try:
+    with running_agents(tmp_path / "fte_home", url, sandbox_dir(tmp_path), **AGENT_PROPERTIES) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 @pytest.fixture

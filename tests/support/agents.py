@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,19 +185,40 @@ class FteEnv:
                 a.terminate()
 
 
-def start_pair(home: Path, url: str, sandbox: Path, **properties: Any) -> FteEnv:
-    """Agents A1 and A2 created (sandbox `sandbox`, agent.properties `properties`) and started; everything
-    started is stopped again if one of them fails to start."""
+def start_pair(home: Path, url: str, sandbox: Path | str, names: tuple[str, ...] = ("A1", "A2"),
+               **properties: Any) -> FteEnv:
+    """Agents `names` (A1 and A2) created (sandbox `sandbox`, agent.properties `properties`) and started;
+    everything started is stopped again if one of them fails to start."""
     env = FteEnv(home, url)
     try:
-        for name in ("A1", "A2"):
+        for name in names:
             env.create_agent(name, sandbox=sandbox, **properties)
-        for name in ("A1", "A2"):
+        for name in names:
             env.start_agent(name)
     except BaseException:
         env.stop_all()
         raise
     return env
+
+
+@contextmanager
+def running_agents(home: Path, url: str, sandbox: Path | str, names: tuple[str, ...] = ("A1", "A2"),
+                   **properties: Any) -> Iterator[FteEnv]:
+    """`start_pair` for the length of a `with`: the agents are stopped at its end, whatever happened."""
+    env = start_pair(home, url, sandbox, names, **properties)
+    try:
+        yield env
+    finally:
+        env.stop_all()
+
+
+def sandbox_dir(tmp_path: Path, *subdirs: str) -> Path:
+    """tmp_path/data, the agents' sandbox, with the subdirectories `subdirs` (e.g. "in", "out")."""
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for sub in subdirs:
+        (data / sub).mkdir()
+    return data
 
 
 def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:
@@ -231,6 +254,17 @@ def pid_gone(pid: int) -> bool:
             return False
         return False
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def stop_command(proc: subprocess.Popen[str]) -> None:
+    """A command left running (`FteEnv.popen`) ended: SIGTERM, then SIGKILL if it has not exited in 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def signed_probe(env: FteEnv, agent: str, topic: str, payload: bytes) -> bytes:
@@ -291,13 +325,7 @@ class LogFollower:
         self.close()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_command(self.proc)
         self._thread.join(5)
 
     def stderr(self) -> str:

@@ -14,7 +14,9 @@ import pytest
 from agent.auth import (AuthError, Authority, canonical, check_trust_entry, ensure_key, generate_key, load_private,
                         parse_trust_file, public_text, sign, trust)
 from agent.binding import agent_requester, load_or_create_agent_key
+from agent.definitions import parse_creators
 from agent.store import StateStore
+from cli.trusted_agents import parse_trusted_agents
 
 NOW = 1_800_000_000.0
 
@@ -207,6 +209,34 @@ def test_trust_file_errors_name_the_line(tmp_path: Path, line: str, fragment: st
     with pytest.raises(ValueError, match=fragment) as exc:
         parse_trust_file("# comment\n" + line.format(key=key), tmp_path / "authorized_requesters")
     assert ":2:" in str(exc.value)
+
+
+@pytest.mark.parametrize("parse, good, bad_fields, expected", [
+    (parse_trust_file, "alice {key} all", "alice {key}", "expected '<requester> <public key> <permissions>'"),
+    (parse_creators, "alice {key}", "alice {key} all", "expected '<requester> <public key>'"),
+    (parse_trusted_agents, "agent.A1 {key}", "agent.A1", "expected 'agent.<NAME> <public key>'"),
+])
+def test_key_list_files_skip_comments_and_name_the_bad_line(tmp_path: Path, parse, good: str, bad_fields: str,
+                                                             expected: str) -> None:
+    """trusted_requesters, trusted_creators and trusted_agents are read by one line reader (auth.key_lines):
+    comments and blank lines skipped, a wrong field count or a key that does not load names path:line."""
+    key = public_text(ensure_key(tmp_path, "k").public_key())
+    path = tmp_path / "keys"
+    head = "# comment\n\n   \n"
+    assert len(parse(head + good.format(key=key) + "  # trailing comment\n", path)) == 1
+    with pytest.raises(ValueError) as exc:
+        parse(head + bad_fields.format(key=key), path)
+    assert str(exc.value) == f"{path}:4: {expected}"
+    with pytest.raises(ValueError, match="not a base64 Ed25519 public key") as exc:
+        parse(head + good.format(key="AAAA"), path)
+    assert str(exc.value).startswith(f"{path}:4: ")
+
+
+def test_trusted_agents_bad_name_names_the_line(tmp_path: Path) -> None:
+    key = public_text(ensure_key(tmp_path, "k").public_key())
+    with pytest.raises(ValueError, match="is not an agent name") as exc:
+        parse_trusted_agents(f"# c\nagent.no/slash {key}\n", tmp_path / "trusted_agents")
+    assert str(exc.value).startswith(f"{tmp_path / 'trusted_agents'}:2: ")
 
 
 def test_trust_replaces_an_existing_entry_and_the_authority_rereads_the_file(setup, tmp_path: Path) -> None:
