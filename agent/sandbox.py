@@ -36,6 +36,20 @@ def _is_symlink(path: str) -> bool:
         raise
 
 
+def _realpath(path: str, shown: str) -> str:
+    """os.path.realpath, but a link replaced while it is being read is a refusal in words.
+
+    realpath lstat()s each component and readlink()s the links: a local user who swaps a link for a
+    directory between the two makes readlink fail with EINVAL (or ENOENT, if it went away), which used to
+    reach the transfer log as the bare "[Errno 22] Invalid argument: '/in/d'"."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SandboxError(f"{shown!r} changed while it was checked: a symbolic link on the way{where} was "
+                           "replaced or removed at that moment; refused (send it again)") from None
+
+
 def _within(path: str, root: str) -> bool:
     """`path` is `root` or below it (both absolute and resolved)."""
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
@@ -91,12 +105,12 @@ class Sandbox:
                 raise SandboxError(f"destination {path!r} is a symbolic link, which is refused")
             # the file may not exist yet: resolve its nearest existing parent
             if parents is None:
-                real_parent = os.path.realpath(parent)
+                real_parent = _realpath(parent, path)
             else:
-                real_parent = parents.get(parent) or parents.setdefault(parent, os.path.realpath(parent))
+                real_parent = parents.get(parent) or parents.setdefault(parent, _realpath(parent, path))
             real = os.path.join(real_parent, name)
         else:
-            real = os.path.realpath(raw)
+            real = _realpath(raw, path)
         self.check(real, path)
         return Path(real)
 

@@ -131,6 +131,13 @@ def create_agent(
     out.print(f"It obeys commands signed by {me} (your key in {config_home() / 'keys'}); "
               f"trust others with: fte key trust {agent_name} NAME PUBLIC_KEY")
     out.print(f"Start it with: fte-start-agent {agent_name}")
+    try:
+        # made before its directories is fine (a deployment may create them later), but say it now: the
+        # agent refuses to start until they exist, and that is where the user would first hear of it
+        load_agent_settings(agent_name, require_directories=True)
+    except SettingsError as exc:
+        err.print(f"warning: {safe(str(exc))}; fte-start-agent {agent_name} refuses to start until then",
+                  markup=False, soft_wrap=True)
 
 
 def _trust_neighbours(agent_home: Path) -> None:

@@ -54,6 +54,24 @@ def test_agent_refuses_to_start_on_a_directory_that_does_not_exist(tmp_path: Pat
     assert not (env.agent_dir("A1") / "agent.pid").exists()
 
 
+def test_create_agent_warns_of_a_sandbox_directory_that_does_not_exist(tmp_path: Path) -> None:
+    """Creating the configuration before the directory is no mistake (exit 0), but the user hears at once what
+    fte-start-agent will refuse; before, the agent was created without a word and refused to start later."""
+    env = offline(tmp_path)
+    missing = tmp_path / "no-such-dir"
+    r = env.run("create-agent", "-agentName", "A1", "--broker", env.broker_url, "--sandbox", str(missing))
+    assert r.returncode == 0, str(r)
+    warning = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: "), str(r)
+    for needle in ("sandboxRoot", str(missing), "does not exist", "fte-start-agent"):
+        assert needle in warning[0], str(r)
+    assert (env.agent_dir("A1") / "agent.properties").exists()
+    present = tmp_path / "data"
+    present.mkdir()
+    r = env.run("create-agent", "-agentName", "A2", "--broker", env.broker_url, "--sandbox", str(present))
+    assert r.returncode == 0 and not r.stderr.strip(), str(r)
+
+
 def test_a_sandbox_entry_that_is_a_file_is_refused(tmp_path: Path) -> None:
     env = offline(tmp_path)
     afile = tmp_path / "afile"

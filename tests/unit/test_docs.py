@@ -492,3 +492,24 @@ def test_every_result_code_constant_is_documented() -> None:
                 f"results.{name} = {value} has no row '| {value} | `{name}` |' in docs/result-codes.md")
         else:
             assert f"`{value}`" in text, f"message id {value} is not in docs/result-codes.md"
+
+
+def test_the_readme_quick_start_transfers_inside_the_agents_sandboxes() -> None:
+    # A new user who followed "Use it with a real broker" word for word was refused:
+    # "'/data/out/file.bin' is outside the agent's sandbox (/root)", since fte-create-agent's default
+    # sandbox is the home directory and the README's files are under /data.
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Use it with a real broker", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    commands = [ln.split("#", 1)[0].split() for ln in block.splitlines() if ln.strip()]
+    sandboxes = []
+    for words in commands:
+        if words and words[0] == "fte-create-agent":
+            assert "--sandbox" in words, f"{' '.join(words)}: the default sandbox (your home) does not hold /data"
+            sandboxes.append(words[words.index("--sandbox") + 1].split(":"))
+    transfers = [w for w in commands if w and w[0] == "fte-create-transfer"]
+    assert sandboxes and transfers
+    for words in transfers:
+        for path in (w for w in words if w.startswith("/")):
+            for roots in sandboxes:
+                assert any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots), (path, roots)

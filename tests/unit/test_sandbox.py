@@ -277,3 +277,38 @@ def test_written_name_and_parent_are_pathlib_s(tmp_path: Path, raw: str) -> None
     got = Sandbox([]).resolve(raw, write=True)
     p = Path(raw)
     assert got == Path(os.path.realpath(p.parent)) / p.name
+
+
+# ------------------------------------------------------------------- a link swapped during the check
+
+
+@pytest.fixture
+def swap_at_readlink(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """{root}/d is a symbolic link (to sub, inside) when realpath() looks at it, and a real directory when
+    realpath() reads the link a moment later: the rename race a local user wins now and then
+    (renameat2 RENAME_EXCHANGE in a loop). The swap is done for real, on the file system, at that moment."""
+    d, spare = tree.root / "d", tree.root / "spare"
+    d.symlink_to(tree.root / "sub", target_is_directory=True)
+    spare.mkdir()
+    (spare / "a.txt").write_text("spare")
+    real_readlink = os.readlink
+
+    def readlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fspath(path) == str(d) and spare.exists():
+            os.rename(d, tree.root / "old_link")
+            os.rename(spare, d)
+        return real_readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    return d
+
+
+@pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
+def test_a_link_swapped_for_a_directory_while_resolving_is_refused_in_words(
+        box: Sandbox, swap_at_readlink: Path, write: bool) -> None:
+    # before: realpath's readlink raised EINVAL, and the transfer was refused (source) or the file failed
+    # (destination) with the bare "[Errno 22] Invalid argument: '/.../d'"
+    with pytest.raises(SandboxError) as caught:
+        box.resolve(f"{swap_at_readlink}/{'new' if write else 'a'}.txt", write=write)
+    assert "Errno" not in str(caught.value)
+    assert "changed while it was checked" in str(caught.value)
