@@ -24,7 +24,7 @@ from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, format_event, safe, safe_markup, safe_text
+from .render import SafeLogFormatter, TransferWatcher, format_event, safe, safe_markup, safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
@@ -189,8 +189,9 @@ def start_agent(
     if not foreground:
         _start_background(name, agent_dir(name))
         return
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("amqtt", "transitions", "aiomqtt", "mqtt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for w in timeout_warnings(settings):

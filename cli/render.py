@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import unicodedata
 from typing import Any
 
@@ -53,6 +54,16 @@ def safe(value: Any) -> str:
                 _escapes[ch] = esc
         out.append(esc)
     return "".join(out)
+
+
+class SafeLogFormatter(logging.Formatter):
+    """The agent's log lines (its stderr, logs/output0.log, read with tail -f on a terminal) with every message
+    escaped as `safe` does: a file name or a peer's text in a message can neither drive the terminal nor forge
+    a line of the log. A traceback stays as it is (lines of the agent's own code)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = safe(record.message)
+        return super().formatMessage(record)
 
 
 def safe_text(value: Any) -> Text:

@@ -155,6 +155,11 @@ def test_file_names_job_names_and_status_fields_are_escaped(env: tuple[FteEnv, P
     assert_safe(e.run("list-transfers"))
     assert_safe(e.run("list-transfers", "--json"))
     assert_safe(e.run("logs"))
+    # the agents' own logs (what tail -f shows an operator) hold no control character either
+    for agent in e.agents.values():
+        logged = agent.log.read_text(errors="replace")
+        controls = sorted({c for c in logged if (ord(c) < 32 and c not in "\n\t") or 0x7f <= ord(c) <= 0x9f})
+        assert not controls, f"agent {agent.name}'s log holds {controls!r}:\n{agent.log_tail()}"
 
     # a monitor on a directory, a template and a schedule that carry the name: their listings
     mon_dir = data / f"mon\x1b[2J{EVIL}"

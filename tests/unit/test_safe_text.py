@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import unicodedata
 
 import pytest
 from rich.console import Console
 
-from cli.render import format_event, safe, safe_markup, safe_text
+from cli.render import SafeLogFormatter, format_event, safe, safe_markup, safe_text
 
 
 @pytest.mark.parametrize("raw, shown", [
@@ -46,3 +48,19 @@ def test_format_event_lines_hold_no_control_character() -> None:
                                                    "supplement": "bad\x07"}], "statistics": {}})
     assert "\x1b" not in line and "\n" not in line and "\x07" not in line
     assert "/in/x\\x1b[2J\\x0ay: bad\\x07" in line
+
+
+def test_the_agents_log_lines_hold_no_control_character() -> None:
+    """A file name in an agent's log message (e.g. FTEIO0001E: write to /in/<name>.part failed) is escaped;
+    the traceback of an exception stays multi-line."""
+    formatter = SafeLogFormatter("%(levelname)s %(name)s: %(message)s")
+    record = logging.LogRecord("fte.agent", logging.ERROR, __file__, 1, "write to %s failed",
+                               ("/in/a\x1b[2Jb\x1b]0;t\x07.part",), None)
+    line = formatter.format(record)
+    assert line == "ERROR fte.agent: write to /in/a\\x1b[2Jb\\x1b]0;t\\x07.part failed"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("fte.agent", logging.ERROR, __file__, 1, "name\nforged line", (), sys.exc_info())
+    text = formatter.format(record)
+    assert text.startswith("ERROR fte.agent: name\\x0aforged line\nTraceback (most recent call last):")
