@@ -39,6 +39,10 @@ class ClientError(Exception):
         self.code = code
 
 
+class NoAnswer(ClientError):
+    """An agent did not answer a request within the wait (and no ignored reply came either)."""
+
+
 def broker_url(explicit: str | None = None, agent: str | None = None) -> str:
     """--broker, else FTE_BROKER_URL, else the broker of a locally configured agent, else localhost."""
     if explicit:
@@ -237,7 +241,7 @@ class FteClient:
                                   f"but was ignored ({why}); if agent {agent} runs elsewhere, trust its key with: "
                                   f"fte key trust-agent {agent} KEY (KEY from fte key show --agent {agent} where "
                                   f"it is configured)", 2) from None
-            raise ClientError(f"agent {agent} did not answer within {timeout:g} s; is it running? "
+            raise NoAnswer(f"agent {agent} did not answer within {timeout:g} s; is it running? "
                               f"(check with fte-list-agents, start it with fte-start-agent {agent})", 2) from None
         finally:
             self._pending.pop(command.request_id, None)
