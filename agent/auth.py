@@ -88,6 +88,10 @@ def keys_dir(config_home: Path) -> Path:
     return config_home / "keys"
 
 
+def _public_raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def public_text(key: Ed25519PublicKey) -> str:
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
@@ -216,8 +220,61 @@ def parse_trust_file(text: str, path: Path) -> dict[str, TrustedRequester]:
     return trusted
 
 
+def _raw_key(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+
+
+def _local_agent_keys(agents_dir: Path) -> dict[bytes, str]:
+    """raw public key -> name of each agent configured beside (agents/<NAME>/agent.key); unreadable ones skipped."""
+    found: dict[bytes, str] = {}
+    try:
+        homes = sorted(agents_dir.iterdir())
+    except OSError:
+        return found
+    for home in homes:
+        try:
+            key = serialization.load_pem_private_key((home / "agent.key").read_bytes(), password=None)
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(key, Ed25519PrivateKey):
+            found[key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)] = \
+                home.name
+    return found
+
+
+def check_key_namespace(name: str, public: str, lines: list[str], agents_dir: Path) -> None:
+    """An agent's identity key never becomes a requester under another name (it would command every agent that
+    trusts it), nor a requester's key an agent's: raise ValueError when `public`, to be trusted as `name`, is
+    already trusted in the other namespace in `lines` (the trust file), or, for a requester, is the identity
+    key of an agent configured in `agents_dir`."""
+    raw = _raw_key(public)
+    as_agent = is_agent_key_name(name)
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) < 2 or parts[0] == name or _raw_key(parts[1]) != raw:
+            continue
+        if is_agent_key_name(parts[0]) and not as_agent:
+            raise ValueError(f"this key is trusted here as {parts[0]}, an agent's identity key, which only takes "
+                             f"part in transfers and never commands an agent: it cannot be requester {name!r}; "
+                             "trust the requester's own key (its fte key show)")
+        if not is_agent_key_name(parts[0]) and as_agent:
+            raise ValueError(f"this key is trusted here as requester {parts[0]!r}, not an agent's identity key: "
+                             f"it cannot be {name}; trust the agent's key (fte key show --agent NAME where the "
+                             "agent is configured)")
+    if not as_agent:
+        owner = _local_agent_keys(agents_dir).get(raw or b"")
+        if owner is not None:
+            raise ValueError(f"this key is the identity key of agent {owner} (agents/{owner}/agent.key), which "
+                             f"only takes part in transfers and never commands an agent: it cannot be requester "
+                             f"{name!r}; trust the requester's own key (its fte key show)")
+
+
 def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> Path:
-    """Add (or replace) a requester in an agent's trust file (an agent key only with the transfer permission)."""
+    """Add (or replace) a requester in an agent's trust file (an agent key only with the transfer permission;
+    never the same key in both namespaces: check_key_namespace)."""
     load_public(public)
     check_trust_entry(name, permissions)
     path = agent_dir / TRUST_FILE
@@ -227,6 +284,7 @@ def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> 
         lines = path.read_text().splitlines() if path.exists() else [
             "# Requesters this agent obeys: <requester> <Ed25519 public key, base64> <permissions>",
             f"# permissions: {','.join(PERMISSIONS)} or all. Manage with: fte key trust / fte key untrust"]
+        check_key_namespace(name, public, lines, agent_dir.parent)
         lines = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
         lines.append(f"{name} {public} {permissions}")
         write_atomic(path, ("\n".join(lines) + "\n").encode(), _mode_of(path, 0o644))
@@ -278,6 +336,7 @@ class Authority:
         self._nonces: NonceLedger = nonces if nonces is not None else MemoryNonces()
         self._mtime = -1.0
         self._trusted: dict[str, TrustedRequester] = {}
+        self._agent_keys: dict[bytes, str] = {}  # raw public key -> agent.<NAME> entry with that key
 
     def trusted(self) -> dict[str, TrustedRequester]:
         # re-read when the file changes, so `fte key trust` takes effect without a restart
@@ -287,6 +346,7 @@ class Authority:
             return {}
         if mtime != self._mtime:
             self._trusted = parse_trust_file(self.trust_path.read_text(), self.trust_path)
+            self._agent_keys = {_public_raw(t.key): n for n, t in self._trusted.items() if is_agent_key_name(n)}
             self._mtime = mtime
         return self._trusted
 
@@ -309,6 +369,13 @@ class Authority:
             entry.key.verify(base64.b64decode(str(signature), validate=True), canonical(raw))
         except (InvalidSignature, ValueError):
             raise AuthError(f"bad signature for requester {requester!r}") from None
+        # a trust file edited by hand may list an agent's identity key under a requester's name (fte key trust
+        # refuses that): such a key still commands nothing
+        as_agent = self._agent_keys.get(_public_raw(entry.key))
+        if as_agent is not None:
+            raise AuthError(f"requester {requester!r} has the key of {as_agent}, an agent's identity key, which only "
+                            "binds transfers and never commands an agent; remove the line of "
+                            f"{str(requester)!r} from {self.trust_path}")
         try:
             sent = datetime.fromisoformat(str(raw.get("sent_at")).replace("Z", "+00:00")).timestamp()
         except ValueError:

@@ -38,12 +38,13 @@ from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink, MessageTooLarge
-from .protocol import (NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
+from .protocol import (MAX_PATH_CHARS, NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
                        CreateTransfer, FileEnd, FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply,
                        RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
                        parse_agent_status,
                        parse_control, utc_now)
+from .fileio import os_error_at, shorten
 from .fsops import ConfinedDirs
 from .sandbox import Sandbox, SandboxError
 from .source import SourceTransfer, _iso, send_complete
@@ -684,7 +685,9 @@ class Agent:
             data = await self._execute(cmd)
             reply = Reply(request_id=cmd.request_id, ok=True, data=data)
         except CommandRefused as exc:
-            reply = Reply(request_id=cmd.request_id, ok=False, result_code=exc.code, message=str(exc))
+            # a refusal quoting a long path must still fit a reply (or the command goes unanswered)
+            reply = Reply(request_id=cmd.request_id, ok=False, result_code=exc.code,
+                          message=shorten(str(exc), MAX_PATH_CHARS))
         if cmd.reply_to:
             await self._reply(cmd.reply_to, reply)
         if isinstance(cmd, StopAgent) and reply.ok:
@@ -951,7 +954,7 @@ class Agent:
         except SandboxError as exc:
             raise CommandRefused(f"source refused: {exc}") from None
         except OSError as exc:  # unreadable, vanished while walking, name too long...
-            raise CommandRefused(f"cannot read the sources on agent {self.name}: {exc}") from None
+            raise CommandRefused(f"cannot read the sources on agent {self.name}: {os_error_at(exc)}") from None
 
     def _walk_sources(self, spec: TransferSpec) -> list[FileRecord]:
         dirs = ConfinedDirs(self.sandbox)

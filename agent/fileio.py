@@ -31,6 +31,22 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """`text`, or its start and end around an ellipsis when it is longer than `limit`: a path of 4,000
+    characters in a message hides the words around it, and a reply has a size limit of its own."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return f"{text[:keep]}...{text[-keep:]}"
+
+
+def os_error_at(exc: BaseException) -> str:
+    """'/in/x: Permission denied (EACCES)': the path the error names (shortened), then describe_os_error."""
+    name = getattr(exc, "filename", None)
+    where = f"{shorten(os.fsdecode(name))}: " if isinstance(name, (str, bytes)) else ""
+    return where + describe_os_error(exc)
+
+
 def write_failed(what: str, exc: BaseException) -> str:
     """The supplement of a file whose part file could not be written (`what`: "write to /in/x.part"):
     FTEIO0001E."""

@@ -26,8 +26,8 @@ from .core.lifecycle import TransferEvent as E
 from .core.lifecycle import TransferLifecycle
 from .core.lifecycle import TransferState as S
 from .core.window import AckRequests, SendWindow
-from .fileio import (SourceStat, changed_since_request, changed_while_read, read_failed, source_changed,
-                     stat_path)
+from .fileio import (SourceStat, changed_since_request, changed_while_read, os_error_at, read_failed,
+                     source_changed, stat_path)
 from .link import MessageTooLarge
 from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply, encode_bundle, finish_chunk)
@@ -866,7 +866,7 @@ class SourceTransfer:
                     self.dirs.unlink(f.source)
                 except OSError as exc:
                     f.result_code = results.FILE_WARNING
-                    f.supplement = f"transferred, but the source was not deleted: {exc}"
+                    f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"
         self.rec.result_code = rc
         self.rec.state = st.value
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)

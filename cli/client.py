@@ -39,6 +39,10 @@ class ClientError(Exception):
         self.code = code
 
 
+class NoAnswer(ClientError):
+    """An agent did not answer a request within the wait (and no ignored reply came either)."""
+
+
 def broker_url(explicit: str | None = None, agent: str | None = None) -> str:
     """--broker, else FTE_BROKER_URL, else the broker of a locally configured agent, else localhost."""
     if explicit:
@@ -105,6 +109,8 @@ class FteClient:
         # told of every message ignored because it is not signed by a trusted agent key (the commands' -v)
         self.on_ignored = on_ignored
         self._unverified_replies: dict[str, str] = {}  # request id -> why its reply was not believed
+        # status topic -> why the last message on it was not a status of the agent it names (require_agent says it)
+        self._invalid_statuses: dict[str, str] = {}
         self.url = self.addr.url  # never the URL as given: it may hold a password
         self.topics = Topics(prefix or topic_prefix())
         self.client_id = "fte-cli-" + secrets.token_hex(6)
@@ -237,7 +243,7 @@ class FteClient:
                                   f"but was ignored ({why}); if agent {agent} runs elsewhere, trust its key with: "
                                   f"fte key trust-agent {agent} KEY (KEY from fte key show --agent {agent} where "
                                   f"it is configured)", 2) from None
-            raise ClientError(f"agent {agent} did not answer within {timeout:g} s; is it running? "
+            raise NoAnswer(f"agent {agent} did not answer within {timeout:g} s; is it running? "
                               f"(check with fte-list-agents, start it with fte-start-agent {agent})", 2) from None
         finally:
             self._pending.pop(command.request_id, None)
@@ -252,15 +258,19 @@ class FteClient:
         agent's trusted key; None for anything that is not a status of the agent its topic names."""
         payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
         levels = self.topics.split(str(message.topic))
+        topic = str(message.topic)
         try:
             st = parse_agent_status(payload)
         except ProtocolError as exc:
             if payload:
+                self._invalid_statuses[topic] = str(exc)
                 self.ignored(f"ignored a status on {message.topic} that is not one ({exc})")
             return None
         if levels != ["Agents", st.agent]:
+            self._invalid_statuses[topic] = f"a status of agent {st.agent}"
             self.ignored(f"ignored a status of agent {st.agent} published on {message.topic}")
             return None
+        self._invalid_statuses.pop(topic, None)
         keys = self.keys.keys(st.agent)
         st._verified = provenance.verify_payload(payload, provenance.STATUS, st.agent, keys)
         if not st._verified:
@@ -352,8 +362,18 @@ class FteClient:
     async def agent_status(self, agent: str, settle: float = 1.0) -> AgentStatus | None:
         return (await self.agent_statuses(settle=settle, want=agent)).get(agent)
 
+    def invalid_status(self, agent: str) -> str | None:
+        """Why the last message read on the agent's status topic was not its status (None: it was, or none came)."""
+        return self._invalid_statuses.get(self.topics.agent_status(agent))
+
     async def require_agent(self, agent: str) -> AgentStatus:
         st = await self.agent_status(agent)
+        topic = self.topics.agent_status(agent)
+        if st is None and self.invalid_status(agent) is not None:
+            # something is there, just not a status: "no status" would send the user looking for a typo
+            raise ClientError(f"the status on {topic} is not a valid agent status ({self.invalid_status(agent)}): "
+                              f"ignored; a running agent {agent} replaces it within a second: if it stays, agent {agent} is not "
+                              f"running here (check the name with fte-list-agents)")
         if st is None:
             raise ClientError(f"agent {agent!r} is not known on the broker at {self.addr.url} (no status on "
                               f"{self.topics.agent_status(agent)}); check the name with fte-list-agents, "

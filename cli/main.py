@@ -23,7 +23,7 @@ from rich.console import Console
 from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping, StopAgent,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
-from .client import ClientError, FteClient, broker_url, new_request_id
+from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
 from .render import SafeLogFormatter, TransferWatcher, format_event, safe, safe_markup, safe_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -259,21 +259,53 @@ class StopRefused(ClientError):
     """The agent answered and refused to stop (as opposed to: no broker, no answer)."""
 
 
+async def _no_stop_answer(c: FteClient, name: str, wait: float) -> str:
+    """What the client knows of an agent that did not answer its stop: its last status on the broker (verified
+    or not) and when it was published, or that the broker has none; never "start it", for a stop."""
+    head = f"agent {name} did not answer within {wait:g} s"
+    st = await c.agent_status(name)
+    if st is None and c.invalid_status(name) is not None:
+        return (f"{head}; the status on {c.topics.agent_status(name)} is not a valid agent status "
+                f"({c.invalid_status(name)}): ignored; a running agent replaces it within a second, so agent {name} "
+                f"is not running (or not of this broker: check the name with fte-list-agents)")
+    if st is None:
+        return (f"{head}; no agent of that name has a status on {c.topics.agent_status(name)} at {c.addr.url} "
+                f"(unknown agent: check the name with fte-list-agents)")
+    last = (f"its last status (verified) is {st.status}" if st.verified else
+            f"its last status is {st.status}, but unverified (not signed by a key of agent {name} trusted here; "
+            f"-v on fte-show-agent-details {name} says why)")
+    last += f", published {st.time}"
+    if st.status == "STOPPED":
+        return f"{head}; {last}: it is not running, nothing to stop"
+    if st.status == "UNREACHABLE":
+        return (f"{head}; {last}: it lost the broker without stopping (killed, or its host or network went "
+                f"away); if it still runs, stop it on its host")
+    return (f"{head}; {last}, but it does not answer: it may be paused or cut off from the broker, or the "
+            f"broker's ACL drops your commands (docs/troubleshooting.md)")
+
+
 @app.command("stop-agent")
 def stop_agent(
     name: str = typer.Argument(...),
     immediate: bool = typer.Option(False, "-i", "--immediate",
                                    help="Stop now; running transfers resume from their checkpoints at restart."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the agent to stop."),
+    timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for the agent to stop (its answer to the "
+                                                         "stop is awaited for at most 10 s of them)."),
 ) -> None:
     """Stop an agent: by default after its running transfers finish (controlled); -i at once."""
     pid = _running_pid(name)
 
     async def go() -> bool:
         async with FteClient(broker_url(broker, name)) as c:
-            reply = await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
-                                                    reply_to=c.client_id, immediate=immediate), timeout=10)
+            # the answer is awaited even when the agent's status says STOPPED: a STOPPED of an earlier run,
+            # replayed retained by someone on the broker, must not keep a running agent from being stopped
+            wait = min(10.0, timeout)
+            try:
+                reply = await c.request(name, StopAgent(kind="stop_agent", request_id=new_request_id(),
+                                                        reply_to=c.client_id, immediate=immediate), timeout=wait)
+            except NoAnswer:
+                raise NoAnswer(await _no_stop_answer(c, name, wait), 2) from None
             if not reply.ok:
                 raise StopRefused(f"agent {name} refused to stop: {reply.message}", reply.result_code or 1)
             q = await c.subscribe(c.topics.agent_status(name))
@@ -294,6 +326,8 @@ def stop_agent(
         if isinstance(exc, StopRefused):
             fail(str(exc), exc.code)  # the agent said no: never force it
         if pid is None:
+            if isinstance(exc, NoAnswer):
+                fail(str(exc), exc.code)
             fail(f"could not stop agent {name}: {exc}")
         # the broker is away or the agent does not answer, but it runs here: signal it
         os.kill(pid, signal.SIGTERM)

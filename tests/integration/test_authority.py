@@ -298,3 +298,58 @@ def test_the_key_commands_keep_agent_keys_apart_from_requesters(tmp_path: Path, 
     monkeypatch.setenv("FTE_REQUESTER", "agent.A1")
     with pytest.raises(ClientError, match="set FTE_REQUESTER to another name"):
         FteClient(env.broker_url).sign(Ping(kind="ping", request_id="p1"), "A1")
+
+
+def _entries(path: Path) -> dict[str, str]:
+    """name -> public key of each line of a trust file."""
+    return {p[0]: p[1] for p in (ln.split() for ln in path.read_text().splitlines()) if p and not p[0].startswith("#")}
+
+
+def test_an_agents_identity_key_cannot_be_trusted_as_a_requester(tmp_path: Path) -> None:
+    """`fte key trust A2 x1 <A1's identity key> -p all` gave an agent's key command rights under another name."""
+    env = FteEnv(tmp_path / "home", "mqtt://127.0.0.1:9")  # nothing here talks to a broker
+    env.create_agent("A1")
+    env.create_agent("A2")
+    a1_key = public_text(load_or_create_agent_key(env.agent_dir("A1")).public_key())
+    trust_file = env.agent_dir("A2") / "authorized_requesters"
+    assert _entries(trust_file)["agent.A1"] == a1_key
+    r = env.run("key", "trust", "A2", "x1", a1_key, "-p", "all")
+    assert r.returncode == 1 and "agent.A1" in r.stderr and "identity key" in r.stderr, str(r)
+    assert "x1" not in _entries(trust_file)
+    # not in the trust file, but the identity key of an agent configured here: refused too
+    trust_file.write_text("".join(ln + "\n" for ln in trust_file.read_text().splitlines()
+                                  if not ln.startswith("agent.A1 ")))
+    r = env.run("key", "trust", "A2", "x1", a1_key, "-p", "transfer")
+    assert r.returncode == 1 and "agent A1" in r.stderr and "identity key" in r.stderr, str(r)
+    assert "x1" not in _entries(trust_file)
+    # and a requester's key is not taken as an agent's
+    requester, key = next((n, k) for n, k in _entries(trust_file).items() if not n.startswith("agent."))
+    r = env.run("key", "trust", "A2", "agent.A9", key, "-p", "transfer")
+    assert r.returncode == 1 and repr(requester) in r.stderr, str(r)
+    assert "agent.A9" not in _entries(trust_file)
+
+
+def test_a_hand_edited_requester_with_an_agents_key_commands_nothing(pair) -> None:
+    """Defence in depth: a trust file edited by hand to list A1's identity key as requester x1 (all
+    permissions): A2 still refuses a command signed with that key."""
+    env, _ = pair
+    identity = load_or_create_agent_key(env.agent_dir("A1"))
+    trust_file = env.agent_dir("A2") / "authorized_requesters"
+    with trust_file.open("a") as f:
+        f.write(f"x1 {public_text(identity.public_key())} all\n")
+    cmd = Ping(kind="ping", request_id="handedit1", reply_to="tester")
+    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "x1", identity,
+                              target="A2")).encode()
+
+    async def go() -> dict:
+        async with aiomqtt.Client(*split_url(env.broker_url), identifier="tester") as c:
+            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
+            await c.publish("SYSTEM.FTE/Commands/A2", payload, qos=1)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    return json.loads(m.payload)
+        raise AssertionError("no reply")
+
+    reply = asyncio.run(go())
+    assert reply["ok"] is False and reply["result_code"] == 53, reply
+    assert "agent.A1" in reply["message"] and "identity key" in reply["message"], reply

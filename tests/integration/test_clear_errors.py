@@ -181,3 +181,20 @@ def test_agents_created_at_once_trust_each_other(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} trust entries lost: {missing[:10]}"
     leftovers = [p.name for p in env.home.rglob("*") if ".tmp" in p.name]
     assert not leftovers, leftovers
+
+
+def test_a_source_the_agent_cannot_stat_is_named_in_words(pair: tuple[FteEnv, Path]) -> None:
+    """An OSError while the source agent lists the sources reached the user as the raw "[Errno 36] File name
+    too long: '...'" with the whole path. Root gets this one too: a link to a deep directory makes a short source
+    path resolve to more than PATH_MAX, which stat() refuses."""
+    env, data = pair
+    deep = data / "in" / "deep"
+    for _ in range(15):
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    (data / "in" / "l").symlink_to(deep)
+    source = str(data / "in" / "l" / "/".join(["e" * 200] * 6) / "f.txt")
+    assert len(source) < 4000 < len(str(deep)) + 1200
+    r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "out"), source, timeout=60)
+    line = one_line(r, "cannot read the sources on agent A1", "File name too long (ENAMETOOLONG)")
+    assert len(line) < 600, line  # the path is shortened, not shown whole

@@ -301,6 +301,25 @@ def test_ping_without_answer_exits_2_within_the_wait(fte1: FteEnv) -> None:
         assert_one_error_line(r, name, "did not answer within 1 s")
 
 
+def test_stop_agent_without_answer_says_what_the_broker_knows(fte1: FteEnv) -> None:
+    """stop-agent on a stopped agent, and on an unknown one: it waits for an answer (a replayed STOPPED must not
+    cut a real stop short), then says what the client knows, the agent's last verified status and its time, or
+    that the agent has none, instead of advising to start what is to be stopped. Exit 2: no answer in time."""
+    fte1.agents["A2"].terminate()
+    st = fte1.wait_status("A2", {"STOPPED"}, timeout=15)
+    r = fte1.run("stop-agent", "A2", "--timeout", "1", timeout=30)
+    assert r.returncode == 2, str(r)
+    line = assert_one_error_line(r, "agent A2 did not answer within 1 s", "its last status (verified) is STOPPED",
+                                 f"published {st['time']}", "nothing to stop")
+    assert "fte-start-agent" not in line, line
+    name = unknown_name()
+    r = fte1.run("stop-agent", name, "--timeout", "1", timeout=30)
+    assert r.returncode == 2, str(r)
+    line = assert_one_error_line(r, f"agent {name} did not answer within 1 s", f"SYSTEM.FTE/Agents/{name}",
+                                 "unknown agent", "fte-list-agents")
+    assert "fte-start-agent" not in line, line
+
+
 def test_sigkill_makes_status_unreachable(fte1: FteEnv) -> None:
     """An agent that dies without a goodbye: the broker publishes its last will, status UNREACHABLE."""
     pid = fte1.agents["A2"].pid

@@ -184,3 +184,22 @@ def test_a_client_elsewhere_believes_an_agent_once_it_trusts_its_key(pair, tmp_p
     assert r.returncode == 53 and "not authorized" in r.stderr, r.stderr  # A1's own answer, now believed
     listing = json.loads(fte("list-agents", "--json", "A1", "A2").stdout)
     assert listing["A1"]["verified"] is True and listing["A2"]["verified"] is False
+
+
+def test_show_agent_details_says_the_status_on_the_topic_is_not_one(tmp_path: Path, mosquitto) -> None:
+    """Garbage retained on an agent's status topic, or a status of another agent: not "no status", which sends
+    the user looking for a typo, but what is there and that it was ignored, without -v, non-zero exit."""
+    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    name = "EVIL" + secrets.token_hex(3).upper()
+    topic = f"SYSTEM.FTE/Agents/{name}"
+    other = {"agent": "A1", "status": "READY", "time": utc_now()}
+    try:
+        for payload, why in ((b"\x00garbage", "not JSON"), (json.dumps(other).encode(), "a status of agent A1")):
+            publish(env, topic, payload, retain=True)
+            r = env.run("show-agent-details", name, timeout=60)
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.returncode == 1 and len(lines) == 1, str(r)
+            assert f"the status on {topic} is not a valid agent status" in lines[0], str(r)
+            assert why in lines[0] and "ignored" in lines[0] and "no status on" not in lines[0], str(r)
+    finally:
+        publish(env, topic, b"", retain=True)
