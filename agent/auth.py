@@ -291,6 +291,21 @@ def trust(agent_dir: Path, name: str, public: str, permissions: str = "all") -> 
     return path
 
 
+def untrust(agent_dir: Path, name: str) -> bool:
+    """Remove a requester (or an agent key, agent.NAME) from an agent's trust file; False if it was not there.
+    Under the same lock as trust(); the agent re-reads the file when it changes, so it obeys no more at once."""
+    path = agent_dir / TRUST_FILE
+    with locked(agent_dir):
+        if not path.exists():
+            return False
+        lines = path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
+        if len(kept) == len(lines):
+            return False
+        write_atomic(path, ("\n".join(kept) + "\n").encode(), _mode_of(path, 0o644))
+    return True
+
+
 class NonceLedger(Protocol):
     """Where an agent remembers the nonces of the commands it accepted, until they expire."""
 

@@ -608,6 +608,23 @@ def key_trust(
     out.print(f"{agent} now obeys {name} ({permissions}); {path}")
 
 
+@key_app.command("untrust")
+def key_untrust(
+    agent: str = typer.Argument(..., help="The agent (configured under $FTE_CONFIG_HOME)."),
+    name: str = typer.Argument(..., help="The requester (or agent.NAME) it stops trusting."),
+) -> None:
+    """Stop an agent obeying a requester (or taking part in transfers with agent NAME, given as agent.NAME)."""
+    from agent.auth import TRUST_FILE, untrust
+    from agent.settings import agent_dir
+
+    d = agent_dir(agent)
+    if not (d / "agent.properties").exists():
+        fail(f"agent {agent} is not configured here ({d}); see the agents with fte-list-agents")
+    if not untrust(d, name):
+        fail(f"{name} is not in {d / TRUST_FILE}; see who {agent} trusts with: fte key list {agent}")
+    out.print(f"{agent} no longer trusts {name} (at once: a running agent re-reads {d / TRUST_FILE})")
+
+
 @key_app.command("trust-agent")
 def key_trust_agent(
     agent: str = typer.Argument(..., help="The agent, as NAME or agent.NAME (as fte key show --agent prints it)."),

@@ -80,6 +80,23 @@ def test_trusted_requester_gets_only_its_permissions(pair) -> None:
     assert env.run("ping-agent", "A1").returncode == 0
 
 
+def test_an_untrusted_requester_is_obeyed_no_more_at_once(pair) -> None:
+    """fte key untrust, which the trust file's header names: the running agent refuses the requester's next
+    command (53) without a restart; an unknown name is one clear line."""
+    env, _ = pair
+    key = ensure_key(env.home, "carol")
+    assert env.run("key", "trust", "A1", "carol", public_text(key.public_key()), "-p", "all").returncode == 0
+    r = run_as(env, "carol", "ping-agent", "A1")
+    assert r.returncode == 0, str(r)
+    r = env.run("key", "untrust", "A1", "carol")
+    assert r.returncode == 0 and "no longer trusts carol" in r.stdout, str(r)
+    r = run_as(env, "carol", "ping-agent", "A1")
+    assert r.returncode == 53 and "not trusted" in r.stderr, str(r)
+    again = env.run("key", "untrust", "A1", "carol")
+    assert again.returncode == 1 and "carol is not in" in again.stderr and "fte key list A1" in again.stderr, str(again)
+    assert env.run("ping-agent", "A1").returncode == 0  # the others are still obeyed
+
+
 def test_replayed_command_is_refused(pair) -> None:
     env, data = pair
     (data / "in" / "f.txt").write_text("once")
