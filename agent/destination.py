@@ -19,6 +19,7 @@ from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
 from .fileio import write_all, write_failed
+from .durability import GROUP, fsync_and_close
 from .fsops import ConfinedDirs, split
 from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply)
@@ -237,8 +238,9 @@ class DestinationTransfer:
                                      offset=f.offset, rewind=True))
 
     async def on_bundle(self, bundle: Bundle) -> None:
-        """Whole small files in one frame: each is written to its part file and verified; then all are marked
-        verified in one commit, renamed, marked done in one commit, and answered in one FileResults."""
+        """Whole small files in one frame: each is written to its part file and verified; their part files are
+        fsynced together (agent/durability.py); then all are marked verified in one commit, renamed, the
+        directories fsynced, marked done in one commit, and answered in one FileResults."""
         self.last_activity = time.monotonic()
         if bundle.epoch != self.epoch:
             return
@@ -246,35 +248,35 @@ class DestinationTransfer:
         exist_error = self.rec.header.get("exist") == "error"
         verified: list[FileRecord] = []
         answered: list[FileRecord] = []
-        for entry in bundle.entries:
-            f = self.files.get(entry.index)
-            if f is None or f.status != "ready" or len(entry.data) != f.size:
-                continue  # not expected (any more): a resync will tell the source where this file stands
-            part = part_path(f.destination)
-            try:
-                self._close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
-                fd = self.dirs.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, create_dirs=True)
-                self._opened.add(f.index)
+        # written and checked, their part files still open: made durable together (agent/durability.py)
+        unsynced: list[tuple[FileRecord, int]] = []
+        try:
+            for entry in bundle.entries:
+                f = self.files.get(entry.index)
+                if f is None or f.status != "ready" or len(entry.data) != f.size:
+                    continue  # not expected (any more): a resync will tell the source where this file stands
                 try:
-                    write_all(fd, entry.data, 0)  # every byte, or the OSError (a full disk writes short first)
+                    fd, actual = self._write_part(f, entry.data, entry.digest, algo, exist_error)
+                    f.offset, f.digest = f.size, actual
                     if self.fsync:
-                        os.fsync(fd)  # durable before it is reported done
-                finally:
-                    os.close(fd)
-                actual = None if algo == "none" else hashlib.new(algo, entry.data).hexdigest()
-                if entry.digest and actual != entry.digest:
-                    raise ValueError(f"digest mismatch: the source sent {algo} {entry.digest}, "
-                                     f"the destination computed {actual}")
-                if exist_error and self.dirs.lstat(f.destination) is not None:
-                    raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
-                f.offset, f.status, f.digest = f.size, "renaming", actual
-                verified.append(f)
-            except (OSError, ValueError) as exc:
-                self._fail(f, exc)
-                answered.append(f)
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.bytes_received += len(entry.data)
-            self.hashers.pop(f.index, None)
+                        unsynced.append((f, fd))
+                    else:
+                        os.close(fd)
+                        f.status = "renaming"
+                        verified.append(f)
+                except (OSError, ValueError) as exc:
+                    self._fail(f, exc)
+                    answered.append(f)
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.bytes_received += len(entry.data)
+                self.hashers.pop(f.index, None)
+                if len(unsynced) >= GROUP:
+                    await self._sync_group(unsynced, verified, answered)
+        except BaseException:
+            for _, fd in unsynced:  # an unexpected error: not left open
+                os.close(fd)
+            raise
+        await self._sync_group(unsynced, verified, answered)
         # as in _finalize: "verified" is saved before the renames, so that a crash between them is finished
         # by the restart rather than turned into "already exists" when the source sends the file again
         self._save(verified + answered)
@@ -309,6 +311,43 @@ class DestinationTransfer:
             await self._send(FileResults(kind="file_results", transfer_id=self.tid, results=[
                 FileOutcome.model_construct(index=f.index, result_code=f.result_code, supplement=f.supplement,
                                             destination=f.destination, digest=f.digest) for f in answered]))
+
+    def _write_part(self, f: FileRecord, data: bytes, digest: str | None, algo: str,
+                    exist_error: bool) -> tuple[int, str | None]:
+        """Write a bundle's file whole to its part file and check it: the descriptor, still open (not yet
+        fsynced), and the digest computed."""
+        self._close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
+        fd = self.dirs.open(part_path(f.destination), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644,
+                            create_dirs=True)
+        self._opened.add(f.index)
+        try:
+            write_all(fd, data, 0)  # every byte, or the OSError (a full disk writes short first)
+            actual = None if algo == "none" else hashlib.new(algo, data).hexdigest()
+            if digest and actual != digest:
+                raise ValueError(f"digest mismatch: the source sent {algo} {digest}, "
+                                 f"the destination computed {actual}")
+            if exist_error and self.dirs.lstat(f.destination) is not None:
+                raise FileExistsError(f'BFGIO0006E: File "{f.destination}" already exists.')
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, actual
+
+    async def _sync_group(self, unsynced: list[tuple[FileRecord, int]], verified: list[FileRecord],
+                          answered: list[FileRecord]) -> None:
+        """fsync these written part files together, and close them: each durable one is verified (to be
+        renamed), each that failed is failed (its part file removed). Empties `unsynced`."""
+        if not unsynced:
+            return
+        group, unsynced[:] = unsynced[:], []  # handed over: fsync_and_close closes them, even if cancelled
+        errors = await fsync_and_close([fd for _, fd in group])  # durable before renamed and reported done
+        for (f, _), error in zip(group, errors):
+            if error is None:
+                f.status = "renaming"
+                verified.append(f)
+            else:
+                self._fail(f, error)
+                answered.append(f)
 
     def _save(self, files: list[FileRecord]) -> None:
         """Save these file rows, with the renamed bundle files not saved yet, in one commit."""

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fsync.py [--files 1000] [--size 4096] [--big-mib 64] [--runs 2]
 
-One Mosquitto, two agent pairs (one per setting), the same data each time: a tree of small files (the case
+One Mosquitto, two agent pairs (one per setting, both running, taking turns), the same data each time: a tree of small files (the case
 where one fsync per file shows) and one bigger file. The baseline is what a careful script does to get the
 same guarantee: `cp -r` then `sync` of every copied file (GNU coreutils' `sync FILE` fsyncs that file).
 Prints a Markdown table (the figures in docs/performance.md, "Durability (fsync)").
@@ -11,6 +11,7 @@ Prints a Markdown table (the figures in docs/performance.md, "Durability (fsync)
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,30 +52,36 @@ def main(argv: list[str] | None = None) -> int:
         make_random_file(big, args.big_mib * MiB)
         broker = MosquittoProcess(workdir=w / "mosquitto")
         broker.start()
-        rows: dict[str, dict[str, list[float]]] = {}
+        labels = {True: "fte, agentFsync=true (default)", False: "fte, agentFsync=false"}
+        rows: dict[str, dict[str, list[float]]] = {labels[on]: {"tree": [], "big": []} for on in (True, False)}
+        rows["cp + sync FILE (baseline)"] = {"tree": [], "big": []}
+        pairs: dict[bool, Pair] = {}
         try:
-            for label, on in (("fte, agentFsync=true (default)", True), ("fte, agentFsync=false", False)):
-                times: dict[str, list[float]] = {"tree": [], "big": []}
-                with Pair(w / f"home-{on}", broker.url, data, {"agentFsync": str(on).lower()}) as pair:
-                    for r in range(args.runs):
-                        dest = data / f"out-{on}-{r}"
-                        res = pair.submit([tree_transfer(tree, dest)], timeout=600)
-                        check_results(res)
-                        ok, why = tree_matches(dest / tree.name, digests)
-                        if not ok:
-                            raise SystemExit(f"the tree differs: {why}")
-                        times["tree"].append(res["transfers"][0]["seconds"])
-                        res = pair.submit([file_transfer(big, dest / "big.bin")], timeout=600)
-                        check_results(res)
-                        times["big"].append(res["transfers"][0]["seconds"])
-                        remove(dest)
-                rows[label] = times
-            times = {"tree": [], "big": []}
+            # both pairs up at once and the order alternating between runs: machine noise hits both alike
+            for on, names in ((True, ("A1", "A2")), (False, ("A3", "A4"))):
+                pairs[on] = Pair(w / f"home-{on}", broker.url, data, {"agentFsync": str(on).lower()},
+                                 names=names).start()
             for r in range(args.runs):
+                for on in ((True, False) if r % 2 == 0 else (False, True)):
+                    times = rows[labels[on]]
+                    dest = data / f"out-{on}-{r}"
+                    res = pairs[on].submit([tree_transfer(tree, dest)], timeout=600)
+                    check_results(res)
+                    ok, why = tree_matches(dest / tree.name, digests)
+                    if not ok:
+                        raise SystemExit(f"the tree differs: {why}")
+                    times["tree"].append(res["transfers"][0]["seconds"])
+                    res = pairs[on].submit([file_transfer(big, dest / "big.bin")], timeout=600)
+                    check_results(res)
+                    times["big"].append(res["transfers"][0]["seconds"])
+                    remove(dest)
+                times = rows["cp + sync FILE (baseline)"]
                 times["tree"].append(cp_and_sync(tree, data / "cp-tree"))
                 times["big"].append(cp_and_sync(big, data / "cp-big.bin"))
-            rows["cp + sync FILE (baseline)"] = times
+            load = os.getloadavg()
         finally:
+            for pair in pairs.values():
+                pair.stop()
             broker.stop()
     out = []
     for label, t in rows.items():
@@ -83,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                     fmt(bg, 2, " s"), fmt(args.big_mib * MiB / bg / MB if bg else None, 0, " MB/s")])
     info = machine_info()
     print(table(["", f"{args.files} x {args.size} B files", "files/s", f"{args.big_mib} MiB file", "MB/s"], out))
-    print(f"\nMedian of {args.runs} runs; {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
+    print(f"\nMedian of {args.runs} runs (the two settings interleaved); load average {load[0]:.2f} "
+          f"{load[1]:.2f} {load[2]:.2f} at the end; {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}, "
           f"Mosquitto {info['mosquitto']}, commit {info['commit']}.")
     return 0
 

@@ -125,10 +125,10 @@ class Bench:
             self._files[size] = (path, make_random_file(path, size))
         return self._files[size]
 
-    def pair(self, url: str | None = None, **properties: Any) -> Pair:
+    def pair(self, url: str | None = None, names: tuple[str, str] = ("A1", "A2"), **properties: Any) -> Pair:
         self._homes += 1
         assert url or self.broker
-        return Pair(self.w / f"home{self._homes}", url or self.broker.url, self.data, properties)
+        return Pair(self.w / f"home{self._homes}", url or self.broker.url, self.data, properties, names=names)
 
     def mosquitto(self) -> MosquittoProcess:
         if self.broker is None or not self.broker.is_running:
@@ -280,8 +280,13 @@ class Bench:
         log(f"small: making {cfg.small_count} × {human_bytes(cfg.small_size)} files")
         digests = make_tree(tree, cfg.small_count, cfg.small_size)
         has_rsync = bool(shutil_which("rsync"))
+        # rsync >= 3.2.4 can fsync every file it writes: the baseline with the agent's guarantee
+        rsync_fsync = has_rsync and "--fsync" in subprocess.run(["rsync", "--help"], capture_output=True,
+                                                                 text=True).stdout
         proj: list[float | None] = []
+        proj_nosync: list[float | None] = []  # agentFsync=false: what the durability costs
         rs: list[float | None] = []
+        rs_fsync: list[float | None] = []
         cp: list[float | None] = []
         # Each copy goes to a directory of its own, and none is removed before the section ends: ext4 skips
         # inodes freed in the last 60-300 s when it allocates one (ialloc.c, recently_deleted), so a tool run
@@ -295,24 +300,35 @@ class Bench:
             copies.append(d)
             return d
 
-        def project() -> None:
-            dest = fresh("project")
-            log(f"small: run {r + 1}/{cfg.runs}: project (-dd DIR -r SRC_DIR, {cfg.small_count} files)")
-            res = pair.submit([tree_transfer(tree, dest)], timeout=max(600.0, cfg.small_count * 0.5))
+        def transfer(p: Pair, name: str, times: list[float | None]) -> None:
+            dest = fresh(name)
+            log(f"small: run {r + 1}/{cfg.runs}: {name} (-dd DIR -r SRC_DIR, {cfg.small_count} files)")
+            res = p.submit([tree_transfer(tree, dest)], timeout=max(600.0, cfg.small_count * 0.5))
             check_results(res)
             ok, why = tree_matches(dest / tree.name, digests)
             if not ok:
                 raise BenchError(f"the transferred tree differs: {why}")
-            proj.append(res["transfers"][0]["seconds"])
+            times.append(res["transfers"][0]["seconds"])
+
+        def project() -> None:
+            transfer(pair, "project", proj)
+
+        def project_nosync() -> None:
+            transfer(nosync, "project-nofsync", proj_nosync)
+
+        def rsync_with(options: list[str], times: list[float | None]) -> None:
+            dest = fresh("rsync")
+            log(f"small: rsync {' '.join(options)}")
+            times.append(timed_command(["rsync", *options, str(tree), str(dest) + "/"]))
+            ok, why = tree_matches(dest / tree.name, digests)
+            if not ok:
+                raise BenchError(f"rsync's copy differs: {why}")
 
         def rsync() -> None:
             if has_rsync:
-                dest = fresh("rsync")
-                log("small: rsync -a")
-                rs.append(timed_command(["rsync", "-a", str(tree), str(dest) + "/"]))
-                ok, why = tree_matches(dest / tree.name, digests)
-                if not ok:
-                    raise BenchError(f"rsync's copy differs: {why}")
+                rsync_with(["-a"], rs)
+            if rsync_fsync:
+                rsync_with(["-a", "--fsync"], rs_fsync)
 
         def cp_r() -> None:
             dest = fresh("cp")
@@ -320,31 +336,43 @@ class Bench:
             cp.append(timed_command(["cp", "-r", str(tree), str(dest)]))
 
         try:
-            with self.pair() as pair:
+            with self.pair() as pair, self.pair(agentFsync="false", names=("A3", "A4")) as nosync:
                 for r in range(cfg.runs):
-                    for step in ((project, rsync, cp_r) if r % 2 == 0 else (rsync, cp_r, project)):
+                    steps = (project, project_nosync, rsync, cp_r)
+                    for step in (steps if r % 2 == 0 else steps[::-1]):
                         step()
         finally:
             for d in copies:
                 remove(d)
-        log(f"small: seconds per run: project {[round(x, 2) for x in proj if x]}, rsync {[round(x, 2) for x in rs]}, "
-            f"cp {[round(x, 2) for x in cp]}")
-        m_p, m_r, m_c = median(proj), median(rs), median(cp)
+        def rounded(xs: list[float | None]) -> list[float]:
+            return [round(x, 2) for x in xs if x]
+
+        log(f"small: seconds per run: project {rounded(proj)}, agentFsync=false {rounded(proj_nosync)}, "
+            f"rsync {rounded(rs)}, rsync --fsync {rounded(rs_fsync)}, cp {rounded(cp)}")
+        m_p, m_n, m_r, m_rf, m_c = median(proj), median(proj_nosync), median(rs), median(rs_fsync), median(cp)
         total = cfg.small_count * cfg.small_size
-        s.data.update(project=m_p, rsync=m_r, cp=m_c)
+
+        def row(label: str, m: float | None) -> list[str]:
+            return [label, fmt(m, 2), fmt(mbps(total, m), 2), fmt(cfg.small_count / m if m else None, 0),
+                    fmt_ratio(ratio(m_p, m))]
+
+        s.data.update(project=m_p, project_nofsync=m_n, rsync=m_r, rsync_fsync=m_rf, cp=m_c)
         rows = [
-            ["**mqtt-fte** one transfer, `-dd DIR -r SRC_DIR`", fmt(m_p, 2), fmt(mbps(total, m_p), 2),
-             fmt(cfg.small_count / m_p if m_p else None, 0), "1.00×"],
-            ["`rsync -a`", fmt(m_r, 2) if has_rsync else "rsync not installed", fmt(mbps(total, m_r), 2),
-             fmt(cfg.small_count / m_r if m_r else None, 0), fmt_ratio(ratio(m_p, m_r))],
-            ["`cp -r`", fmt(m_c, 2), fmt(mbps(total, m_c), 2), fmt(cfg.small_count / m_c if m_c else None, 0),
-             fmt_ratio(ratio(m_p, m_c))],
+            row("**mqtt-fte** one transfer, `-dd DIR -r SRC_DIR`", m_p)[:4] + ["1.00×"],
+            row("mqtt-fte, the same with `agentFsync=false`", m_n),
+            row("`rsync -a` (no fsync)", m_r) if has_rsync else ["`rsync -a`", "rsync not installed", "", "", ""],
+            row("`rsync -a --fsync` (every file fsynced)", m_rf) if rsync_fsync else
+            ["`rsync -a --fsync`", "this rsync has no --fsync (3.2.4 or later)", "", "", ""],
+            row("`cp -r` (no fsync)", m_c),
         ]
         s.markdown = "\n".join([
             table(["measurement", "seconds", "MB/s", "files/s", "mqtt-fte time ÷ this"], rows),
             "",
-            f"- **project time / rsync time = {fmt(ratio(m_p, m_r), 1)}×** (target ≤ 2×); "
-            f"{fmt((m_p or 0) / cfg.small_count * 1000, 2)} ms per file.",
+            "- mqtt-fte with `agentFsync=true`, the default: every file fsynced before it is reported done.",
+            f"- **project time / rsync time = {fmt(ratio(m_p, m_r), 1)}×** (target ≤ 2×; rsync does not fsync); "
+            f"{fmt((m_p or 0) / cfg.small_count * 1000, 2)} ms per file. With the same guarantee on both sides: "
+            f"project / `rsync -a --fsync` = {fmt(ratio(m_p, m_rf), 1)}×; without it: project with "
+            f"`agentFsync=false` / `rsync -a` = {fmt(ratio(m_n, m_r), 1)}×.",
         ])
 
     # ---------------------------------------------------------------- concurrency

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,54 @@ def test_a_bundle_written_short_to_a_full_disk_is_not_renamed_into_place(tmp_pat
         assert sorted(os.listdir(disk)) == ["filler"]
     finally:
         mount.__exit__(None, None, None)
+
+
+def test_a_bundles_part_files_are_fsynced_together_each_before_its_rename(tmp_path: Path, monkeypatch: Any) -> None:
+    """The part files of a bundle are fsynced concurrently, off the event loop (agent/durability.py: one
+    journal commit serves many), and the guarantee per file holds: fsync of its part file, then its rename,
+    then the fsync of the directory, then the answer. Before: fsynced one after the other in the event
+    loop (the first fsync waited at the barrier for a second that never came)."""
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    overlap = threading.Barrier(2, timeout=5)
+    waited = [0]
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        with lock:
+            first_two = path.endswith(".part") and waited[0] < 2
+            waited[0] += first_two
+        if first_two:
+            overlap.wait()  # both part files are in their fsync at once
+        real_fsync(fd)
+        with lock:
+            events.append(("fsync", path))
+
+    def rename(src: str, dst: str, **kw: Any) -> None:
+        real_rename(src, dst, **kw)
+        with lock:
+            events.append(("rename", src))
+
+    sent: list[dict[str, Any]] = []
+    ctx = _context(tmp_path, sent)
+    publish = ctx.publish
+
+    async def recording(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        with lock:
+            events.append(("send", json.loads(payload)["kind"]))
+        await publish(topic, payload, qos, retain)
+
+    ctx.publish = recording
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    tid = new_transfer_id()
+    out = tmp_path / "out"
+    asyncio.run(_bundle_delivered(ctx, tid, out))
+    assert [p.read_bytes() for p in sorted(out.iterdir())] == CONTENTS
+    answer = events.index(("send", "file_results"))
+    dir_synced = events.index(("fsync", str(out)))
+    for i in range(len(CONTENTS)):
+        synced = events.index(("fsync", f"{out}/f{i}.part"))
+        renamed = events.index(("rename", f"f{i}.part"))
+        assert synced < renamed < dir_synced < answer, events
