@@ -119,11 +119,15 @@ class DestinationTransfer:
                 try:
                     if self.dirs.lstat(part) is not None:
                         self._sync_path(part)
-                        self.dirs.rename(part, f.destination)
+                        self._rename_into_place(part, f.destination)
                         self._sync_dir(f.destination)
                     f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
                 except OSError as exc:
                     f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+                    try:
+                        self.dirs.unlink(part)  # a failed file leaves no part file (BFGIO0006E: theirs is kept)
+                    except OSError:
+                        pass
                 ctx.store.save_file(self.tid, "destination", f)
 
     # ------------------------------------------------------------------ creation
@@ -284,7 +288,7 @@ class DestinationTransfer:
         renamed_into: dict[str, list[FileRecord]] = {}
         for f in verified:
             try:
-                self.dirs.rename(part_path(f.destination), f.destination)
+                self._rename_into_place(part_path(f.destination), f.destination)
                 renamed_into.setdefault(split(f.destination)[0], []).append(f)
             except (OSError, ValueError) as exc:
                 self._fail(f, exc, "rename to")
@@ -522,7 +526,7 @@ class DestinationTransfer:
             # save cannot turn a delivered file into "already exists" when the source resends it
             f.status, f.digest = "renaming", actual
             self.ctx.store.save_file(self.tid, "destination", f)
-            self.dirs.rename(part, f.destination)
+            self._rename_into_place(part, f.destination)
             self._sync_dir(f.destination)
             f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
         except (OSError, ValueError) as exc:
@@ -536,6 +540,18 @@ class DestinationTransfer:
                                     result_code=f.result_code, supplement=f.supplement,
                                     destination=f.destination, digest=f.digest))
         return True
+
+    def _rename_into_place(self, part: str, destination: str) -> None:
+        """The part file renamed to its destination. With -de error an existing destination is never replaced,
+        atomically (agent.fsops.rename_noreplace): it was checked when the transfer started and again just
+        before, but a file created between that check and a plain rename would be overwritten."""
+        if self.rec.header.get("exist") != "error":
+            self.dirs.rename(part, destination)
+            return
+        try:
+            self.dirs.rename(part, destination, replace=False)
+        except FileExistsError:
+            raise FileExistsError(f'BFGIO0006E: File "{destination}" already exists.') from None
 
     def _sync_path(self, path: str) -> None:
         """fsync a file this session did not write itself (a part file of an earlier process)."""

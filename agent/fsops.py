@@ -18,6 +18,7 @@ followed where it was not before (part files, destinations).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -32,6 +33,34 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # Open directory descriptors kept per transfer set; the oldest is closed beyond this (and opened again by a
 # walk if it is needed again). Far below the usual limit of 1024 descriptors per process.
 DIR_FDS = 64
+RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def _load_renameat2() -> object | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28 and later
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Rename `src` to `dst` (relative to their directory descriptors) unless `dst` exists: FileExistsError
+    then, and nothing changed. renameat2(RENAME_NOREPLACE) where the C library and the file system have it
+    (os has no wrapper); otherwise a hard link (which never replaces) and the removal of the old name."""
+    if _renameat2 is not None:
+        if _renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), RENAME_NOREPLACE) == 0:  # type: ignore[operator]
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # EINVAL: the file system lacks the flag
+            raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+    os.unlink(src, dir_fd=src_dir)
 
 
 def split(path: str) -> tuple[str, str]:
@@ -166,12 +195,18 @@ class ConfinedDirs:
             d, name = self._leaf(path)
             os.unlink(name, dir_fd=d)
 
-    def rename(self, src: str, dst: str) -> None:
-        """Rename (replacing `dst`), both relative to their directories' descriptors."""
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        """Rename, both relative to their directories' descriptors. With replace=False an existing `dst` is
+        never replaced, atomically (FileExistsError): `-de error` checks that the destination does not exist
+        when the transfer starts and again before the rename, but a file created between that check and a
+        plain rename would be overwritten."""
         with self._lock:
             sd, sname = self._leaf(src)
             dd, dname = self._leaf(dst)
-            os.rename(sname, dname, src_dir_fd=sd, dst_dir_fd=dd)
+            if replace:
+                os.rename(sname, dname, src_dir_fd=sd, dst_dir_fd=dd)
+            else:
+                rename_noreplace(sd, sname, dd, dname)
 
     def fsync_dir(self, directory: str) -> None:
         """Make the directory's entries (a rename into it) durable."""

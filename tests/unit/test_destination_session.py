@@ -246,3 +246,39 @@ def test_a_bundles_part_files_are_fsynced_together_each_before_its_rename(tmp_pa
         synced = events.index(("fsync", f"{out}/f{i}.part"))
         renamed = events.index(("rename", f"f{i}.part"))
         assert synced < renamed < dir_synced < answer, events
+
+
+def test_with_de_error_a_file_created_just_before_the_rename_is_never_replaced(tmp_path: Path,
+                                                                                monkeypatch: Any) -> None:
+    """-de error: the destination is checked when the transfer starts and again before the rename; a file that
+    another process creates between that check and the rename (here: while the part files are fsynced) is
+    kept as it is, and the transfer's file fails with BFGIO0006E, its part file removed. Before: a plain
+    rename replaced it."""
+    out = tmp_path / "out"
+    theirs = out / "f1"
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("f1.part") and not theirs.exists():
+            theirs.write_bytes(b"another process wrote this")
+
+    sent: list[dict[str, Any]] = []
+    ctx = _context(tmp_path, sent)
+    monkeypatch.setattr(os, "fsync", fsync)
+    tid = new_transfer_id()
+
+    async def run() -> None:
+        resync = _resync(tid, out).model_copy(update={"exist": "error"})
+        dest = DestinationTransfer.accept(ctx, resync)
+        await dest.on_resync(resync)
+        await dest.on_bundle(_bundle())
+        await _settle(dest)
+
+    asyncio.run(run())
+    assert theirs.read_bytes() == b"another process wrote this"
+    assert (out / "f0").read_bytes() == CONTENTS[0] and (out / "f2").read_bytes() == CONTENTS[2]
+    assert not list(out.glob("*.part"))
+    results = {r["index"]: r for r in sent[-1]["results"]}
+    assert results[1]["result_code"] != 0 and "BFGIO0006E" in results[1]["supplement"], results
+    assert results[0]["result_code"] == 0 and results[2]["result_code"] == 0, results

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.destination import NAME_MAX, PART_SUFFIX, part_name, part_path
+from agent import fsops
 from agent.fsops import ConfinedDirs
 from agent.sandbox import Sandbox, SandboxError
 
@@ -182,3 +183,39 @@ def test_a_part_file_of_a_255_byte_name_can_be_created(tmp_path: Path) -> None:
     d.rename(part_path(str(tmp_path / name)), str(tmp_path / name))
     d.close()
     assert (tmp_path / name).is_file()
+
+
+def test_a_rename_that_must_not_replace_never_does(dirs: ConfinedDirs, layout: tuple[Path, Path]) -> None:
+    """-de error: a file that appears at the destination between the check and the rename is kept, and the
+    part file stays for the cleanup; without an existing file the rename happens."""
+    inside, _ = layout
+    part, dest = inside / "f.part", inside / "f"
+    part.write_text("new")
+    dest.write_text("someone else's")
+    with pytest.raises(FileExistsError):
+        dirs.rename(str(part), str(dest), replace=False)
+    assert dest.read_text() == "someone else's" and part.read_text() == "new"
+    dest.unlink()
+    dirs.rename(str(part), str(dest), replace=False)
+    assert dest.read_text() == "new" and not part.exists()
+
+
+def test_the_link_fallback_never_replaces_either(tmp_path: Path) -> None:
+    """Where renameat2 is missing (or the file system lacks RENAME_NOREPLACE): a hard link, then the unlink."""
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            os.link("a", "b", src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        saved, fsops._renameat2 = fsops._renameat2, None
+        try:
+            with pytest.raises(FileExistsError):
+                fsops.rename_noreplace(fd, "a", fd, "b")
+            fsops.rename_noreplace(fd, "a", fd, "c")
+        finally:
+            fsops._renameat2 = saved
+    finally:
+        os.close(fd)
+    assert (tmp_path / "b").read_text() == "b" and (tmp_path / "c").read_text() == "a"
+    assert not (tmp_path / "a").exists()
