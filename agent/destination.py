@@ -501,7 +501,9 @@ class DestinationTransfer:
         synced = False
         if self.fsync and f.index in self.fds:
             try:
-                os.fsync(self.fds[f.index])  # durable before the rename (a crash cannot leave a torn file)
+                # durable before the rename (a crash cannot leave a torn file); in a thread: the fsync of a big
+                # file can take seconds, in which the agent's other tasks (commands, status, the link) go on
+                await asyncio.to_thread(os.fsync, self.fds[f.index])
                 synced = True
             except OSError:
                 pass  # fsync again below, failing the file with the reason
