@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+from typing import Any
 from pathlib import Path
 
 import aiomqtt
@@ -34,6 +35,23 @@ def run_as(env: FteEnv, requester: str, verb: str, *args: str) -> Result:
     cmd = [script(verb), *args]
     p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+
+def signed_reply(env: FteEnv, cmd: Any, requester: str, key: Any, target: str = "A2") -> dict:
+    """`cmd` signed as `requester` with `key`, published on `target`'s command topic by a raw client; its reply."""
+    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), requester, key,
+                              target=target)).encode()
+
+    async def go() -> dict:
+        async with aiomqtt.Client(*split_url(env.broker_url), identifier="tester") as c:
+            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
+            await c.publish(f"SYSTEM.FTE/Commands/{target}", payload, qos=1)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    return json.loads(m.payload)
+        raise AssertionError("no reply")
+
+    return asyncio.run(go())
 
 
 def sha(p: Path) -> str:
@@ -281,19 +299,7 @@ def test_an_agents_identity_key_is_not_a_requester(pair) -> None:
                                             destination=str(data / "out" / "stolen.txt"), destination_type="file")])
     cmd = CreateTransfer(kind="create_transfer", request_id="identity1", reply_to="tester",
                          transfer_id=new_transfer_id(), spec=spec)
-    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "agent.A1", identity,
-                              target="A2")).encode()
-
-    async def go() -> dict:
-        async with aiomqtt.Client(*split_url(env.broker_url), identifier="tester") as c:
-            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
-            await c.publish("SYSTEM.FTE/Commands/A2", payload, qos=1)
-            async with asyncio.timeout(10):
-                async for m in c.messages:
-                    return json.loads(m.payload)
-        raise AssertionError("no reply")
-
-    reply = asyncio.run(go())
+    reply = signed_reply(env, cmd, "agent.A1", identity)
     assert reply["ok"] is False and reply["result_code"] == 53, reply
     assert "identity key" in reply["message"], reply
     assert not (data / "out" / "stolen.txt").exists()
@@ -355,18 +361,6 @@ def test_a_hand_edited_requester_with_an_agents_key_commands_nothing(pair) -> No
     with trust_file.open("a") as f:
         f.write(f"x1 {public_text(identity.public_key())} all\n")
     cmd = Ping(kind="ping", request_id="handedit1", reply_to="tester")
-    payload = json.dumps(sign(json.loads(cmd.model_dump_json(exclude_none=True)), "x1", identity,
-                              target="A2")).encode()
-
-    async def go() -> dict:
-        async with aiomqtt.Client(*split_url(env.broker_url), identifier="tester") as c:
-            await c.subscribe("SYSTEM.FTE/Replies/tester", qos=1)
-            await c.publish("SYSTEM.FTE/Commands/A2", payload, qos=1)
-            async with asyncio.timeout(10):
-                async for m in c.messages:
-                    return json.loads(m.payload)
-        raise AssertionError("no reply")
-
-    reply = asyncio.run(go())
+    reply = signed_reply(env, cmd, "x1", identity)
     assert reply["ok"] is False and reply["result_code"] == 53, reply
     assert "agent.A1" in reply["message"] and "identity key" in reply["message"], reply
