@@ -140,7 +140,7 @@ class Agent:
         })
         self.monitors: dict[str, tuple[MonitorRunner, asyncio.Task[None]]] = {}
         self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,
-                                   lambda rows: self._retain(f"{self.topics.prefix}/Scheduler/{self.name}",
+                                   lambda rows: self._retain(self.topics.schedules(self.name),
                                                              json.dumps({"agent": self.name, "time": utc_now(),
                                                                          "schedules": rows}).encode()))
         self.agent_home = agent_home or agent_dir_of(settings)
@@ -167,8 +167,8 @@ class Agent:
                             retain=True)
         self.link = BrokerLink(
             self.addr, client_id=f"fte-agent-{self.name}",
-            subscriptions=[self.topics.commands(self.name), f"{self.topics.prefix}/Data/{self.name}/+",
-                           f"{self.topics.prefix}/Control/{self.name}/+", self.topics.all_agent_status()],
+            subscriptions=[self.topics.commands(self.name), self.topics.data_filter(self.name),
+                           self.topics.control_filter(self.name), self.topics.all_agent_status()],
             on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
             keepalive=settings.brokerKeepalive, will=will, before_up=self._check_broker,
             not_up=self._connection_failed, urgent=self._on_arrival)
@@ -869,7 +869,7 @@ class Agent:
         if cmd.kind == "delete_monitor":
             self._stop_monitor_task(cmd.name)
             self.store.delete_monitor(cmd.name)
-            self._retain(self.topics.prefix + f"/Monitors/{self.name}/{cmd.name}", b"")
+            self._retain(self.topics.monitors(self.name, cmd.name), b"")
             self._monitor_event(cmd.name, "deleted", {"message": f"monitor {cmd.name} deleted"})
             return {"monitor": cmd.name, "state": "deleted"}
         if cmd.kind == "stop_monitor":
@@ -909,7 +909,7 @@ class Agent:
 
     def _publish_monitor(self, spec: MonitorSpec, state: str) -> None:
         view = self._monitor_view(spec.name, json.loads(spec.model_dump_json()), state)
-        self._retain(self.topics.prefix + f"/Monitors/{self.name}/{spec.name}", json.dumps(view).encode())
+        self._retain(self.topics.monitors(self.name, spec.name), json.dumps(view).encode())
 
     def _retain(self, topic: str, payload: bytes) -> None:
         self.store.outbox_put(topic, payload, retain=True)
@@ -919,7 +919,7 @@ class Agent:
         event = {"monitor": name, "agent": self.name, "action": action, "time": utc_now(), **fields}
         if action == "failed":
             log.warning("monitor %s: %s", name, fields.get("message"))
-        self.store.outbox_put(self.topics.prefix + f"/Log/{self.name}/Monitors/{name}", json.dumps(event).encode())
+        self.store.outbox_put(self.topics.monitor_log(self.name, name), json.dumps(event).encode())
         self.outbox.wake()
 
     async def _run_scheduler(self) -> None:

@@ -81,11 +81,23 @@ class Topics:
     def data(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Data/{agent}/{transfer_id}"
 
+    def data_filter(self, agent: str) -> str:
+        """The data messages of every transfer to `agent` (its subscription)."""
+        return f"{self.prefix}/Data/{agent}/+"
+
     def control(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Control/{agent}/{transfer_id}"
 
+    def control_filter(self, agent: str) -> str:
+        """The control messages of every transfer to `agent` (its subscription)."""
+        return f"{self.prefix}/Control/{agent}/+"
+
     def progress(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Transfers/{agent}/{transfer_id}"
+
+    def progress_filter(self) -> str:
+        """The progress of every transfer of every agent."""
+        return f"{self.prefix}/Transfers/+/+"
 
     def log(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Log/{agent}/{transfer_id}"
@@ -93,9 +105,25 @@ class Topics:
     def log_filter(self, agent: str | None = None, transfer_id: str | None = None) -> str:
         return f"{self.prefix}/Log/{agent or '+'}/{transfer_id or '+'}"
 
+    def monitor_log(self, agent: str, monitor: str) -> str:
+        """The events of one resource monitor of `agent` (in the log, beside its transfers' events)."""
+        return f"{self.prefix}/Log/{agent}/Monitors/{monitor}"
+
+    def every_event(self, agent: str | None = None) -> str:
+        """The filter for every event of `agent` (every agent without one): transfers' and monitors'."""
+        return f"{self.prefix}/Log/{agent or '+'}/#"
+
     def templates(self, name: str | None = None) -> str:
         """A transfer template's retained definition; without a name, the filter for every template."""
         return f"{self.prefix}/Templates/{name or '+'}"
+
+    def monitors(self, agent: str | None = None, name: str | None = None) -> str:
+        """A resource monitor's retained view on `agent`; a missing part is a wildcard (a filter)."""
+        return f"{self.prefix}/Monitors/{agent or '+'}/{name or '+'}"
+
+    def schedules(self, agent: str | None = None) -> str:
+        """The retained listing of `agent`'s schedules; without an agent, the filter for every agent's."""
+        return f"{self.prefix}/Scheduler/{agent or '+'}"
 
     def split(self, topic: str) -> list[str]:
         """The levels of `topic` after the prefix, or [] if it is not ours."""

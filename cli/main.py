@@ -990,7 +990,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
             return
         # without a transfer filter: monitor events too (Log/<agent>/Monitors/<name>)
         q = await c.subscribe(c.topics.log_filter(agent, transfer) if transfer
-                              else f"{c.topics.prefix}/Log/{agent or '+'}/#")
+                              else c.topics.every_event(agent))
         from .client import RecentEvents
         recent = RecentEvents()
         while True:

@@ -146,7 +146,7 @@ async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:
 
 async def _retained_monitors(broker: Optional[str], agent: Optional[str], name: Optional[str]) -> list[dict]:
     async with FteClient(broker_url(broker, agent)) as c:
-        rows = await c.retained_json(f"{c.topics.prefix}/Monitors/{agent or '+'}/{name or '+'}")
+        rows = await c.retained_json(c.topics.monitors(agent, name))
         return sorted(rows, key=lambda r: (r.get("agent", ""), r.get("name", "")))
 
 

@@ -219,7 +219,7 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
         agents: dict[str, Any] = {}
         transfers: dict[str, dict[str, Any]] = {}
         q: asyncio.Queue[Any] = asyncio.Queue()
-        for topic in (c.topics.all_agent_status(), f"{c.topics.prefix}/Transfers/+/+", c.topics.log_filter()):
+        for topic in (c.topics.all_agent_status(), c.topics.progress_filter(), c.topics.log_filter()):
             await c.subscribe(topic, q)
         rows, _ = await transfers_of(c, None)
         for t in rows:

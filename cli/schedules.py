@@ -113,6 +113,6 @@ def register(app: typer.Typer) -> None:
 async def _retained(broker: Optional[str], agent: Optional[str]) -> list[dict[str, Any]]:
     async with FteClient(broker_url(broker, agent)) as c:
         rows: list[dict[str, Any]] = []
-        for data in await c.retained_json(f"{c.topics.prefix}/Scheduler/{agent or '+'}"):
+        for data in await c.retained_json(c.topics.schedules(agent)):
             rows += [dict(r, agent=data.get("agent")) for r in data.get("schedules", [])]
         return rows
