@@ -33,6 +33,7 @@ from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_
 from .context import AgentContext
 from . import provenance
 from .core import results
+from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.lifecycle import TransferState as S
 from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
@@ -53,7 +54,6 @@ from .transferlog import OutboxPublisher, TransferLog
 
 log = logging.getLogger("fte.agent")
 
-TERMINAL = {s.value for s in S if s.is_terminal}
 COMPLETE_RETRY_INTERVAL = 15.0
 LIST_LIMIT = 500  # transfers in a list_transfers reply (the most recent)
 HISTORY_DAYS = 7  # finished transfers are kept this long in the state store, then forgotten

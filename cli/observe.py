@@ -17,13 +17,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.protocol import ListTransfers, QueryTransfer
 
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import safe, safe_markup, safe_text
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
-TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
 
 async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[str, Any]], list[str]]:
