@@ -8,7 +8,6 @@ import glob
 import json
 import logging
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink, MessageTooLarge
-from .protocol import (MAX_PATH_CHARS, NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
+from .names import AGENT_NAME_RE
+from .protocol import (MAX_PATH_CHARS, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
                        CreateTransfer, FileEnd, FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply,
                        RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
@@ -63,7 +63,7 @@ STATUS_MIN_INTERVAL = 1.0
 # subscribed longest ago that no running transfer goes to is dropped; its live changes still come on the wildcard.
 PEER_WATCH_LIMIT = 256
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
-_AGENT_NAME = re.compile(NAME_PATTERN)
+_AGENT_NAME = AGENT_NAME_RE
 
 
 class CommandRefused(Exception):

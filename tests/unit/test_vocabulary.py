@@ -62,3 +62,59 @@ def test_no_module_spells_the_terminal_set_again() -> None:
             if len(words & TERMINAL_STATE_VALUES) >= 2:
                 copies.append(f"{path.relative_to(ROOT)}:{line}")
     assert copies == []
+
+
+# --- the agent-name rule -------------------------------------------------------------------------------
+
+NAMES = ["A1", "a", "_x", "A.B_c9", "x" * 28, "x" * 29, "", ".hidden", "a/b", "a+b", "a#", "a-b", "a b", "A1\n",
+         "\nA1", "é", "a\x00"]
+
+
+def test_every_agent_name_check_is_the_one_rule() -> None:
+    import agent.names
+    import agent.protocol
+    import agent.settings
+    import cli.trusted_agents
+
+    assert agent.protocol.NAME_PATTERN is agent.names.NAME_PATTERN
+    assert agent.settings.AGENT_NAME_RE is agent.names.AGENT_NAME_RE
+    assert agent.daemon._AGENT_NAME is agent.names.AGENT_NAME_RE
+    assert cli.trusted_agents._NAME is agent.names.AGENT_NAME_RE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_wire_model_and_the_settings_agree_on_each_name(name: str) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from agent.names import AGENT_NAME_RE
+    from agent.protocol import AgentName
+    from agent.settings import validate_agent_name
+
+    def wire(n: str) -> bool:
+        try:
+            TypeAdapter(AgentName).validate_python(n)
+            return True
+        except ValidationError:
+            return False
+
+    def settings(n: str) -> bool:
+        try:
+            validate_agent_name(n)
+            return True
+        except ValueError:
+            return False
+
+    expected = bool(AGENT_NAME_RE.match(name))
+    assert (wire(name), settings(name), bool(AGENT_NAME_RE.fullmatch(name))) == (expected,) * 3
+    assert expected is (name in {"A1", "a", "_x", "A.B_c9", "x" * 28})
+
+
+def test_no_module_writes_the_agent_name_rule_again() -> None:
+    copies = []
+    for path in sorted([*(ROOT / "agent").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]):
+        if path == ROOT / "agent" / "names.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "[A-Za-z0-9._]" in line or "{1,28}" in line or "{0,27}" in line:
+                copies.append(f"{path.relative_to(ROOT)}:{n}")
+    assert copies == []
