@@ -3,6 +3,7 @@
 from . import results
 from .lifecycle import (
     LIVE_STATES,
+    RECOVERY_STATE_VALUES,
     RECOVERY_STATES,
     RESULT_CODES,
     TERMINAL_STATE_VALUES,
@@ -29,6 +30,7 @@ from .window import SendWindow
 __all__ = [
     "FAIL_IMMEDIATELY",
     "LIVE_STATES",
+    "RECOVERY_STATE_VALUES",
     "RECOVERY_STATES",
     "RECOVER_FOREVER",
     "RESULT_CODES",

@@ -65,6 +65,7 @@ RECOVERY_STATES: frozenset[TransferState] = frozenset({S.RECOVERING, S.RESYNCHRO
 # events the CLI reads). The one copy: a new terminal state ends `fte transfer -w` and the watchers, and
 # is pruned from the store, with no further edit (tests/unit/test_vocabulary.py holds every user to it).
 TERMINAL_STATE_VALUES: frozenset[str] = frozenset(s.value for s in S if s.is_terminal)
+RECOVERY_STATE_VALUES: frozenset[str] = frozenset(s.value for s in S if s.is_recovery)
 
 
 def is_terminal(state: TransferState) -> bool:

@@ -118,3 +118,14 @@ def test_no_module_writes_the_agent_name_rule_again() -> None:
             if "[A-Za-z0-9._]" in line or "{1,28}" in line or "{0,27}" in line:
                 copies.append(f"{path.relative_to(ROOT)}:{n}")
     assert copies == []
+
+
+def test_the_watchers_recovery_states_are_the_lifecycle_ones() -> None:
+    from agent.core.lifecycle import RECOVERY_STATE_VALUES
+
+    assert RECOVERY_STATE_VALUES == {s.value for s in TransferState if s.is_recovery}
+    assert cli.observe.RECOVERY is RECOVERY_STATE_VALUES
+    copies = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / "cli").rglob("*.py"))
+              for line, words in _string_collections(ast.parse(p.read_text(), str(p)))
+              if len(words & RECOVERY_STATE_VALUES) >= 2]
+    assert copies == []
