@@ -40,6 +40,7 @@ import aiomqtt
 
 from .binding import MAX_TRAILER_BYTES
 from .link import BrokerAddress, _refused, make_client
+from .names import MAX_AGENT_NAME_CHARS
 from .protocol import CHUNK_HEADER, Topics
 
 log = logging.getLogger("fte.probe")
@@ -52,7 +53,7 @@ SIZE_WAIT_PER_MIB = 0.25
 """Extra seconds a size probe may take per MiB of message (a 16 MiB probe through a slow broker)."""
 BUDGET = 20.0
 """Seconds the whole probe may take; what is not probed by then is reported as not checked."""
-LONGEST_AGENT_NAME = 28  # agent.settings.AGENT_NAME_RE
+LONGEST_AGENT_NAME = MAX_AGENT_NAME_CHARS
 TRANSFER_ID_CHARS = 48  # agent.protocol.new_transfer_id
 
 # A logger of its own for the probe's MQTT client: the socket errors of a connection the broker closes on

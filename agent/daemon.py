@@ -8,7 +8,6 @@ import glob
 import json
 import logging
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -33,12 +32,14 @@ from .binding import (agent_requester, check_chunk_mac, check_message_mac, load_
 from .context import AgentContext
 from . import provenance
 from .core import results
+from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.lifecycle import TransferState as S
 from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
 from .link import BrokerAddress, BrokerLink, MessageTooLarge
-from .protocol import (MAX_PATH_CHARS, NAME_PATTERN, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
+from .names import AGENT_NAME_RE
+from .protocol import (MAX_PATH_CHARS, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
                        CreateTransfer, FileEnd, FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply,
                        RequestRecovery, Resync,
                        ResyncReply, StopAgent, Topics, TransferSpec, decode_chunk, Bundle, FileResults, dump, new_transfer_id,
@@ -53,7 +54,6 @@ from .transferlog import OutboxPublisher, TransferLog
 
 log = logging.getLogger("fte.agent")
 
-TERMINAL = {s.value for s in S if s.is_terminal}
 COMPLETE_RETRY_INTERVAL = 15.0
 LIST_LIMIT = 500  # transfers in a list_transfers reply (the most recent)
 HISTORY_DAYS = 7  # finished transfers are kept this long in the state store, then forgotten
@@ -63,7 +63,7 @@ STATUS_MIN_INTERVAL = 1.0
 # subscribed longest ago that no running transfer goes to is dropped; its live changes still come on the wildcard.
 PEER_WATCH_LIMIT = 256
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
-_AGENT_NAME = re.compile(NAME_PATTERN)
+_AGENT_NAME = AGENT_NAME_RE
 
 
 class CommandRefused(Exception):

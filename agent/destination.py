@@ -18,6 +18,7 @@ from typing import Any
 from .binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import results
+from .core.lifecycle import TERMINAL_STATE_VALUES
 from .fileio import write_all, write_failed
 from .durability import GROUP, fsync_and_close
 from .fsops import ConfinedDirs, split
@@ -446,7 +447,7 @@ class DestinationTransfer:
     def active(self) -> bool:
         """Still receiving. A transfer all of whose files were refused holds no capacity and asks nothing
         (a forged offer would otherwise occupy a maxDestinationTransfers slot for ever)."""
-        return self.rec.state not in ("complete", "partial", "failed", "cancelled", "recovery_timed_out") and \
+        return self.rec.state not in TERMINAL_STATE_VALUES and \
             any(f.status == "ready" for f in self.files.values())
 
     def summary(self) -> dict[str, Any]:

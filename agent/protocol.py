@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
+from .names import NAME_PATTERN
+
 PROTOCOL_VERSION = 1
 
 # Size limits for untrusted input. A control message for a 10,000 file transfer set is ~2 MB.
@@ -31,7 +33,6 @@ MAX_PATH_CHARS = 4096
 MAX_BUNDLE_FILES = 4096
 
 TRANSFER_ID_RE = re.compile(r"^[0-9a-f]{48}$")
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._]{0,27}$"
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # Integers that reach the state store (sqlite INTEGER: 64-bit signed) or the chunk header (epoch: 32-bit).
 # A larger value in a message is refused by the model, rather than raising OverflowError (sqlite) or

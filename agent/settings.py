@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
 
 __all__ = [
@@ -72,8 +73,6 @@ _MFT_ONLY = {
     "agentType": None,
 }
 
-# \A...\Z rather than ^...$ so that .match() is as safe as .fullmatch() ($ accepts a trailing newline).
-AGENT_NAME_RE = re.compile(r"\A(?!\.)[A-Za-z0-9._]{1,28}\Z")
 _WHOLE_RE = re.compile(r"[+-]?[0-9]+")
 
 
@@ -110,20 +109,17 @@ def default_sandbox() -> str:
     return str(Path.home())
 
 
-_AGENT_NAME_RULE = "use 1-28 characters of A-Z a-z 0-9 . _, not starting with '.'"
-
-
 def _agent_name_problem(name: object) -> str | None:
     """What is wrong with ``name`` as an agent name, or None."""
     if not isinstance(name, str) or not name:
         return "it is empty"
     if AGENT_NAME_RE.match(name):
         return None
-    if len(name) > 28:
-        return f"it is {len(name)} characters long, the limit is 28"
+    if len(name) > MAX_AGENT_NAME_CHARS:
+        return f"it is {len(name)} characters long, the limit is {MAX_AGENT_NAME_CHARS}"
     if name.startswith("."):
         return "it starts with '.'"
-    bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9._]", c)})
+    bad = sorted({c for c in name if not re.fullmatch(f"[{AGENT_NAME_CHARS}]", c)})
     return f"it contains {' '.join(repr(c) for c in bad)}"
 
 
@@ -135,7 +131,7 @@ def validate_agent_name(name: str) -> str:
     """
     problem = _agent_name_problem(name)
     if problem is not None:
-        raise ValueError(f"invalid agent name {name!r}: {problem}; {_AGENT_NAME_RULE}")
+        raise ValueError(f"invalid agent name {name!r}: {problem}; {AGENT_NAME_RULE}")
     return name
 
 
@@ -178,7 +174,7 @@ def _check(func: Callable[[Any], Any]) -> AfterValidator:
 def _agent_name(value: str) -> str:
     problem = _agent_name_problem(value)
     if problem is not None:
-        raise ValueError(f"is not a valid agent name ({problem}); {_AGENT_NAME_RULE}")
+        raise ValueError(f"is not a valid agent name ({problem}); {AGENT_NAME_RULE}")
     return value
 
 

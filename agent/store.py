@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,7 @@ class StateStore:
             "FROM files WHERE transfer_id=? AND role=?", (transfer_id, role)).fetchone()
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
-    def prune(self, older_than: float, terminal: set[str]) -> int:
+    def prune(self, older_than: float, terminal: AbstractSet[str]) -> int:
         """Forget finished transfers last changed before `older_than` (the peer has confirmed the outcome)."""
         marks = ",".join("?" * len(terminal))
         rows = self._db.execute(

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.daemon import Agent
 from agent.embedded_broker import EmbeddedBroker
 from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
@@ -30,8 +31,6 @@ from agent.settings import load_agent_settings, write_agent_properties
 from .client import ClientError, FteClient, new_request_id
 from .trusted_agents import AgentKeys
 from .render import format_event
-
-TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
 
 def _sha256(path: Path) -> str:

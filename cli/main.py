@@ -791,13 +791,10 @@ def create_transfer(
             fail("give exactly one destination: -df FILE or -dd DIRECTORY")
     elif template_name is not None and definition is not None:
         fail("give -tn TEMPLATE or -td FILE, not both")
-    for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
-                                 ("-cs", checksum.lower(), ("sha256", "md5", "none"))):
-        if value not in allowed:
-            fail(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
-    if recovery_timeout is not None and recovery_timeout < -1:
-        fail(f"-rt {recovery_timeout} is invalid: use -1 (recover forever), 0 (fail as soon as recovery starts) "
-             f"or a number of seconds")
+    try:
+        templates.check_flags(exist, disposition, checksum, recovery_timeout)
+    except templates.TemplateError as exc:
+        fail(str(exc))
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:

@@ -67,6 +67,13 @@ def register(app: typer.Typer) -> None:
         else:
             if not destination_agent or (dest_file is None) == (dest_dir is None):
                 fail("give the task: -da AGENT and one of -df FILE / -dd DIR (or -mt TASKFILE)")
+            from .templates import TemplateError, check_flags
+
+            try:
+                # before TransferSpec, whose ValidationError on -rt -5 or -de bogus was a traceback
+                check_flags(exist, disposition, checksum, recovery_timeout)
+            except TemplateError as exc:
+                fail(str(exc))
             task = TransferSpec(
                 source_agent=agent, destination_agent=destination_agent, exist=exist, disposition=disposition,
                 checksum=checksum.lower(), recovery_timeout=recovery_timeout, job_name=job_name,

@@ -17,13 +17,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agent.core.lifecycle import RECOVERY_STATE_VALUES as RECOVERY
+from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.protocol import ListTransfers, QueryTransfer
 
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import safe, safe_markup, safe_text
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
-TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
 
 async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -109,7 +110,7 @@ def transfer_line(t: dict[str, Any]) -> str:
             f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
     if t.get("result_code") is not None:
         text += f" result {t['result_code']}"
-    if t.get("state") in ("recovering", "resynchronising") and t.get("last_stall"):
+    if t.get("state") in RECOVERY and t.get("last_stall"):
         text += f" - {t['last_stall']}"
     return text
 
@@ -243,9 +244,9 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                 filled = int(width * done / total) if total else 0
                 bar = "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total else "")
                 state = t.get("state", "?")
-                style = "yellow" if state in ("recovering", "resynchronising") else \
+                style = "yellow" if state in RECOVERY else \
                     "green" if state == "complete" else "red" if state in TERMINAL else ""
-                note = t.get("last_stall") if state in ("recovering", "resynchronising") else \
+                note = t.get("last_stall") if state in RECOVERY else \
                     (f"result {t['result_code']}" if t.get("result_code") is not None else "")
                 tt.add_row(safe_text(str(t["transfer_id"])[:12]),
                            safe_text(f"{t.get('source_agent')} -> {t.get('destination_agent')}"),

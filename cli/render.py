@@ -12,11 +12,10 @@ from rich.markup import escape as escape_markup
 from rich.text import Text
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.protocol import QueryTransfer
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
-
-TERMINAL = {"complete", "partial", "failed", "cancelled", "recovery_timed_out"}
 
 # Characters a terminal acts on instead of showing, beyond the Unicode categories below: the bidi controls
 # (U+061C, U+200E/F, U+202A-E, U+2066-9) are format characters (Cf) too, listed for the reader.

@@ -35,6 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
+from agent.core.recovery import check_recovery_timeout
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
 from .client import ClientError, FteClient, broker_url
@@ -257,14 +258,16 @@ def template_spec(ov: Overrides) -> TemplateSpec:
 
 def check_flags(exist: str | None, disposition: str | None, checksum: str | None,
                 recovery_timeout: int | None) -> None:
-    """The same checks, and messages, as fte-create-transfer's."""
+    """The transfer-request flags' checks and messages, for fte-create-transfer, -template and -monitor."""
     for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
                                  ("-cs", checksum.lower() if checksum else None, ("sha256", "md5", "none"))):
         if value is not None and value not in allowed:
             raise TemplateError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
-    if recovery_timeout is not None and recovery_timeout < -1:
-        raise TemplateError(f"-rt {recovery_timeout} is invalid: use -1 (recover forever), 0 (fail as soon as "
-                            f"recovery starts) or a number of seconds")
+    if recovery_timeout is not None:
+        try:
+            check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
+        except (TypeError, ValueError) as exc:
+            raise TemplateError(str(exc)) from None
 
 
 def parse_metadata(values: List[str] | None) -> dict[str, str]:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from agent.auth import at_line, key_lines, keys_dir, load_public, public_text
 from agent.binding import AGENT_KEY_FILE, agent_requester
-from agent.protocol import NAME_PATTERN
+from agent.names import AGENT_NAME_RE
 
 TRUSTED_AGENTS_FILE = "trusted_agents"
-_NAME = re.compile(NAME_PATTERN)
+_NAME = AGENT_NAME_RE
 
 
 def agent_name_of(text: str) -> str:

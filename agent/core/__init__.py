@@ -3,8 +3,10 @@
 from . import results
 from .lifecycle import (
     LIVE_STATES,
+    RECOVERY_STATE_VALUES,
     RECOVERY_STATES,
     RESULT_CODES,
+    TERMINAL_STATE_VALUES,
     TERMINAL_STATES,
     TRANSITIONS,
     LifecycleError,
@@ -28,9 +30,11 @@ from .window import SendWindow
 __all__ = [
     "FAIL_IMMEDIATELY",
     "LIVE_STATES",
+    "RECOVERY_STATE_VALUES",
     "RECOVERY_STATES",
     "RECOVER_FOREVER",
     "RESULT_CODES",
+    "TERMINAL_STATE_VALUES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "LifecycleError",

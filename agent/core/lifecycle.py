@@ -61,6 +61,11 @@ LIVE_STATES: frozenset[TransferState] = frozenset(S) - TERMINAL_STATES
 # The states in which the recovery counter runs: resynchronising is still recovery, the transfer
 # has not resumed until the destination has answered the resync.
 RECOVERY_STATES: frozenset[TransferState] = frozenset({S.RECOVERING, S.RESYNCHRONISING})
+# The terminal set as text, for the code that holds a state as a string (the store's rows, the replies and
+# events the CLI reads). The one copy: a new terminal state ends `fte transfer -w` and the watchers, and
+# is pruned from the store, with no further edit (tests/unit/test_vocabulary.py holds every user to it).
+TERMINAL_STATE_VALUES: frozenset[str] = frozenset(s.value for s in S if s.is_terminal)
+RECOVERY_STATE_VALUES: frozenset[str] = frozenset(s.value for s in S if s.is_recovery)
 
 
 def is_terminal(state: TransferState) -> bool:

@@ -416,11 +416,18 @@ def test_broker_down(tmp_path: Path, data: Path) -> None:
     assert snapshot(data) == before
 
 
+RT_ERROR = "-rt -5 is invalid: use -1 (recover forever), 0 (fail as soon as recovery starts) or a number of seconds"
 # usage errors the command line catches before it talks to a broker: verb, arguments, words the line must contain
 USAGE_ERRORS = {
     "missing-sa": ("create-transfer", ["-da", "A2", "-df", "/tmp/o", "/tmp/i"], ("-sa",)),
     "missing-source": ("create-transfer", ["-sa", "A1", "-da", "A2", "-df", "/tmp/o"], ("sources",)),
-    "bad-rt": ("create-transfer", ["-sa", "A1", "-da", "A2", "-df", "/tmp/o", "-rt", "-5", "/tmp/i"], ("-rt", "-5")),
+    "bad-rt": ("create-transfer", ["-sa", "A1", "-da", "A2", "-df", "/tmp/o", "-rt", "-5", "/tmp/i"], (RT_ERROR,)),
+    # the same -rt check, and words, for templates and monitors (issue 14: one check, not four)
+    "template-bad-rt": ("create-template", ["-tn", "t1", "-rt", "-5"], (RT_ERROR,)),
+    "monitor-bad-rt": ("create-monitor", ["-ma", "A1", "-mn", "m1", "-md", "/tmp", "-tr", "match,*", "-da", "A2",
+                                          "-dd", "/in", "-rt", "-5"], (RT_ERROR,)),
+    "monitor-bad-de": ("create-monitor", ["-ma", "A1", "-mn", "m1", "-md", "/tmp", "-tr", "match,*", "-da", "A2",
+                                          "-dd", "/in", "-de", "bogus"], ("-de 'bogus' is not one of: error, overwrite",)),
     "bad-cs": ("create-transfer", ["-sa", "A1", "-da", "A2", "-df", "/tmp/o", "-cs", "crc32", "/tmp/i"],
                ("-cs", "crc32")),
     "bad-md": ("create-transfer", ["-sa", "A1", "-da", "A2", "-df", "/tmp/o", "-md", "novalue", "/tmp/i"],
