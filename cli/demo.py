@@ -22,7 +22,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.daemon import Agent
 from agent.embedded_broker import EmbeddedBroker
 from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now

@@ -13,15 +13,13 @@ from types import SimpleNamespace
 import pytest
 
 import agent.daemon
-import cli.demo
 import cli.observe
 import cli.render
 from agent.core.lifecycle import TERMINAL_STATE_VALUES, TransferState
 from agent.destination import DestinationTransfer
 
 ROOT = Path(__file__).resolve().parents[2]
-TERMINAL_USERS = {"agent.daemon": agent.daemon, "cli.render": cli.render, "cli.observe": cli.observe,
-                  "cli.demo": cli.demo}
+TERMINAL_USERS = {"agent.daemon": agent.daemon, "cli.render": cli.render, "cli.observe": cli.observe}
 
 
 def test_the_terminal_values_come_from_the_state_table() -> None:
