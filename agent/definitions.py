@@ -19,16 +19,14 @@ $FTE_CONFIG_HOME/keys/trusted_creators (`<requester> <base64 Ed25519 public key>
 from __future__ import annotations
 
 import base64
-import fcntl
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .atomic_files import locked, write_atomic
 from .auth import REQUESTER_RE, at_line, canonical, is_agent_key_name, key_lines, keys_dir, load_public, public_text
 
 DOMAIN = b"mqtt-fte signed definition v1\n"
@@ -139,23 +137,8 @@ class DefinitionTrust:
 # --------------------------------------------------------------------------- editing trusted_creators
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # two `fte key trust-creator` at once must not lose each other's line: read-modify-write under a lock,
-    # and the new file replaces the old in one rename, so a reader never sees half of it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, ("\n".join(lines) + "\n").encode(), 0o644)
 
 
 def _lines(path: Path) -> list[str]:
@@ -172,8 +155,10 @@ def trust_creator(config_home: Path, name: str, public: str) -> Path:
         raise ValueError(f"requester name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
     if is_agent_key_name(name):
         raise ValueError(f"{name!r} is an agent's identity key name; agents do not create templates")
+    # two `fte key trust-creator` at once must not lose each other's line: read-modify-write under the keys
+    # directory's lock (agent.atomic_files), and a reader sees the old file or the new one, never half of it
     path = keys_dir(config_home) / TRUSTED_CREATORS
-    with _locked(path):
+    with locked(path.parent):
         lines = _lines(path)
         text = public_text(key)
         if not any(ln.split("#", 1)[0].split() == [name, text] for ln in lines):
@@ -185,7 +170,7 @@ def trust_creator(config_home: Path, name: str, public: str) -> Path:
 def untrust_creator(config_home: Path, name: str) -> bool:
     """Remove every trusted_creators line of `name`; False if there was none. Own keys are not touched."""
     path = keys_dir(config_home) / TRUSTED_CREATORS
-    with _locked(path):
+    with locked(path.parent):
         lines = _lines(path)
         kept = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [name]]
         if len(kept) == len(lines):
