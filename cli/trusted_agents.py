@@ -12,11 +12,10 @@ name is not consulted, so nobody who can add a line can stand in for a local age
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 from typing import Any
 
+from agent.atomic_files import locked, write_atomic
 from agent.auth import at_line, key_lines, keys_dir, load_public, public_text
 from agent.binding import AGENT_KEY_FILE, agent_requester
 from agent.names import AGENT_NAME_RE
@@ -48,18 +47,14 @@ def trust_agent(home: Path, name: str, public: str) -> Path:
     update (two runs at once both keep their line)."""
     load_public(public)
     d = keys_dir(home)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / TRUSTED_AGENTS_FILE
-    with open(d / f".{TRUSTED_AGENTS_FILE}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(d):
         lines = path.read_text().splitlines() if path.exists() else [
             "# Agents whose replies, log events and statuses this client believes: agent.<NAME> <public key>",
             "# Add with: fte key trust-agent NAME KEY (the line fte key show --agent NAME prints where NAME runs)"]
         lines = [ln for ln in lines if ln.split("#", 1)[0].split()[:1] != [agent_requester(name)]]
         lines.append(f"{agent_requester(name)} {public}")
-        tmp = d / f".{TRUSTED_AGENTS_FILE}.{os.getpid()}"
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, ("\n".join(lines) + "\n").encode(), 0o644)
     return path
 
 
