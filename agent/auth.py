@@ -93,8 +93,7 @@ def _public_raw(key: Ed25519PublicKey) -> bytes:
 
 
 def public_text(key: Ed25519PublicKey) -> str:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
+    return base64.b64encode(_public_raw(key)).decode()
 
 
 def load_public(text: str) -> Ed25519PublicKey:
@@ -240,8 +239,7 @@ def _local_agent_keys(agents_dir: Path) -> dict[bytes, str]:
         except (OSError, ValueError, TypeError):
             continue
         if isinstance(key, Ed25519PrivateKey):
-            found[key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)] = \
-                home.name
+            found[_public_raw(key.public_key())] = home.name
     return found
 
 
