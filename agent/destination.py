@@ -125,10 +125,7 @@ class DestinationTransfer:
                     f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
                 except OSError as exc:
                     f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
-                    try:
-                        self.dirs.unlink(part)  # a failed file leaves no part file (BFGIO0006E: theirs is kept)
-                    except OSError:
-                        pass
+                    self._discard_part(part)  # a failed file leaves no part file (BFGIO0006E: theirs is kept)
                 ctx.store.save_file(self.tid, "destination", f)
 
     # ------------------------------------------------------------------ creation
@@ -365,10 +362,7 @@ class DestinationTransfer:
 
     def _fail(self, f: FileRecord, exc: BaseException, action: str = "write to") -> None:
         part = part_path(f.destination)
-        try:
-            self.dirs.unlink(part)
-        except OSError:
-            pass
+        self._discard_part(part)
         f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, action, part, f)
         if _is_io_error(exc):
             log.error("transfer %s: %s", self.tid, f.supplement)
@@ -533,10 +527,7 @@ class DestinationTransfer:
             self._sync_dir(f.destination)
             f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
         except (OSError, ValueError) as exc:
-            try:
-                self.dirs.unlink(part)
-            except OSError:
-                pass
+            self._discard_part(part)
             f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, "rename to", part, f)
         self.ctx.store.save_file(self.tid, "destination", f)
         await self._send(FileResult(kind="file_result", transfer_id=self.tid, index=f.index,
@@ -555,6 +546,14 @@ class DestinationTransfer:
             self.dirs.rename(part, destination, replace=False)
         except FileExistsError:
             raise FileExistsError(f'BFGIO0006E: File "{destination}" already exists.') from None
+
+    def _discard_part(self, part: str) -> None:
+        """Remove the part file of a file that failed, if it is there: the failure is what is reported, not
+        a second error about the removal (cleanup(), which reports what it removed, does its own)."""
+        try:
+            self.dirs.unlink(part)
+        except OSError:
+            pass
 
     def _sync_path(self, path: str) -> None:
         """fsync a file this session did not write itself (a part file of an earlier process)."""

@@ -120,11 +120,11 @@ def source_changed(how: str) -> str:
     return f"{FTEIO0003E}: source file changed while it was being sent ({how}); resend it"
 
 
-def stat_path(path: str, dirs: Any = None) -> SourceStat | None:
+def stat_path(path: str, dirs: Any) -> SourceStat | None:
     """What `path` names now (not following a final symbolic link), or None if nothing. Through `dirs` (an
-    agent.fsops.ConfinedDirs) when given: the same directory descriptors the file was opened through."""
+    agent.fsops.ConfinedDirs): the same directory descriptors the file was opened through."""
     try:
-        st = os.stat(path, follow_symlinks=False) if dirs is None else dirs.lstat(path)
+        st = dirs.lstat(path)
     except OSError:
         return None
     return None if st is None else SourceStat.of(st)

@@ -62,23 +62,23 @@ class SourceChanged(Exception):
     """The source file is not (any more) the one the transfer was requested for; str() is the supplement."""
 
 
-def _open_read(path: str, dirs: ConfinedDirs | None) -> int:
-    """A source file opened for reading: through `dirs` (no link followed inside the sandbox), or by path."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC) if dirs is None else dirs.open(path, os.O_RDONLY, follow=True)
+def _open_read(path: str, dirs: ConfinedDirs) -> int:
+    """A source file opened for reading through `dirs` (no link followed inside the sandbox)."""
+    return dirs.open(path, os.O_RDONLY, follow=True)
 
 
-def read_whole_files(items: list[tuple[str, int]], algorithm: str, mtimes: list[float] | None = None,
-                     dirs: ConfinedDirs | None = None) -> list[tuple[bytes | None, str | None, str | None]]:
+def read_whole_files(items: list[tuple[str, int]], algorithm: str, mtimes: list[float],
+                     dirs: ConfinedDirs) -> list[tuple[bytes | None, str | None, str | None]]:
     """(content, hex digest, error) of each small file (path, expected size, and the mtime recorded at the
-    request when given); run in a worker thread. A file that is not as requested, or that changes while it
-    is read, is an error (agent.fileio), never sent. Opened through `dirs` when given (agent/fsops.py)."""
+    request); run in a worker thread. A file that is not as requested, or that changes while it is read, is
+    an error (agent.fileio), never sent. Opened through `dirs` (agent/fsops.py)."""
     out: list[tuple[bytes | None, str | None, str | None]] = []
     for i, (path, size) in enumerate(items):
         try:
             with open(_open_read(path, dirs), "rb") as fh:
                 before = SourceStat.of_fd(fh.fileno())
                 data = fh.read(size + 1)
-                changed = changed_since_request(before, size, mtimes[i] if mtimes else 0.0) or \
+                changed = changed_since_request(before, size, mtimes[i]) or \
                     changed_while_read(before, SourceStat.of_fd(fh.fileno()), stat_path(path, dirs))
         except OSError as exc:
             out.append((None, None, read_failed(path, exc)))
@@ -112,7 +112,7 @@ def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, 
     return frame
 
 
-def hash_file(path: str, algorithm: str, dirs: ConfinedDirs | None = None) -> str | None:
+def hash_file(path: str, algorithm: str, dirs: ConfinedDirs) -> str | None:
     if algorithm == "none":
         return None
     h = hashlib.new(algorithm)
