@@ -502,19 +502,16 @@ class Agent:
     def _peer_status_of(self, agent: str, payload: bytes) -> AgentStatus | None:
         """A peer's status, believed (for sessions, waits, outcome resends) only when signed by the peer's
         trusted identity key, if authority checking is on (without it, no peer is checked at all)."""
-        if self.authority is None:
-            if not payload:
+        if not payload:
+            if self.authority is None:
                 self.peers.pop(agent, None)
                 return None
-            status = parse_agent_status(payload)
-            if status.agent != agent:
-                raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
-            return status
-        if not payload:
             raise ProtocolError(f"an empty status for agent {agent} (no signature to check): ignored")
         status = parse_agent_status(payload)
         if status.agent != agent:
             raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+        if self.authority is None:
+            return status
         key = self._trusted_agent_key(agent)
         if key is None:
             # an agent on the broker this one does not work with: not worth a warning per status change
