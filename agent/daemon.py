@@ -372,28 +372,28 @@ class Agent:
         """The link's `urgent` path, run by its reader as each message arrives. Commands go to their own lane
         (agent.command_lane: rate limits, a bounded queue, a task of their own), so that data chunks and control
         messages never wait behind them on the link's worker; agent statuses are handled at once."""
-        levels = self.topics.split(str(message.topic))
-        if len(levels) == 2 and levels[0] == "Commands" and levels[1] == self.name:
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
-            self.commands.offer(bytes(payload))
-            return True
-        return self._on_status_now(message)
+        topic = str(message.topic)
+        levels = self.topics.split(topic)  # once per message: every data chunk comes this way
+        if len(levels) != 2 or levels[0] not in ("Commands", "Agents"):
+            return False  # left to the worker
+        payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+        if levels[0] == "Commands":
+            if levels[1] != self.name:
+                return False
+            self.commands.offer(payload)
+        else:
+            self._on_status_now(topic, levels[1], payload)
+        return True
 
-    def _on_status_now(self, message: aiomqtt.Message) -> bool:
+    def _on_status_now(self, topic: str, agent: str, payload: bytes) -> None:
         """Agent statuses are handled as they arrive (the link's `urgent` path), not queued behind the message
         being handled: a new transfer waits for its destination's status (start_transfer) while it holds the
-        command lane (agent.command_lane). Other messages are left to the worker (False)."""
-        topic = str(message.topic)
-        levels = self.topics.split(topic)
-        if len(levels) != 2 or levels[0] != "Agents":
-            return False
-        payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+        command lane (agent.command_lane)."""
         try:
-            self._on_agent_status(levels[1], bytes(payload))
+            self._on_agent_status(agent, payload)
         except ProtocolError as exc:
             self.metrics.rejected_messages += 1
             self._log_drop(topic, str(exc))
-        return True
 
     def _peer_status(self, agent: str) -> str | None:
         """A peer's last known status (the sessions' ctx.peer_status). A peer not known yet is watched on its
@@ -502,19 +502,16 @@ class Agent:
     def _peer_status_of(self, agent: str, payload: bytes) -> AgentStatus | None:
         """A peer's status, believed (for sessions, waits, outcome resends) only when signed by the peer's
         trusted identity key, if authority checking is on (without it, no peer is checked at all)."""
-        if self.authority is None:
-            if not payload:
+        if not payload:
+            if self.authority is None:
                 self.peers.pop(agent, None)
                 return None
-            status = parse_agent_status(payload)
-            if status.agent != agent:
-                raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
-            return status
-        if not payload:
             raise ProtocolError(f"an empty status for agent {agent} (no signature to check): ignored")
         status = parse_agent_status(payload)
         if status.agent != agent:
             raise ProtocolError(f"status for {status.agent!r} published on the topic of {agent!r}")
+        if self.authority is None:
+            return status
         key = self._trusted_agent_key(agent)
         if key is None:
             # an agent on the broker this one does not work with: not worth a warning per status change

@@ -24,7 +24,7 @@ from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping,
                             TransferItem, TransferSpec, new_transfer_id, utc_now)
 
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
-from .render import SafeLogFormatter, TransferWatcher, format_event, safe, safe_markup, safe_text
+from .render import SafeLogFormatter, TransferWatcher, format_event, safe, safe_markup, safe_text, status_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
@@ -41,11 +41,6 @@ def note_ignored(verbose: bool) -> Any:
     if not verbose:
         return None
     return lambda message: err.print(f"note: {message}", markup=False, soft_wrap=True)
-
-
-def status_text(st: Any) -> str:
-    """An agent's status as shown: what it says, and whether it is believed (agent.provenance)."""
-    return st.status if st.verified else f"{st.status} (unverified)"
 
 
 def fail(message: str, code: int = 1) -> None:

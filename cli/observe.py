@@ -22,7 +22,7 @@ from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.protocol import ListTransfers, QueryTransfer
 
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import safe, safe_markup, safe_text
+from .render import safe, safe_markup, safe_text, status_text
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
@@ -231,9 +231,8 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
             at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
             for name, st in sorted(agents.items()):
                 style = {"UNREACHABLE": "red", "STOPPED": "dim", "ACTIVE": "green"}.get(st.status, "")
-                shown = st.status if st.verified else f"{st.status} (unverified)"
                 style = style if st.verified else "yellow"
-                at.add_row(safe_text(name), Text(safe(shown), style=style), safe_text(st.host or ""),
+                at.add_row(safe_text(name), Text(safe(status_text(st)), style=style), safe_text(st.host or ""),
                            str(len(st.source_transfers)), str(len(st.destination_transfers)))
             tt = Table("Transfer", "From -> To", "State", "Progress", "Rate", "Recoveries", "Note",
                        title="Transfers", title_justify="left")

@@ -75,6 +75,11 @@ def safe_markup(value: Any) -> str:
     return escape_markup(safe(value))
 
 
+def status_text(st: Any) -> str:
+    """An agent's status as shown: what it says, and whether it is believed (agent.provenance)."""
+    return st.status if st.verified else f"{st.status} (unverified)"
+
+
 def format_event(ev: dict[str, Any]) -> str:
     """One line for a log event, safe to print (every field came from the broker: see `safe`)."""
     return safe(_event_line(ev))

@@ -626,8 +626,9 @@ def register(app: typer.Typer) -> None:
                 continue
             # shown all the same, marked: the owner must see that theirs was replaced, and how to mend it
             problem: str | None = None
+            document = _document(found[n])
             try:
-                verify_template(n, _document(found[n]), trust)
+                verify_template(n, document, trust)
             except TemplateError as exc:
                 problem = str(exc)
             printed += 1
@@ -635,7 +636,7 @@ def register(app: typer.Typer) -> None:
                 verdict: dict[str, Any] = {"verified": problem is None}
                 if problem:
                     verdict["problem"] = problem
-                say(json.dumps({**_document(found[n]), **verdict}))  # JSON escapes, never raw controls
+                say(json.dumps({**document, **verdict}))  # JSON escapes, never raw controls
             elif verbose:
                 for line in summary(t, problem):
                     say(line)
