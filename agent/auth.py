@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .core.errors import FteError
 from .atomic_files import locked, write_atomic
 
 # A command older or newer than this (seconds) is refused: with the nonce cache, this stops replays.
@@ -50,7 +51,7 @@ AGENT_KEY_PREFIX = "agent."
 AGENT_KEY_PERMISSION = "transfer"
 
 
-class AuthError(Exception):
+class AuthError(FteError):
     """A command that must not be executed; the message says why (it goes into the reply and the log)."""
 
 

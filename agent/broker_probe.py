@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import aiomqtt
 
+from .core.errors import FteError
 from .binding import MAX_TRAILER_BYTES
 from .link import BrokerAddress, _refused, make_client
 from .names import MAX_AGENT_NAME_CHARS
@@ -311,7 +312,7 @@ class ProbeReport:
 # --------------------------------------------------------------------------- the probe (IO)
 
 
-class _Closed(Exception):
+class _Closed(FteError):
     """The broker closed the probe's connection."""
 
 
@@ -425,7 +426,7 @@ class BrokerProbe:
         return _Session(client, self.topics.probe(self.agent, "+"))
 
 
-class _SubscriptionRefused(Exception):
+class _SubscriptionRefused(FteError):
     """The broker refused (SUBACK failure) or never acknowledged the probe's subscription."""
 
 

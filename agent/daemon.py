@@ -15,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 
+from .core.errors import FteError
 from . import __version__
 from .auth import TRUST_FILE, AuthError, Authority
 from .command_lane import CommandLane
@@ -37,6 +38,7 @@ from .core.lifecycle import TransferState as S
 from .core.budget import InFlightBudget
 from .core.recovery import effective_recovery_timeout
 from .destination import DestinationTransfer
+from .core.policy import COMPLETE_RETRY_INTERVAL, PEER_WAIT, STATUS_MIN_INTERVAL
 from .link import BrokerAddress, BrokerLink, MessageTooLarge
 from .names import AGENT_NAME_RE
 from .protocol import (MAX_PATH_CHARS, FileHolding, Ack, AgentStatus, CancelTransfer, Complete, CompleteAck,
@@ -51,25 +53,23 @@ from .sandbox import Sandbox, SandboxError
 from .source import SourceTransfer, _iso, send_complete
 from .store import FileRecord, StateStore, TransferRecord
 from .transferlog import OutboxPublisher, TransferLog
+from .core.statuses import AGENT_RUNNING, AgentState, FileStatus
 
 log = logging.getLogger("fte.agent")
 
-COMPLETE_RETRY_INTERVAL = 15.0
 LIST_LIMIT = 500  # transfers in a list_transfers reply (the most recent)
 HISTORY_DAYS = 7  # finished transfers are kept this long in the state store, then forgotten
-STATUS_MIN_INTERVAL = 1.0
 # Peers whose status an agent subscribes to on its own topic, <prefix>/Agents/<peer>, besides <prefix>/Agents/+
 # (a broker may not deliver retained messages to a wildcard subscription: RabbitMQ 3.x). Beyond this, the one
 # subscribed longest ago that no running transfer goes to is dropped; its live changes still come on the wildcard.
 PEER_WATCH_LIMIT = 256
-PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
 _AGENT_NAME = AGENT_NAME_RE
 
 
-class CommandRefused(Exception):
-    def __init__(self, message: str, code: int = results.COMMAND_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
+class CommandRefused(FteError):
+    """A command the agent will not carry out: its reply says why, with `code` as its result code."""
+
+    code = results.COMMAND_FAILED
 
 
 def _open_frame(payload: bytes, key: bytes | None, tid: str) -> Any:
@@ -110,7 +110,7 @@ class Agent:
         self.addr = BrokerAddress.from_url(settings.brokerUrl, username=settings.brokerUsername, password=password,
                                            ca_file=_s(settings.brokerCaFile), cert_file=_s(settings.brokerCertFile),
                                            key_file=_s(settings.brokerKeyFile))
-        self.status = "STARTING"
+        self.status = AgentState.STARTING
         self.started_at = utc_now()
         self.peers: dict[str, str] = {}
         self.peer_seen = asyncio.Event()
@@ -163,7 +163,7 @@ class Agent:
         self._probe_sizes: str | None = None  # and its size finding
         self._diagnosis: asyncio.Task[None] | None = None  # a topic check after a failed connection attempt
         self._probes = 0  # full probes started
-        will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload("UNREACHABLE"), qos=1,
+        will = aiomqtt.Will(self.topics.agent_status(self.name), self._status_payload(AgentState.UNREACHABLE), qos=1,
                             retain=True)
         self.link = BrokerLink(
             self.addr, client_id=f"fte-agent-{self.name}",
@@ -234,7 +234,7 @@ class Agent:
         self.stopping.set()
 
     async def _shutdown(self) -> None:
-        self.status = "STOPPING"
+        self.status = AgentState.STOPPING
         await self._publish_status()
         if not self._immediate:
             # controlled stop: no new transfers, the running ones finish. A transfer in recovery is not
@@ -246,8 +246,8 @@ class Agent:
                 log.info("controlled stop: waiting for %d transfer(s) to finish", len(live))
                 await asyncio.sleep(0.5)
         await self.outbox.drain()
-        self.status = "STOPPED"
-        await self.link.stop(final=[(self.topics.agent_status(self.name), self._status_payload("STOPPED"), True)])
+        self.status = AgentState.STOPPED
+        await self.link.stop(final=[(self.topics.agent_status(self.name), self._status_payload(AgentState.STOPPED), True)])
 
     def _load_state(self) -> None:
         """Rebuild every transfer from the state store after a (possibly violent) restart."""
@@ -340,8 +340,8 @@ class Agent:
                      self.ctx.chunk_size)
 
     async def _on_up(self) -> None:
-        if self.status in ("STARTING", "UNREACHABLE"):
-            self.status = "READY"
+        if self.status in (AgentState.STARTING, AgentState.UNREACHABLE):
+            self.status = AgentState.READY
         await self._publish_status()
         self.outbox.wake()
         for s in self.sources.values():
@@ -472,7 +472,7 @@ class Agent:
         for s in self.sources.values():
             if s.dest == agent:
                 s.post("peer", status.status)
-        if status.status in ("READY", "ACTIVE") and agent != self.name:
+        if status.status in AGENT_RUNNING and agent != self.name:
             asyncio.ensure_future(self._resend_outcomes(agent))
 
     def _own_status(self, payload: bytes) -> AgentStatus | None:
@@ -488,7 +488,7 @@ class Agent:
         signed = status is not None and status.agent == self.name and \
             provenance.verify_payload(payload, provenance.STATUS, self.name, [self._own_key])
         current = signed and status is not None and status.pid == os.getpid() and \
-            status.started_at == self.started_at and status.status != "UNREACHABLE"
+            status.started_at == self.started_at and status.status != AgentState.UNREACHABLE
         if not current and self.link.up.is_set() and not self.stopping.is_set():
             what = "an earlier status of this agent" if signed else \
                 "a status not signed by this agent" if status is not None else "no status" if not payload else \
@@ -609,7 +609,7 @@ class Agent:
         if self.store.load_transfer(msg.transfer_id, "destination", files=False) is not None:
             return  # a forged resync for a transfer we run: ignore it
         reply = ResyncReply(kind="resync_reply", transfer_id=msg.transfer_id, epoch=msg.epoch, files=[
-            FileHolding(index=f.index, held=0, status="failed", result_code=results.FILE_FAILED, supplement=reason)
+            FileHolding(index=f.index, held=0, status=FileStatus.FAILED, result_code=results.FILE_FAILED, supplement=reason)
             for f in msg.files])
         try:
             await self._publish(self.topics.control(msg.source_agent, msg.transfer_id),
@@ -636,7 +636,7 @@ class Agent:
                                 msg.transfer_id, msg.source_agent, active, self.settings.maxDestinationTransfers)
                     return
                 busy = {f.destination: d.tid for d in self.dests.values() if d.active
-                        for f in d.files.values() if f.status == "ready"}
+                        for f in d.files.values() if f.status == FileStatus.READY}
                 dest = DestinationTransfer.accept(self.ctx, msg, busy)
                 self.dests[msg.transfer_id] = dest
                 self._status_dirty.set()
@@ -750,7 +750,7 @@ class Agent:
             recs = list(self.store.transfers(files=False))[-LIST_LIMIT:]
             return {"transfers": [self._query(r.transfer_id, r.role) for r in recs]}
         if isinstance(cmd, StopAgent):
-            return {"agent": self.name, "status": "STOPPING"}
+            return {"agent": self.name, "status": AgentState.STOPPING}
         if isinstance(cmd, (CreateMonitor, MonitorCommand, ListMonitors)):
             return await self._monitor_command(cmd)
         if isinstance(cmd, CreateSchedule):
@@ -1076,7 +1076,7 @@ class Agent:
                 last_resend = now
                 for rec in self.store.transfers("source", files=False):
                     if rec.state in TERMINAL and not rec.peer_confirmed and \
-                            self._peer_status(rec.peer) in ("READY", "ACTIVE"):
+                            self._peer_status(rec.peer) in AGENT_RUNNING:
                         await send_complete(self.ctx, rec)
 
     def _status_payload(self, status: str) -> bytes:
@@ -1097,8 +1097,8 @@ class Agent:
             broker_check=self.broker_check))
 
     async def _publish_status(self) -> None:
-        if self.status in ("READY", "ACTIVE"):
-            self.status = "ACTIVE" if self.sources or any(d.active for d in self.dests.values()) else "READY"
+        if self.status in AGENT_RUNNING:
+            self.status = AgentState.ACTIVE if self.sources or any(d.active for d in self.dests.values()) else AgentState.READY
         try:
             await self._publish(self.topics.agent_status(self.name), self._status_payload(self.status), 1, True)
         except ConnectionError:
@@ -1115,7 +1115,7 @@ class Agent:
             for tid in [t for t, d in self.dests.items() if not d.active]:
                 self.dests.pop(tid, None)
             busy = bool(self.sources) or any(d.active for d in self.dests.values())
-            wanted = ("ACTIVE" if busy else "READY") if self.status in ("READY", "ACTIVE") else self.status
+            wanted = (AgentState.ACTIVE if busy else AgentState.READY) if self.status in AGENT_RUNNING else self.status
             wait = last + self.settings.agentStatusPublishRateLimit - time.monotonic()
             if wanted == published and wait > 0 and not self._status_force:
                 try:  # only transfer states changed: wait out the rate limit (or a status change)
@@ -1131,7 +1131,7 @@ class Agent:
     async def _status_changed(self, published: str | None) -> None:
         while True:
             busy = bool(self.sources) or any(d.active for d in self.dests.values())
-            wanted = ("ACTIVE" if busy else "READY") if self.status in ("READY", "ACTIVE") else self.status
+            wanted = (AgentState.ACTIVE if busy else AgentState.READY) if self.status in AGENT_RUNNING else self.status
             if wanted != published:
                 return
             await asyncio.sleep(0.2)
@@ -1146,7 +1146,7 @@ def agent_dir_of(settings: Any) -> Path:
 
 def _file_view(f: FileRecord) -> dict[str, Any]:
     return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
-            "bytes_done": f.size if f.status == "done" else f.offset, "status": f.status,
+            "bytes_done": f.size if f.status == FileStatus.DONE else f.offset, "status": f.status,
             "result_code": f.result_code, "supplement": f.supplement}
 
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .core.errors import FteError
 from .atomic_files import locked, write_atomic
 from .auth import REQUESTER_RE, at_line, canonical, is_agent_key_name, key_lines, keys_dir, load_public, public_text
 
@@ -36,7 +37,7 @@ TRUSTED_CREATORS = "trusted_creators"
 # definitions, so such a name is refused as a creator.
 
 
-class DefinitionTrustError(Exception):
+class DefinitionTrustError(FteError):
     """A definition that must not be used: unsigned, signed by an untrusted creator, or a bad signature.
     The message is one line saying which and what to do."""
 

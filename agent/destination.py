@@ -28,6 +28,7 @@ from .link import MessageTooLarge
 from .sandbox import SandboxError
 from .source import hash_file
 from .store import FileRecord, TransferRecord
+from .core.statuses import FileStatus
 
 log = logging.getLogger("fte.destination")
 
@@ -115,16 +116,16 @@ class DestinationTransfer:
         settings = ctx.settings
         self.fsync = True if settings is None else bool(getattr(settings, "agentFsync", True))
         for f in self.files.values():
-            if f.status == "renaming":  # killed between verifying and renaming: finish the rename
+            if f.status == FileStatus.RENAMING:  # killed between verifying and renaming: finish the rename
                 part = part_path(f.destination)
                 try:
                     if self.dirs.lstat(part) is not None:
                         self._sync_path(part)
                         self._rename_into_place(part, f.destination)
                         self._sync_dir(f.destination)
-                    f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+                    f.status, f.result_code, f.supplement = FileStatus.DONE, results.FILE_SUCCESS, None
                 except OSError as exc:
-                    f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+                    f.status, f.result_code, f.supplement = FileStatus.FAILED, results.FILE_FAILED, str(exc)
                     self._discard_part(part)  # a failed file leaves no part file (BFGIO0006E: theirs is kept)
                 ctx.store.save_file(self.tid, "destination", f)
 
@@ -163,7 +164,7 @@ class DestinationTransfer:
                     raise FileExistsError(f'destination "{real}" already exists as the part file of transfer '
                                           f'{busy[str(real)]}, which is writing it')
             except (SandboxError, OSError) as exc:
-                f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, str(exc)
+                f.status, f.result_code, f.supplement = FileStatus.FAILED, results.FILE_FAILED, str(exc)
             rec.files.append(f)
         ctx.store.save_transfer(rec)
         session = cls(ctx, rec, dirs)
@@ -185,7 +186,7 @@ class DestinationTransfer:
         moved = []
         for offer in msg.files:  # files the source had not yet seen a result for
             f = self.files.get(offer.index)
-            if f is None or f.status != "ready":
+            if f is None or f.status != FileStatus.READY:
                 continue
             held = self._held(f)
             if held != f.offset:
@@ -195,7 +196,7 @@ class DestinationTransfer:
         self._save(moved)
         # built from this agent's own records, which were checked when they came in: not validated again
         # (a transfer of 10,000 files builds 10,000 of them per resync)
-        holdings = [FileHolding.model_construct(index=f.index, held=f.offset if f.status == "ready" else f.size,
+        holdings = [FileHolding.model_construct(index=f.index, held=f.offset if f.status == FileStatus.READY else f.size,
                                                 status=f.status, result_code=f.result_code or 0,
                                                 supplement=f.supplement, destination=f.destination, digest=f.digest)
                     for f in self.files.values()]
@@ -208,7 +209,7 @@ class DestinationTransfer:
         if chunk.epoch != self.epoch:
             return
         f = self.files.get(chunk.index)
-        if f is None or f.status != "ready":
+        if f is None or f.status != FileStatus.READY:
             return
         end = chunk.offset + len(chunk.data)
         if end > f.size:
@@ -255,7 +256,7 @@ class DestinationTransfer:
         try:
             for entry in bundle.entries:
                 f = self.files.get(entry.index)
-                if f is None or f.status != "ready" or len(entry.data) != f.size:
+                if f is None or f.status != FileStatus.READY or len(entry.data) != f.size:
                     continue  # not expected (any more): a resync will tell the source where this file stands
                 try:
                     fd, actual = self._write_part(f, entry.data, entry.digest, algo, exist_error)
@@ -264,7 +265,7 @@ class DestinationTransfer:
                         unsynced.append((f, fd))
                     else:
                         os.close(fd)
-                        f.status = "renaming"
+                        f.status = FileStatus.RENAMING
                         verified.append(f)
                 except (OSError, ValueError) as exc:
                     self._fail(f, exc)
@@ -297,11 +298,11 @@ class DestinationTransfer:
                 if self.fsync:
                     self.dirs.fsync_dir(directory)  # the renames durable (once per directory) before the report
                 for f in files:
-                    f.status, f.result_code, f.supplement = "done", results.FILE_SUCCESS, None
+                    f.status, f.result_code, f.supplement = FileStatus.DONE, results.FILE_SUCCESS, None
                     self._renamed.append(f)
             except OSError as exc:
                 for f in files:
-                    f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, \
+                    f.status, f.result_code, f.supplement = FileStatus.FAILED, results.FILE_FAILED, \
                         write_failed(f"fsync of directory {directory} (the file was renamed into place but is not "
                                      f"durable)", exc)
                     failed.append(f)
@@ -345,7 +346,7 @@ class DestinationTransfer:
         errors = await fsync_and_close([fd for _, fd in group])  # durable before renamed and reported done
         for (f, _), error in zip(group, errors):
             if error is None:
-                f.status = "renaming"
+                f.status = FileStatus.RENAMING
                 verified.append(f)
             else:
                 self._fail(f, error)
@@ -363,7 +364,7 @@ class DestinationTransfer:
     def _fail(self, f: FileRecord, exc: BaseException, action: str = "write to") -> None:
         part = part_path(f.destination)
         self._discard_part(part)
-        f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, action, part, f)
+        f.status, f.result_code, f.supplement = FileStatus.FAILED, results.FILE_FAILED, _supplement(exc, action, part, f)
         if _is_io_error(exc):
             log.error("transfer %s: %s", self.tid, f.supplement)
 
@@ -381,7 +382,7 @@ class DestinationTransfer:
     async def on_file_end(self, msg: FileEnd) -> None:
         self.last_activity = time.monotonic()
         f = self.files.get(msg.index)
-        if f is None or f.status != "ready" or msg.size != f.size:
+        if f is None or f.status != FileStatus.READY or msg.size != f.size:
             return
         f.digest = msg.digest if msg.digest is not None else ""
         self.ctx.store.save_file(self.tid, "destination", f)
@@ -390,7 +391,7 @@ class DestinationTransfer:
 
     async def on_complete(self, msg: Complete) -> None:
         """The source's outcome: remove the part files of whatever did not arrive, then confirm."""
-        unfinished = [f for f in self.files.values() if f.status == "ready"]  # cleanup() marks them failed
+        unfinished = [f for f in self.files.values() if f.status == FileStatus.READY]  # cleanup() marks them failed
         removed = self.cleanup()
         self.rec.state = msg.state
         self.rec.result_code = msg.result_code
@@ -406,7 +407,7 @@ class DestinationTransfer:
         removed = []
         for f in self.files.values():
             self._close(f.index)
-            if f.status != "ready":
+            if f.status != FileStatus.READY:
                 # done: in place; failed: refused before writing (the part file may be another transfer's)
                 # or failed at the end, which removed its own part file
                 continue
@@ -418,7 +419,7 @@ class DestinationTransfer:
                 pass
             except OSError as exc:
                 log.warning("could not remove part file %s: %s", p, exc)
-            f.status, f.result_code = "failed", results.FILE_FAILED
+            f.status, f.result_code = FileStatus.FAILED, results.FILE_FAILED
         self.dirs.close()  # the transfer ended: its directories are not needed any more
         return removed
 
@@ -442,15 +443,15 @@ class DestinationTransfer:
         """Still receiving. A transfer all of whose files were refused holds no capacity and asks nothing
         (a forged offer would otherwise occupy a maxDestinationTransfers slot for ever)."""
         return self.rec.state not in TERMINAL_STATE_VALUES and \
-            any(f.status == "ready" for f in self.files.values())
+            any(f.status == FileStatus.READY for f in self.files.values())
 
     def summary(self) -> dict[str, Any]:
         return {"transfer_id": self.tid, "role": "destination", "state": self.rec.state,
                 "source_agent": self.source_agent, "destination_agent": self.ctx.name,
                 "bytes_total": sum(f.size for f in self.files.values()),
-                "bytes_done": sum(f.size if f.status == "done" else f.offset for f in self.files.values()),
+                "bytes_done": sum(f.size if f.status == FileStatus.DONE else f.offset for f in self.files.values()),
                 "files_total": len(self.files),
-                "files_done": sum(1 for f in self.files.values() if f.status != "ready")}
+                "files_done": sum(1 for f in self.files.values() if f.status != FileStatus.READY)}
 
     # ------------------------------------------------------------------ internals
 
@@ -521,14 +522,14 @@ class DestinationTransfer:
                 self._sync_path(part)  # written by an earlier process (restart), or the fsync above failed
             # verified: remember that before renaming, so that a crash between the rename and the next
             # save cannot turn a delivered file into "already exists" when the source resends it
-            f.status, f.digest = "renaming", actual
+            f.status, f.digest = FileStatus.RENAMING, actual
             self.ctx.store.save_file(self.tid, "destination", f)
             self._rename_into_place(part, f.destination)
             self._sync_dir(f.destination)
-            f.status, f.result_code, f.supplement, f.digest = "done", results.FILE_SUCCESS, None, actual
+            f.status, f.result_code, f.supplement, f.digest = FileStatus.DONE, results.FILE_SUCCESS, None, actual
         except (OSError, ValueError) as exc:
             self._discard_part(part)
-            f.status, f.result_code, f.supplement = "failed", results.FILE_FAILED, _supplement(exc, "rename to", part, f)
+            f.status, f.result_code, f.supplement = FileStatus.FAILED, results.FILE_FAILED, _supplement(exc, "rename to", part, f)
         self.ctx.store.save_file(self.tid, "destination", f)
         await self._send(FileResult(kind="file_result", transfer_id=self.tid, index=f.index,
                                     result_code=f.result_code, supplement=f.supplement,

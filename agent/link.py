@@ -17,24 +17,21 @@ from typing import Awaitable, Callable
 from urllib.parse import urlparse
 
 import aiomqtt
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type
+
+from .core.errors import FteError
+from .core.policy import RECONNECT_BACKOFF, STABLE_CONNECTION
 
 log = logging.getLogger("fte.link")
 
 
-class LinkDown(ConnectionError):
+class LinkDown(FteError, ConnectionError):
     """The broker connection is down; what was being published was not sent."""
 
 
-class MessageTooLarge(ValueError):
+class MessageTooLarge(FteError, ValueError):
     """A message bigger than the broker was found to pass (agent.broker_probe): not sent, because the broker
     would throw the agent's connection out for it, and again at every reconnection."""
-
-
-# a connection that drops sooner than this after it came up does not reset the reconnection backoff: a broker
-# that throws the agent out for something it sends at once (an oversized message) got thousands of
-# reconnections a minute
-STABLE_CONNECTION = 5.0
 
 
 def packet_size(topic: str, payload: bytes, qos: int = 1) -> int:
@@ -43,7 +40,7 @@ def packet_size(topic: str, payload: bytes, qos: int = 1) -> int:
     return 1 + (1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4) + remaining
 
 
-class BrokerConfigError(ValueError):
+class BrokerConfigError(FteError, ValueError):
     """The TLS files of a broker address cannot be used (a configuration problem: retrying does not help)."""
 
 
@@ -158,7 +155,7 @@ class BrokerAddress:
         return ctx
 
 
-class _PassphraseNeeded(Exception):
+class _PassphraseNeeded(FteError):
     def __str__(self) -> str:
         return "the private key is encrypted (a passphrase would be needed)"
 
@@ -273,8 +270,7 @@ class BrokerLink:
 
     async def _run(self) -> None:
         policy = AsyncRetrying(
-            # capped at 2 s: a broker that comes back is found within 2 s, which a short -rt needs
-            wait=wait_exponential(multiplier=0.2, min=0.2, max=2),
+            wait=RECONNECT_BACKOFF,
             retry=retry_if_exception_type((aiomqtt.MqttError, OSError, BrokerConfigError)),
             reraise=True,
         )

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 
 from pydantic import Field, field_validator
 
+from .core.errors import FteError
 from .core import triggers as T
 from .protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
@@ -59,10 +60,8 @@ class ListMonitors(CommandBase):
     kind: Literal["list_monitors"]
 
 
-class MonitorError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+class MonitorError(FteError):
+    """A monitor command that cannot be carried out; raised with the result code its reply carries."""
 
 
 def check_task(spec: MonitorSpec) -> None:

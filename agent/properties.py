@@ -19,6 +19,7 @@ Writing follows ``Properties.store`` (see ``_escape``), and Java reads what we w
 
 from __future__ import annotations
 
+from .core.errors import FteError
 import re
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class PropertyValue:
     line: int
 
 
-class PropertiesSyntaxError(ValueError):
+class PropertiesSyntaxError(FteError, ValueError):
     """The text is not a valid properties file (only a malformed ``\\uXXXX`` escape can cause this)."""
 
     def __init__(self, line: int, message: str) -> None:

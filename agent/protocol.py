@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
+from .core.errors import FteError
 from .names import NAME_PATTERN
 
 PROTOCOL_VERSION = 1
@@ -41,7 +42,7 @@ MAX_INT64 = 2**63 - 1
 MAX_EPOCH = 2**32 - 1
 
 
-class ProtocolError(ValueError):
+class ProtocolError(FteError, ValueError):
     """An inbound message that is malformed, too large or of an unknown kind."""
 
 
@@ -293,7 +294,7 @@ class FileHolding(Strict):
     index: Annotated[int, Field(ge=0, lt=MAX_FILES_PER_TRANSFER)]
     held: ByteCount
     # ready: send from `held`; done: written, verified and renamed; failed: refused or broken
-    status: Literal["ready", "done", "failed"]
+    status: Literal["ready", "done", "failed"]  # agent.core.statuses.FileStatus, as sent
     result_code: ResultCode = 0
     supplement: str | None = None
     destination: str | None = None
@@ -590,6 +591,7 @@ def decode_chunk(payload: bytes | memoryview, authenticated: bool = False) -> Ch
 # --------------------------------------------------------------------------- agent status
 
 
+# The wire forms of agent.core.statuses (tests/unit/test_vocabulary.py holds the two to the same words).
 AgentStatusValue = Literal["STARTING", "READY", "ACTIVE", "STOPPING", "STOPPED", "UNREACHABLE"]
 
 

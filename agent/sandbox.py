@@ -6,6 +6,7 @@ out and paths outside every allowed root are refused with a reason that ends up 
 
 from __future__ import annotations
 
+from .core.errors import FteError
 import errno
 import os
 import stat
@@ -55,7 +56,7 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
 
 
-class SandboxError(PermissionError):
+class SandboxError(FteError, PermissionError):
     """A path the agent must not touch."""
 
 

@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .core.errors import FteError
 from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
 
@@ -76,7 +77,7 @@ _MFT_ONLY = {
 _WHOLE_RE = re.compile(r"[+-]?[0-9]+")
 
 
-class SettingsError(Exception):
+class SettingsError(FteError):
     """A configuration problem. ``str()`` is one line saying where, what is wrong and what to do;
     ``problems`` lists every problem found (the first one is the one in ``str()``)."""
 

@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .core.errors import FteError
 from .binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
 from . import provenance
@@ -31,21 +32,16 @@ from .fileio import (SourceStat, changed_since_request, changed_while_read, os_e
 from .link import MessageTooLarge
 from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Ack, Complete, FileEnd, FileOffer, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply, encode_bundle, finish_chunk)
-from .retry import resync_delay
+from .core.policy import (CHECKPOINT_INTERVAL, PROGRESS_INTERVAL, RESULTS_BATCH, RESULTS_INTERVAL, RESYNC_WAIT,
+                          resync_delay)
 from .store import FileRecord, TransferRecord
+from .core.statuses import AGENT_GONE, AGENT_LEAVING, AGENT_RUNNING, FileStatus
 
 log = logging.getLogger("fte.source")
 
 DATA_QOS = 1
-PROGRESS_INTERVAL = 0.5
-CHECKPOINT_INTERVAL = 0.5
 # Files up to this size (and half a chunk) travel whole, many to a frame, when the destination supports it.
 BUNDLE_FILE_MAX = 64 * 1024
-# File results are saved and logged (one `progress` event) in batches, at most this often or this many.
-RESULTS_INTERVAL = 0.5
-RESULTS_BATCH = 500
-# How long a resync may stay unanswered before the next attempt (seconds, capped by the ack timeout).
-RESYNC_WAIT = 5.0
 
 
 def _wall(mono: float | None) -> float | None:
@@ -58,7 +54,7 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SourceChanged(Exception):
+class SourceChanged(FteError):
     """The source file is not (any more) the one the transfer was requested for; str() is the supplement."""
 
 
@@ -136,7 +132,7 @@ class SourceTransfer:
                                     recoveries=rec.recoveries)
         self.files = {f.index: f for f in rec.files}
         self.windows = {f.index: SendWindow(f.size, ctx.chunk_size, 1 << 30, start_offset=f.offset)
-                        for f in rec.files if f.status == "ready"}
+                        for f in rec.files if f.status == FileStatus.READY}
         self.end_sent: set[int] = set()
         self._order = sorted(self.windows)  # the send order
         self._first = 0  # position in _order of the first file without a result
@@ -201,7 +197,7 @@ class SourceTransfer:
             "transfer_id": self.tid, "role": "source", "state": self.state.value,
             "source_agent": self.ctx.name, "destination_agent": self.dest,
             "bytes_total": total, "bytes_done": acked, "files_total": len(self.files),
-            "files_done": sum(1 for f in self.files.values() if f.status != "ready"),
+            "files_done": sum(1 for f in self.files.values() if f.status != FileStatus.READY),
             "recoveries": self.lc.recoveries, "last_stall": self.stall_reason,
             "recovery_timeout": self.lc.recovery_timeout,
             "recovery_deadline": _iso(_wall(self.lc.recovery_deadline)),
@@ -218,7 +214,7 @@ class SourceTransfer:
                 self._event(E.START)
                 await self._send_resync()
                 peer = self.ctx.peer_status(self.dest)
-                if peer in ("UNREACHABLE", "STOPPED") and not self.state.is_terminal:
+                if peer in AGENT_GONE and not self.state.is_terminal:
                     # no point waiting an ack timeout for an answer that cannot come: recover now
                     self._stall(f"destination agent {self.dest} is {peer}", "peer_unreachable")
             elif self.restarted and self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
@@ -307,7 +303,7 @@ class SourceTransfer:
         self.next_resync_at = time.monotonic() + resync_delay(self.resync_attempts)
         if not self.ctx.link_up():
             return
-        if self.ctx.peer_status(self.dest) in ("UNREACHABLE", "STOPPED", "STOPPING"):
+        if self.ctx.peer_status(self.dest) in AGENT_LEAVING:
             return
         if await self._send_resync():
             self._event(E.RESYNC_SENT)
@@ -326,10 +322,10 @@ class SourceTransfer:
                 self.next_resync_at = 0.0
         elif kind == "peer":
             status = item[1]
-            if status in ("UNREACHABLE", "STOPPED") and \
+            if status in AGENT_GONE and \
                     self.state in (S.IN_PROGRESS, S.NEGOTIATING, S.RESYNCHRONISING):
                 self._stall(f"destination agent {self.dest} is {status}", "peer_unreachable")
-            elif status in ("READY", "ACTIVE") and self.state == S.RECOVERING:
+            elif status in AGENT_RUNNING and self.state == S.RECOVERING:
                 self.resync_attempts = 0
                 self.next_resync_at = 0.0
         elif kind == "cancel":
@@ -383,11 +379,11 @@ class SourceTransfer:
         elif isinstance(msg, (FileResult, FileResults)):
             for r in msg.results if isinstance(msg, FileResults) else [msg]:
                 f = self.files.get(r.index)
-                if f is None or f.status != "ready":
+                if f is None or f.status != FileStatus.READY:
                     continue  # unknown, or answered already (a repeated message)
                 self.last_progress = time.monotonic()
                 self.ack_misses = 0
-                self._file_resulted(f, "done" if r.result_code == results.FILE_SUCCESS else "failed",
+                self._file_resulted(f, FileStatus.DONE if r.result_code == results.FILE_SUCCESS else FileStatus.FAILED,
                                     r.result_code, r.supplement, r.destination, r.digest)
         elif isinstance(msg, RequestRecovery) and msg.cancel:
             self.end_reason = f"cancelled at the destination agent {self.dest}: {msg.reason}"
@@ -424,7 +420,7 @@ class SourceTransfer:
         """Small, and nothing of it sent in this epoch: it can travel whole in a bundle."""
         w = self.windows.get(idx)
         f = self.files[idx]
-        return (w is not None and f.status == "ready" and w.next_offset == 0 and idx not in self.end_sent
+        return (w is not None and f.status == FileStatus.READY and w.next_offset == 0 and idx not in self.end_sent
                 and f.size <= min(BUNDLE_FILE_MAX, self.ctx.chunk_size // 2))
 
     def _needs_sending(self, idx: int) -> bool:
@@ -489,7 +485,7 @@ class SourceTransfer:
             if idx not in self.windows:
                 continue
             f = self.files[idx]
-            if f.status != "ready":
+            if f.status != FileStatus.READY:
                 continue
             w = self.windows[idx]
             while budget > 0 and w.can_send() and self.state == S.IN_PROGRESS:
@@ -511,7 +507,7 @@ class SourceTransfer:
                 self._budget_left = budget
                 if not self._publish_data(frame):
                     return
-            if f.status == "ready" and w.next_offset >= f.size and idx not in self.end_sent:
+            if f.status == FileStatus.READY and w.next_offset >= f.size and idx not in self.end_sent:
                 try:
                     digest = await self._digest(idx)
                     # after the last read (and the digest's): the bytes sent are one version of one file
@@ -636,7 +632,7 @@ class SourceTransfer:
         """The source file cannot be sent as it was requested (changed, unreadable): it fails, once logged.
         The destination removes what it holds of it when the outcome reaches it."""
         log.warning("transfer %s: %s: %s", self.tid, f.source, supplement)
-        self._file_resulted(f, "failed", results.FILE_FAILED, supplement)
+        self._file_resulted(f, FileStatus.FAILED, results.FILE_FAILED, supplement)
 
     async def _send_resync(self) -> bool:
         self.epoch += 1
@@ -648,7 +644,7 @@ class SourceTransfer:
             destination_agent=self.dest, exist=h.get("exist", "error"), checksum=h.get("checksum", "sha256"),
             chunk_size=self.ctx.chunk_size, job_name=h.get("job_name"), metadata=h.get("metadata") or {},
             files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
-                   for f in self.files.values() if f.status == "ready"],
+                   for f in self.files.values() if f.status == FileStatus.READY],
             kx=h.get("kx_public"),
         )
         # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
@@ -677,12 +673,12 @@ class SourceTransfer:
     def _apply_holdings(self, msg: ResyncReply) -> None:
         for h in msg.files:
             f = self.files.get(h.index)
-            if f is None or f.status != "ready":
+            if f is None or f.status != FileStatus.READY:
                 continue
-            if h.status == "done":
-                self._file_resulted(f, "done", results.FILE_SUCCESS, h.supplement, h.destination, h.digest)
-            elif h.status == "failed":
-                self._file_resulted(f, "failed", h.result_code or results.FILE_FAILED, h.supplement, h.destination)
+            if h.status == FileStatus.DONE:
+                self._file_resulted(f, FileStatus.DONE, results.FILE_SUCCESS, h.supplement, h.destination, h.digest)
+            elif h.status == FileStatus.FAILED:
+                self._file_resulted(f, FileStatus.FAILED, h.result_code or results.FILE_FAILED, h.supplement, h.destination)
             else:
                 try:
                     changed = self._changed(h.index)
@@ -714,7 +710,7 @@ class SourceTransfer:
     # ------------------------------------------------------------------ state
 
     def _acked(self, f: FileRecord) -> int:
-        if f.status == "done":
+        if f.status == FileStatus.DONE:
             return f.size
         w = self.windows.get(f.index)
         return w.acked if w else f.offset
@@ -731,7 +727,7 @@ class SourceTransfer:
             f.destination = destination
         if digest:
             f.digest = digest
-        if status == "done":
+        if status == FileStatus.DONE:
             f.offset = f.size
         self.windows.pop(f.index, None)
         self._close(f.index)
@@ -808,7 +804,7 @@ class SourceTransfer:
         if force or now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
             self._last_checkpoint = now
             # only what moved: O(files in flight), not O(files); in one commit (a resync can move thousands)
-            moved = [self.files[idx] for idx in self._dirty if self.files[idx].status == "ready"]
+            moved = [self.files[idx] for idx in self._dirty if self.files[idx].status == FileStatus.READY]
             if moved:
                 self.ctx.store.save_files(self.tid, "source", moved)
             self._dirty.clear()
@@ -821,7 +817,7 @@ class SourceTransfer:
         self._last_progress_pub = now
         s = self.summary()
         elapsed = max(1e-6, now - self.started_mono)
-        current = next((f for f in self.files.values() if f.status == "ready"), None)
+        current = next((f for f in self.files.values() if f.status == FileStatus.READY), None)
         s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed),
                  current_file=current.source if current else None)
         import json
@@ -854,8 +850,8 @@ class SourceTransfer:
             reason = self.end_reason
         changed = []  # the rows to save with the outcome (the results were saved as they came)
         for f in self.files.values():
-            if f.status == "ready":  # never report an unfinished file as a success
-                f.status = "failed"
+            if f.status == FileStatus.READY:  # never report an unfinished file as a success
+                f.status = FileStatus.FAILED
                 f.result_code = results.FILE_FAILED
                 f.supplement = reason or f"the transfer ended {st.value}"
                 changed.append(f)
@@ -872,7 +868,7 @@ class SourceTransfer:
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
         if self.ctx.metrics is not None:
             self.ctx.metrics.transfer_finished(st.value, rc)
-        total = sum(f.size for f in self.files.values() if f.status == "done")
+        total = sum(f.size for f in self.files.values() if f.status == FileStatus.DONE)
         elapsed = time.monotonic() - self.started_mono
         self.ctx.log.emit(
             self.rec, "completed", result_code=rc, result=results.describe(rc),

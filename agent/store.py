@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+from .core.statuses import FileStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -88,7 +89,7 @@ class FileRecord:
     size: int
     mtime: float = 0.0
     offset: int = 0
-    status: str = "ready"  # ready | done | failed
+    status: str = FileStatus.READY  # ready | done | failed
     result_code: int | None = None
     supplement: str | None = None
     digest: str | None = None

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 import aiomqtt
 
+from agent.core.errors import FteError
 from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client
 from agent import provenance
 from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
@@ -31,12 +32,8 @@ logging.getLogger("mqtt").propagate = False
 SUBSCRIBE_TIMEOUT = 30.0
 
 
-class ClientError(Exception):
+class ClientError(FteError):
     """A command failed; the message says what was wrong and what to do. `code` is the exit code."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class NoAnswer(ClientError):

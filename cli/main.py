@@ -25,6 +25,7 @@ from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, Ping,
 
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
 from .render import SafeLogFormatter, TransferWatcher, format_event, safe, safe_markup, safe_text, status_text
+from agent.core.statuses import AGENT_GONE, AGENT_RUNNING, AgentState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
@@ -243,7 +244,7 @@ def _agent_ready(name: str, pid: int) -> bool:
         try:
             async with FteClient(broker_url(None, name)) as c:
                 st = await c.agent_status(name, settle=0.5)
-                return bool(st and st.verified and st.pid == pid and st.status in ("READY", "ACTIVE"))
+                return bool(st and st.verified and st.pid == pid and st.status in AGENT_RUNNING)
         except ClientError:
             return False
 
@@ -270,9 +271,9 @@ async def _no_stop_answer(c: FteClient, name: str, wait: float) -> str:
             f"its last status is {st.status}, but unverified (not signed by a key of agent {name} trusted here; "
             f"-v on fte-show-agent-details {name} says why)")
     last += f", published {st.time}"
-    if st.status == "STOPPED":
+    if st.status == AgentState.STOPPED:
         return f"{head}; {last}: it is not running, nothing to stop"
-    if st.status == "UNREACHABLE":
+    if st.status == AgentState.UNREACHABLE:
         return (f"{head}; {last}: it lost the broker without stopping (killed, or its host or network went "
                 f"away); if it still runs, stop it on its host")
     return (f"{head}; {last}, but it does not answer: it may be paused or cut off from the broker, or the "
@@ -310,7 +311,7 @@ def stop_agent(
                 if left <= 0:
                     raise ClientError(f"agent {name} has not stopped within {timeout:g} s", 2)
                 st = c.status_of(await asyncio.wait_for(q.get(), left))
-                if st is not None and st.verified and st.status == "STOPPED":  # a forged STOPPED is no stop
+                if st is not None and st.verified and st.status == AgentState.STOPPED:  # a forged STOPPED is no stop
                     return True
 
     try:
@@ -869,7 +870,7 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
                            timeout: float, verbose: bool = False) -> int:
     async with FteClient(url, on_ignored=note_ignored(verbose)) as c:
         st = await c.require_agent(spec.source_agent)
-        if st.verified and st.status in ("STOPPED", "UNREACHABLE"):  # else the (signed) reply will tell
+        if st.verified and st.status in AGENT_GONE:  # else the (signed) reply will tell
             raise ClientError(f"agent {spec.source_agent} is {st.status}; start it with "
                               f"fte-start-agent {spec.source_agent}")
         watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=(wait is not None and not as_json
@@ -959,7 +960,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
             transfer = await resolve_transfer_id(c, transfer, agent)
         if not follow:
             statuses = await c.agent_statuses(settle=0.5)
-            names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in ("READY", "ACTIVE"))
+            names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in AGENT_RUNNING)
             rows = []
             for n in names:
                 try:

@@ -23,6 +23,7 @@ from agent.protocol import ListTransfers, QueryTransfer
 
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import safe, safe_markup, safe_text, status_text
+from agent.core.statuses import AGENT_RUNNING, AgentState
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
@@ -30,7 +31,7 @@ BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER
 async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every transfer the (running) agents know, and a warning per agent that did not answer."""
     statuses = await c.agent_statuses(settle=0.5)
-    names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in ("READY", "ACTIVE"))
+    names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in AGENT_RUNNING)
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     for n in names:
@@ -169,7 +170,7 @@ def register(app: typer.Typer) -> None:
                 if names is None:
                     statuses = await c.agent_statuses(settle=0.5)
                     names = [agent] if agent else sorted(n for n, s in statuses.items()
-                                                         if s.status in ("READY", "ACTIVE"))
+                                                         if s.status in AGENT_RUNNING)
                 found = []
                 for n in names:
                     try:
@@ -230,7 +231,7 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
         def view() -> Group:
             at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
             for name, st in sorted(agents.items()):
-                style = {"UNREACHABLE": "red", "STOPPED": "dim", "ACTIVE": "green"}.get(st.status, "")
+                style = {AgentState.UNREACHABLE: "red", AgentState.STOPPED: "dim", AgentState.ACTIVE: "green"}.get(st.status, "")
                 style = style if st.verified else "yellow"
                 at.add_row(safe_text(name), Text(safe(status_text(st)), style=style), safe_text(st.host or ""),
                            str(len(st.source_transfers)), str(len(st.destination_transfers)))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import NamedTuple
 
+from .errors import FteError
 from . import results
 from .recovery import RecoveryTimer
 
@@ -114,7 +115,7 @@ RESULT_CODES: dict[TransferState, int] = {
 }
 
 
-class LifecycleError(Exception):
+class LifecycleError(FteError):
     """An event that the table does not allow in the current state."""
 
     def __init__(self, state: TransferState, event: TransferEvent) -> None:

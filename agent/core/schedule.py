@@ -6,6 +6,7 @@ is tested without waiting.
 
 from __future__ import annotations
 
+from .errors import FteError
 import calendar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ Unit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
 UNITS: tuple[str, ...] = ("minutes", "hours", "days", "weeks", "months", "years")
 
 
-class ScheduleError(ValueError):
+class ScheduleError(FteError, ValueError):
     pass
 
 

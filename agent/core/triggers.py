@@ -8,6 +8,7 @@ fires twice for the same version, also across agent restarts.
 
 from __future__ import annotations
 
+from .errors import FteError
 import fnmatch
 import os
 import re
@@ -39,10 +40,8 @@ VARIABLES = ("FilePath", "FileName", "FileNameWithoutExtension", "FileNameExtens
              "LastModifiedTime", "LastModifiedDate", "LastModifiedTimeUTC", "LastModifiedDateUTC", "AgentName")
 
 
-class TriggerError(ValueError):
-    def __init__(self, message: str, code: int = MONITOR_TRIGGER_INCORRECT) -> None:
-        super().__init__(message)
-        self.code = code
+class TriggerError(FteError, ValueError):
+    code = MONITOR_TRIGGER_INCORRECT
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ def test_resumed_transfer_takes_the_chunk_size_the_probe_found(tmp_path: Path, l
         wait_until(lambda: oversize_kicks(limited, "fte-agent-A1") >= 1, 20,
                    f"the broker never threw A1 out:\n{limited.log_tail()}")
         # and again after each reconnection, but not in a storm: a connection thrown out soon after it came up
-        # does not reset the backoff (link.STABLE_CONNECTION; it was about 60 reconnections a second). The
+        # does not reset the backoff (agent.core.policy.STABLE_CONNECTION; it was about 60 reconnections a second). The
         # agent's own log stamps each loss to the millisecond; the test's view of Mosquitto's log lags.
         wait_until(lambda: len(losses(a1)) >= 4, 30, f"A1 was not thrown out again:\n{limited.log_tail()}")
         stamps = losses(a1)

@@ -127,3 +127,54 @@ def test_the_watchers_recovery_states_are_the_lifecycle_ones() -> None:
               for line, words in _string_collections(ast.parse(p.read_text(), str(p)))
               if len(words & RECOVERY_STATE_VALUES) >= 2]
     assert copies == []
+
+
+def test_agent_and_file_statuses_on_the_wire_are_the_core_words() -> None:
+    import typing
+
+    from agent.core.statuses import AgentState, FileStatus
+    from agent.protocol import AgentStatusValue, FileHolding
+
+    assert set(typing.get_args(AgentStatusValue)) == {s.value for s in AgentState}
+    sent = set(typing.get_args(FileHolding.model_fields["status"].annotation))
+    assert sent == {s.value for s in FileStatus} - {FileStatus.RENAMING}  # renaming is the store's own
+
+
+def test_no_agent_status_word_is_spelled_out_of_its_enum() -> None:
+    from agent.core.statuses import AgentState
+
+    words = {s.value for s in AgentState}
+    allowed = {ROOT / "agent" / "core" / "statuses.py", ROOT / "agent" / "protocol.py"}
+    found = []
+    for path in sorted((ROOT / "agent").rglob("*.py")) + sorted((ROOT / "cli").rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in words:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not found, "use agent.core.statuses.AgentState: " + ", ".join(found)
+
+
+def test_every_error_class_has_the_one_root() -> None:
+    import importlib
+    import inspect
+
+    from agent.core.errors import FteError
+
+    strays = []
+    for path in sorted((ROOT / "agent").rglob("*.py")) + sorted((ROOT / "cli").rglob("*.py")):
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module.__name__ \
+                    and not issubclass(value, FteError):
+                strays.append(f"{module.__name__}.{name}")
+    assert not strays, "derive from agent.core.errors.FteError: " + ", ".join(strays)
+
+
+@pytest.mark.parametrize("raised", ["CommandRefused", "TriggerError"])
+def test_an_error_has_its_area_code_unless_raised_with_one(raised: str) -> None:
+    from agent.core.triggers import TriggerError
+    from agent.daemon import CommandRefused
+
+    cls = {"CommandRefused": CommandRefused, "TriggerError": TriggerError}[raised]
+    assert cls("why").code == cls.code and cls("why", 77).code == 77 and str(cls("why", 77)) == "why"

@@ -1,0 +1,53 @@
+"""The timing policies of an agent, in one place (as rclone keeps its pacer).
+
+Every interval, delay and backoff an agent waits by is here with the reason for its value; the modules
+that wait import it. No IO: the backoffs are functions of the attempt number, applied by their one user
+(`agent.link` for reconnection, the source session for resync attempts).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tenacity import wait_exponential
+
+# --- the broker connection (agent.link) ---------------------------------------------------------------
+# Between reconnection attempts: 0.2 s, 0.4 s, 0.8 s, 1.6 s, then every 2 s. Capped at 2 s: a broker
+# that comes back is found within 2 s, which a short -rt needs.
+RECONNECT_BACKOFF = wait_exponential(multiplier=0.2, min=0.2, max=2)
+# A connection that drops sooner than this after it came up does not reset the reconnection backoff: a
+# broker that throws the agent out for something it sends at once (an oversized message) got thousands of
+# reconnections a minute.
+STABLE_CONNECTION = 5.0
+
+# --- a recovering transfer (source side) -----------------------------------------------------------------
+# Between resync attempts of a recovering transfer: 0.5 s, 1 s, 2 s, 4 s, then every 5 s.
+RESYNC_BACKOFF = wait_exponential(multiplier=0.5, min=0.5, max=5)
+# The longest a resync waits for its answer before it counts as unanswered (bounded by agentAckTimeout).
+RESYNC_WAIT = 5.0
+
+# --- what a running transfer publishes and saves ---------------------------------------------------------
+PROGRESS_INTERVAL = 0.5  # seconds between two progress messages of a transfer
+CHECKPOINT_INTERVAL = 0.5  # seconds between two checkpoints of a transfer's offsets in the state store
+RESULTS_INTERVAL = 0.5  # seconds a file result may wait to be sent with others
+RESULTS_BATCH = 500  # file results sent at once at most
+
+# --- the agent -------------------------------------------------------------------------------------------
+# A finished transfer's outcome is sent again this often to a destination that has not acknowledged it.
+COMPLETE_RETRY_INTERVAL = 15.0
+STATUS_MIN_INTERVAL = 1.0  # seconds between two publications of the agent's own status
+PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
+
+
+def _backoff(policy: wait_exponential, attempt: int) -> float:
+    return float(policy(SimpleNamespace(attempt_number=max(1, attempt))))  # type: ignore[arg-type]
+
+
+def resync_delay(attempt: int) -> float:
+    """Seconds to wait before resync attempt number `attempt` (1-based)."""
+    return _backoff(RESYNC_BACKOFF, attempt)
+
+
+def reconnect_delay(attempt: int) -> float:
+    """Seconds to wait before reconnection attempt number `attempt` (1-based)."""
+    return _backoff(RECONNECT_BACKOFF, attempt)
