@@ -19,9 +19,10 @@ Writing follows ``Properties.store`` (see ``_escape``), and Java reads what we w
 
 from __future__ import annotations
 
-from .core.errors import FteError
 import re
 from dataclasses import dataclass
+
+from .core.errors import FteError
 
 __all__ = ["PropertyValue", "PropertiesSyntaxError", "parse_properties", "format_properties"]
 

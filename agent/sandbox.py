@@ -6,11 +6,12 @@ out and paths outside every allowed root are refused with a reason that ends up 
 
 from __future__ import annotations
 
-from .core.errors import FteError
 import errno
 import os
 import stat
 from pathlib import Path
+
+from .core.errors import FteError
 
 
 # Linux limits (NAME_MAX, PATH_MAX less its NUL). A longer name makes lstat()/stat() raise ENAMETOOLONG, an

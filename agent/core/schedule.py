@@ -6,11 +6,12 @@ is tested without waiting.
 
 from __future__ import annotations
 
-from .errors import FteError
 import calendar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+
+from .errors import FteError
 
 Unit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
 UNITS: tuple[str, ...] = ("minutes", "hours", "days", "weeks", "months", "years")

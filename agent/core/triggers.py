@@ -8,13 +8,14 @@ fires twice for the same version, also across agent restarts.
 
 from __future__ import annotations
 
-from .errors import FteError
 import fnmatch
-import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
+
+from .errors import FteError
 
 Snapshot = dict[str, tuple[int, float]]
 
@@ -78,8 +79,8 @@ class Trigger:
         return f"{head},{self.pattern}"
 
     def matches(self, path: str, root: str) -> bool:
-        name = os.path.basename(path)
-        rel = os.path.relpath(path, root)
+        name = posixpath.basename(path)
+        rel = posixpath.relpath(path, root)
         return fnmatch.fnmatchcase(name, self.pattern) or fnmatch.fnmatchcase(rel, self.pattern)
 
 
@@ -108,7 +109,7 @@ def evaluate(trigger: Trigger, root: str, snapshot: Snapshot, memory: MonitorMem
              include: str | None = None, exclude: str | None = None) -> tuple[list[str], bool, MonitorMemory]:
     """One poll: (files that fire, whether a noMatch fires, new memory). Pure: same input, same output."""
     def wanted(path: str) -> bool:
-        name = os.path.basename(path)
+        name = posixpath.basename(path)
         if include and not fnmatch.fnmatchcase(name, include):
             return False
         if exclude and fnmatch.fnmatchcase(name, exclude):
@@ -148,8 +149,8 @@ def evaluate(trigger: Trigger, root: str, snapshot: Snapshot, memory: MonitorMem
 
 
 def variables(path: str, size: int, mtime: float, agent: str) -> dict[str, str]:
-    name = os.path.basename(path)
-    stem, ext = os.path.splitext(name)
+    name = posixpath.basename(path)
+    stem, ext = posixpath.splitext(name)
     local = datetime.fromtimestamp(mtime).astimezone()
     utc = datetime.fromtimestamp(mtime, timezone.utc)
     return {
