@@ -14,7 +14,7 @@ import asyncio
 import os
 import socket
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -23,8 +23,10 @@ from .context import Publish
 from .core.policy import STATUS_MIN_INTERVAL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .protocol import AgentStatus, ProtocolError, Topics, dump, parse_agent_status, utc_now
-from .router import DropLog
 from .settings import AgentSettings
+
+if TYPE_CHECKING:
+    from .router import DropLog
 
 # how often a wait out of the rate limit looks whether the status word changed meanwhile (seconds)
 _WORD_POLL = 0.2
@@ -38,7 +40,7 @@ class OwnStatus:
                  publish: Publish, link_up: Callable[[], bool], stopping: Callable[[], bool],
                  busy: Callable[[], bool], transfers: Callable[[], tuple[dict[str, str], dict[str, str]]],
                  chunk_size: Callable[[], int], broker_check: Callable[[], str | None],
-                 tidy: Callable[[], None], drops: DropLog) -> None:
+                 tidy: Callable[[], None], drops: "DropLog") -> None:
         self._name = name
         self._settings = settings
         self._topics = topics
