@@ -1,15 +1,27 @@
-"""What a transfer session needs from its agent (kept small so sessions stay testable)."""
+"""What a transfer session needs from its agent (kept small so sessions stay testable).
+
+The sessions (agent.source, agent.destination) read these fields by name; the agent (agent.daemon) fills
+them in. A unit test gives only the first fourteen: the rest have the defaults of an agent without identity,
+authority, metrics or broker limits.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .core.budget import InFlightBudget
+from .metrics import Metrics
 from .protocol import Topics
 from .sandbox import Sandbox
+from .settings import AgentSettings
 from .store import StateStore
 from .transferlog import TransferLog
+
+Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
+"""Publish (topic, payload, qos, retain) on the agent's broker link; raises ConnectionError when it is down."""
 
 
 @dataclass
@@ -19,23 +31,25 @@ class AgentContext:
     store: StateStore
     log: TransferLog
     sandbox: Sandbox
-    publish: Callable[[str, bytes, int, bool], Awaitable[None]]
+    publish: Publish
     link_up: Callable[[], bool]
+    # a peer agent's last known status word (agent.core.statuses.AgentState), None when not known (agent.peers)
     peer_status: Callable[[str], str | None]
+    # the chunk size of this broker connection: agentChunkSize, or less when the broker check found a limit
     chunk_size: int
     window_chunks: int
     ack_timeout: float  # seconds
     ack_retries: int
     agent_recovery_timeout: int
     on_state_change: Callable[[], None]
-    settings: Any = None
+    settings: AgentSettings | None = None
     # agent.binding: this agent's identity key, and the trusted identity key of a peer agent (or None)
-    identity: Any = None
-    peer_key: Callable[[str], Any] = lambda agent: None
+    identity: Ed25519PrivateKey | None = None
+    peer_key: Callable[[str], Ed25519PublicKey | None] = lambda agent: None
     verify_peers: bool = False
-    metrics: Any = None
+    metrics: Metrics | None = None
     # data in flight across this agent's transfers (agentMaxDataInFlight); `wake` posts to a held-back session
     budget: InFlightBudget = field(default_factory=lambda: InFlightBudget(0))
     wake: Callable[[str], None] = lambda tid: None
-    # raises agent.link.MessageTooLarge for a message the broker was found to refuse (agent.broker_probe)
+    # raises agent.link.MessageTooLarge for a message the broker was found to refuse (agent.broker_checks)
     check_size: Callable[[str, bytes], None] = lambda topic, payload: None

@@ -59,40 +59,79 @@ def utc_now() -> str:
 
 
 class Topics:
-    """Topic names under one prefix (default SYSTEM.FTE)."""
+    """Topic names under one prefix (default SYSTEM.FTE): built by the methods below, read back by `parse`."""
+
+    # the first level (after the prefix) of the topics an agent receives: what `parse` names in Address.kind
+    AGENTS = "Agents"
+    COMMANDS = "Commands"
+    DATA = "Data"
+    CONTROL = "Control"
+
+    class Address:
+        """What an arriving topic addresses: `kind` (Topics.AGENTS, COMMANDS, DATA or CONTROL), the agent it
+        names, and the transfer of a DATA or CONTROL topic (None for the others)."""
+
+        __slots__ = ("kind", "agent", "transfer_id")
+
+        def __init__(self, kind: str, agent: str, transfer_id: str | None = None) -> None:
+            self.kind = kind
+            self.agent = agent
+            self.transfer_id = transfer_id
+
+        def __repr__(self) -> str:
+            return f"Topics.Address({self.kind!r}, {self.agent!r}, {self.transfer_id!r})"
 
     def __init__(self, prefix: str = "SYSTEM.FTE") -> None:
         self.prefix = prefix
+        self._head = prefix + "/"
+
+    def parse(self, topic: str) -> "Topics.Address | None":
+        """The address of an agent's status (<prefix>/Agents/<agent>), commands (<prefix>/Commands/<agent>),
+        or a transfer's data or control message (<prefix>/Data|Control/<agent>/<transfer id>); None for any
+        other topic (another prefix, a probe, a log event...). Run once for every arriving message, data
+        chunks included: one split, no regular expression."""
+        if not topic.startswith(self._head):
+            return None
+        levels = topic[len(self._head):].split("/")
+        if len(levels) == 2:
+            kind = levels[0]
+            if kind == self.AGENTS or kind == self.COMMANDS:
+                return Topics.Address(kind, levels[1])
+        elif len(levels) == 3:
+            kind = levels[0]
+            if kind == self.DATA or kind == self.CONTROL:
+                return Topics.Address(kind, levels[1], levels[2])
+        return None
 
     def agent_status(self, agent: str) -> str:
-        return f"{self.prefix}/Agents/{agent}"
+        return f"{self.prefix}/{self.AGENTS}/{agent}"
 
     def all_agent_status(self) -> str:
-        return f"{self.prefix}/Agents/+"
+        return f"{self.prefix}/{self.AGENTS}/+"
 
     def probe(self, agent: str, token: str) -> str:
         """A broker probe message of the agent (agent.broker_probe); token "+" gives the filter for all."""
-        return f"{self.prefix}/Agents/{agent}/probe/{token}"
+        return f"{self.prefix}/{self.AGENTS}/{agent}/probe/{token}"
 
     def commands(self, agent: str) -> str:
-        return f"{self.prefix}/Commands/{agent}"
+        return f"{self.prefix}/{self.COMMANDS}/{agent}"
 
     def replies(self, client_id: str) -> str:
         return f"{self.prefix}/Replies/{client_id}"
 
     def data(self, agent: str, transfer_id: str) -> str:
-        return f"{self.prefix}/Data/{agent}/{transfer_id}"
+        return f"{self.prefix}/{self.DATA}/{agent}/{transfer_id}"
 
     def data_filter(self, agent: str) -> str:
         """The data messages of every transfer to `agent` (its subscription)."""
-        return f"{self.prefix}/Data/{agent}/+"
+        return f"{self.prefix}/{self.DATA}/{agent}/+"
 
     def control(self, agent: str, transfer_id: str) -> str:
-        return f"{self.prefix}/Control/{agent}/{transfer_id}"
+        return f"{self.prefix}/{self.CONTROL}/{agent}/{transfer_id}"
 
     def control_filter(self, agent: str) -> str:
         """The control messages of every transfer to `agent` (its subscription)."""
-        return f"{self.prefix}/Control/{agent}/+"
+        return f"{self.prefix}/{self.CONTROL}/{agent}/+"
 
     def progress(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Transfers/{agent}/{transfer_id}"

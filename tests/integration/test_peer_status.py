@@ -91,7 +91,7 @@ async def test_agent_learns_a_peer_only_readable_on_its_own_topic(tmp_path: Path
         a1 = await group.start("A1", wildcard=False)
         await group.start("A2")
         await asyncio.sleep(0.5)
-        assert "A2" not in a1.peers, "A1 learnt of A2 without the exact-topic subscription: nothing is tested"
+        assert "A2" not in a1.peers.statuses, "A1 learnt of A2 without the exact-topic subscription: nothing is tested"
         status_topic = a1.topics.agent_status("A2")
         assert status_topic not in a1.link.subscriptions
 
@@ -112,12 +112,13 @@ async def test_agent_learns_a_peer_only_readable_on_its_own_topic(tmp_path: Path
         await until(lambda: tid in group.finished, 30, "the transfer did not finish")
         assert group.finished[tid]["result_code"] == 0, group.finished[tid]
         assert dst.read_bytes() == src.read_bytes()
-        assert a1.peers.get("A2") in ("READY", "ACTIVE")
+        assert a1.peers.statuses.get("A2") in ("READY", "ACTIVE")
         assert status_topic in a1.link.subscriptions, "the exact-topic subscription must be kept"
 
         # it is kept: A2's later statuses reach A1 ...
         await group.stop("A2")
-        await until(lambda: a1.peers.get("A2") == "STOPPED", 10, f"A1 did not see A2 stop: {a1.peers}")
+        await until(lambda: a1.peers.statuses.get("A2") == "STOPPED", 10,
+                    f"A1 did not see A2 stop: {a1.peers.statuses}")
         # ... and made again when A1 reconnects (the broker restarted keeps no retained message here, so A1
         # can only learn of the new A2 through that subscription, made anew on its new connection)
         connects = a1.link.connects
@@ -125,7 +126,8 @@ async def test_agent_learns_a_peer_only_readable_on_its_own_topic(tmp_path: Path
         await broker.start()
         await until(lambda: a1.link.connects > connects and a1.link.up.is_set(), 20, "A1 did not reconnect")
         await group.start("A2")
-        await until(lambda: a1.peers.get("A2") == "READY", 10, f"A1 did not see A2 again: {a1.peers}")
+        await until(lambda: a1.peers.statuses.get("A2") == "READY", 10,
+                    f"A1 did not see A2 again: {a1.peers.statuses}")
     finally:
         await group.stop_all()
         await broker.stop()
@@ -143,7 +145,7 @@ async def test_a_peer_status_asked_for_by_a_session_is_watched(tmp_path: Path) -
         assert a1.ctx.peer_status("B7") is None
         for name in ("B7", "A1", "#", "x/y"):
             a1.ctx.peer_status(name)
-        await until(lambda: not a1._watch_tasks, 5, "the subscription was not made")
+        await until(lambda: not a1.peers.pending, 5, "the subscription was not made")
         agents_topics = [t for t in a1.link.subscriptions if "/Agents/" in t]
         assert agents_topics == [a1.topics.agent_status("B7")]
     finally:

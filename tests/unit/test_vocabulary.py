@@ -12,14 +12,17 @@ from types import SimpleNamespace
 
 import pytest
 
-import agent.daemon
+import agent.peers
+import agent.transfers
+import agent.watchdog
 import cli.observe
 import cli.render
 from agent.core.lifecycle import TERMINAL_STATE_VALUES, TransferState
 from agent.destination import DestinationTransfer
 
 ROOT = Path(__file__).resolve().parents[2]
-TERMINAL_USERS = {"agent.daemon": agent.daemon, "cli.render": cli.render, "cli.observe": cli.observe}
+TERMINAL_USERS = {"agent.transfers": agent.transfers, "agent.watchdog": agent.watchdog, "cli.render": cli.render,
+                  "cli.observe": cli.observe}
 
 
 def test_the_terminal_values_come_from_the_state_table() -> None:
@@ -76,7 +79,7 @@ def test_every_agent_name_check_is_the_one_rule() -> None:
 
     assert agent.protocol.NAME_PATTERN is agent.names.NAME_PATTERN
     assert agent.settings.AGENT_NAME_RE is agent.names.AGENT_NAME_RE
-    assert agent.daemon._AGENT_NAME is agent.names.AGENT_NAME_RE
+    assert agent.peers.AGENT_NAME_RE is agent.names.AGENT_NAME_RE  # the peers watched: agent names only
     assert cli.trusted_agents._NAME is agent.names.AGENT_NAME_RE
 
 
@@ -174,7 +177,7 @@ def test_every_error_class_has_the_one_root() -> None:
 @pytest.mark.parametrize("raised", ["CommandRefused", "TriggerError"])
 def test_an_error_has_its_area_code_unless_raised_with_one(raised: str) -> None:
     from agent.core.triggers import TriggerError
-    from agent.daemon import CommandRefused
+    from agent.commands import CommandRefused
 
     cls = {"CommandRefused": CommandRefused, "TriggerError": TriggerError}[raised]
     assert cls("why").code == cls.code and cls("why", 77).code == 77 and str(cls("why", 77)) == "why"

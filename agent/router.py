@@ -1,0 +1,240 @@
+"""The message router: every message the agent's link receives goes to one handler, by its topic, once
+it has passed the checks of its kind; anything else is dropped with a logged reason.
+
+    <prefix>/Commands/<this agent>      -> the command lane (agent.command_lane), from the link's reader
+    <prefix>/Agents/<any agent>         -> the peers (agent.peers), from the link's reader
+    <prefix>/Data/<this agent>/<tid>    -> the destination session, after its MAC (bound) or CRC
+    <prefix>/Control/<this agent>/<tid> -> the transfer table (agent.transfers), after its MAC, or the
+                                           signature of the peer's trusted key for the negotiation messages
+
+Commands and statuses are taken on the link's `urgent` path (`arrival`), as they arrive: commands must never
+hold up the data path, and a new transfer waits for its destination's status while it holds the command
+lane. Data and control messages are handled in order by the link's one worker (`message`). Topics are read
+by `Topics.parse` only (agent.protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import aiomqtt
+
+from .binding import agent_requester, check_chunk_mac, check_message_mac, seal, verify_signed
+from .command_lane import CommandLane
+from .context import AgentContext
+from .core import results
+from .core.statuses import FileStatus
+from .metrics import Metrics
+from .peers import Peers
+from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, FileResults,
+                       ProtocolError, RequestRecovery, Resync, ResyncReply, Topics, decode_chunk, parse_control)
+from .transfers import Transfers
+from .watchdog import Watchdog
+
+log = logging.getLogger("fte.agent")
+
+DROP_LOG_INTERVAL = 1.0  # seconds: a flood of drops for one reason costs one log line per interval
+_DROP_KEYS = 1000  # reasons remembered at most (then forgotten all at once)
+
+
+class DropLog:
+    """Every dropped message is logged with its reason, but a flood costs one line per second per reason."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}  # reason (its start) -> (last logged, suppressed since)
+
+    def drop(self, topic: str, reason: str) -> bool:
+        """Log the drop, unless one for this reason was logged less than a second ago (then it is counted, and
+        the next line says how many). True when logged."""
+        now = self._clock()
+        key = reason[:40]
+        last, suppressed = self._seen.get(key, (-1e9, 0))
+        if now - last < DROP_LOG_INTERVAL:
+            self._seen[key] = (last, suppressed + 1)
+            return False
+        more = f" (and {suppressed} more like it)" if suppressed else ""
+        self._seen[key] = (now, 0)
+        if len(self._seen) > _DROP_KEYS:
+            self._seen.clear()
+        log.warning("dropped a message on %s: %s%s", topic[:200], reason, more)
+        return True
+
+
+def open_frame(payload: bytes, key: bytes | None, tid: str) -> Chunk | Bundle:
+    """A data frame checked and decoded: a Chunk or a Bundle. A bound transfer's frames carry a MAC, which
+    is their check (the CRC then adds nothing and is not computed); an unbound transfer's frames, a CRC."""
+    if key is None:
+        return decode_chunk(payload)
+    frame = check_chunk_mac(payload, key)
+    if frame is None:
+        raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
+    return decode_chunk(frame, authenticated=True)
+
+
+ControlHandler = Callable[[Any], "Awaitable[None] | None"]
+
+# the role of this agent in a transfer whose peer sends it this (MAC-checked) message: its key is that role's
+_MAC_ROLE: dict[type, str] = {FileEnd: "destination", Complete: "destination", Ack: "source", FileResult: "source",
+                              FileResults: "source", RequestRecovery: "source", CompleteAck: "source"}
+
+
+class Router:
+    """`arrival` is the link's `urgent` hook, `message` its `on_message`."""
+
+    def __init__(self, ctx: AgentContext, metrics: Metrics, drops: DropLog, *, commands: CommandLane, peers: Peers,
+                 transfers: Transfers, watchdog: Watchdog) -> None:
+        self._ctx = ctx
+        self._name = ctx.name
+        self._topics = ctx.topics
+        self._metrics = metrics
+        self._drops = drops
+        self._commands = commands
+        self._peers = peers
+        self._transfers = transfers
+        self._watchdog = watchdog
+        # each control message, once authenticated (`_authentic`), goes to its handler
+        self.control: dict[type, ControlHandler] = {
+            Resync: transfers.on_resync,
+            ResyncReply: transfers.to_source,
+            Ack: transfers.to_source,
+            FileResult: transfers.to_source,
+            FileResults: transfers.to_source,
+            FileEnd: transfers.on_file_end,
+            Complete: transfers.on_complete,
+            CompleteAck: transfers.on_complete_ack,
+            RequestRecovery: self._recovery_request,
+        }
+        # the negotiation messages are signed by the peer (the others carry a MAC: _MAC_ROLE)
+        self._signed: dict[type, Callable[[str, Any, dict[str, Any]], Awaitable[bool]]] = {
+            Resync: self._offer_signed, ResyncReply: self._reply_signed}
+
+    def arrival(self, message: aiomqtt.Message) -> bool:
+        """Commands and agent statuses, as they arrive (True: handled here); the rest is left to the worker."""
+        topic = str(message.topic)
+        address = self._topics.parse(topic)  # once per message: every data chunk comes this way
+        if address is None:
+            return False
+        kind = address.kind
+        if kind == Topics.COMMANDS:
+            if address.agent != self._name:
+                return False
+            self._commands.offer(_payload(message))
+        elif kind == Topics.AGENTS:
+            try:
+                self._peers.on_status(address.agent, _payload(message))
+            except ProtocolError as exc:
+                self._reject(topic, exc)
+        else:
+            return False
+        return True
+
+    async def message(self, message: aiomqtt.Message) -> None:
+        """A message the worker handles in order: the data and control messages of this agent's transfers."""
+        topic = str(message.topic)
+        address = self._topics.parse(topic)
+        if address is None:
+            return
+        kind = address.kind
+        try:
+            if kind == Topics.AGENTS:
+                self._peers.on_status(address.agent, _payload(message))
+            elif address.agent != self._name or address.transfer_id is None:
+                return
+            elif kind == Topics.DATA:
+                await self._data(address.transfer_id, _payload(message))
+            elif kind == Topics.CONTROL:
+                payload = _payload(message)
+                await self._control(address.transfer_id, parse_control(payload), payload)
+        except ProtocolError as exc:
+            self._reject(topic, exc)
+
+    def _reject(self, topic: str, exc: ProtocolError) -> None:
+        self._metrics.rejected_messages += 1
+        self._drops.drop(topic, str(exc))
+
+    async def _data(self, tid: str, payload: bytes) -> None:
+        dest = self._transfers.destination(tid)
+        if dest is None:
+            # not (or no longer) ours: late chunks of a finished transfer, or garbage
+            raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
+        frame = open_frame(payload, dest.key, tid)
+        if isinstance(frame, Bundle):
+            await dest.on_bundle(frame)
+        else:
+            await dest.on_chunk(frame)
+
+    async def _control(self, tid: str, msg: Any, payload: bytes) -> None:
+        if msg.transfer_id != tid:
+            raise ProtocolError("transfer id in the message does not match its topic")
+        if not await self._authentic(tid, msg, json.loads(payload)):
+            return
+        done = self.control[type(msg)](msg)
+        if done is not None:
+            await done
+
+    async def _authentic(self, tid: str, msg: Any, raw: dict[str, Any]) -> bool:
+        """Is `msg` from the peer of its transfer? The negotiation messages are signed by the peer's trusted
+        identity key (authority on); the others carry the MAC of the transfer's key once it is bound. False:
+        drop it silently (answered, or not ours); raises ProtocolError for a drop with a reason."""
+        check = self._signed.get(type(msg))
+        if check is not None:
+            return await check(tid, msg, raw)
+        key = self._transfers.key_of(tid, _MAC_ROLE[type(msg)])
+        if key is not None and not check_message_mac(raw, raw.get("mac"), key):
+            raise ProtocolError(f"{msg.kind} for transfer {tid} without a valid MAC (not from its peer)")
+        return True
+
+    async def _offer_signed(self, tid: str, msg: Resync, raw: dict[str, Any]) -> bool:
+        if self._peer_signed(msg.source_agent, raw):
+            return True
+        await self._refuse_negotiation(msg)
+        return False
+
+    async def _reply_signed(self, tid: str, msg: ResyncReply, raw: dict[str, Any]) -> bool:
+        session, peer = self._transfers.source(tid), self._transfers.peer_of(tid)
+        if session is None or peer is None:
+            return False
+        if not self._peer_signed(peer, raw):
+            raise ProtocolError(f"resync reply for {tid} not signed by a trusted key of agent {peer}")
+        if msg.kx:
+            session.bind(msg.kx)  # the transfer key: every later message of the transfer carries its MAC
+        return True
+
+    def _peer_signed(self, agent: str, raw: dict[str, Any]) -> bool:
+        """Negotiation messages must be signed by the peer agent's trusted identity key (authority on)."""
+        if not self._ctx.verify_peers:
+            return True
+        key = self._ctx.peer_key(agent)
+        return key is not None and verify_signed(raw, key)
+
+    async def _refuse_negotiation(self, msg: Resync) -> None:
+        """A transfer offered by an agent we do not trust: answer (signed) that every file failed."""
+        name = self._name
+        reason = (f"not authorized: agent {name} does not trust agent {msg.source_agent} (add its key with: "
+                  f"fte key trust {name} {agent_requester(msg.source_agent)} KEY -p transfer)")
+        log.warning("refused transfer %s from agent %s: no trusted signature", msg.transfer_id, msg.source_agent)
+        if self._ctx.store.load_transfer(msg.transfer_id, "destination", files=False) is not None:
+            return  # a forged resync for a transfer we run: ignore it
+        reply = ResyncReply(kind="resync_reply", transfer_id=msg.transfer_id, epoch=msg.epoch, files=[
+            FileHolding(index=f.index, held=0, status=FileStatus.FAILED, result_code=results.FILE_FAILED,
+                        supplement=reason)
+            for f in msg.files])
+        try:
+            await self._ctx.publish(self._topics.control(msg.source_agent, msg.transfer_id),
+                                    seal(reply, None, self._ctx.identity), 1, False)
+        except ConnectionError:
+            pass
+
+    async def _recovery_request(self, msg: RequestRecovery) -> None:
+        if self._transfers.source(msg.transfer_id) is not None:
+            self._transfers.to_source(msg)
+        else:
+            await self._watchdog.answer_finished(msg.transfer_id)
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    return bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
