@@ -19,11 +19,10 @@ from pydantic import Field, field_validator
 
 from .core.errors import FteError
 from .core import triggers as T
+from .events import MonitorName, build_event
 from .protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
 log = logging.getLogger("fte.monitor")
-
-MonitorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
 class MonitorSpec(Strict):
@@ -101,7 +100,17 @@ def snapshot(root: str, recursion: int) -> T.Snapshot:
 
 
 Submit = Callable[[dict[str, Any], str], Awaitable[str]]
-Emit = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[str, dict[str, Any]], None]  # (action, fields): the agent makes the event with `event` below
+
+
+def event(agent: str, monitor: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The monitor's event, for Log/<agent>/Monitors/<monitor>, as its JSON object, validated as its model
+    (agent.events): an action without a model or a wrongly typed field is an EventError. Fields whose value
+    is None are left out."""
+    made = {"monitor": monitor, "agent": agent, "action": action, "time": utc_now(),
+            **{k: v for k, v in fields.items() if v is not None}}
+    build_event(made)
+    return made
 
 
 class MonitorRunner:
