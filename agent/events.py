@@ -33,7 +33,7 @@ from .core import results
 from .core.errors import FteError
 from .core.lifecycle import LIVE_STATES, RESULT_CODES, TERMINAL_STATES
 from .core.lifecycle import TransferState as S
-from .protocol import AgentName, Checksum, Metadata, RequestId, TransferId
+from .protocol import AgentName, Checksum, Metadata, RequestId, TransferId, utc_now
 
 # The largest MQTT message (its "remaining length" field holds at most 268,435,455 bytes): an agent publishes
 # nothing bigger, and a `completed` event listing 100,000 files may well be tens of MiB, so a reader that must
@@ -419,6 +419,14 @@ def build_event(data: Mapping[str, Any]) -> Event:
         known = sorted(a for f, a in MODELS if f == family)
         raise EventError(f"no {family} event {data.get('action')!r} in agent/events.py (known: {', '.join(known)})")
     return _validate(model, data, _what(data), extra="forbid")  # type: ignore[no-any-return]
+
+
+def new_event(head: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A monitor's or a schedule's event (`head`: its owner, agent and action), made now with `fields` (those
+    whose value is None left out), checked as its model: the JSON object to publish."""
+    made = {**head, "time": utc_now(), **{k: v for k, v in fields.items() if v is not None}}
+    build_event(made)
+    return made
 
 
 def refusal(agent: str, time: str, command: str, request_id: str, requester: str | None, transfer_id: str | None,

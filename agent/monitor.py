@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from .core.errors import FteError
 from .core import triggers as T
-from .events import MonitorName, build_event
+from .events import MonitorName, new_event
 from .protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
 log = logging.getLogger("fte.monitor")
@@ -104,13 +104,8 @@ Emit = Callable[[str, dict[str, Any]], None]  # (action, fields): the agent make
 
 
 def event(agent: str, monitor: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The monitor's event, for Log/<agent>/Monitors/<monitor>, as its JSON object, validated as its model
-    (agent.events): an action without a model or a wrongly typed field is an EventError. Fields whose value
-    is None are left out."""
-    made = {"monitor": monitor, "agent": agent, "action": action, "time": utc_now(),
-            **{k: v for k, v in fields.items() if v is not None}}
-    build_event(made)
-    return made
+    """The JSON object of the monitor's event on Log/<agent>/Monitors/<monitor>, checked (agent.events)."""
+    return new_event({"monitor": monitor, "agent": agent, "action": action}, fields)
 
 
 class MonitorRunner:

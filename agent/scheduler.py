@@ -18,8 +18,8 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 from pydantic import Field
 
 from .core.schedule import Recurrence, ScheduleError, due
-from .events import ScheduleId, build_event
-from .protocol import CommandBase, Strict, TransferSpec, utc_now
+from .events import ScheduleId, new_event
+from .protocol import CommandBase, Strict, TransferSpec
 
 log = logging.getLogger("fte.scheduler")
 
@@ -150,10 +150,5 @@ class Scheduler:
 
 
 def event(agent: str, sid: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The schedule's event, for Log/<agent>/<schedule id>, as its JSON object, validated as its model
-    (agent.events): an action without a model or a wrongly typed field is an EventError. Fields whose value
-    is None are left out."""
-    made = {"schedule_id": sid, "agent": agent, "action": action, "time": utc_now(),
-            **{k: v for k, v in fields.items() if v is not None}}
-    build_event(made)
-    return made
+    """The JSON object of the schedule's event on Log/<agent>/<schedule id>, checked (agent.events)."""
+    return new_event({"schedule_id": sid, "agent": agent, "action": action}, fields)
