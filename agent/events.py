@@ -16,7 +16,8 @@ missing or wrongly typed field, more than `MAX_EVENT_BYTES`) is an `EventError` 
 
 These models are the schema; docs/log-event.schema.json is their JSON Schema for other programs
 (tests/unit/test_events.py holds the two, the docs and the emitting code together). The words they use
-(states, result codes, message ids, command kinds) come from their own modules, not typed again here.
+(states, result codes, message ids) come from their own modules, not typed again here; the recovery triggers
+are listed here and held to agent.source's by the tests.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ MonitorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 ScheduleId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 
 AnyState = _one_of(s.value for s in S)
-LiveState = _one_of(s.value for s in LIVE_STATES)
 TerminalState = _one_of(s.value for s in TERMINAL_STATES)
 # a progress event is about files that got a result: the transfer has left the queue and not ended
 ProgressState = _one_of(s.value for s in LIVE_STATES - {S.QUEUED})
