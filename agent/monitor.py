@@ -19,11 +19,10 @@ from pydantic import Field, field_validator
 
 from .core.errors import FteError
 from .core import triggers as T
+from .events import MonitorName, new_event
 from .protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
 log = logging.getLogger("fte.monitor")
-
-MonitorName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
 class MonitorSpec(Strict):
@@ -101,7 +100,12 @@ def snapshot(root: str, recursion: int) -> T.Snapshot:
 
 
 Submit = Callable[[dict[str, Any], str], Awaitable[str]]
-Emit = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[str, dict[str, Any]], None]  # (action, fields): the agent makes the event with `event` below
+
+
+def event(agent: str, monitor: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of the monitor's event on Log/<agent>/Monitors/<monitor>, checked (agent.events)."""
+    return new_event({"monitor": monitor, "agent": agent, "action": action}, fields)
 
 
 class MonitorRunner:

@@ -18,11 +18,10 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 from pydantic import Field
 
 from .core.schedule import Recurrence, ScheduleError, due
-from .protocol import CommandBase, Strict, TransferSpec, utc_now
+from .events import ScheduleId, new_event
+from .protocol import CommandBase, Strict, TransferSpec
 
 log = logging.getLogger("fte.scheduler")
-
-ScheduleId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 
 
 class ScheduleSpec(Strict):
@@ -151,4 +150,5 @@ class Scheduler:
 
 
 def event(agent: str, sid: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"schedule_id": sid, "agent": agent, "action": action, "time": utc_now(), **fields}
+    """The JSON object of the schedule's event on Log/<agent>/<schedule id>, checked (agent.events)."""
+    return new_event({"schedule_id": sid, "agent": agent, "action": action}, fields)

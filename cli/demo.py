@@ -24,6 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from agent.daemon import Agent
 from agent.embedded_broker import EmbeddedBroker
+from agent.events import Completed, TransferEventBase, read_event
 from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
 from agent.settings import load_agent_settings, write_agent_properties
 
@@ -47,8 +48,8 @@ class DemoAgents:
         self.console = console
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.finished: dict[str, dict[str, Any]] = {}
+        self.events: list[TransferEventBase] = []
+        self.finished: dict[str, Completed] = {}
         self.changed = asyncio.Event()
 
     def configure(self, name: str) -> None:
@@ -71,14 +72,17 @@ class DemoAgents:
         self.agents[name].request_stop(immediate=True)
         await asyncio.wait_for(self.tasks[name], 15)
 
-    def _on_event(self, ev: dict[str, Any]) -> None:
+    def _on_event(self, data: dict[str, Any]) -> None:
+        ev = read_event(data)  # the agents' own transfer events (TransferLog.listeners), as their models
+        if not isinstance(ev, TransferEventBase):
+            return
         self.events.append(ev)
         self.console.print(format_event(ev), soft_wrap=True, markup=False, emoji=False)
-        if ev.get("action") == "completed":
-            self.finished[ev["transfer_id"]] = ev
+        if isinstance(ev, Completed):
+            self.finished[ev.transfer_id] = ev
         self.changed.set()
 
-    async def outcome(self, tid: str, timeout: float) -> dict[str, Any]:
+    async def outcome(self, tid: str, timeout: float) -> Completed:
         deadline = time.monotonic() + timeout
         while tid not in self.finished:
             left = deadline - time.monotonic()
@@ -156,7 +160,7 @@ async def run_demo(size_mib: int, keep: bool, recovery: bool, console: Console) 
             tid = await _submit(broker.url, spec, home)
             await _progress_until(demo, tid, console)
             ev = await demo.outcome(tid, 120)
-            good = ev["result_code"] == 0 and dst.exists() and _sha256(dst) == digest
+            good = ev.result_code == 0 and dst.exists() and _sha256(dst) == digest
             console.print(f"[{'green' if good else 'red'}]file arrived {'intact' if good else 'DAMAGED'}[/] "
                           f"(sha256 {digest[:16]}...)")
             ok &= good
@@ -190,8 +194,8 @@ async def _demo_broker_outage(demo: DemoAgents, broker: EmbeddedBroker, src: Pat
         console.print("[yellow]demo: broker back[/]")
     await _progress_until(demo, tid, console)
     ev = await demo.outcome(tid, 120)
-    actions = [e["action"] for e in demo.events if e["transfer_id"] == tid and e.get("agent") == "A1"]
-    good = ev["result_code"] == 0 and _sha256(dst) == digest and "recovering" in actions and "resumed" in actions
+    actions = [e.action for e in demo.events if e.transfer_id == tid and e.agent == "A1"]
+    good = ev.result_code == 0 and _sha256(dst) == digest and "recovering" in actions and "resumed" in actions
     console.print(f"[{'green' if good else 'red'}]recovered: {' -> '.join(a for a in actions if a != 'progress')}; "
                   f"file {'intact' if _sha256(dst) == digest else 'DAMAGED'}[/]")
     return good
@@ -216,7 +220,7 @@ async def _demo_recovery_timeout(demo: DemoAgents, url: str, src: Path, home: Pa
     deadline = time.monotonic() + 30
     while part.exists() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    good = ev["result_code"] == 69 and had_part and not part.exists() and not dst.exists()
-    console.print(f"[{'green' if good else 'red'}]result {ev['result_code']} (RecoveryTimedOut); part file "
+    good = ev.result_code == 69 and had_part and not part.exists() and not dst.exists()
+    console.print(f"[{'green' if good else 'red'}]result {ev.result_code} (RecoveryTimedOut); part file "
                   f"{'removed by A2 after resync' if not part.exists() else 'STILL THERE'}[/]")
     return good

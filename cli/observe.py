@@ -19,10 +19,11 @@ from rich.text import Text
 
 from agent.core.lifecycle import RECOVERY_STATE_VALUES as RECOVERY
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
+from agent.events import Completed, Recovering, TransferEventBase
 from agent.protocol import ListTransfers, QueryTransfer
 
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import safe, safe_markup, safe_text, status_text
+from .render import is_progress_topic, read_message, read_progress, safe, safe_markup, safe_text, status_text
 from agent.core.statuses import AGENT_RUNNING, AgentState
 
 BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
@@ -255,6 +256,9 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                            safe_text(t.get("recoveries", 0)), safe_text(note or ""))
             return Group(at, tt)
 
+        def row(tid: str) -> dict[str, Any]:
+            return transfers.setdefault(tid, {"transfer_id": tid})
+
         def absorb(m: Any) -> None:
             topic = str(m.topic)
             levels = c.topics.split(topic)
@@ -263,22 +267,24 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                 if st is not None:
                     agents[st.agent] = st
                 return
-            ev = c.event_of(m)  # None unless signed by the agent its topic names
-            if not ev or "transfer_id" not in ev:
+            if is_progress_topic(c.topics, topic):
+                snapshot = read_progress(c, m)  # None unless signed by the agent its topic names
+                if snapshot is not None:
+                    row(snapshot.transfer_id).update(snapshot.model_dump(include={
+                        "state", "bytes_total", "bytes_done", "rate_bytes_per_second", "recoveries", "last_stall",
+                        "source_agent", "destination_agent", "result_code"}))
                 return
-            t = transfers.setdefault(ev["transfer_id"], {"transfer_id": ev["transfer_id"]})
-            if levels[:1] == ["Transfers"]:
-                t.update({k: ev.get(k) for k in ("state", "bytes_total", "bytes_done", "rate_bytes_per_second",
-                                                 "recoveries", "last_stall", "source_agent", "destination_agent",
-                                                 "result_code") if k in ev})
-            elif ev.get("agent_role", "source") == "source":
-                t.update(state=ev.get("state", t.get("state")), source_agent=ev.get("source_agent"),
-                         destination_agent=ev.get("destination_agent"))
-                if ev.get("action") == "recovering":
-                    t["last_stall"] = ev.get("reason")
-                    t["recoveries"] = ev.get("recoveries", t.get("recoveries", 0))
-                if ev.get("result_code") is not None and ev.get("action") == "completed":
-                    t["result_code"] = ev["result_code"]
+            ev = read_message(c, m)  # None unless signed by the agent its topic names
+            # a source's transfer events: not a destination's cleaned_up, a refusal, a monitor's or a schedule's
+            if not isinstance(ev, TransferEventBase) or ev.agent_role != "source":
+                return
+            t = row(ev.transfer_id)
+            t.update(state=ev.state, source_agent=ev.source_agent, destination_agent=ev.destination_agent)
+            if isinstance(ev, Recovering):
+                t["last_stall"] = ev.reason
+                t["recoveries"] = ev.recoveries
+            if isinstance(ev, Completed):
+                t["result_code"] = ev.result_code
 
         deadline = time.monotonic() + 2.0
         if once:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +14,12 @@ from rich.text import Text
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
-from agent.protocol import QueryTransfer
+from agent.core.results import FILE_FAILED, FILE_SUCCESS
+from agent.events import Progress as ProgressEvent
+from agent.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
+                          Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
+                          UnknownEvent, parse_event, parse_progress, read_event)
+from agent.protocol import QueryTransfer, Topics
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
 
@@ -80,44 +86,105 @@ def status_text(st: Any) -> str:
     return st.status if st.verified else f"{st.status} (unverified)"
 
 
-def format_event(ev: dict[str, Any]) -> str:
-    """One line for a log event, safe to print (every field came from the broker: see `safe`)."""
-    return safe(_event_line(ev))
+def format_event(ev: Event | Mapping[str, Any]) -> str:
+    """One line for a log event, safe to print (every field came from the broker: see `safe`). `ev` is an
+    event's model, or its JSON object (read with agent.events.read_event; one that is no valid event, such as
+    the outcome TransferWatcher asks an agent for after an outage, is shown with what it has)."""
+    if isinstance(ev, EventModel):
+        return safe(_event_line(ev))
+    try:
+        return safe(_event_line(read_event(dict(ev))))
+    except EventError:
+        return safe(_summary_line(ev))
 
 
-def _event_line(ev: dict[str, Any]) -> str:
-    if "monitor" in ev and "transfer_id" not in ev or ev.get("monitor") and ev.get("action") in ("fired", "failed"):
-        return (f"{ev.get('time', '')} {ev.get('agent', '')} monitor {ev.get('monitor')} {ev.get('action')}: "
-                f"{ev.get('message', '')}")
-    if "schedule_id" in ev:
-        return (f"{ev.get('time', '')} {ev.get('agent', '')} schedule {ev.get('schedule_id')} {ev.get('action')}: "
-                f"{ev.get('message', '')}")
-    tid = str(ev.get("transfer_id", "?"))
-    action = ev.get("action", "?")
-    head = f"{ev.get('time', '')} {ev.get('agent', ev.get('source_agent', ''))} {tid[:12]} {action:10}"
-    if action == "completed":
-        rc = ev.get("result_code")
-        stats = ev.get("statistics") or {}
-        text = (f"{head} {ev.get('state')} (result {rc}): {stats.get('files_succeeded', '?')}/"
-                f"{stats.get('files', '?')} file(s), {stats.get('bytes', '?')} bytes in {stats.get('seconds', '?')} s")
-        message = ev.get("message")
-        if not message and rc not in (0, None):
-            failed = [f for f in ev.get("files") or [] if f.get("result_code") == 1 and f.get("supplement")]
-            if failed:
-                message = f"{failed[0].get('source')}: {failed[0]['supplement']}"
-                if len(failed) > 1:
-                    message += f" (and {len(failed) - 1} more)"
-        if message:
-            text += f" - {message}"
-        return text
-    if action == "progress":
-        parts = []
-        for f in ev.get("files") or []:
-            ok = "ok" if f.get("result_code") == 0 else f"result {f.get('result_code')}"
-            parts.append(f"{f.get('source')} -> {f.get('destination')} ({f.get('size')} bytes, {ok}"
-                         + (f": {f['supplement']}" if f.get("supplement") else "") + ")")
+def _head(time: Any, agent: Any, transfer_id: Any, action: Any) -> str:
+    return f"{time} {agent} {str(transfer_id)[:12]} {action:10}"
+
+
+def _completed_text(head: str, state: Any, rc: Any, counts: tuple[Any, Any, Any, Any], message: Any,
+                    failed: list[tuple[Any, Any]]) -> str:
+    """(files_succeeded, files, bytes, seconds) in `counts`; `failed`: (source, supplement) of failed files."""
+    text = f"{head} {state} (result {rc}): {counts[0]}/{counts[1]} file(s), {counts[2]} bytes in {counts[3]} s"
+    if not message and rc not in (0, None) and failed:
+        message = f"{failed[0][0]}: {failed[0][1]}"
+        if len(failed) > 1:
+            message += f" (and {len(failed) - 1} more)"
+    return f"{text} - {message}" if message else text
+
+
+def _event_line(ev: EventModel) -> str:
+    if isinstance(ev, UnknownEvent):  # a newer agent's action: what it has, as for any event
+        return _summary_line(ev.wire())
+    if isinstance(ev, MonitorEventBase):
+        return f"{ev.time} {ev.agent} monitor {ev.monitor} {ev.action}: {ev.message}"
+    if isinstance(ev, ScheduleEventBase):
+        return f"{ev.time} {ev.agent} schedule {ev.schedule_id} {ev.action}: {ev.message}"
+    if isinstance(ev, NotAuthorized):
+        return f"{_head(ev.time, ev.agent, ev.transfer_id, ev.action)} : {ev.message}"
+    if not isinstance(ev, TransferEventBase):  # a model added to agent.events and not yet here: what it has
+        return _summary_line(ev.wire())
+    head = _head(ev.time, ev.agent, ev.transfer_id, ev.action)
+    if isinstance(ev, Completed):
+        s = ev.statistics
+        failed = [(f.source, f.supplement) for f in ev.files if f.result_code == FILE_FAILED and f.supplement]
+        return _completed_text(head, ev.state, ev.result_code, (s.files_succeeded, s.files, s.bytes, s.seconds),
+                               ev.message, failed)
+    if isinstance(ev, ProgressEvent):
+        parts = [f"{f.source} -> {f.destination} ({f.size} bytes, "
+                 f"{'ok' if f.result_code == FILE_SUCCESS else f'result {f.result_code}'}"
+                 + (f": {f.supplement}" if f.supplement else "") + ")" for f in ev.files]
         return f"{head} " + "; ".join(parts)
+    if isinstance(ev, (Started, Recovering, Resumed, CleanedUp)):
+        return f"{head} {ev.state}" + (f": {ev.message}" if ev.message else "")
+    return _summary_line(ev.wire())
+
+
+def _summary_line(ev: Mapping[str, Any]) -> str:
+    """A line for a JSON object that is no event of this version: an unknown action, or the outcome an agent
+    reported to a query (TransferWatcher._recover). Whatever it lacks is shown as '?' or left out."""
+    for owner, what in (("monitor", "monitor"), ("schedule_id", "schedule")):
+        if owner in ev:
+            return f"{ev.get('time', '')} {ev.get('agent', '')} {what} {ev.get(owner)} {ev.get('action')}: " \
+                   f"{ev.get('message', '')}"
+    head = _head(ev.get("time", ""), ev.get("agent", ev.get("source_agent", "")), ev.get("transfer_id", "?"),
+                 ev.get("action", "?"))
+    if ev.get("action") == "completed":
+        stats = ev.get("statistics") if isinstance(ev.get("statistics"), dict) else {}
+        files = [f for f in ev.get("files") or [] if isinstance(f, dict)]
+        failed = [(f.get("source"), f["supplement"]) for f in files if f.get("result_code") == FILE_FAILED
+                  and f.get("supplement")]
+        counts = tuple(stats.get(k, "?") for k in ("files_succeeded", "files", "bytes", "seconds"))
+        return _completed_text(head, ev.get("state"), ev.get("result_code"), counts,  # type: ignore[arg-type]
+                               ev.get("message"), failed)
     return f"{head} {ev.get('state', '')}" + (f": {ev['message']}" if ev.get("message") else "")
+
+
+def is_progress_topic(topics: Topics, topic: Any) -> bool:
+    """Whether `topic` is a live progress snapshot's (<prefix>/Transfers/<agent>/<id>), not a log event's."""
+    return topics.split(str(topic))[:1] == ["Transfers"]
+
+
+def read_message(c: FteClient, message: Any) -> Event | None:
+    """The log event in `message`, as its model, when the agent its topic names signed it for that topic
+    (FteClient.event_of); None for anything else, with a note (shown with -v) for a signed one that is not an
+    event (agent.events.parse_event says why)."""
+    return _read_signed(c, message, parse_event)  # type: ignore[no-any-return]
+
+
+def read_progress(c: FteClient, message: Any) -> TransferProgress | None:
+    """The live progress snapshot in `message`, as `read_message` reads an event."""
+    return _read_signed(c, message, parse_progress)  # type: ignore[no-any-return]
+
+
+def _read_signed(c: FteClient, message: Any, parse: Callable[[bytes], Any]) -> Any:
+    if c.event_of(message) is None:
+        return None
+    try:
+        return parse(bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b"")
+    except EventError as exc:
+        c.ignored(f"ignored a message on {message.topic}: {exc}")
+        return None
 
 
 class TransferWatcher:
@@ -165,17 +232,19 @@ class TransferWatcher:
                     continue
                 gone.cancel()
                 m = get.result()
-                ev = self.c.event_of(m)  # None unless signed by the agent for this topic
+                if is_progress_topic(self.c.topics, m.topic):
+                    snapshot = read_progress(self.c, m)  # None unless signed by the agent for this topic
+                    if snapshot is not None and progress is not None and task is not None:
+                        progress.update(task, total=snapshot.bytes_total, completed=snapshot.bytes_done,
+                                        description=f"{self.tid[:12]} {safe_markup(snapshot.state)}")
+                    continue
+                ev = read_message(self.c, m)  # None unless signed by the agent for this topic
                 if ev is None:
                     continue
-                if "/Transfers/" in str(m.topic):
-                    if progress is not None and task is not None:
-                        progress.update(task, total=ev.get("bytes_total"), completed=ev.get("bytes_done", 0),
-                                        description=f"{self.tid[:12]} {safe_markup(ev.get('state', ''))}")
-                    continue
-                if ev.get("action") == "completed":
-                    return ev
-                if not self.recent.first_time(ev):
+                if isinstance(ev, Completed):
+                    return ev.wire()
+                wire = ev.wire()
+                if not self.recent.first_time(wire):
                     continue
                 if self.print_events:
                     self.console.print(format_event(ev), soft_wrap=True, markup=False, emoji=False)
@@ -213,9 +282,9 @@ class TransferWatcher:
                     m = await asyncio.wait_for(self.q.get(), deadline - asyncio.get_running_loop().time())
                 except asyncio.TimeoutError:
                     break
-                ev = self.c.event_of(m)  # None unless signed by the agent for this topic
-                if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
-                    return ev
+                final = self._outcome_in(m)
+                if final is not None:
+                    return final
             d = r.data
             files = d.get("files") or []
             return {"transfer_id": self.tid, "action": "completed", "state": d["state"],
@@ -228,8 +297,14 @@ class TransferWatcher:
 
     def _queued_outcome(self) -> dict[str, Any] | None:
         while not self.q.empty():
-            m = self.q.get_nowait()
-            ev = self.c.event_of(m)  # None unless signed by the agent for this topic
-            if ev and ev.get("action") == "completed" and "/Transfers/" not in str(m.topic):
-                return ev
+            final = self._outcome_in(self.q.get_nowait())
+            if final is not None:
+                return final
         return None
+
+    def _outcome_in(self, m: Any) -> dict[str, Any] | None:
+        """The `completed` event in `m`, as its JSON object, if it is one its agent signed."""
+        if is_progress_topic(self.c.topics, m.topic):
+            return None
+        ev = read_message(self.c, m)  # None unless signed by the agent for this topic
+        return ev.wire() if isinstance(ev, Completed) else None
