@@ -28,6 +28,7 @@ from .core import results
 from .core.errors import FteError
 from .core.schedule import ScheduleError
 from .core.statuses import AgentState
+from .events import refusal as refusal_event
 from .fileio import shorten
 from .link import MessageTooLarge
 from .monitor import CreateMonitor, ListMonitors, MonitorCommand, parse_any_command
@@ -178,14 +179,12 @@ class CommandDesk:
         suppressed, unread = held - self._refusals_reported[0], dropped - self._refusals_reported[1]
         self._refusals_reported = (held, dropped)
         tid = getattr(cmd, "transfer_id", None) or "Security"
-        event = {"action": "not_authorized", "time": utc_now(), "agent": self._name, "command": cmd.kind,
-                 "request_id": cmd.request_id, "requester": getattr(cmd, "requester", None),
-                 "transfer_id": getattr(cmd, "transfer_id", None), "result_code": results.NOT_AUTHORIZED,
-                 "message": f"command {cmd.kind} refused: {reason}", "suppressed": suppressed, "dropped": unread}
+        event = refusal_event(self._name, utc_now(), cmd.kind, cmd.request_id, getattr(cmd, "requester", None),
+                              getattr(cmd, "transfer_id", None), reason, suppressed, unread)
         more = f" ({suppressed} more refused and {unread} dropped unread since the last refusal logged)" \
             if suppressed or unread else ""
-        log.warning("refused %s from %s: %s%s", cmd.kind, event["requester"] or "an unsigned requester", reason, more)
-        self._event(self._topics.log(self._name, tid), event)
+        log.warning("refused %s from %s: %s%s", cmd.kind, event.requester or "an unsigned requester", reason, more)
+        self._event(self._topics.log(self._name, tid), event.wire())
         return True
 
     async def _reply(self, client: str, reply: Reply) -> None:

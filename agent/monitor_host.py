@@ -13,7 +13,8 @@ from typing import Any, Awaitable, Callable
 from .commands import CommandRefused
 from .core import triggers as T
 from .monitor import CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec, check_task
-from .protocol import Topics, TransferSpec, utc_now
+from .monitor import event as monitor_event
+from .protocol import Topics, TransferSpec
 from .sandbox import Sandbox, SandboxError
 from .store import StateStore
 
@@ -139,7 +140,7 @@ class MonitorHost:
         self._retain(self._topics.monitors(self._name, spec.name), json.dumps(view).encode())
 
     def _log(self, name: str, action: str, fields: dict[str, Any]) -> None:
-        event = {"monitor": name, "agent": self._name, "action": action, "time": utc_now(), **fields}
+        event = monitor_event(self._name, name, action, fields)
         if action == "failed":
             log.warning("monitor %s: %s", name, fields.get("message"))
         self._event(self._topics.monitor_log(self._name, name), event)
