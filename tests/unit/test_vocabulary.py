@@ -15,6 +15,7 @@ import pytest
 import agent.daemon
 import cli.observe
 import cli.render
+from agent.core.destination_session import DestinationSession
 from agent.core.lifecycle import TERMINAL_STATE_VALUES, TransferState
 from agent.destination import DestinationTransfer
 
@@ -37,8 +38,10 @@ def test_every_place_agrees_with_the_lifecycle_on_each_state(state: TransferStat
     for name, module in TERMINAL_USERS.items():
         assert (state.value in module.TERMINAL) is state.is_terminal, name
     # A destination transfer with a file still to receive is active exactly while it is not terminal.
-    fake = SimpleNamespace(rec=SimpleNamespace(state=state.value), files={"f": SimpleNamespace(status="ready")})
-    assert DestinationTransfer.active.fget(fake) is (not state.is_terminal)  # type: ignore[attr-defined]
+    # (the rule is the session's; the agent's DestinationTransfer answers with it)
+    session = DestinationSession([SimpleNamespace(index=0, status="ready")], agent="A2", peer="A1", state=state)
+    assert session.active is (not state.is_terminal)
+    assert DestinationTransfer.active.fget(SimpleNamespace(session=session)) is session.active  # type: ignore[attr-defined]
 
 
 def _string_collections(tree: ast.AST) -> list[tuple[int, set[str]]]:
