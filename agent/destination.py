@@ -168,10 +168,6 @@ class DestinationTransfer:
         return self.session.active
 
     @property
-    def epoch(self) -> int:
-        return self.session.epoch
-
-    @property
     def last_activity(self) -> float:
         return self.session.last_activity
 
@@ -245,9 +241,6 @@ class DestinationTransfer:
     def _rename(self, a: ds.RenameParts) -> list[ds.Action]:
         return self.session.renamed(a, self.parts.rename(a.files, a.noreplace, a.restart), time.monotonic())
 
-    def _discard(self, a: ds.DiscardPart) -> None:
-        self.parts.discard(a.file)
-
     def _measure(self, a: ds.MeasureParts) -> list[ds.Action]:
         return self.session.measured(a, self.parts.sizes(a.files), time.monotonic())
 
@@ -259,9 +252,6 @@ class DestinationTransfer:
 
     def _parts_removed(self, a: ds.RemoveParts) -> list[ds.Action]:
         return self.session.parts_removed(a, self._remove_parts(a), time.monotonic())
-
-    def _save_files(self, a: ds.SaveFiles) -> None:
-        self.ctx.store.save_files(self.tid, "destination", list(a.files))
 
     def _save_transfer(self, a: ds.SaveTransfer) -> None:
         s, rec = self.session, self.rec
@@ -340,11 +330,16 @@ _REPLIES: dict[type, Callable[[Any, str, str | None], list[Any]]] = {
 
 # What carries out each action: at once, or awaited (fsync in threads, hashing a resumed part file).
 _NOW: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
-    ds.WriteChunk: DestinationTransfer._write_chunk, ds.RenameParts: DestinationTransfer._rename,
-    ds.DiscardPart: DestinationTransfer._discard, ds.MeasureParts: DestinationTransfer._measure,
-    ds.RemoveParts: DestinationTransfer._parts_removed, ds.SaveFiles: DestinationTransfer._save_files,
-    ds.SaveTransfer: DestinationTransfer._save_transfer, ds.LogCleanedUp: DestinationTransfer._log,
-    ds.LogWarning: DestinationTransfer._log, **{kind: DestinationTransfer._reply for kind in _REPLIES},
+    ds.WriteChunk: DestinationTransfer._write_chunk,
+    ds.RenameParts: DestinationTransfer._rename,
+    ds.DiscardPart: lambda self, a: self.parts.discard(a.file),
+    ds.MeasureParts: DestinationTransfer._measure,
+    ds.RemoveParts: DestinationTransfer._parts_removed,
+    ds.SaveFiles: lambda self, a: self.ctx.store.save_files(self.tid, "destination", list(a.files)),
+    ds.SaveTransfer: DestinationTransfer._save_transfer,
+    ds.LogCleanedUp: DestinationTransfer._log,
+    ds.LogWarning: DestinationTransfer._log,
+    **{kind: DestinationTransfer._reply for kind in _REPLIES},
 }
 _AWAITED: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
     ds.WriteFiles: DestinationTransfer._write_files, ds.SealPart: DestinationTransfer._seal,
