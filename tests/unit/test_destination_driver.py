@@ -282,3 +282,38 @@ def test_with_de_error_a_file_created_just_before_the_rename_is_never_replaced(t
     results = {r["index"]: r for r in sent[-1]["results"]}
     assert results[1]["result_code"] != 0 and "BFGIO0006E" in results[1]["supplement"], results
     assert results[0]["result_code"] == 0 and results[2]["result_code"] == 0, results
+
+
+def test_the_driver_asks_for_recovery_when_its_timer_runs_out_and_stops_it_at_the_end(tmp_path: Path) -> None:
+    """The one timer: armed at the session's deadline (here an ack timeout of 50 ms), it sends the session's
+    request for recovery; the outcome of the transfer stops it."""
+    sent: list[dict[str, Any]] = []
+    ctx = _context(tmp_path, sent)
+    ctx.ack_timeout = 0.05
+    tid = new_transfer_id()
+    out = tmp_path / "out"
+
+    async def run() -> None:
+        asked = asyncio.Event()
+        publish = ctx.publish
+
+        async def recording(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+            await publish(topic, payload, qos, retain)
+            if sent[-1]["kind"] == "request_recovery":
+                asked.set()
+
+        ctx.publish = recording
+        dest = DestinationTransfer.accept(ctx, _resync(tid, out))
+        await dest.on_resync(_resync(tid, out))
+        assert dest._timer is not None
+        await asyncio.wait_for(asked.wait(), 5)
+        request = sent[-1]
+        assert (request["reason"], request["cancel"]) == ("no data from A1 for 0.05 s", False)
+        assert dest._timer is not None  # armed again for the next timeout
+        await dest.on_complete(Complete(kind="complete", transfer_id=tid, source_agent="A1", state="failed",
+                                        result_code=40))
+        await _settle(dest)
+        assert dest._timer is None and not dest.active
+        assert sent[-1]["kind"] == "complete_ack"
+
+    asyncio.run(run())
