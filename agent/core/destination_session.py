@@ -523,7 +523,8 @@ class DestinationSession:
 
     # ------------------------------------------------------------------ internals
 
-    def _move(self, f: FileRow, event: FileEvent, result_code: int | None = None, supplement: str | None = None) -> None:
+    def _move(self, f: FileRow, event: FileEvent, result_code: int | None = None,
+              supplement: str | None = None) -> None:
         f.status = next_file_status(f.status, event)
         if event is not FileEvent.VERIFIED:
             f.result_code, f.supplement = result_code, supplement

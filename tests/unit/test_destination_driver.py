@@ -1,6 +1,7 @@
-"""The destination's IO driver (agent/destination.py) with a real state store and real files (no broker: what it publishes is kept):
-a bundle's files are renamed into place and answered at once, their "done" rows are saved with the next
-commit, and a restart in between finishes them as done; a new transfer never resumes a stranger's part file."""
+"""The destination's IO driver (agent/destination.py) with a real state store and real files (no broker: what
+it publishes is kept): a bundle's files are renamed into place and answered at once, their "done" rows are
+saved with the next commit, and a restart in between finishes them as done; a new transfer never resumes a
+stranger's part file."""
 
 from __future__ import annotations
 

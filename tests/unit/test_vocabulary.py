@@ -41,7 +41,8 @@ def test_every_place_agrees_with_the_lifecycle_on_each_state(state: TransferStat
     # (the rule is the session's; the agent's DestinationTransfer answers with it)
     session = DestinationSession([SimpleNamespace(index=0, status="ready")], agent="A2", peer="A1", state=state)
     assert session.active is (not state.is_terminal)
-    assert DestinationTransfer.active.fget(SimpleNamespace(session=session)) is session.active  # type: ignore[attr-defined]
+    driver = SimpleNamespace(session=session)
+    assert DestinationTransfer.active.fget(driver) is session.active  # type: ignore[attr-defined]
 
 
 def _string_collections(tree: ast.AST) -> list[tuple[int, set[str]]]:
