@@ -1,7 +1,7 @@
 """A source session (agent A1) and a destination session (A2) wired to each other in one process, on real files
 and a real state store each: what one publishes the other handles, no broker. For what happens when the source
 file changes while it is sent, or the destination's disk fills up (tests/unit/test_source_session.py,
-test_destination_session.py)."""
+test_destination_driver.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.source import SourceTransfer
 from agent.store import FileRecord, TransferRecord
-from tests.unit.test_destination_session import _context
+from tests.unit.test_destination_driver import _context
 
 
 

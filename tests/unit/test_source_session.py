@@ -14,7 +14,7 @@ from agent.link import MessageTooLarge
 from agent.source import SourceTransfer
 from agent.store import FileRecord, TransferRecord
 from tests.support.session_pair import Pair
-from tests.unit.test_destination_session import _context
+from tests.unit.test_destination_driver import _context
 
 
 def _too_big(topic: str, payload: bytes) -> None:

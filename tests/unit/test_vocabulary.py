@@ -17,6 +17,7 @@ import agent.transfers
 import agent.watchdog
 import cli.observe
 import cli.render
+from agent.core.destination_session import DestinationSession
 from agent.core.lifecycle import TERMINAL_STATE_VALUES, TransferState
 from agent.destination import DestinationTransfer
 
@@ -40,8 +41,11 @@ def test_every_place_agrees_with_the_lifecycle_on_each_state(state: TransferStat
     for name, module in TERMINAL_USERS.items():
         assert (state.value in module.TERMINAL) is state.is_terminal, name
     # A destination transfer with a file still to receive is active exactly while it is not terminal.
-    fake = SimpleNamespace(rec=SimpleNamespace(state=state.value), files={"f": SimpleNamespace(status="ready")})
-    assert DestinationTransfer.active.fget(fake) is (not state.is_terminal)  # type: ignore[attr-defined]
+    # (the rule is the session's; the agent's DestinationTransfer answers with it)
+    session = DestinationSession([SimpleNamespace(index=0, status="ready")], agent="A2", peer="A1", state=state)
+    assert session.active is (not state.is_terminal)
+    driver = SimpleNamespace(session=session)
+    assert DestinationTransfer.active.fget(driver) is session.active  # type: ignore[attr-defined]
 
 
 def _string_collections(tree: ast.AST) -> list[tuple[int, set[str]]]:
