@@ -9,11 +9,11 @@ from typing import Any, List, Optional
 import typer
 
 from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
-from agent.protocol import TransferItem, TransferSpec
 
 from .app import BROKER_HELP, command, fail, out, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
+from .transfer_request import transfer_spec
 
 
 @command("create-monitor")
@@ -63,19 +63,10 @@ def create_monitor(
     else:
         if not destination_agent or (dest_file is None) == (dest_dir is None):
             fail("give the task: -da AGENT and one of -df FILE / -dd DIR (or -mt TASKFILE)")
-        from .templates import TemplateError, check_flags
-
-        try:
-            # before TransferSpec, whose ValidationError on -rt -5 or -de bogus was a traceback
-            check_flags(exist, disposition, checksum, recovery_timeout)
-        except TemplateError as exc:
-            fail(str(exc))
-        task = TransferSpec(
-            source_agent=agent, destination_agent=destination_agent, exist=exist, disposition=disposition,
-            checksum=checksum.lower(), recovery_timeout=recovery_timeout, job_name=job_name,
-            items=[TransferItem(source=s, destination=dest_file or dest_dir or "",
-                                destination_type="file" if dest_file else "directory")
-                   for s in (sources or ["${FilePath}"])]).model_dump()
+        # the flags' checks and words of fte-create-transfer (a bad -rt or -de is one line, not a traceback)
+        task = transfer_spec(agent, destination_agent, sources or ["${FilePath}"], dest_file, dest_dir, exist,
+                             disposition, checksum, recovery_timeout=recovery_timeout,
+                             job_name=job_name).model_dump()
     try:
         spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
                            batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)

@@ -35,12 +35,12 @@ from pydantic import Field, ValidationError, model_validator
 from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
-from agent.core.recovery import check_recovery_timeout
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
+from .transfer_request import check_flags, parse_metadata
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
@@ -254,31 +254,6 @@ def template_spec(ov: Overrides) -> TemplateSpec:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
         raise TemplateError(f"invalid template: {_first_error(exc)}") from None
-
-
-def check_flags(exist: str | None, disposition: str | None, checksum: str | None,
-                recovery_timeout: int | None) -> None:
-    """The transfer-request flags' checks and messages, for fte-create-transfer, -template and -monitor."""
-    for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
-                                 ("-cs", checksum.lower() if checksum else None, ("sha256", "md5", "none"))):
-        if value is not None and value not in allowed:
-            raise TemplateError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
-    if recovery_timeout is not None:
-        try:
-            check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
-        except (TypeError, ValueError) as exc:
-            raise TemplateError(str(exc)) from None
-
-
-def parse_metadata(values: List[str] | None) -> dict[str, str]:
-    md: dict[str, str] = {}
-    for v in values or []:
-        for pair in v.split(","):
-            if "=" not in pair:
-                raise TemplateError(f"-md {pair!r} is not key=value")
-            k, _, val = pair.partition("=")
-            md[k.strip()] = val.strip()
-    return md
 
 
 def given(ctx: Any, name: str) -> bool:
@@ -547,16 +522,13 @@ def create_template(
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""
-    try:
-        validate_template_name(name)
-        check_flags(exist, disposition, checksum, recovery_timeout)
-        spec = template_spec(Overrides(
-            source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
-            dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
-            recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-            metadata=parse_metadata(metadata), sources=list(sources or [])))
-    except TemplateError as exc:
-        fail(str(exc), exc.code)
+    validate_template_name(name)
+    check_flags(exist, disposition, checksum, recovery_timeout)
+    spec = template_spec(Overrides(
+        source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
+        dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
+        recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
+        metadata=parse_metadata(metadata), sources=list(sources or [])))
     from agent.auth import keys_dir, load_private, requester_name
     from agent.definitions import sign_definition
     from agent.settings import config_home
@@ -599,10 +571,7 @@ def list_templates(
     """List the transfer templates on the broker (MFT's fteListTemplates)."""
     wanted = list(names or [])
     for n in wanted:
-        try:
-            validate_template_name(n)
-        except TemplateError as exc:
-            fail(str(exc))
+        validate_template_name(n)
 
     async def go() -> tuple[dict[str, bytes], str]:
         async with FteClient(broker_url(broker)) as c:

@@ -12,48 +12,13 @@ from typing import Any, List, Optional
 import typer
 
 from agent.core.statuses import AGENT_GONE, AGENT_RUNNING
-from agent.protocol import (CancelTransfer, CreateTransfer, ListTransfers, TransferItem, TransferSpec,
-                            new_transfer_id, utc_now)
+from agent.protocol import CancelTransfer, CreateTransfer, ListTransfers, TransferSpec, new_transfer_id, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
+from .transfer_request import check_flags, transfer_spec
 from .transfer_ids import check_transfer_id, resolve_transfer_id
-
-
-FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
-
-
-def _validation_text(exc: Exception) -> str:
-    """A pydantic error as one line naming the flag and the value."""
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc).splitlines()[0]
-    first = errors()[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    flag = FLAG_OF_FIELD.get(loc[0], loc[0]) if loc else "request"
-    if loc == ["destination"]:
-        flag = "-df" if "-df" in sys.argv or "--destination-file" in sys.argv else "-dd"
-    value = first.get("input")
-    shown = f" {value!r}" if isinstance(value, (str, int)) else ""
-    if isinstance(value, str) and len(value) > 60:  # a path of 5,000 characters is not repeated in full
-        shown = f" {value[:40]!r}... ({len(value)} characters)"
-    limit = (first.get("ctx") or {}).get("max_length")
-    if first.get("type") == "string_too_long" and limit:
-        return f"{flag}{shown} is too long: at most {limit} characters are allowed"
-    return f"{flag}{shown}: {first.get('msg')}"
-
-
-def _metadata(values: List[str]) -> dict[str, str]:
-    md: dict[str, str] = {}
-    for v in values:
-        for pair in v.split(","):
-            if "=" not in pair:
-                fail(f"-md {pair!r} is not key=value (e.g. -md ticket=42)")
-            k, _, val = pair.partition("=")
-            md[k.strip()] = val.strip()
-    return md
 
 
 def optional_wait_value(argv: list[str]) -> list[str]:
@@ -151,24 +116,13 @@ def create_transfer(
             fail("give exactly one destination: -df FILE or -dd DIRECTORY")
     elif template_name is not None and definition is not None:
         fail("give -tn TEMPLATE or -td FILE, not both")
-    try:
-        templates.check_flags(exist, disposition, checksum, recovery_timeout)
-    except templates.TemplateError as exc:
-        fail(str(exc))
+    check_flags(exist, disposition, checksum, recovery_timeout)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
-        md = _metadata(metadata)
-        try:
-            items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
-                                  destination_type="file" if dest_file else "directory", recursive=recursive)
-                     for s in sources]
-            spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
-                                exist=exist, disposition=disposition, checksum=checksum.lower(),
-                                recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
-        except ValueError as exc:
-            fail(f"invalid transfer request: {_validation_text(exc)}")
+        spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
+                             checksum, recursive, recovery_timeout, job_name, metadata)
     else:
         try:
             overrides = templates.overrides_from(
@@ -186,8 +140,6 @@ def create_transfer(
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
             fail(exc.line(), exc.code)
-        except templates.TemplateError as exc:
-            fail(str(exc), exc.code)
     if generate is not None:
         try:
             path = templates.write_request_file(generate, spec)
@@ -211,11 +163,8 @@ def create_transfer(
 
         if wait is not None:
             fail("-w has no meaning with -ss: the transfer runs later; watch it with fte-logs --follow")
-        try:
-            sched = schedule_spec(schedule_start, time_base, occurrence_interval, occurrence_frequency,
-                                  occurrence_count, end_schedule)
-        except ClientError as exc:
-            fail(str(exc), exc.code)
+        sched = schedule_spec(schedule_start, time_base, occurrence_interval, occurrence_frequency,
+                              occurrence_count, end_schedule)
         data = run(submit_schedule(broker_url(broker, spec.source_agent), spec, sched))
         if as_json:
             out.print(json.dumps(data), markup=False)
