@@ -213,10 +213,9 @@ async def _no_stop_answer(c: FteClient, name: str, wait: float) -> str:
     or not) and when it was published, or that the broker has none; never "start it", for a stop."""
     head = f"agent {name} did not answer within {wait:g} s"
     st = await c.agent_status(name)
-    if st is None and c.invalid_status(name) is not None:
-        return (f"{head}; the status on {c.topics.agent_status(name)} is not a valid agent status "
-                f"({c.invalid_status(name)}): ignored; a running agent replaces it within a second, so agent {name} "
-                f"is not running (or not of this broker: check the name with fte-list-agents)")
+    invalid = c.invalid_status_text(name) if st is None else None
+    if invalid is not None:
+        return f"{head}; {invalid}"
     if st is None:
         return (f"{head}; no agent of that name has a status on {c.topics.agent_status(name)} at {c.addr.url} "
                 f"(unknown agent: check the name with fte-list-agents)")
@@ -273,10 +272,10 @@ def stop_agent(
         return
     except (ClientError, asyncio.TimeoutError) as exc:
         if isinstance(exc, StopRefused):
-            fail(str(exc), exc.code)  # the agent said no: never force it
+            raise  # the agent said no: never force it
         if pid is None:
             if isinstance(exc, NoAnswer):
-                fail(str(exc), exc.code)
+                raise
             fail(f"could not stop agent {name}: {exc}")
         # the broker is away or the agent does not answer, but it runs here: signal it
         os.kill(pid, signal.SIGTERM)
