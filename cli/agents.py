@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, List, Optional
@@ -17,12 +14,13 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from agent.core.statuses import AGENT_RUNNING, AgentState
+from agent.core.statuses import AgentState
 from agent.protocol import Ping, StopAgent
 
+from .agent_process import run_in_foreground, running_pid, start_background
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note, note_ignored, out, run
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
-from .render import SafeLogFormatter, safe, safe_text, status_text
+from .render import safe, safe_text, status_text
 
 
 @command("create-agent")
@@ -103,21 +101,6 @@ def _trust_neighbours(agent_home: Path) -> None:
         trust(agent_home, agent_requester(other.name), theirs, "transfer")
 
 
-def _pid_file(name: str) -> Path:
-    from agent.settings import agent_dir
-
-    return agent_dir(name) / "agent.pid"
-
-
-def _running_pid(name: str) -> int | None:
-    try:
-        pid = int(_pid_file(name).read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
 @command("start-agent")
 def start_agent(
     name: str = typer.Argument(..., help="Agent name."),
@@ -125,83 +108,19 @@ def start_agent(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging."),
 ) -> None:
     """Start an agent (in the background unless -F)."""
-    from agent.link import BrokerConfigError
-    from agent.settings import SettingsError, agent_dir, load_agent_settings, timeout_warnings
+    from agent.settings import SettingsError, agent_dir, load_agent_settings
 
     try:
         settings = load_agent_settings(name, require_directories=True)
     except SettingsError as exc:
         fail(str(exc))
-    pid = _running_pid(name)
+    pid = running_pid(name)
     if pid is not None and pid != os.getpid():
         fail(f"agent {name} is already running (pid {pid}); stop it with fte-stop-agent {name}")
     if not foreground:
-        _start_background(name, agent_dir(name))
+        start_background(name, agent_dir(name))
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    for noisy in ("amqtt", "transitions", "aiomqtt", "mqtt"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    for w in timeout_warnings(settings):
-        logging.getLogger("fte.agent").warning("%s", w)
-    _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
-    _pid_file(name).write_text(str(os.getpid()))
-    try:
-        asyncio.run(_run_agent(settings))
-    except BrokerConfigError as exc:
-        fail(f"agent {name}: {exc}")
-    finally:
-        try:
-            if _pid_file(name).read_text().strip() == str(os.getpid()):
-                _pid_file(name).unlink()
-        except OSError:
-            pass
-
-
-async def _run_agent(settings: Any) -> None:
-    from agent.daemon import Agent
-
-    agent = Agent(settings, settings.state_dir)
-    loop = asyncio.get_running_loop()
-    # SIGTERM/SIGINT: an immediate stop; running transfers resume from their checkpoints at restart
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.request_stop, True)
-    logging.getLogger("fte.agent").info("agent %s starting (broker %s, state %s)", settings.agentName,
-                                        settings.brokerUrl, settings.state_dir)
-    await agent.run()
-    logging.getLogger("fte.agent").info("agent %s stopped", settings.agentName)
-
-
-def _start_background(name: str, home: Path) -> None:
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    logfile = logs / "output0.log"
-    with open(logfile, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "start-agent", name, "-F"], stdout=fh,
-                                stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-3:]
-            fail(f"agent {name} exited at start (code {proc.returncode}): {' | '.join(tail)}")
-        if _running_pid(name) == proc.pid and _agent_ready(name, proc.pid):
-            out.print(f"Agent {name} started (pid {proc.pid}); log: {logfile}")
-            return
-        time.sleep(0.2)
-    out.print(f"Agent {name} started (pid {proc.pid}) but has not reached its broker yet; log: {logfile}")
-
-
-def _agent_ready(name: str, pid: int) -> bool:
-    async def check() -> bool:
-        try:
-            async with FteClient(broker_url(None, name)) as c:
-                st = await c.agent_status(name, settle=0.5)
-                return bool(st and st.verified and st.pid == pid and st.status in AGENT_RUNNING)
-        except ClientError:
-            return False
-
-    return asyncio.run(check())
+    run_in_foreground(name, settings, verbose)
 
 
 class StopRefused(ClientError):
@@ -242,7 +161,7 @@ def stop_agent(
                                                          "stop is awaited for at most 10 s of them)."),
 ) -> None:
     """Stop an agent: by default after its running transfers finish (controlled); -i at once."""
-    pid = _running_pid(name)
+    pid = running_pid(name)
 
     async def go() -> bool:
         async with FteClient(broker_url(broker, name)) as c:
@@ -280,7 +199,7 @@ def stop_agent(
         # the broker is away or the agent does not answer, but it runs here: signal it
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            if _running_pid(name) is None:
+            if running_pid(name) is None:
                 out.print(f"Agent {name} stopped (pid {pid}, by signal).")
                 return
             time.sleep(0.1)
@@ -456,7 +375,7 @@ def clean_agent(
         settings = load_agent_settings(name)
     except SettingsError as exc:
         fail(str(exc))
-    pid = _running_pid(name)
+    pid = running_pid(name)
     if pid is not None:
         fail(f"agent {name} is running (pid {pid}); stop it first with fte-stop-agent {name}")
     store = StateStore(settings.state_dir / "state.db")
