@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Optional
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from agent.core.errors import FteError
 
-from .render import safe_markup
+from .render import safe, safe_markup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
@@ -123,8 +124,6 @@ def report(exc: FteError) -> NoReturn:
 
 def note(message: str) -> None:
     """A line on stderr that is not an error (what was found, what to check)."""
-    from .render import safe
-
     err.print(f"note: {safe(message)}", markup=False, soft_wrap=True)
 
 
@@ -133,6 +132,17 @@ def note_ignored(verbose: bool) -> Any:
     if not verbose:
         return None
     return lambda message: err.print(f"note: {message}", markup=False, soft_wrap=True)
+
+
+def print_listing(rows: list[dict[str, Any]], as_json: bool, none: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A listing's output: with --json the rows as one JSON array; else `line(row)` for each, or `none`."""
+    if as_json:
+        out.print(json.dumps(rows), markup=False)
+        return
+    if not rows:
+        out.print(none)
+    for row in rows:
+        out.print(safe(line(row)), markup=False)
 
 
 def run(coro: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
 
-from .app import BROKER_HELP, command, fail, out, run
+from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
 from .transfer_request import transfer_spec
@@ -117,22 +116,17 @@ def list_monitors(
 ) -> None:
     """List monitors as their agents report them (each agent's retained view of the monitors in its own state
     store; a monitor runs from that store, never from what is on the broker)."""
-    rows = run(_retained_monitors(broker, agent, name))
-    if as_json:
-        out.print(json.dumps(rows), markup=False)
-        return
-    if not rows:
-        out.print("No monitors.")
-        return
-    for m in rows:
-        line = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
+    def line(m: dict[str, Any]) -> str:
+        text = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
         if verbose:
             sp = m["spec"]
             task = sp["task"]
             dests = ", ".join(i["destination"] for i in task["items"])
-            line += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
+            text += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
                      f"{task['destination_agent']}:{dests}")
-        out.print(safe(line), markup=False)
+        return text
+
+    print_listing(run(_retained_monitors(broker, agent, name)), as_json, "No monitors.", line)
 
 
 async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Optional
 
@@ -11,9 +10,8 @@ import typer
 from agent.protocol import TransferSpec
 from agent.scheduler import CreateSchedule, DeleteSchedule, ScheduleSpec
 
-from .app import BROKER_HELP, command, fail, out, run
+from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import safe
 
 
 def schedule_spec(start: str, time_base: str, interval: Optional[str], frequency: int, count: Optional[int],
@@ -69,20 +67,16 @@ def list_scheduled(
 ) -> None:
     """List scheduled transfers as their source agents report them (each agent's retained view, on
     Scheduler/<agent>, of the schedules in its own state store, which is what runs)."""
-    rows = run(_retained(broker, agent))
-    if as_json:
-        out.print(json.dumps(rows), markup=False)
-        return
-    if not rows:
-        out.print("No scheduled transfers.")
-        return
-    for r in rows:
+    def line(r: dict[str, Any]) -> str:
         sc, sp = r["schedule"], r["spec"]
         every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
         files = ", ".join(i["source"] for i in sp["items"])
-        out.print(safe(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                       f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
-                       f"by {r.get('requester') or '(unknown)'}"), markup=False)
+        return (f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
+                f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
+                f"by {r.get('requester') or '(unknown)'}")
+
+    print_listing(run(_retained(broker, agent)), as_json, "No scheduled transfers.", line)
+
 
 @command("delete-scheduled-transfer")
 def delete_scheduled(
