@@ -363,14 +363,21 @@ class FteClient:
         """Why the last message read on the agent's status topic was not its status (None: it was, or none came)."""
         return self._invalid_statuses.get(self.topics.agent_status(agent))
 
+    def invalid_status_text(self, agent: str) -> str | None:
+        """What to tell the user when the agent's status topic holds something that is not its status (None:
+        it does not). Something is there: "no status" would send the user looking for a typo."""
+        why = self.invalid_status(agent)
+        if why is None:
+            return None
+        return (f"the status on {self.topics.agent_status(agent)} is not a valid agent status ({why}): ignored; "
+                f"a running agent {agent} replaces it within a second: if it stays, agent {agent} is not running, "
+                f"or not on this broker (check the name with fte-list-agents)")
+
     async def require_agent(self, agent: str) -> AgentStatus:
         st = await self.agent_status(agent)
-        topic = self.topics.agent_status(agent)
-        if st is None and self.invalid_status(agent) is not None:
-            # something is there, just not a status: "no status" would send the user looking for a typo
-            raise ClientError(f"the status on {topic} is not a valid agent status ({self.invalid_status(agent)}): "
-                              f"ignored; a running agent {agent} replaces it within a second: if it stays, agent {agent} is not "
-                              f"running here (check the name with fte-list-agents)")
+        invalid = self.invalid_status_text(agent) if st is None else None
+        if invalid is not None:
+            raise ClientError(invalid)
         if st is None:
             raise ClientError(f"agent {agent!r} is not known on the broker at {self.addr.url} (no status on "
                               f"{self.topics.agent_status(agent)}); check the name with fte-list-agents, "

@@ -2,147 +2,131 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from agent.monitor import CreateMonitor, ListMonitors, MonitorCommand, MonitorSpec
-from agent.protocol import TransferItem, TransferSpec
+from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
 
-from .client import ClientError, FteClient, broker_url, new_request_id
+from .app import BROKER_HELP, command, fail, out, print_listing, run
+from .client import FteClient, broker_url, new_request_id
 from .render import safe
+from .transfer_request import transfer_spec
 
-BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
+@command("create-monitor")
+def create_monitor(
+    agent: str = typer.Option(..., "-ma", "--monitor-agent", help="The agent that monitors (and is the source)."),
+    name: str = typer.Option(..., "-mn", "--monitor-name", help="Monitor name (unique per agent)."),
+    directory: str = typer.Option(..., "-md", "--monitor-directory", help="Directory to watch (in the sandbox)."),
+    trigger: str = typer.Option(..., "-tr", "--trigger",
+                                help="match,PATTERN | noMatch,PATTERN | noSizeChange=N,PATTERN | "
+                                     "fileSize>=SIZE[KB|MB|GB],PATTERN"),
+    poll_interval: int = typer.Option(1, "-pi", "--poll-interval", help="Poll every N units."),
+    poll_unit: str = typer.Option("minutes", "-pu", "--poll-unit", help="seconds | minutes | hours | days"),
+    batch: int = typer.Option(1, "-bs", "--batch-size", help="Files combined into one transfer at most."),
+    recursion: int = typer.Option(0, "-rl", "--recursion-level", help="Subdirectory levels to watch."),
+    include: Optional[str] = typer.Option(None, "-x", "--include", help="Only file names matching this."),
+    exclude: Optional[str] = typer.Option(None, "-ex", "--exclude", help="Never file names matching this."),
+    task_file: Optional[Path] = typer.Option(None, "-mt", "--task-file",
+                                             help="Transfer request file (fte-create-transfer -gt) as the task."),
+    destination_agent: Optional[str] = typer.Option(None, "-da", help="Task: destination agent."),
+    dest_file: Optional[str] = typer.Option(None, "-df", help="Task: destination file, e.g. '/in/${FileName}'."),
+    dest_dir: Optional[str] = typer.Option(None, "-dd", help="Task: destination directory."),
+    exist: str = typer.Option("error", "-de", help="Task: error | overwrite."),
+    disposition: str = typer.Option("leave", "-sd", help="Task: leave | delete (after success)."),
+    checksum: str = typer.Option("sha256", "-cs", help="Task: sha256 | md5 | none."),
+    recovery_timeout: Optional[int] = typer.Option(None, "-rt", help="Task: recovery timeout in seconds."),
+    job_name: Optional[str] = typer.Option(None, "-jn", help="Task: job name."),
+    sources: List[str] = typer.Argument(None, help="Task sources (default: ${FilePath}, the file that fired)."),
+    force: bool = typer.Option(False, "-f", "--force", help="Replace a monitor of the same name."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
+    from agent.core.triggers import TriggerError, poll_seconds
 
-def register(app: typer.Typer) -> None:
-    from .main import fail, out, run
+    try:
+        seconds = poll_seconds(poll_interval, poll_unit)
+    except TriggerError as exc:
+        fail(str(exc))
+    if task_file is not None:
+        if destination_agent or dest_file or dest_dir:
+            fail("give the task either with -mt FILE or with inline flags (-da -df/-dd ...), not both")
+        try:
+            from .templates import load_request_file
 
-    @app.command("create-monitor")
-    def create_monitor(
-        agent: str = typer.Option(..., "-ma", "--monitor-agent", help="The agent that monitors (and is the source)."),
-        name: str = typer.Option(..., "-mn", "--monitor-name", help="Monitor name (unique per agent)."),
-        directory: str = typer.Option(..., "-md", "--monitor-directory", help="Directory to watch (in the sandbox)."),
-        trigger: str = typer.Option(..., "-tr", "--trigger",
-                                    help="match,PATTERN | noMatch,PATTERN | noSizeChange=N,PATTERN | "
-                                         "fileSize>=SIZE[KB|MB|GB],PATTERN"),
-        poll_interval: int = typer.Option(1, "-pi", "--poll-interval", help="Poll every N units."),
-        poll_unit: str = typer.Option("minutes", "-pu", "--poll-unit", help="seconds | minutes | hours | days"),
-        batch: int = typer.Option(1, "-bs", "--batch-size", help="Files combined into one transfer at most."),
-        recursion: int = typer.Option(0, "-rl", "--recursion-level", help="Subdirectory levels to watch."),
-        include: Optional[str] = typer.Option(None, "-x", "--include", help="Only file names matching this."),
-        exclude: Optional[str] = typer.Option(None, "-ex", "--exclude", help="Never file names matching this."),
-        task_file: Optional[Path] = typer.Option(None, "-mt", "--task-file",
-                                                 help="Transfer request file (fte-create-transfer -gt) as the task."),
-        destination_agent: Optional[str] = typer.Option(None, "-da", help="Task: destination agent."),
-        dest_file: Optional[str] = typer.Option(None, "-df", help="Task: destination file, e.g. '/in/${FileName}'."),
-        dest_dir: Optional[str] = typer.Option(None, "-dd", help="Task: destination directory."),
-        exist: str = typer.Option("error", "-de", help="Task: error | overwrite."),
-        disposition: str = typer.Option("leave", "-sd", help="Task: leave | delete (after success)."),
-        checksum: str = typer.Option("sha256", "-cs", help="Task: sha256 | md5 | none."),
-        recovery_timeout: Optional[int] = typer.Option(None, "-rt", help="Task: recovery timeout in seconds."),
-        job_name: Optional[str] = typer.Option(None, "-jn", help="Task: job name."),
-        sources: List[str] = typer.Argument(None, help="Task sources (default: ${FilePath}, the file that fired)."),
-        force: bool = typer.Option(False, "-f", "--force", help="Replace a monitor of the same name."),
+            task: Any = load_request_file(task_file)["spec"]
+        except Exception as exc:
+            fail(f"task file {task_file}: {exc}", 103)
+    else:
+        if not destination_agent or (dest_file is None) == (dest_dir is None):
+            fail("give the task: -da AGENT and one of -df FILE / -dd DIR (or -mt TASKFILE)")
+        # the flags' checks and words of fte-create-transfer (a bad -rt or -de is one line, not a traceback)
+        task = transfer_spec(agent, destination_agent, sources or ["${FilePath}"], dest_file, dest_dir, exist,
+                             disposition, checksum, recovery_timeout=recovery_timeout,
+                             job_name=job_name).model_dump()
+    try:
+        spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
+                           batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)
+    except Exception as exc:
+        # say which flag is wrong and why: the first lines of a pydantic error named only the field
+        # ("1 validation error for MonitorSpec ['trigger']"), never the reason
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError) and exc.errors():
+            e = exc.errors()[0]
+            where = ".".join(str(x) for x in e["loc"]) or "monitor"
+            fail(f"invalid monitor: {where}: {e['msg'].removeprefix('Value error, ')}", 102)
+        fail(f"invalid monitor: {str(exc).splitlines()[0]}", 102)
+    reply = run(_request(broker, agent, CreateMonitor(kind="create_monitor", request_id=new_request_id(),
+                                                      monitor=spec, replace=force)))
+    if not reply.ok:
+        fail(reply.message, reply.result_code or 1)
+    out.print(safe(f"Monitor {name} created on agent {agent}: {trigger} in {directory}, every {seconds} s."),
+              markup=False)
+
+def _monitor_switch(verb: str, kind: str, doc: str) -> None:
+    """delete-monitor, stop-monitor, start-monitor: the same flags, one request each."""
+    def switch(
+        agent: str = typer.Option(..., "-ma", "--monitor-agent", help="The monitor's agent."),
+        name: str = typer.Option(..., "-mn", "--monitor-name", help="Monitor name."),
         broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     ) -> None:
-        """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
-        from agent.core.triggers import TriggerError, poll_seconds
-
-        try:
-            seconds = poll_seconds(poll_interval, poll_unit)
-        except TriggerError as exc:
-            fail(str(exc))
-        if task_file is not None:
-            if destination_agent or dest_file or dest_dir:
-                fail("give the task either with -mt FILE or with inline flags (-da -df/-dd ...), not both")
-            try:
-                from .templates import load_request_file
-
-                task: Any = load_request_file(task_file)["spec"]
-            except Exception as exc:
-                fail(f"task file {task_file}: {exc}", 103)
-        else:
-            if not destination_agent or (dest_file is None) == (dest_dir is None):
-                fail("give the task: -da AGENT and one of -df FILE / -dd DIR (or -mt TASKFILE)")
-            from .templates import TemplateError, check_flags
-
-            try:
-                # before TransferSpec, whose ValidationError on -rt -5 or -de bogus was a traceback
-                check_flags(exist, disposition, checksum, recovery_timeout)
-            except TemplateError as exc:
-                fail(str(exc))
-            task = TransferSpec(
-                source_agent=agent, destination_agent=destination_agent, exist=exist, disposition=disposition,
-                checksum=checksum.lower(), recovery_timeout=recovery_timeout, job_name=job_name,
-                items=[TransferItem(source=s, destination=dest_file or dest_dir or "",
-                                    destination_type="file" if dest_file else "directory")
-                       for s in (sources or ["${FilePath}"])]).model_dump()
-        try:
-            spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
-                               batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)
-        except Exception as exc:
-            # say which flag is wrong and why: the first lines of a pydantic error named only the field
-            # ("1 validation error for MonitorSpec ['trigger']"), never the reason
-            from pydantic import ValidationError
-
-            if isinstance(exc, ValidationError) and exc.errors():
-                e = exc.errors()[0]
-                where = ".".join(str(x) for x in e["loc"]) or "monitor"
-                fail(f"invalid monitor: {where}: {e['msg'].removeprefix('Value error, ')}", 102)
-            fail(f"invalid monitor: {str(exc).splitlines()[0]}", 102)
-        reply = run(_request(broker, agent, CreateMonitor(kind="create_monitor", request_id=new_request_id(),
-                                                          monitor=spec, replace=force)))
+        reply = run(_request(broker, agent, MonitorCommand(kind=kind, request_id=new_request_id(), name=name)))
         if not reply.ok:
             fail(reply.message, reply.result_code or 1)
-        out.print(safe(f"Monitor {name} created on agent {agent}: {trigger} in {directory}, every {seconds} s."),
-                  markup=False)
+        out.print(safe(f"Monitor {name} on agent {agent}: {reply.data.get('state')}."), markup=False)
+    switch.__doc__ = doc  # before registering: typer reads the help from the registered function
+    command(verb)(switch)
 
-    for verb, kind, doc in (("delete-monitor", "delete_monitor", "Delete a monitor."),
-                            ("stop-monitor", "stop_monitor", "Stop a monitor (its agent keeps running)."),
-                            ("start-monitor", "start_monitor", "Start a stopped monitor.")):
-        def make(kind: str = kind, verb: str = verb) -> Any:
-            def command(
-                agent: str = typer.Option(..., "-ma", "--monitor-agent", help="The monitor's agent."),
-                name: str = typer.Option(..., "-mn", "--monitor-name", help="Monitor name."),
-                broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-            ) -> None:
-                reply = run(_request(broker, agent, MonitorCommand(kind=kind, request_id=new_request_id(), name=name)))
-                if not reply.ok:
-                    fail(reply.message, reply.result_code or 1)
-                out.print(safe(f"Monitor {name} on agent {agent}: {reply.data.get('state')}."), markup=False)
-            command.__doc__ = doc
-            return command
-        app.command(verb)(make())
 
-    @app.command("list-monitors")
-    def list_monitors(
-        agent: Optional[str] = typer.Option(None, "-ma", "--monitor-agent", help="Only this agent's monitors."),
-        name: Optional[str] = typer.Option(None, "-mn", "--monitor-name", help="Only this monitor."),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help="Trigger, directory and task."),
-        as_json: bool = typer.Option(False, "--json", help="JSON output."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """List monitors as their agents report them (each agent's retained view of the monitors in its own state
-        store; a monitor runs from that store, never from what is on the broker)."""
-        rows = run(_retained_monitors(broker, agent, name))
-        if as_json:
-            out.print(json.dumps(rows), markup=False)
-            return
-        if not rows:
-            out.print("No monitors.")
-            return
-        for m in rows:
-            line = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
-            if verbose:
-                sp = m["spec"]
-                task = sp["task"]
-                dests = ", ".join(i["destination"] for i in task["items"])
-                line += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
-                         f"{task['destination_agent']}:{dests}")
-            out.print(safe(line), markup=False)
+_monitor_switch("delete-monitor", "delete_monitor", "Delete a monitor.")
+_monitor_switch("stop-monitor", "stop_monitor", "Stop a monitor (its agent keeps running).")
+_monitor_switch("start-monitor", "start_monitor", "Start a stopped monitor.")
+
+
+@command("list-monitors")
+def list_monitors(
+    agent: Optional[str] = typer.Option(None, "-ma", "--monitor-agent", help="Only this agent's monitors."),
+    name: Optional[str] = typer.Option(None, "-mn", "--monitor-name", help="Only this monitor."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Trigger, directory and task."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """List monitors as their agents report them (each agent's retained view of the monitors in its own state
+    store; a monitor runs from that store, never from what is on the broker)."""
+    def line(m: dict[str, Any]) -> str:
+        text = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
+        if verbose:
+            sp = m["spec"]
+            task = sp["task"]
+            dests = ", ".join(i["destination"] for i in task["items"])
+            text += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
+                     f"{task['destination_agent']}:{dests}")
+        return text
+
+    print_listing(run(_retained_monitors(broker, agent, name)), as_json, "No monitors.", line)
 
 
 async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:
@@ -156,5 +140,3 @@ async def _retained_monitors(broker: Optional[str], agent: Optional[str], name: 
         rows = await c.retained_json(c.topics.monitors(agent, name))
         return sorted(rows, key=lambda r: (r.get("agent", ""), r.get("name", "")))
 
-
-__all__ = ["register", "ClientError", "ListMonitors"]

@@ -19,79 +19,14 @@ from rich.text import Text
 
 from agent.core.lifecycle import RECOVERY_STATE_VALUES as RECOVERY
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
+from agent.core.statuses import AGENT_RUNNING, AgentState
 from agent.events import Completed, Recovering, TransferEventBase
-from agent.protocol import ListTransfers, QueryTransfer
+from agent.protocol import QueryTransfer
 
+from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import is_progress_topic, read_message, read_progress, safe, safe_markup, safe_text, status_text
-from agent.core.statuses import AGENT_RUNNING, AgentState
-
-BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
-
-
-async def transfers_of(c: FteClient, agent: Optional[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every transfer the (running) agents know, and a warning per agent that did not answer."""
-    statuses = await c.agent_statuses(settle=0.5)
-    names = [agent] if agent else sorted(n for n, s in statuses.items() if s.status in AGENT_RUNNING)
-    rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for n in names:
-        try:
-            r = await c.request(n, ListTransfers(kind="list_transfers", request_id=new_request_id(),
-                                                 reply_to=c.client_id), timeout=5)
-        except ClientError as exc:
-            warnings.append(str(exc))
-            continue
-        if not r.ok:
-            warnings.append(f"agent {n}: {r.message}")
-            continue
-        rows += [dict(t, agent=n) for t in r.data.get("transfers", [])]
-    return rows, warnings
-
-
-TRANSFER_ID_CHARS = 48
-SHORTEST_PREFIX = 8  # the logs, fte top and the demo show the first 12 characters of an id
-
-
-def check_transfer_id(given: str) -> str:
-    """The id or id prefix as typed, lower-cased, if it can be one; else a ClientError saying what is wanted."""
-    tid = given.strip().lower()
-    if not (SHORTEST_PREFIX <= len(tid) <= TRANSFER_ID_CHARS) or any(ch not in "0123456789abcdef" for ch in tid):
-        raise ClientError(f"{given!r} is not a transfer id: give the {TRANSFER_ID_CHARS} hex characters printed by "
-                          f"fte-create-transfer, or the first {SHORTEST_PREFIX} or more of them (fte-logs and "
-                          f"fte top show the first 12)")
-    return tid
-
-
-async def resolve_transfer_id(c: FteClient, given: str, agent: Optional[str]) -> str:
-    """The whole id of the one transfer the agents know that starts with `given` (a whole id is taken as it is)."""
-    return (await find_transfer(c, given, agent))[0]
-
-
-async def find_transfer(c: FteClient, given: str, agent: Optional[str]) -> tuple[str, Optional[list[str]]]:
-    """(whole id, the agents that listed it) for an id prefix, asking the running agents (or `agent`) for
-    their transfers as fte-list-transfers does; (the id, None) for a whole id, asking nobody."""
-    tid = check_transfer_id(given)
-    if len(tid) == TRANSFER_ID_CHARS:
-        return tid, None
-    rows, warnings = await transfers_of(c, agent)
-    tid = pick_transfer_id(tid, [str(t.get("transfer_id", "")) for t in rows], agent, warnings)
-    return tid, sorted({str(t["agent"]) for t in rows if t.get("transfer_id") == tid})
-
-
-def pick_transfer_id(prefix: str, known: list[str], agent: Optional[str] = None,
-                     warnings: Optional[list[str]] = None) -> str:
-    """The one id in `known` that starts with `prefix`; a ClientError saying what to do when none or several do."""
-    matches = sorted({t for t in known if t.startswith(prefix)})
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        who = f"agent {agent} knows no transfer" if agent else "no running agent knows a transfer"
-        unanswered = f" ({'; '.join(warnings)})" if warnings else ""
-        raise ClientError(f"{who} whose id starts with {prefix}{unanswered}; list them with fte-list-transfers, "
-                          f"or give the whole id")
-    raise ClientError(f"{len(matches)} transfers have ids starting with {prefix}: {', '.join(matches[:10])}"
-                      + (" ..." if len(matches) > 10 else "") + "; give more characters of the id")
+from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 
 def _size(n: Any) -> str:
@@ -117,104 +52,101 @@ def transfer_line(t: dict[str, Any]) -> str:
     return text
 
 
-def register(app: typer.Typer) -> None:
-    from .main import VERBOSE_HELP, check_id_or_fail, err, fail, note_ignored, out, run
+@command("list-transfers")
+def list_transfers(
+    agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's transfers."),
+    state: Optional[str] = typer.Option(None, "--state", help="Only transfers in this state (e.g. recovering, "
+                                                              "which includes resynchronising)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
+) -> None:
+    """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
+    from agent.core.lifecycle import TransferState
 
-    @app.command("list-transfers")
-    def list_transfers(
-        agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's transfers."),
-        state: Optional[str] = typer.Option(None, "--state", help="Only transfers in this state (e.g. recovering, "
-                                                                  "which includes resynchronising)."),
-        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
-    ) -> None:
-        """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
-        from agent.core.lifecycle import TransferState
+    states = [s.value for s in TransferState]
+    if state is not None and state not in states:
+        fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
+    async def go() -> tuple[list[dict[str, Any]], list[str]]:
+        async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
+            if agent:
+                await c.require_agent(agent)
+            return await transfers_of(c, agent)
 
-        states = [s.value for s in TransferState]
-        if state is not None and state not in states:
-            fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
-        async def go() -> tuple[list[dict[str, Any]], list[str]]:
-            async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
-                if agent:
-                    await c.require_agent(agent)
-                return await transfers_of(c, agent)
+    rows, warnings = run(go())
+    for w in warnings:
+        err.print(f"warning: {safe(w)}", markup=False)
+    # "recovering" includes its resynchronising step: the transfer is in recovery either way
+    wanted = {state, "resynchronising"} if state == "recovering" else {state}
+    rows = [t for t in rows if state is None or t.get("state") in wanted]
+    for t in rows:
+        out.print(json.dumps(t) if as_json else safe(transfer_line(t)), markup=False)
+    if not rows and not as_json:
+        out.print("No transfers" + (f" in state {state}." if state else "."))
 
-        rows, warnings = run(go())
-        for w in warnings:
-            err.print(f"warning: {safe(w)}", markup=False)
-        # "recovering" includes its resynchronising step: the transfer is in recovery either way
-        wanted = {state, "resynchronising"} if state == "recovering" else {state}
-        rows = [t for t in rows if state is None or t.get("state") in wanted]
-        for t in rows:
-            out.print(json.dumps(t) if as_json else safe(transfer_line(t)), markup=False)
-        if not rows and not as_json:
-            out.print("No transfers" + (f" in state {state}." if state else "."))
+@command("show-transfer")
+def show_transfer(
+    transfer_id: str = typer.Argument(..., help="The transfer id, or its first 8 or more characters."),
+    agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Ask this agent (default: every agent)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
+) -> None:
+    """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
+    check_transfer_id(transfer_id)
+    problems: list[str] = []  # answers other than "not known here" (e.g. an answer too big for the broker)
 
-    @app.command("show-transfer")
-    def show_transfer(
-        transfer_id: str = typer.Argument(..., help="The transfer id, or its first 8 or more characters."),
-        agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Ask this agent (default: every agent)."),
-        as_json: bool = typer.Option(False, "--json", help="JSON output."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
-    ) -> None:
-        """Show one transfer as its agents see it: state, progress, recoveries, last stall, timings, files."""
-        check_id_or_fail(transfer_id)
-        problems: list[str] = []  # answers other than "not known here" (e.g. an answer too big for the broker)
+    async def go() -> list[dict[str, Any]]:
+        nonlocal transfer_id
+        async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
+            transfer_id, names = await find_transfer(c, transfer_id, agent)  # names: who listed a prefix's id
+            if names is None:
+                statuses = await c.agent_statuses(settle=0.5)
+                names = [agent] if agent else sorted(n for n, s in statuses.items()
+                                                     if s.status in AGENT_RUNNING)
+            found = []
+            for n in names:
+                try:
+                    r = await c.request(n, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
+                                                         reply_to=c.client_id, transfer_id=transfer_id),
+                                        timeout=5)
+                except ClientError:
+                    continue
+                if r.ok:
+                    found.append(dict(r.data, agent=n))
+                elif r.message and "is not known to agent" not in r.message:
+                    problems.append(r.message)
+            return found
 
-        async def go() -> list[dict[str, Any]]:
-            nonlocal transfer_id
-            async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
-                transfer_id, names = await find_transfer(c, transfer_id, agent)  # names: who listed a prefix's id
-                if names is None:
-                    statuses = await c.agent_statuses(settle=0.5)
-                    names = [agent] if agent else sorted(n for n, s in statuses.items()
-                                                         if s.status in AGENT_RUNNING)
-                found = []
-                for n in names:
-                    try:
-                        r = await c.request(n, QueryTransfer(kind="query_transfer", request_id=new_request_id(),
-                                                             reply_to=c.client_id, transfer_id=transfer_id),
-                                            timeout=5)
-                    except ClientError:
-                        continue
-                    if r.ok:
-                        found.append(dict(r.data, agent=n))
-                    elif r.message and "is not known to agent" not in r.message:
-                        problems.append(r.message)
-                return found
+    views = run(go())
+    if not views:
+        fail("; ".join(problems) if problems else
+             f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
+    if as_json:
+        out.print(json.dumps(views), markup=False)
+        return
+    for v in views:
+        out.print(f"[bold]{safe_markup(v['agent'])}[/] ({safe_markup(v.get('role'))})")
+        for key in ("state", "result_code", "source_agent", "destination_agent", "job_name", "bytes_done",
+                    "bytes_total", "files_done", "files_total", "recoveries", "last_stall", "recovering_since",
+                    "recovery_timeout", "recovery_deadline", "bytes_resent", "created", "updated", "seconds"):
+            if v.get(key) is not None:
+                out.print(safe(f"  {key:20} {v[key]}"), markup=False)
+        for f in v.get("files", []):
+            extra = f" - {f['supplement']}" if f.get("supplement") else ""
+            out.print(safe(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
+                           f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}"), markup=False)
 
-        views = run(go())
-        if not views:
-            fail("; ".join(problems) if problems else
-                 f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
-        if as_json:
-            out.print(json.dumps(views), markup=False)
-            return
-        for v in views:
-            out.print(f"[bold]{safe_markup(v['agent'])}[/] ({safe_markup(v.get('role'))})")
-            for key in ("state", "result_code", "source_agent", "destination_agent", "job_name", "bytes_done",
-                        "bytes_total", "files_done", "files_total", "recoveries", "last_stall", "recovering_since",
-                        "recovery_timeout", "recovery_deadline", "bytes_resent", "created", "updated", "seconds"):
-                if v.get(key) is not None:
-                    out.print(safe(f"  {key:20} {v[key]}"), markup=False)
-            for f in v.get("files", []):
-                extra = f" - {f['supplement']}" if f.get("supplement") else ""
-                out.print(safe(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
-                               f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}"), markup=False)
+@command("top")
+def top(
+    once: bool = typer.Option(False, "--once", help="Print one view after collecting for 2 s, then exit."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
+) -> None:
+    """A live view of agents and transfers (progress, rates, recovering states), until Ctrl-C.
 
-    @app.command("top")
-    def top(
-        once: bool = typer.Option(False, "--once", help="Print one view after collecting for 2 s, then exit."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
-    ) -> None:
-        """A live view of agents and transfers (progress, rates, recovering states), until Ctrl-C.
-
-        Only what the agents signed is shown; a status no trusted key signed is marked unverified."""
-        run(_top(broker_url(broker), once, out, note_ignored(verbose)))
+    Only what the agents signed is shown; a status no trusted key signed is marked unverified."""
+    run(_top(broker_url(broker), once, out, note_ignored(verbose)))
 
 
 async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> None:

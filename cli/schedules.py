@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Optional
 
@@ -11,10 +10,8 @@ import typer
 from agent.protocol import TransferSpec
 from agent.scheduler import CreateSchedule, DeleteSchedule, ScheduleSpec
 
+from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import safe
-
-BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
 
 
 def schedule_spec(start: str, time_base: str, interval: Optional[str], frequency: int, count: Optional[int],
@@ -62,52 +59,45 @@ async def submit_schedule(url: str, spec: TransferSpec, schedule: ScheduleSpec) 
     return reply.data
 
 
-def register(app: typer.Typer) -> None:
-    from .main import fail, out, run
+@command("list-scheduled-transfers")
+def list_scheduled(
+    agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this source agent's schedules."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """List scheduled transfers as their source agents report them (each agent's retained view, on
+    Scheduler/<agent>, of the schedules in its own state store, which is what runs)."""
+    def line(r: dict[str, Any]) -> str:
+        sc, sp = r["schedule"], r["spec"]
+        every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
+        files = ", ".join(i["source"] for i in sp["items"])
+        return (f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
+                f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
+                f"by {r.get('requester') or '(unknown)'}")
 
-    @app.command("list-scheduled-transfers")
-    def list_scheduled(
-        agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this source agent's schedules."),
-        as_json: bool = typer.Option(False, "--json", help="JSON output."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """List scheduled transfers as their source agents report them (each agent's retained view, on
-        Scheduler/<agent>, of the schedules in its own state store, which is what runs)."""
-        rows = run(_retained(broker, agent))
-        if as_json:
-            out.print(json.dumps(rows), markup=False)
-            return
-        if not rows:
-            out.print("No scheduled transfers.")
-            return
-        for r in rows:
-            sc, sp = r["schedule"], r["spec"]
-            every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
-            files = ", ".join(i["source"] for i in sp["items"])
-            out.print(safe(f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                           f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
-                           f"by {r.get('requester') or '(unknown)'}"), markup=False)
+    print_listing(run(_retained(broker, agent)), as_json, "No scheduled transfers.", line)
 
-    @app.command("delete-scheduled-transfer")
-    def delete_scheduled(
-        schedule_id: str = typer.Argument(..., help="The schedule id (fte-list-scheduled-transfers)."),
-        agent: str = typer.Option(..., "-a", "--agent", help="The schedule's source agent."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """Delete a scheduled transfer."""
-        async def go() -> Any:
-            async with FteClient(broker_url(broker, agent)) as c:
-                await c.require_agent(agent)
-                return await c.request(agent, DeleteSchedule(kind="delete_schedule", request_id=new_request_id(),
-                                                             reply_to=c.client_id, schedule_id=schedule_id))
-        try:
-            DeleteSchedule(kind="delete_schedule", request_id="x", schedule_id=schedule_id)
-        except ValueError:
-            fail(f"{schedule_id!r} is not a schedule id (16 hex characters, from fte-list-scheduled-transfers)")
-        reply = run(go())
-        if not reply.ok:
-            fail(reply.message, reply.result_code or 1)
-        out.print(f"Schedule {schedule_id} deleted from agent {agent}.")
+
+@command("delete-scheduled-transfer")
+def delete_scheduled(
+    schedule_id: str = typer.Argument(..., help="The schedule id (fte-list-scheduled-transfers)."),
+    agent: str = typer.Option(..., "-a", "--agent", help="The schedule's source agent."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Delete a scheduled transfer."""
+    async def go() -> Any:
+        async with FteClient(broker_url(broker, agent)) as c:
+            await c.require_agent(agent)
+            return await c.request(agent, DeleteSchedule(kind="delete_schedule", request_id=new_request_id(),
+                                                         reply_to=c.client_id, schedule_id=schedule_id))
+    try:
+        DeleteSchedule(kind="delete_schedule", request_id="x", schedule_id=schedule_id)
+    except ValueError:
+        fail(f"{schedule_id!r} is not a schedule id (16 hex characters, from fte-list-scheduled-transfers)")
+    reply = run(go())
+    if not reply.ok:
+        fail(reply.message, reply.result_code or 1)
+    out.print(f"Schedule {schedule_id} deleted from agent {agent}.")
 
 
 async def _retained(broker: Optional[str], agent: Optional[str]) -> list[dict[str, Any]]:

@@ -35,12 +35,12 @@ from pydantic import Field, ValidationError, model_validator
 from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
-from agent.core.recovery import check_recovery_timeout
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
+from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
-
-BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+from .render import safe
+from .transfer_request import check_flags, parse_metadata
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
@@ -254,31 +254,6 @@ def template_spec(ov: Overrides) -> TemplateSpec:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
         raise TemplateError(f"invalid template: {_first_error(exc)}") from None
-
-
-def check_flags(exist: str | None, disposition: str | None, checksum: str | None,
-                recovery_timeout: int | None) -> None:
-    """The transfer-request flags' checks and messages, for fte-create-transfer, -template and -monitor."""
-    for flag, value, allowed in (("-de", exist, ("error", "overwrite")), ("-sd", disposition, ("leave", "delete")),
-                                 ("-cs", checksum.lower() if checksum else None, ("sha256", "md5", "none"))):
-        if value is not None and value not in allowed:
-            raise TemplateError(f"{flag} {value!r} is not one of: {', '.join(allowed)}")
-    if recovery_timeout is not None:
-        try:
-            check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
-        except (TypeError, ValueError) as exc:
-            raise TemplateError(str(exc)) from None
-
-
-def parse_metadata(values: List[str] | None) -> dict[str, str]:
-    md: dict[str, str] = {}
-    for v in values or []:
-        for pair in v.split(","):
-            if "=" not in pair:
-                raise TemplateError(f"-md {pair!r} is not key=value")
-            k, _, val = pair.partition("=")
-            md[k.strip()] = val.strip()
-    return md
 
 
 def given(ctx: Any, name: str) -> bool:
@@ -517,166 +492,155 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
 # --------------------------------------------------------------------------- commands
 
 
-def register(app: typer.Typer) -> None:
-    """Add create-template, list-templates and delete-templates to the `fte` app."""
-    from .main import err, fail, out, run  # fail() prints messages without markup
+def say(text: str) -> None:
+    out.print(safe(text), markup=False, emoji=False, soft_wrap=True)
 
-    from .render import safe
 
-    def say(text: str) -> None:
-        out.print(safe(text), markup=False, emoji=False, soft_wrap=True)
+@command("create-template")
+def create_template(
+    sources: Optional[List[str]] = typer.Argument(None, help="Source file(s) or directories on the source "
+                                                             "agent (may be left to the submitter)."),
+    name: str = typer.Option(..., "-tn", "--template-name", help="Template name: 1-64 of A-Z a-z 0-9 . _ -"),
+    source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent", help="Source agent."),
+    destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
+                                                    help="Destination agent."),
+    dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
+    dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory",
+                                           help="Destination directory."),
+    exist: Optional[str] = typer.Option(None, "-de", "--destination-exists", help="error | overwrite"),
+    disposition: Optional[str] = typer.Option(None, "-sd", "--source-disposition",
+                                              help="leave | delete (only on success)"),
+    checksum: Optional[str] = typer.Option(None, "-cs", "--checksum", help="sha256 | md5 | none"),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into source directories."),
+    recovery_timeout: Optional[int] = typer.Option(
+        None, "-rt", "--recovery-timeout",
+        help="Seconds to keep recovering a stalled transfer: -1 forever, 0 fail at once."),
+    job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Job name, carried in the log."),
+    metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
+    force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
+    fte-create-transfer -tn NAME."""
+    validate_template_name(name)
+    check_flags(exist, disposition, checksum, recovery_timeout)
+    spec = template_spec(Overrides(
+        source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
+        dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
+        recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
+        metadata=parse_metadata(metadata), sources=list(sources or [])))
+    from agent.auth import keys_dir, load_private, requester_name
+    from agent.definitions import sign_definition
+    from agent.settings import config_home
 
-    @app.command("create-template")
-    def create_template(
-        sources: Optional[List[str]] = typer.Argument(None, help="Source file(s) or directories on the source "
-                                                                 "agent (may be left to the submitter)."),
-        name: str = typer.Option(..., "-tn", "--template-name", help="Template name: 1-64 of A-Z a-z 0-9 . _ -"),
-        source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent", help="Source agent."),
-        destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
-                                                        help="Destination agent."),
-        dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
-        dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory",
-                                               help="Destination directory."),
-        exist: Optional[str] = typer.Option(None, "-de", "--destination-exists", help="error | overwrite"),
-        disposition: Optional[str] = typer.Option(None, "-sd", "--source-disposition",
-                                                  help="leave | delete (only on success)"),
-        checksum: Optional[str] = typer.Option(None, "-cs", "--checksum", help="sha256 | md5 | none"),
-        recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into source directories."),
-        recovery_timeout: Optional[int] = typer.Option(
-            None, "-rt", "--recovery-timeout",
-            help="Seconds to keep recovering a stalled transfer: -1 forever, 0 fail at once."),
-        job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Job name, carried in the log."),
-        metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
-        force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
-        fte-create-transfer -tn NAME."""
+    creator = requester_name()
+    try:
+        key = load_private(config_home(), creator)
+    except ValueError as exc:
+        fail(str(exc))
+    if key is None:
+        fail(f"no signing key for {creator} in {keys_dir(config_home())}: a template is signed by its "
+             f"creator; create your key with: fte key generate")
+    unsigned = Template(name=name, created=utc_now(), created_by=creator, spec=spec)
+    document = sign_definition("template", name, json.loads(unsigned.model_dump_json(exclude_none=True)),
+                               creator, key)
+
+    async def go() -> tuple[bool, str]:
+        async with FteClient(broker_url(broker, source_agent)) as c:
+            existing = await read_templates(c, name, settle=1.0)
+            if name in existing and not force:
+                raise TemplateError(f"template {name} already exists on the broker at {c.url}; use --force "
+                                    f"to replace it")
+            await _publish(c, name, json.dumps(document, ensure_ascii=False).encode())
+            return name in existing, c.url
+
+    replaced, url = run(go())
+    files = sum(1 for i in spec.items if i.source is not None)
+    say(f"{'Replaced' if replaced else 'Created'} template {name} "
+        f"({spec.source_agent or '?'} -> {spec.destination_agent or '?'}, {files} source(s)) "
+        f"on the broker at {url}. Submit it with: fte-create-transfer -tn {name}")
+
+@command("list-templates")
+def list_templates(
+    names: Optional[List[str]] = typer.Argument(None, help="Only these templates."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="A summary of each: agents, files, "
+                                                               "destination, -rt."),
+    as_json: bool = typer.Option(False, "--json", help="Each template's full JSON, one per line."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """List the transfer templates on the broker (MFT's fteListTemplates)."""
+    wanted = list(names or [])
+    for n in wanted:
+        validate_template_name(n)
+
+    async def go() -> tuple[dict[str, bytes], str]:
+        async with FteClient(broker_url(broker)) as c:
+            return await read_templates(c), c.url
+
+    found, url = run(go())
+    shown = sorted(found) if not wanted else [n for n in wanted if n in found]
+    missing = [n for n in wanted if n not in found]
+    printed = 0
+    trust = trust_here()
+    for n in shown:
         try:
-            validate_template_name(name)
-            check_flags(exist, disposition, checksum, recovery_timeout)
-            spec = template_spec(Overrides(
-                source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
-                dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
-                recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-                metadata=parse_metadata(metadata), sources=list(sources or [])))
+            t = _parse_template(n, found[n])
         except TemplateError as exc:
-            fail(str(exc), exc.code)
-        from agent.auth import keys_dir, load_private, requester_name
-        from agent.definitions import sign_definition
-        from agent.settings import config_home
-
-        creator = requester_name()
+            err.print(f"warning: {safe(exc)}", soft_wrap=True, markup=False, emoji=False)
+            continue
+        # shown all the same, marked: the owner must see that theirs was replaced, and how to mend it
+        problem: str | None = None
+        document = _document(found[n])
         try:
-            key = load_private(config_home(), creator)
-        except ValueError as exc:
-            fail(str(exc))
-        if key is None:
-            fail(f"no signing key for {creator} in {keys_dir(config_home())}: a template is signed by its "
-                 f"creator; create your key with: fte key generate")
-        unsigned = Template(name=name, created=utc_now(), created_by=creator, spec=spec)
-        document = sign_definition("template", name, json.loads(unsigned.model_dump_json(exclude_none=True)),
-                                   creator, key)
+            verify_template(n, document, trust)
+        except TemplateError as exc:
+            problem = str(exc)
+        printed += 1
+        if as_json:
+            verdict: dict[str, Any] = {"verified": problem is None}
+            if problem:
+                verdict["problem"] = problem
+            say(json.dumps({**document, **verdict}))  # JSON escapes, never raw controls
+        elif verbose:
+            for line in summary(t, problem):
+                say(line)
+        else:
+            say(f"{n}  UNVERIFIED: {problem}" if problem else n)
+    if missing:
+        fail(f"no template {', '.join(missing)} on the broker at {url}")
+    if not printed and not wanted and not as_json:
+        say(f"No templates on the broker at {url}. Create one with: fte-create-template -tn NAME "
+            f"-sa A1 -da A2 -dd /in SOURCE")
 
-        async def go() -> tuple[bool, str]:
-            async with FteClient(broker_url(broker, source_agent)) as c:
-                existing = await read_templates(c, name, settle=1.0)
-                if name in existing and not force:
-                    raise TemplateError(f"template {name} already exists on the broker at {c.url}; use --force "
-                                        f"to replace it")
-                await _publish(c, name, json.dumps(document, ensure_ascii=False).encode())
-                return name in existing, c.url
+@command("delete-templates")
+def delete_templates(
+    names: List[str] = typer.Argument(..., help="The templates to delete."),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+) -> None:
+    """Delete transfer templates from the broker (MFT's fteDeleteTemplates)."""
+    bad = [n for n in names if not TEMPLATE_NAME_RE.match(n)]
 
-        replaced, url = run(go())
-        files = sum(1 for i in spec.items if i.source is not None)
-        say(f"{'Replaced' if replaced else 'Created'} template {name} "
-            f"({spec.source_agent or '?'} -> {spec.destination_agent or '?'}, {files} source(s)) "
-            f"on the broker at {url}. Submit it with: fte-create-transfer -tn {name}")
+    async def go() -> tuple[list[str], list[str], str]:
+        async with FteClient(broker_url(broker)) as c:
+            found = await read_templates(c)
+            deleted, missing = [], []
+            for n in dict.fromkeys(names):
+                if n in bad:
+                    continue
+                if n not in found:
+                    missing.append(n)
+                    continue
+                await _publish(c, n, b"")
+                deleted.append(n)
+            return deleted, missing, c.url
 
-    @app.command("list-templates")
-    def list_templates(
-        names: Optional[List[str]] = typer.Argument(None, help="Only these templates."),
-        verbose: bool = typer.Option(False, "-v", "--verbose", help="A summary of each: agents, files, "
-                                                                   "destination, -rt."),
-        as_json: bool = typer.Option(False, "--json", help="Each template's full JSON, one per line."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """List the transfer templates on the broker (MFT's fteListTemplates)."""
-        wanted = list(names or [])
-        for n in wanted:
-            try:
-                validate_template_name(n)
-            except TemplateError as exc:
-                fail(str(exc))
-
-        async def go() -> tuple[dict[str, bytes], str]:
-            async with FteClient(broker_url(broker)) as c:
-                return await read_templates(c), c.url
-
-        found, url = run(go())
-        shown = sorted(found) if not wanted else [n for n in wanted if n in found]
-        missing = [n for n in wanted if n not in found]
-        printed = 0
-        trust = trust_here()
-        for n in shown:
-            try:
-                t = _parse_template(n, found[n])
-            except TemplateError as exc:
-                err.print(f"warning: {safe(exc)}", soft_wrap=True, markup=False, emoji=False)
-                continue
-            # shown all the same, marked: the owner must see that theirs was replaced, and how to mend it
-            problem: str | None = None
-            document = _document(found[n])
-            try:
-                verify_template(n, document, trust)
-            except TemplateError as exc:
-                problem = str(exc)
-            printed += 1
-            if as_json:
-                verdict: dict[str, Any] = {"verified": problem is None}
-                if problem:
-                    verdict["problem"] = problem
-                say(json.dumps({**document, **verdict}))  # JSON escapes, never raw controls
-            elif verbose:
-                for line in summary(t, problem):
-                    say(line)
-            else:
-                say(f"{n}  UNVERIFIED: {problem}" if problem else n)
-        if missing:
-            fail(f"no template {', '.join(missing)} on the broker at {url}")
-        if not printed and not wanted and not as_json:
-            say(f"No templates on the broker at {url}. Create one with: fte-create-template -tn NAME "
-                f"-sa A1 -da A2 -dd /in SOURCE")
-
-    @app.command("delete-templates")
-    def delete_templates(
-        names: List[str] = typer.Argument(..., help="The templates to delete."),
-        broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    ) -> None:
-        """Delete transfer templates from the broker (MFT's fteDeleteTemplates)."""
-        bad = [n for n in names if not TEMPLATE_NAME_RE.match(n)]
-
-        async def go() -> tuple[list[str], list[str], str]:
-            async with FteClient(broker_url(broker)) as c:
-                found = await read_templates(c)
-                deleted, missing = [], []
-                for n in dict.fromkeys(names):
-                    if n in bad:
-                        continue
-                    if n not in found:
-                        missing.append(n)
-                        continue
-                    await _publish(c, n, b"")
-                    deleted.append(n)
-                return deleted, missing, c.url
-
-        deleted, missing, url = run(go())
-        for n in deleted:
-            say(f"Deleted template {n}.")
-        problems = []
-        if missing:
-            problems.append(f"no template {', '.join(missing)} on the broker at {url}")
-        if bad:
-            problems.append(f"not a template name: {', '.join(repr(b) for b in bad)}")
-        if problems:
-            fail("; ".join(problems) + (" (the others were deleted)" if deleted else ""))
+    deleted, missing, url = run(go())
+    for n in deleted:
+        say(f"Deleted template {n}.")
+    problems = []
+    if missing:
+        problems.append(f"no template {', '.join(missing)} on the broker at {url}")
+    if bad:
+        problems.append(f"not a template name: {', '.join(repr(b) for b in bad)}")
+    if problems:
+        fail("; ".join(problems) + (" (the others were deleted)" if deleted else ""))

@@ -18,7 +18,7 @@ from typing import Any
 from agent.atomic_files import locked, write_atomic
 from agent.auth import at_line, key_lines, keys_dir, load_public, public_text
 from agent.binding import AGENT_KEY_FILE, agent_requester
-from agent.names import AGENT_NAME_RE
+from agent.names import AGENT_NAME_RE, AGENT_NAME_RULE
 
 TRUSTED_AGENTS_FILE = "trusted_agents"
 _NAME = AGENT_NAME_RE
@@ -28,8 +28,8 @@ def agent_name_of(text: str) -> str:
     """`A1` or `agent.A1` (as `fte key show --agent A1` prints it) as the agent's name; ValueError if neither."""
     name = text[len("agent."):] if text.startswith("agent.") else text
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{text!r} is not an agent name (1-28 characters of A-Z a-z 0-9 . _, as in "
-                         f"fte key show --agent NAME)")
+        raise ValueError(f"{text!r} is not an agent name ({AGENT_NAME_RULE}; as fte key show --agent NAME "
+                         f"prints it)")
     return name
 
 

@@ -237,6 +237,9 @@ def test_trusted_agents_bad_name_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not an agent name") as exc:
         parse_trusted_agents(f"# c\nagent.no/slash {key}\n", tmp_path / "trusted_agents")
     assert str(exc.value).startswith(f"{tmp_path / 'trusted_agents'}:2: ")
+    from agent.names import AGENT_NAME_RULE
+
+    assert AGENT_NAME_RULE in str(exc.value)  # the one rule's words, not a copy
 
 
 def test_trust_replaces_an_existing_entry_and_the_authority_rereads_the_file(setup, tmp_path: Path) -> None:

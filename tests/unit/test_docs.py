@@ -198,7 +198,7 @@ def test_commands_md_is_generated_from_the_cli() -> None:
     expected = _load_generator().render()
     actual = (DOCS / "commands.md").read_text(encoding="utf-8")
     assert actual == expected, (
-        "docs/commands.md does not match the commands and flags in cli/main.py; "
+        "docs/commands.md does not match the commands and flags registered in cli/; "
         f"regenerate it with: {REGENERATE}"
     )
 

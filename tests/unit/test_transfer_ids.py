@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cli.client import ClientError
-from cli.observe import check_transfer_id, pick_transfer_id
+from cli.transfer_ids import check_transfer_id, pick_transfer_id
 
 A = "a1b2c3d4e5f6" + "0" * 36
 B = "a1b2c3d4ffff" + "1" * 36
