@@ -169,10 +169,6 @@ class SourceTransfer:
     def state(self) -> S:
         return self.session.state
 
-    @property
-    def epoch(self) -> int:
-        return self.session.epoch
-
     def post(self, *item: Any) -> None:
         self.inbox.put_nowait(item)
 
@@ -182,7 +178,7 @@ class SourceTransfer:
         return {
             "transfer_id": self.tid, "role": "source", "state": self.state.value,
             "source_agent": self.ctx.name, "destination_agent": self.dest,
-            "bytes_total": sum(f.size for f in files), "bytes_done": sum(s.acked(f) for f in files),
+            "bytes_total": sum(f.size for f in files), "bytes_done": sum(map(s.sending.acked, files)),
             "files_total": len(s.files), "files_done": sum(1 for f in files if f.status != FileStatus.READY),
             "recoveries": lc.recoveries, "last_stall": s.stall_reason,
             "recovery_timeout": lc.recovery_timeout,
@@ -339,18 +335,18 @@ class SourceTransfer:
 
     async def _pump(self) -> None:
         s = self.session
-        window_left = s.window_left()
-        own = s.window_bytes - window_left  # in flight now
+        window_left = s.sending.window_left()
+        own = s.sending.window_bytes - window_left  # in flight now
         allowed = self.ctx.budget.allowance(self.tid, own, self.ctx.chunk_size)  # within the agent's cap
         budget = window_left if allowed is None else min(window_left, allowed)
-        s.start_sending(budget)
+        s.sending.start(budget)
         try:
-            while (send := s.next_send()) is not None:
+            while (send := s.sending.next_send()) is not None:
                 if not await self._send(send):
-                    s.stop_sending()
+                    s.sending.stop()
         finally:
             # in flight now: what was before, plus what was sent (the rest of the reservation goes back)
-            for tid in self.ctx.budget.report(self.tid, own + budget - s.budget_left):
+            for tid in self.ctx.budget.report(self.tid, own + budget - s.sending.budget_left):
                 self.ctx.wake(tid)
         self._do(s.sent(time.monotonic()))
 
@@ -385,7 +381,7 @@ class SourceTransfer:
                       digest=digest)
         if not self._publish_data(seal(end, self.key), control=True):
             return False
-        self.session.file_end_sent(idx)
+        self.session.sending.file_end_sent(idx)
         self._close(idx)
         return True
 
@@ -399,7 +395,7 @@ class SourceTransfer:
             if data is None:
                 self._failed(j, error or "")
                 continue
-            s.bundled(j)
+            s.sending.bundled(j)
             entries.append((j, digest, data))
         if not entries:
             return True
@@ -409,7 +405,7 @@ class SourceTransfer:
             frame += sealer.seal(frame)
         if not self._publish_data(frame):
             return False
-        s.bundle_sent(sum(len(e[2]) for e in entries))
+        s.sending.bundle_sent(sum(len(e[2]) for e in entries))
         return True
 
     def _failed(self, idx: int, supplement: str) -> bool:

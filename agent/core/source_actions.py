@@ -14,8 +14,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SendResync:
-    """Offer the files still to send (`indexes`) under `epoch` (persist the epoch first). If the broker
-    cannot carry it, tell the session `resync_refused(detail, now)`."""
+    """Offer the files still to send (`indexes`) under `epoch` (persist the epoch first), then tell the session
+    what became of it: `resync_done(now)` published, `sent=False` the link is down, `refused=why` the broker
+    cannot carry it."""
 
     epoch: int
     indexes: tuple[int, ...]
@@ -90,13 +91,13 @@ class Metric:
     value: float = 0
 
 
-# --- what to send next (SourceSession.next_send), one at a time --------------------------------------------
+# --- what to send next (agent.core.send_order.SendOrder.next_send), one at a time ---------------------------
 
 
 @dataclass(frozen=True)
 class SendChunk:
     """Read [offset, offset+length) of file `index` into a chunk frame and publish it. A read that fails or
-    finds the file changed: `source_failed`. A publish that cannot go: `stop_sending`."""
+    finds the file changed: the session's `source_failed`. A publish that cannot go: `stop`."""
 
     index: int
     offset: int

@@ -4,7 +4,7 @@ Inputs come with the time (`receive(msg, now)`, `link_changed(up, now)`, `peer_s
 `cancel(now)`, `handle_timer(now)`, ...); each returns the actions (agent.core.source_actions) the shell must
 carry out, and `get_timer()` says when to call `handle_timer` next: the one deadline of the ack timer, the
 resync wait, the resync backoff, the recovery timeout and the batching of file results. What to send next
-is pulled one item at a time with `next_send()`, so a read that fails can change what follows.
+is pulled from `sending` (agent.core.send_order) one item at a time, so a read that fails changes what follows.
 
 Every rule of the source side is here: the lifecycle (agent.core.lifecycle), the recovery counter, the send
 windows (agent.core.window), the resync attempts and their backoff (agent.core.policy), the batching of file
@@ -27,14 +27,10 @@ from .lifecycle import TransferLifecycle
 from .lifecycle import TransferState as S
 from .policy import (CHECKPOINT_INTERVAL, PROGRESS_INTERVAL, RESULTS_BATCH, RESULTS_INTERVAL, RESYNC_FIRST_DELAY,
                      RESYNC_WAIT, resync_delay)
+from .send_order import SendOrder
 from .source_actions import (Action, CheckSources, CloseFile, Log, Metric, PersistState, PublishProgress,
-                             ReleaseBudget, ResendFrom, SaveFiles, Send, SendBundle, SendChunk, SendFileEnd,
-                             SendResync, UseFeatures)
+                             ReleaseBudget, ResendFrom, SaveFiles, SendResync, UseFeatures)
 from .statuses import AGENT_GONE, AGENT_LEAVING, AGENT_RUNNING, FileStatus
-from .window import AckRequests, SendWindow
-
-# Files up to this size (and half a chunk) travel whole, many to a frame, when the destination supports it.
-BUNDLE_FILE_MAX = 64 * 1024
 
 
 class SourceFile(Protocol):
@@ -125,6 +121,17 @@ def message(message_id: str, **fields: Any) -> str:
     return f"{message_id}: {results.MESSAGES[message_id].format(**fields)}"
 
 
+def file_view(f: SourceFile, checksum: str) -> dict[str, Any]:
+    """A file with its result, as log events list it (docs/log-events.md)."""
+    return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
+            "checksum_method": checksum, "digest": f.digest, "result_code": f.result_code, "supplement": f.supplement}
+
+
+def resync_wait(ack_timeout: float) -> float:
+    """How long a resync waits for its answer before it counts as unanswered."""
+    return min(RESYNC_WAIT, ack_timeout)
+
+
 def recovery_timeout_text(timeout: int, deadline: str | None) -> str:
     if timeout < 0:
         return "recovers until successful (recovery timeout -1)"
@@ -153,16 +160,13 @@ class SourceSession:
         self.lifecycle = TransferLifecycle(recovery_timeout, lambda: self._now, state=S(state),
                                            recovering_since=recovering_since, recoveries=recoveries)
         self.files: dict[int, SourceFile] = {f.index: f for f in files}
-        self.windows = {f.index: SendWindow(f.size, limits.chunk_size, 1 << 30, start_offset=f.offset)
-                        for f in self.files.values() if f.status == FileStatus.READY}
+        self.sending = SendOrder(self.files, limits, bundle_entry_bytes, max_bundle_files)
         self.epoch = epoch
         self.checksum = checksum
         self.stall_reason = last_stall
         self.end_reason: str | None = None
         self.bytes_resent = 0
         self._clock_text = clock_text
-        self._bundle_entry_bytes = bundle_entry_bytes
-        self._max_bundle_files = max_bundle_files
         # what the broker and the destination agent are, as last told
         self.link_up = True
         self.peer_state: str | None = None
@@ -174,17 +178,6 @@ class SourceSession:
         self.resync_sent_at = 0.0
         self._resync_for = ""  # why the resync being sent was sent (start, probe, attempt): resync_done
         self._reply: Any = None  # a resync answer waiting for CheckSources
-        # what the destination said it understands (ResyncReply.features)
-        self.bundles = False
-        self.acks = AckRequests(limits.window_chunks)  # .sparse: FLAG_NO_ACK on the chunks that need no ack
-        # sending: files in index order; the windows after the first with something to send have nothing in flight
-        self.end_sent: set[int] = set()
-        self._order = sorted(self.windows)
-        self._first = 0  # position in _order of the first file without a result
-        self._pos = 0  # of the round of sends under way (start_sending .. next_send returns None)
-        self._current: int | None = None
-        self._budget = 0
-        self._sending = False
         # pacing of what is saved and published
         self._dirty: set[int] = set()  # files whose checkpoint moved since the last save
         self._resulted: list[SourceFile] = []  # results not yet saved and logged
@@ -198,21 +191,6 @@ class SourceSession:
     def state(self) -> S:
         return self.lifecycle.state
 
-    def acked(self, f: SourceFile) -> int:
-        if f.status == FileStatus.DONE:
-            return f.size
-        w = self.windows.get(f.index)
-        return w.acked if w else f.offset
-
-    @property
-    def window_bytes(self) -> int:
-        return self.limits.window_chunks * self.limits.chunk_size
-
-    def file_view(self, f: SourceFile) -> dict[str, Any]:
-        return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
-                "checksum_method": self.checksum, "digest": f.digest, "result_code": f.result_code,
-                "supplement": f.supplement}
-
     def get_timer(self) -> float | None:
         """When `handle_timer` must run next (on the scale of `now`), or None."""
         st = self.state
@@ -221,7 +199,7 @@ class SourceSession:
         if st in SENDING:
             t = self.last_progress + self.limits.ack_timeout
         elif st == S.RESYNCHRONISING:
-            t = self.resync_sent_at + self._resync_wait()
+            t = self.resync_sent_at + resync_wait(self.limits.ack_timeout)
         else:
             t = self.next_resync_at
         deadline = self.lifecycle.recovery_deadline
@@ -256,12 +234,12 @@ class SourceSession:
         if kind == "resync_reply":
             if msg.epoch == self.epoch:
                 features = frozenset(msg.features)
-                self.bundles = "bundle" in features
-                self.acks.sparse = "sparse_ack" in features
+                self.sending.bundles = "bundle" in features
+                self.sending.acks.sparse = "sparse_ack" in features
                 self._reply = msg
                 out.append(UseFeatures(features))
                 out.append(CheckSources(tuple(h.index for h in msg.files if h.status == FileStatus.READY
-                                              and self._ready(h.index))))
+                                              and self.sending.ready(h.index))))
         elif kind == "ack":
             self._on_ack(out, msg)
         elif kind in ("file_result", "file_results"):
@@ -273,7 +251,7 @@ class SourceSession:
                 self._file_resulted(out, f, FileStatus.DONE if r.result_code == results.FILE_SUCCESS
                                     else FileStatus.FAILED, r.result_code, r.supplement, r.destination, r.digest)
         elif kind == "request_recovery" and msg.cancel:
-            self._cancel(out, f"cancelled at the destination agent {self.peer}: {msg.reason}")
+            out += self.cancel(now, f"cancelled at the destination agent {self.peer}: {msg.reason}")
         elif kind == "request_recovery":
             self._react(out, Input.RECOVERY_REQUESTED, detail=msg.reason)
         return out
@@ -295,9 +273,10 @@ class SourceSession:
             if self._event(out, E.RESYNCED) == S.IN_PROGRESS:
                 if was is not None:
                     out.append(Metric("recovery_ended", now - was))
+                held = sum(map(self.sending.acked, self.files.values()))
                 out.append(Log("resumed", {"message_id": results.BFGTR0082I,
                                            "message": message(results.BFGTR0082I, transfer_id=self.tid),
-                                           "bytes_held_by_destination": sum(self.acked(f) for f in self.files.values()),
+                                           "bytes_held_by_destination": held,
                                            "recovering_since": self._clock_text(was)}))
                 self._react(out, Input.RESUMED)
         return out
@@ -320,19 +299,11 @@ class SourceSession:
         return []
 
     def cancel(self, now: float, reason: str = "cancelled by request") -> list[Action]:
-        self._now = now
-        out: list[Action] = []
-        self._cancel(out, reason)
-        return out
+        return self._end(now, E.CANCEL, reason)
 
     def fail(self, reason: str, now: float) -> list[Action]:
         """The shell could not go on (a bug, an IO error): the transfer fails saying why."""
-        self._now = now
-        out: list[Action] = []
-        if not self.state.is_terminal:
-            self.end_reason = reason
-            self._event(out, E.FAIL)
-        return out
+        return self._end(now, E.FAIL, reason)
 
     def resync_done(self, now: float, sent: bool = True, refused: str | None = None) -> list[Action]:
         """What became of the last SendResync: published (`sent`), not (the link is down), or `refused`
@@ -340,13 +311,12 @@ class SourceSession:
         self._now = now
         out: list[Action] = []
         why, self._resync_for = self._resync_for, ""
-        if refused is not None and not self.state.is_terminal:
+        if refused is not None:
             offered = sum(1 for f in self.files.values() if f.status == FileStatus.READY)
-            self.end_reason = (f"the negotiation of this transfer ({offered} files) does not fit through the broker: "
-                               f"{refused}; send the files in smaller transfers, or raise the broker's maximum "
-                               f"message size (max_packet_size, max_payload)")
-            self._event(out, E.FAIL)
-        elif why == "start" and self.peer_state in AGENT_GONE:
+            return self._end(now, E.FAIL, f"the negotiation of this transfer ({offered} files) does not fit through "
+                                          f"the broker: {refused}; send the files in smaller transfers, or raise the "
+                                          f"broker's maximum message size (max_packet_size, max_payload)")
+        if why == "start" and self.peer_state in AGENT_GONE:
             # no point waiting an ack timeout for an answer that cannot come: recover now
             self._react(out, Input.PEER_GONE, status=self.peer_state)
         elif why == "attempt" and sent and self.state == S.RECOVERING:
@@ -376,7 +346,7 @@ class SourceSession:
                 # a lost chunk, ack or file end: ask the destination where it stands (a quiet resync)
                 self.last_progress = now
                 self._resync(out, "probe")
-        elif st == S.RESYNCHRONISING and now >= self.resync_sent_at + self._resync_wait():
+        elif st == S.RESYNCHRONISING and now >= self.resync_sent_at + resync_wait(self.limits.ack_timeout):
             self._event(out, E.STALL)  # the resync went unanswered: back to recovering, counter still running
         elif st == S.RECOVERING and now >= self.next_resync_at:
             self.resync_attempts += 1
@@ -385,77 +355,7 @@ class SourceSession:
                 self._resync(out, "attempt")
         return out
 
-    # ------------------------------------------------------------------ sending, one item at a time
-
-    def window_left(self) -> int:
-        """Bytes the window allows in flight beyond what is (the scan stops at the send frontier, so a transfer
-        of 10,000 files costs no more per chunk than one of one file); where sending continues is kept."""
-        order = self._order
-        while self._first < len(order) and order[self._first] not in self.windows:
-            self._first += 1
-        budget = self.window_bytes
-        for pos in range(self._first, len(order)):
-            w = self.windows.get(order[pos])
-            if w is None:
-                continue
-            budget -= w.in_flight_bytes
-            if self._needs_sending(order[pos]):
-                self._pos = pos
-                return budget
-        self._pos = len(order)
-        return budget
-
-    def start_sending(self, budget: int) -> None:
-        """Send from where `window_left` found, at most `budget` bytes (the window within the agent's cap)."""
-        self._budget, self._current, self._sending = budget, None, True
-
-    @property
-    def budget_left(self) -> int:
-        return self._budget
-
-    def next_send(self) -> Send | None:
-        """The next thing to send in this round, or None when the round is over."""
-        order = self._order
-        while self._sending:
-            idx = self._current
-            if idx is not None:
-                f, w = self.files[idx], self.windows.get(idx)
-                self._current = None
-                if w is not None and f.status == FileStatus.READY:
-                    if self._budget > 0 and w.can_send() and self.state == S.IN_PROGRESS:
-                        self._current = idx
-                        offset, length = w.take()
-                        self._budget -= length
-                        last = offset + length >= f.size
-                        return SendChunk(idx, offset, length, last, self.acks.ask(last, self._budget))
-                    if w.next_offset >= f.size and idx not in self.end_sent:
-                        return SendFileEnd(idx)
-            if not (self._pos < len(order) and self._budget > 0 and self.state == S.IN_PROGRESS):
-                break
-            idx = order[self._pos]
-            if self.bundles and self._bundleable(idx):
-                return self._bundle()
-            self._pos += 1
-            if self._ready(idx):
-                self._current = idx
-        self._sending = False
-        return None
-
-    def stop_sending(self) -> None:
-        """The shell cannot send (the link is down): the round is over."""
-        self._sending = False
-
-    def bundled(self, index: int) -> None:
-        """File `index` of a SendBundle was read and goes in the frame."""
-        if self.files[index].size:
-            self.windows[index].take()  # the whole file: size <= half a chunk
-        self.end_sent.add(index)
-
-    def bundle_sent(self, sent: int) -> None:
-        self._budget -= sent
-
-    def file_end_sent(self, index: int) -> None:
-        self.end_sent.add(index)
+    # ------------------------------------------------------------------ what the shell found sending
 
     def source_failed(self, index: int, supplement: str, now: float) -> list[Action]:
         """The source file cannot be sent as it was requested (changed, unreadable): it fails, once logged.
@@ -470,7 +370,7 @@ class SourceSession:
         self._now = now
         out: list[Action] = []
         self._progress(out)
-        if self.state == S.IN_PROGRESS and not self.windows:  # a file leaves `windows` with its result
+        if self.state == S.IN_PROGRESS and not self.sending.windows:  # a file leaves `windows` with its result
             self._flush(out, force=True)
             codes = [f.result_code if f.result_code is not None else results.FILE_FAILED for f in self.files.values()]
             rc = results.transfer_result(codes)
@@ -505,7 +405,7 @@ class SourceSession:
         files = self.files.values()
         return {"result_code": rc, "result": results.describe(rc),
                 "message_id": results.BFGSS0081E if self.state == S.RECOVERY_TIMED_OUT else None,
-                "message": reason, "files": [self.file_view(f) for f in files],
+                "message": reason, "files": [file_view(f, self.checksum) for f in files],
                 "statistics": {"files": len(self.files),
                                "files_succeeded": sum(1 for f in files if f.result_code in (0, 2)),
                                "files_failed": sum(1 for f in files if f.result_code == 1),
@@ -549,37 +449,34 @@ class SourceSession:
             out.append(PersistState())
         self.resync_attempts, self.next_resync_at = 0, self._now + RESYNC_FIRST_DELAY
 
+    def _end(self, now: float, event: E, reason: str) -> list[Action]:
+        """End the transfer by `event` (cancel, fail), saying why; a transfer that has ended stays as it is."""
+        self._now = now
+        out: list[Action] = []
+        if not self.state.is_terminal:
+            self.end_reason = reason
+            self._event(out, event)
+        return out
+
     def _event(self, out: list[Action], event: E) -> S:
         after = self.lifecycle.handle(event)
         out.append(PersistState())
         return after
-
-    def _cancel(self, out: list[Action], reason: str) -> None:
-        if not self.state.is_terminal:
-            self.end_reason = reason
-            self._event(out, E.CANCEL)
-
-    def _resync_wait(self) -> float:
-        return min(RESYNC_WAIT, self.limits.ack_timeout)
 
     def _resync(self, out: list[Action], why: str) -> None:
         self.epoch += 1
         self._resync_for = why
         out.append(SendResync(self.epoch, tuple(i for i, f in self.files.items() if f.status == FileStatus.READY)))
 
-    def _ready(self, idx: int) -> bool:
-        f = self.files.get(idx)
-        return f is not None and f.status == FileStatus.READY and idx in self.windows
-
     def _on_ack(self, out: list[Action], msg: Any) -> None:
-        w = self.windows.get(msg.index)
+        w = self.sending.windows.get(msg.index)
         if msg.epoch != self.epoch or w is None or msg.offset < w.acked:
             return
         before = w.acked
         if msg.rewind and msg.offset < w.next_offset:
             self.bytes_resent += w.next_offset - msg.offset
             w.rewind(msg.offset)
-            self.end_sent.discard(msg.index)
+            self.sending.end_sent.discard(msg.index)
         elif w.on_ack(msg.offset):
             out.append(Metric("bytes_sent", w.acked - before))
             self.last_progress, self.ack_misses = self._now, 0
@@ -601,59 +498,13 @@ class SourceSession:
             elif (why := changed.get(h.index)) is not None:
                 self._file_resulted(out, f, FileStatus.FAILED, results.FILE_FAILED, why)
             else:
-                w = self.windows[h.index]
                 held = min(h.held, f.size)
-                if held < w.next_offset:
-                    self.bytes_resent += w.next_offset - held
-                if w.chunk_size != self.limits.chunk_size:
-                    # the broker probe (agent.broker_probe) changed the chunk size of this broker connection:
-                    # offsets are byte offsets, so resuming at `held` with another chunk size is fine
-                    w = self.windows[h.index] = SendWindow(f.size, self.limits.chunk_size, w.window_chunks,
-                                                           start_offset=held)
-                w.rewind(held)
+                self.bytes_resent += self.sending.rewind(h.index, held)
                 if f.offset != held:  # a first negotiation of 10,000 files changes none: nothing to save
                     f.offset = held
                     self._dirty.add(h.index)
-                self.end_sent.discard(h.index)
                 out.append(ResendFrom(h.index, held))
-        self._first = 0  # rewinds may have moved the send frontier back
         self._checkpoint(out, force=True)
-
-    def _needs_sending(self, idx: int) -> bool:
-        w = self.windows.get(idx)
-        return w is not None and (w.can_send() or idx not in self.end_sent)
-
-    def _bundleable(self, idx: int) -> bool:
-        """Small, and nothing of it sent in this epoch: it can travel whole in a bundle."""
-        w = self.windows.get(idx)
-        f = self.files[idx]
-        return (w is not None and f.status == FileStatus.READY and w.next_offset == 0 and idx not in self.end_sent
-                and f.size <= min(BUNDLE_FILE_MAX, self.limits.chunk_size // 2))
-
-    def _bundle(self) -> SendBundle | None:
-        """Consecutive small files from the send position, up to a chunk's worth of bytes, in one frame."""
-        chunk, budget, order = self.limits.chunk_size, self._budget, self._order
-        if budget < chunk // 2 < self.window_bytes - budget:
-            # little room, and bundles in flight whose answers will make more: wait for a fuller bundle
-            # rather than send a train of one-file frames (each costs a message both ways)
-            self._sending = False
-            return None
-        batch: list[int] = []
-        room = min(chunk, budget)
-        # the answer (one FileResults, a few hundred bytes a file) must pass the broker too
-        most = max(1, min(self._max_bundle_files, chunk // 512))
-        while self._pos < len(order) and len(batch) < most:
-            j = order[self._pos]
-            if self._bundleable(j):
-                cost = self.files[j].size + self._bundle_entry_bytes + 64
-                if batch and cost > room:
-                    break
-                batch.append(j)
-                room -= cost
-            elif self._needs_sending(j):
-                break  # sent by chunks, in its turn
-            self._pos += 1
-        return SendBundle(tuple(batch))
 
     def _file_resulted(self, out: list[Action], f: SourceFile, status: str, code: int, supplement: str | None = None,
                        destination: str | None = None, digest: str | None = None) -> None:
@@ -664,7 +515,7 @@ class SourceSession:
             f.digest = digest
         if status == FileStatus.DONE:
             f.offset = f.size
-        self.windows.pop(f.index, None)
+        self.sending.windows.pop(f.index, None)
         out.append(CloseFile(f.index))
         self._dirty.discard(f.index)
         self._resulted.append(f)
@@ -685,7 +536,7 @@ class SourceSession:
         if self.state.is_terminal:
             return  # the `completed` event lists every file with its result
         for i in range(0, len(done), RESULTS_BATCH):
-            out.append(Log("progress", {"files": [self.file_view(f) for f in done[i:i + RESULTS_BATCH]]}))
+            out.append(Log("progress", {"files": [file_view(f, self.checksum) for f in done[i:i + RESULTS_BATCH]]}))
 
     def _checkpoint(self, out: list[Action], force: bool = False) -> None:
         now = self._now

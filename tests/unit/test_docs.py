@@ -380,7 +380,7 @@ async def test_events_the_sessions_emit_validate_against_the_schema(tmp_path: Pa
     tid = "ab" * 24
     s = _source_session(tmp_path, store, published, tid, recovery_timeout=30)
     s._handle(("link_down",))
-    s._handle(("control", ResyncReply(kind="resync_reply", transfer_id=tid, epoch=s.epoch,
+    s._handle(("control", ResyncReply(kind="resync_reply", transfer_id=tid, epoch=s.session.epoch,
                                       files=[FileHolding(index=0, held=4, status="ready")])))
     s._handle(("control", FileResult(kind="file_result", transfer_id=tid, index=0, result_code=0,
                                      destination="/in/out.bin", digest="0" * 64)))

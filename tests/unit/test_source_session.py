@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from agent.core import results
-from agent.core.lifecycle import TERMINAL_STATES, TransferState
+from agent.core.lifecycle import TERMINAL_STATES, TRANSITIONS, TransferEvent, TransferState
 from agent.core.policy import RESULTS_BATCH, RESULTS_INTERVAL, RESYNC_FIRST_DELAY, resync_delay
 from agent.core.source_actions import (CheckSources, CloseFile, Log, PersistState, ReleaseBudget, ResendFrom,
                                        SaveFiles, SendBundle, SendChunk, SendFileEnd, SendResync, UseFeatures)
-from agent.core.source_session import ACTIVE, REACTIONS, TRIGGERS, Input, SourceSession, message
+from agent.core.source_session import ACTIVE, REACTIONS, TRIGGERS, Input, SourceSession, Stall, message
 
 S = TransferState
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,17 +88,17 @@ def negotiated(sizes: tuple[int, ...] = (10,), features: tuple[str, ...] = (), *
 
 def sends(s: SourceSession, budget: int | None = None) -> list[Any]:
     """One round of sending, every send succeeding, as the shell carries them out."""
-    left = s.window_left()
-    s.start_sending(left if budget is None else budget)
+    left = s.sending.window_left()
+    s.sending.start(left if budget is None else budget)
     out = []
-    while (send := s.next_send()) is not None:
+    while (send := s.sending.next_send()) is not None:
         out.append(send)
         if isinstance(send, SendFileEnd):
-            s.file_end_sent(send.index)
+            s.sending.file_end_sent(send.index)
         elif isinstance(send, SendBundle):
             for i in send.indexes:
-                s.bundled(i)
-            s.bundle_sent(sum(s.files[i].size for i in send.indexes))
+                s.sending.bundled(i)
+            s.sending.bundle_sent(sum(s.files[i].size for i in send.indexes))
     return out
 
 
@@ -272,8 +272,10 @@ def test_the_stall_triggers_are_the_table_rows() -> None:
     assert TRIGGERS == {"broker_connection", "peer_unreachable", "destination_request", "ack_timeout",
                         "agent_restart"}
     assert set(ACTIVE) == set(REACTING)
-    for (event, state), _ in REACTIONS.items():
+    for (event, state), outputs in REACTIONS.items():
         assert not state.is_terminal and state != S.QUEUED, (event, state)
+        if any(isinstance(o, Stall) for o in outputs):  # the lifecycle's table allows each stall row
+            assert (state, TransferEvent.STALL) in TRANSITIONS, (event, state)
 
 
 def test_acks_missed_ack_timeout_retries_times_stall_the_transfer() -> None:
@@ -384,9 +386,9 @@ def test_a_transfer_to_a_gone_peer_recovers_as_soon_as_it_is_negotiated() -> Non
 
 def test_the_window_bounds_what_is_in_flight() -> None:
     s = negotiated((10,), chunk=4, window=2)
-    assert s.window_left() == 8
+    assert s.sending.window_left() == 8
     assert sends(s) == [SendChunk(0, 0, 4, False, True), SendChunk(0, 4, 4, False, True)]
-    assert s.window_left() == 0 and sends(s) == []
+    assert s.sending.window_left() == 0 and sends(s) == []
     s.receive(ack(s, 0, 4), 1.0)
     assert sends(s) == [SendChunk(0, 8, 2, True, True), SendFileEnd(0)]
     assert sends(s) == []
@@ -396,9 +398,9 @@ def test_files_are_sent_in_order_and_the_frontier_moves_past_finished_ones() -> 
     s = negotiated((4, 4, 4), chunk=4, window=2)
     assert sends(s) == [SendChunk(0, 0, 4, True, True), SendFileEnd(0), SendChunk(1, 0, 4, True, True),
                         SendFileEnd(1)]
-    assert s.window_left() == 0
+    assert s.sending.window_left() == 0
     s.receive(result(0), 1.0)
-    assert s.window_left() == 4 and sends(s) == [SendChunk(2, 0, 4, True, True), SendFileEnd(2)]
+    assert s.sending.window_left() == 4 and sends(s) == [SendChunk(2, 0, 4, True, True), SendFileEnd(2)]
 
 
 def test_a_rewinding_ack_sends_again_from_its_offset() -> None:
@@ -410,10 +412,10 @@ def test_a_rewinding_ack_sends_again_from_its_offset() -> None:
 
 def test_a_file_that_fails_while_sent_ends_its_sending() -> None:
     s = negotiated((12, 4), chunk=4, window=4)
-    s.start_sending(s.window_left())
-    assert s.next_send() == SendChunk(0, 0, 4, False, True)
+    s.sending.start(s.sending.window_left())
+    assert s.sending.next_send() == SendChunk(0, 0, 4, False, True)
     s.source_failed(0, "FTEIO0002E: unreadable", 1.0)
-    assert s.next_send() == SendChunk(1, 0, 4, True, True)
+    assert s.sending.next_send() == SendChunk(1, 0, 4, True, True)
 
 
 def test_sparse_acks_ask_only_where_the_source_would_wait() -> None:
@@ -424,7 +426,7 @@ def test_sparse_acks_ask_only_where_the_source_would_wait() -> None:
 def test_small_files_travel_in_bundles_and_large_ones_by_chunks() -> None:
     s = negotiated((1, 2, 1000, 3), chunk=1024, window=4, features=("bundle",))
     assert sends(s) == [SendBundle((0, 1)), SendChunk(2, 0, 1000, True, True), SendFileEnd(2), SendBundle((3,))]
-    assert s.end_sent == {0, 1, 2, 3}
+    assert s.sending.end_sent == {0, 1, 2, 3}
 
 
 def test_no_bundle_of_one_when_little_room_is_left_and_answers_will_make_more() -> None:
