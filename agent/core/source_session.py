@@ -40,6 +40,7 @@ class SourceFile(Protocol):
     source: str
     destination: str
     size: int
+    mtime: float  # as recorded at the request (the shell compares the file to it)
     offset: int
     status: str
     result_code: int | None
