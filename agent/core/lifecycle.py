@@ -1,5 +1,11 @@
 """The transfer lifecycle as an explicit state table (in the style of h11's ``_state.py``).
 
+Rule 1 (h11's): every rule that affects a transfer's state lives in the core. The shell (agent/source.py,
+agent/destination.py) reads files, talks to the broker and the store, and keeps the clock; it never decides
+what a transfer does next. A new state, event, timer or guard goes here, in the session machines
+(agent/core/source_session.py: its REACTIONS table, `get_timer` and `handle_timer`) or in agent/core/policy.py,
+never in the shell.
+
 Every legal (state, event) pair is in ``TRANSITIONS``; anything else is a ``LifecycleError``. The
 IO shell feeds events in and publishes what comes out; this module does no IO and reads time only
 through the injected clock, so every rule here is tested in microseconds.

@@ -23,6 +23,9 @@ STABLE_CONNECTION = 5.0
 # --- a recovering transfer (source side) -----------------------------------------------------------------
 # Between resync attempts of a recovering transfer: 0.5 s, 1 s, 2 s, 4 s, then every 5 s.
 RESYNC_BACKOFF = wait_exponential(multiplier=0.5, min=0.5, max=5)
+# From entering recovery to the first resync attempt: soon, but after the publishes already under way have
+# failed or gone (a resync sent at once would often meet the same lost connection).
+RESYNC_FIRST_DELAY = 0.2
 # The longest a resync waits for its answer before it counts as unanswered (bounded by agentAckTimeout).
 RESYNC_WAIT = 5.0
 

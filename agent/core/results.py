@@ -52,10 +52,12 @@ FTEIO0001E: Final = "FTEIO0001E"  # the destination could not write its part fil
 FTEIO0002E: Final = "FTEIO0002E"  # the source could not read the source file
 FTEIO0003E: Final = "FTEIO0003E"  # the source file changed while it was being sent
 
+# The texts after "ID: " (agent.core.source_session.message); {timeout} of BFGTR0081I says what the recovery
+# timeout does ("recovers until successful (recovery timeout -1)", "recovery timeout 600 s, until TIME", ...).
 MESSAGES: Final[dict[str, str]] = {
-    BFGTR0081I: "transfer {transfer_id} entered recovery; recovery timeout {timeout}",
+    BFGTR0081I: "transfer {transfer_id} entered recovery: {reason}; {timeout}",
     BFGTR0082I: "transfer {transfer_id} resumed after recovery",
-    BFGSS0081E: "transfer {transfer_id} failed: recovery timed out after {timeout} seconds",
+    BFGSS0081E: "transfer {transfer_id} failed: recovery timed out after {timeout} s",
 }
 
 

@@ -1,6 +1,6 @@
 """A source session (agent A1) and a destination session (A2) wired to each other in one process, on real files
 and a real state store each: what one publishes the other handles, no broker. For what happens when the source
-file changes while it is sent, or the destination's disk fills up (tests/unit/test_source_session.py,
+file changes while it is sent, or the destination's disk fills up (tests/unit/test_source_transfer.py,
 test_destination_driver.py)."""
 
 from __future__ import annotations

@@ -257,14 +257,18 @@ def test_log_event_examples_validate_against_the_schema() -> None:
 
 
 def _emitted_actions() -> set[str]:
-    """Actions the agent code can publish on the log topic: TransferLog.emit(rec, "<action>", ...) calls and
-    dict literals with an "action" key (events written to the outbox directly)."""
+    """Actions the agent code can publish on the log topic: TransferLog.emit(rec, "<action>", ...) calls, the
+    sessions' Log("<action>", ...) actions (agent.core.source_actions) and dict literals with an "action" key
+    (events written to the outbox directly)."""
     found: set[str] = set()
     for path in (ROOT / "agent").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "emit":
                 if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
                     found.add(node.args[1].value)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Log":
+                if node.args and isinstance(node.args[0], ast.Constant):
+                    found.add(node.args[0].value)
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
                     if isinstance(key, ast.Constant) and key.value == "action" and isinstance(value, ast.Constant):
@@ -284,12 +288,11 @@ def test_schema_covers_every_action_the_code_emits() -> None:
 
 
 def test_schema_triggers_match_the_code() -> None:
-    triggers: set[str] = set()
-    tree = ast.parse((ROOT / "agent" / "source.py").read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_stall":
-            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
-                triggers.add(node.args[1].value)
+    # every stall of the source session is a row of its reaction table (agent/core/source_session.py)
+    from agent.core.source_session import TRIGGERS
+
+    triggers = set(TRIGGERS)
+    assert triggers, "found no recovery triggers in the source session's REACTIONS table"
     documented = set(_schema()["$defs"]["recovering"]["properties"]["trigger"]["enum"])
     assert triggers == documented
     text = (DOCS / "concepts.md").read_text(encoding="utf-8")
@@ -376,17 +379,17 @@ async def test_events_the_sessions_emit_validate_against_the_schema(tmp_path: Pa
     store, published = _Store(), []
     tid = "ab" * 24
     s = _source_session(tmp_path, store, published, tid, recovery_timeout=30)
-    s._stall("lost the connection to the broker", "broker_connection")
-    await s._on_control(ResyncReply(kind="resync_reply", transfer_id=tid, epoch=s.epoch,
-                                    files=[FileHolding(index=0, held=4, status="ready")]))
-    await s._on_control(FileResult(kind="file_result", transfer_id=tid, index=0, result_code=0,
-                                   destination="/in/out.bin", digest="0" * 64))
-    s._finish_ok()
+    s._handle(("link_down",))
+    s._handle(("control", ResyncReply(kind="resync_reply", transfer_id=tid, epoch=s.session.epoch,
+                                      files=[FileHolding(index=0, held=4, status="ready")])))
+    s._handle(("control", FileResult(kind="file_result", transfer_id=tid, index=0, result_code=0,
+                                     destination="/in/out.bin", digest="0" * 64)))
+    await s._pump()  # nothing left to send: every file has its result, the transfer finishes
     await s._finish()
 
     tid0 = "cd" * 24
     s0 = _source_session(tmp_path, store, published, tid0, recovery_timeout=0)
-    s0._stall("destination agent A2 is UNREACHABLE", "peer_unreachable")
+    s0._handle(("peer", "UNREACHABLE"))
     await s0._finish()
 
     part_dir = tmp_path / "in"
