@@ -33,6 +33,7 @@ from .broker_checks import BrokerChecks, BrokerFeatures
 from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
 from .core.budget import InFlightBudget
+from .core.policy import STOP_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
@@ -54,7 +55,6 @@ __all__ = ["Agent", "CommandRefused", "agent_dir_of"]
 
 log = logging.getLogger("fte.agent")
 
-STOP_POLL = 0.5  # seconds between looks at the transfers a controlled stop waits for
 
 
 class Agent:

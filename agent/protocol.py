@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
 from .core.errors import FteError
+from .core.lifecycle import TERMINAL_STATE_VALUES
 from .names import NAME_PATTERN
 
 PROTOCOL_VERSION = 1
@@ -403,6 +404,10 @@ class FileResults(Sealed):
     results: Annotated[list[FileOutcome], Field(min_length=1, max_length=MAX_BUNDLE_FILES)]
 
 
+# The terminal states as a type, made from the one set (a new terminal state is a valid outcome with no edit here).
+TerminalStateValue = Literal[tuple(sorted(TERMINAL_STATE_VALUES))]  # type: ignore[valid-type]
+
+
 class Complete(Sealed):
     """Source → destination: the transfer's outcome. The destination removes the part files of a
     transfer that did not complete, forgets it, and confirms with CompleteAck."""
@@ -410,7 +415,7 @@ class Complete(Sealed):
     kind: Literal["complete"]
     transfer_id: TransferId
     source_agent: AgentName
-    state: Annotated[str, Field(max_length=32)]
+    state: TerminalStateValue  # an outcome is a terminal state: anything else is dropped as malformed
     result_code: ResultCode
 
 

@@ -26,6 +26,7 @@ from .binding import agent_requester, check_chunk_mac, check_message_mac, seal, 
 from .command_lane import CommandLane
 from .context import AgentContext
 from .core import results
+from .core.policy import DROP_LOG_INTERVAL
 from .core.statuses import FileStatus
 from .metrics import Metrics
 from .peers import Peers
@@ -36,7 +37,6 @@ from .watchdog import Watchdog
 
 log = logging.getLogger("fte.agent")
 
-DROP_LOG_INTERVAL = 1.0  # seconds: a flood of drops for one reason costs one log line per interval
 _DROP_KEYS = 1000  # reasons remembered at most (then forgotten all at once)
 
 

@@ -20,16 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import __version__, provenance
 from .context import Publish
-from .core.policy import STATUS_MIN_INTERVAL
+from .core.policy import STATUS_MIN_INTERVAL, STATUS_WORD_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .protocol import AgentStatus, ProtocolError, Topics, dump, parse_agent_status, utc_now
 from .settings import AgentSettings
 
 if TYPE_CHECKING:
     from .router import DropLog
-
-# how often a wait out of the rate limit looks whether the status word changed meanwhile (seconds)
-_WORD_POLL = 0.2
 
 
 class OwnStatus:
@@ -109,7 +106,7 @@ class OwnStatus:
 
     async def _word_changed(self, published: str | None) -> None:
         while self._wanted() == published:
-            await asyncio.sleep(_WORD_POLL)
+            await asyncio.sleep(STATUS_WORD_POLL)
 
     def check_retained(self, payload: bytes) -> AgentStatus | None:
         """What arrived on this agent's own status topic: the status if this agent signed it, else None. Anything

@@ -40,6 +40,11 @@ RESULTS_BATCH = 500  # file results sent at once at most
 COMPLETE_RETRY_INTERVAL = 15.0
 STATUS_MIN_INTERVAL = 1.0  # seconds between two publications of the agent's own status
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
+# How often a status publication held back by STATUS_MIN_INTERVAL looks whether the word changed meanwhile.
+STATUS_WORD_POLL = 0.2
+STOP_POLL = 0.5  # seconds between looks at the transfers a controlled stop waits for
+# Drops of untrusted messages are logged once per reason per interval: a flood costs one line a second.
+DROP_LOG_INTERVAL = 1.0
 
 
 def _backoff(policy: wait_exponential, attempt: int) -> float:

@@ -185,3 +185,20 @@ def test_an_error_has_its_area_code_unless_raised_with_one(raised: str) -> None:
 
     cls = {"CommandRefused": CommandRefused, "TriggerError": TriggerError}[raised]
     assert cls("why").code == cls.code and cls("why", 77).code == 77 and str(cls("why", 77)) == "why"
+
+
+def test_an_outcome_on_the_wire_is_a_terminal_state() -> None:
+    import typing
+
+    from pydantic import ValidationError
+
+    from agent.protocol import Complete, TerminalStateValue
+
+    assert set(typing.get_args(TerminalStateValue)) == TERMINAL_STATE_VALUES
+    outcome = {"kind": "complete", "transfer_id": "a" * 48, "source_agent": "A1", "result_code": 0}
+    for state in TransferState:
+        if state.is_terminal:
+            assert Complete.model_validate({**outcome, "state": state.value}).state == state.value
+        else:  # a destination would otherwise act on an outcome that is none (agent.core.destination_session)
+            with pytest.raises(ValidationError):
+                Complete.model_validate({**outcome, "state": state.value})
