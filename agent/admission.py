@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .binding import agent_requester, new_ephemeral
+from .wire.binding import agent_requester, new_ephemeral
 from .commands import CommandRefused
 from .core import results
 from .core.lifecycle import TransferState as S
@@ -25,7 +25,7 @@ from .core.recovery import effective_recovery_timeout
 from .fileio import os_error_at
 from .fsops import ConfinedDirs
 from .peers import Peers
-from .protocol import Resync, Topics, TransferItem, TransferSpec, new_transfer_id
+from .wire.protocol import Resync, Topics, TransferItem, TransferSpec, new_transfer_id
 from .sandbox import Sandbox, SandboxError
 from .settings import AgentSettings
 from .store import FileRecord, StateStore, TransferRecord
@@ -75,7 +75,7 @@ class Admission:
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": sent_at, "originator": originator}
-        kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.binding)
+        kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                               files=files)

@@ -44,7 +44,7 @@ REQUIRED = {"create_transfer": "transfer", "cancel_transfer": "cancel", "stop_ag
             "create_schedule": "transfer", "delete_schedule": "transfer", "list_schedules": None}
 REQUESTER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 TRUST_FILE = "authorized_requesters"
-# Names of agents' identity keys in a trust file (agent.binding.agent_requester). They bind transfers and
+# Names of agents' identity keys in a trust file (agent.wire.binding.agent_requester). They bind transfers and
 # are never requesters: a command signed by one is refused, and no requester key may take such a name.
 AGENT_KEY_PREFIX = "agent."
 # The only permission an agent identity key may be trusted with (to offer and accept transfers).

@@ -23,7 +23,7 @@ from typing import Callable
 from .broker_probe import BUDGET as PROBE_BUDGET
 from .broker_probe import BrokerProbe, ProbeReport, TopicStatus
 from .link import BrokerAddress
-from .protocol import Topics
+from .wire.protocol import Topics
 
 log = logging.getLogger("fte.agent")
 

@@ -39,10 +39,10 @@ from typing import Callable, Sequence
 import aiomqtt
 
 from .core.errors import FteError
-from .binding import MAX_TRAILER_BYTES
+from .wire.binding import MAX_TRAILER_BYTES
 from .link import BrokerAddress, _refused, make_client
 from .names import MAX_AGENT_NAME_CHARS
-from .protocol import CHUNK_HEADER, Topics
+from .wire.protocol import CHUNK_HEADER, Topics
 
 log = logging.getLogger("fte.probe")
 
@@ -55,7 +55,7 @@ SIZE_WAIT_PER_MIB = 0.25
 BUDGET = 20.0
 """Seconds the whole probe may take; what is not probed by then is reported as not checked."""
 LONGEST_AGENT_NAME = MAX_AGENT_NAME_CHARS
-TRANSFER_ID_CHARS = 48  # agent.protocol.new_transfer_id
+TRANSFER_ID_CHARS = 48  # agent.wire.protocol.new_transfer_id
 
 # A logger of its own for the probe's MQTT client: the socket errors of a connection the broker closes on
 # purpose are expected here, and must neither reach the agent's log as errors nor be taken by agent.link

@@ -2,11 +2,11 @@
 
 `registry` maps each command class to its handler (`{CreateTransfer: create, CancelTransfer: cancel, ...}`);
 a handler returns the reply's data, or raises `CommandRefused` (with its result code) to refuse. `CommandDesk`
-is the one place a command becomes a reply: it reads the command (agent.protocol, agent.monitor), checks its
-requester's signature (agent.auth), calls the handler, signs the reply (agent.provenance) and sends it.
+is the one place a command becomes a reply: it reads the command (agent.wire.protocol, agent.monitor), checks its
+requester's signature (agent.auth), calls the handler, signs the reply (agent.wire.provenance) and sends it.
 Commands reach it through its lane (agent.command_lane: rate limits, a bounded queue, a task of its own).
 
-A new command: its model (agent/protocol.py, or beside its feature as monitors and schedules are), a handler
+A new command: its model (agent/wire/protocol.py, or beside its feature as monitors and schedules are), a handler
 here in `registry`, and its permission (agent/auth.py); tests/unit/test_commands.py fails for a command
 kind without a handler.
 """
@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import __version__, provenance
+from . import __version__
+
+from .wire import provenance
 from .auth import AuthError, Authority
 from .command_lane import CommandLane
 from .context import Publish
@@ -28,11 +30,11 @@ from .core import results
 from .core.errors import FteError
 from .core.schedule import ScheduleError
 from .core.statuses import AgentState
-from .events import refusal as refusal_event
+from .wire.events import refusal as refusal_event
 from .fileio import shorten
 from .link import MessageTooLarge
 from .monitor import CreateMonitor, ListMonitors, MonitorCommand, parse_any_command
-from .protocol import (MAX_PATH_CHARS, CancelTransfer, CreateTransfer, ListTransfers, Ping, ProtocolError,
+from .wire.protocol import (MAX_PATH_CHARS, CancelTransfer, CreateTransfer, ListTransfers, Ping, ProtocolError,
                        QueryTransfer, Reply, StopAgent, Topics, dump, utc_now)
 from .scheduler import CreateSchedule, DeleteSchedule, ListSchedules, Scheduler
 
@@ -208,7 +210,7 @@ class CommandDesk:
 
     def _signed(self, reply: Reply) -> bytes:
         """A reply the client can tell from a forgery: signed by this agent's key, bound to the agent (the
-        signed body names the request_id), agent.provenance."""
+        signed body names the request_id), agent.wire.provenance."""
         return provenance.sign_payload(dump(reply), provenance.REPLY, self._name, self._identity)
 
 

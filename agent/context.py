@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .core.budget import InFlightBudget
 from .metrics import Metrics
-from .protocol import Topics
+from .wire.protocol import Topics
 from .sandbox import Sandbox
 from .settings import AgentSettings
 from .store import StateStore
@@ -43,7 +43,7 @@ class AgentContext:
     agent_recovery_timeout: int
     on_state_change: Callable[[], None]
     settings: AgentSettings | None = None
-    # agent.binding: this agent's identity key, and the trusted identity key of a peer agent (or None)
+    # agent.wire.binding: this agent's identity key, and the trusted identity key of a peer agent (or None)
     identity: Ed25519PrivateKey | None = None
     peer_key: Callable[[str], Ed25519PublicKey | None] = lambda agent: None
     verify_peers: bool = False

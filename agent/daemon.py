@@ -25,10 +25,10 @@ from typing import Any
 
 import aiomqtt
 
-from . import provenance
+from .wire import provenance
 from .admission import Admission
 from .auth import TRUST_FILE, Authority
-from .binding import load_or_create_agent_key
+from .wire.binding import load_or_create_agent_key
 from .broker_checks import BrokerChecks, BrokerFeatures
 from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
@@ -39,7 +39,7 @@ from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
 from .monitor_host import MonitorHost
 from .peers import Peers, trusted_agent_key
-from .protocol import Topics, TransferSpec, utc_now
+from .wire.protocol import Topics, TransferSpec, utc_now
 from .router import DropLog, Router
 from .sandbox import Sandbox
 from .scheduler import Scheduler
@@ -76,7 +76,7 @@ class Agent:
         self.agent_home = agent_home or agent_dir_of(settings)
         self.authority = (Authority(self.agent_home / TRUST_FILE, nonces=self.store) if settings.authorityChecking
                           else None)
-        # signs the transfers it negotiates, and everything it publishes for others to believe (agent.provenance)
+        # signs the transfers it negotiates, and everything it publishes for others to believe (agent.wire.provenance)
         self.identity = load_or_create_agent_key(self.agent_home)
         self.metrics = Metrics(self.name)
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set(),

@@ -33,7 +33,7 @@ from .auth import REQUESTER_RE, at_line, canonical, is_agent_key_name, key_lines
 DOMAIN = b"mqtt-fte signed definition v1\n"
 KINDS = ("template", "monitor", "schedule")
 TRUSTED_CREATORS = "trusted_creators"
-# Agents' identity keys are named agent.<NAME> (agent.binding): they bind transfers and never create
+# Agents' identity keys are named agent.<NAME> (agent.wire.binding): they bind transfers and never create
 # definitions, so such a name is refused as a creator.
 
 

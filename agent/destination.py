@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .binding import derive_key, new_ephemeral, seal, transfer_key
+from .wire.binding import derive_key, new_ephemeral, seal, transfer_key
 from .context import AgentContext
 from .core import destination_session as ds
 from .core import results
@@ -28,7 +28,7 @@ from .core.file_status import FileEvent, next_file_status
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
 from .part_files import NAME_MAX, PART_SUFFIX, PartFiles, part_name, part_path
-from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
+from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
                        FileResults, RequestRecovery, Resync, ResyncReply)
 from .sandbox import SandboxError
 from .store import FileRecord, TransferRecord

@@ -19,8 +19,8 @@ from pydantic import Field, field_validator
 
 from .core.errors import FteError
 from .core import triggers as T
-from .events import MonitorName, new_event
-from .protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
+from .wire.events import MonitorName, new_event
+from .wire.protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
 log = logging.getLogger("fte.monitor")
 
@@ -104,7 +104,7 @@ Emit = Callable[[str, dict[str, Any]], None]  # (action, fields): the agent make
 
 
 def event(agent: str, monitor: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object of the monitor's event on Log/<agent>/Monitors/<monitor>, checked (agent.events)."""
+    """The JSON object of the monitor's event on Log/<agent>/Monitors/<monitor>, checked (agent.wire.events)."""
     return new_event({"monitor": monitor, "agent": agent, "action": action}, fields)
 
 
@@ -198,10 +198,10 @@ MONITOR_KINDS = {"create_monitor", "delete_monitor", "stop_monitor", "start_moni
 
 
 def parse_any_command(payload: bytes) -> Any:
-    """Transfer commands (agent.protocol), monitor and schedule commands, with the same limits and errors."""
+    """Transfer commands (agent.wire.protocol), monitor and schedule commands, with the same limits and errors."""
     from pydantic import TypeAdapter
 
-    from .protocol import MAX_COMMAND_BYTES, ProtocolError, _load, _validate, parse_command
+    from .wire.protocol import MAX_COMMAND_BYTES, ProtocolError, _load, _validate, parse_command
     from .scheduler import SCHEDULE_KINDS, CreateSchedule, DeleteSchedule, ListSchedules
 
     try:

@@ -14,7 +14,7 @@ from .commands import CommandRefused
 from .core import triggers as T
 from .monitor import CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec, check_task
 from .monitor import event as monitor_event
-from .protocol import Topics, TransferSpec
+from .wire.protocol import Topics, TransferSpec
 from .sandbox import Sandbox, SandboxError
 from .store import StateStore
 

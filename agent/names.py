@@ -1,6 +1,6 @@
 """The agent-name rule, written once: 1-28 characters of A-Z a-z 0-9 . _ (like MFT), case preserved, not
 starting with '.'. A name is a directory (<config_home>/agents/NAME) and an MQTT topic level, so '/', '+',
-'#' and hidden-file names are excluded. The wire model (agent.protocol.AgentName), the settings, the
+'#' and hidden-file names are excluded. The wire model (agent.wire.protocol.AgentName), the settings, the
 daemon's peer checks and the trust file all use these (tests/unit/test_vocabulary.py)."""
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ from typing import Callable, Collection, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import provenance
+from .wire import provenance
 from .auth import Authority
-from .binding import agent_requester
+from .wire.binding import agent_requester
 from .names import AGENT_NAME_RE
-from .protocol import AgentStatus, ProtocolError, Topics, parse_agent_status
+from .wire.protocol import AgentStatus, ProtocolError, Topics, parse_agent_status
 
 log = logging.getLogger("fte.agent")
 

@@ -10,7 +10,7 @@ it has passed the checks of its kind; anything else is dropped with a logged rea
 Commands and statuses are taken on the link's `urgent` path (`arrival`), as they arrive: commands must never
 hold up the data path, and a new transfer waits for its destination's status while it holds the command
 lane. Data and control messages are handled in order by the link's one worker (`message`). Topics are read
-by `Topics.parse` only (agent.protocol).
+by `Topics.parse` only (agent.wire.protocol).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import aiomqtt
 
-from .binding import agent_requester, check_chunk_mac, check_message_mac, seal, verify_signed
+from .wire.binding import agent_requester, check_chunk_mac, check_message_mac, seal, verify_signed
 from .command_lane import CommandLane
 from .context import AgentContext
 from .core import results
@@ -30,7 +30,7 @@ from .core.policy import DROP_LOG_INTERVAL
 from .core.statuses import FileStatus
 from .metrics import Metrics
 from .peers import Peers
-from .protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, FileResults,
+from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, FileResults,
                        ProtocolError, RequestRecovery, Resync, ResyncReply, Topics, decode_chunk, parse_control)
 from .transfers import Transfers
 from .watchdog import Watchdog

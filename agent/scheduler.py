@@ -18,8 +18,8 @@ from typing import Annotated, Any, Awaitable, Callable, Literal
 from pydantic import Field
 
 from .core.schedule import Recurrence, ScheduleError, due
-from .events import ScheduleId, new_event
-from .protocol import CommandBase, Strict, TransferSpec
+from .wire.events import ScheduleId, new_event
+from .wire.protocol import CommandBase, Strict, TransferSpec
 
 log = logging.getLogger("fte.scheduler")
 
@@ -150,5 +150,5 @@ class Scheduler:
 
 
 def event(agent: str, sid: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object of the schedule's event on Log/<agent>/<schedule id>, checked (agent.events)."""
+    """The JSON object of the schedule's event on Log/<agent>/<schedule id>, checked (agent.wire.events)."""
     return new_event({"schedule_id": sid, "agent": agent, "action": action}, fields)

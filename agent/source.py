@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .core.errors import FteError
-from .binding import ChunkSealer, derive_key, seal, transfer_key
+from .wire.binding import ChunkSealer, derive_key, seal, transfer_key
 from .context import AgentContext
-from . import provenance
+from .wire import provenance
 from .core import results
 from .core.lifecycle import TransferState as S
 from .core.source_actions import (Action, CheckSources, CloseFile, Log, Metric, PersistState, PublishProgress,
@@ -35,7 +35,7 @@ from .fileio import (SourceStat, changed_since_request, changed_while_read, os_e
                      source_changed, stat_path)
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
-from .protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
+from .wire.protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
                        encode_bundle, finish_chunk)
 from .store import TransferRecord
 

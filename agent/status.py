@@ -3,7 +3,7 @@ keeping it so.
 
 A change of the status word (READY <-> ACTIVE) is published at once; a change of transfer states alone at
 most every agentStatusPublishRateLimit seconds (the reference's rate limit), and never two within
-STATUS_MIN_INTERVAL. The status is signed (agent.provenance): clients and peers believe no other. What is
+STATUS_MIN_INTERVAL. The status is signed (agent.wire.provenance): clients and peers believe no other. What is
 retained on the topic is what every new client and peer reads of this agent, so anything else found there
 (garbage, an empty message, a forgery, a status of an earlier run, a late last will) is replaced at once.
 """
@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import __version__, provenance
+from . import __version__
+
+from .wire import provenance
 from .context import Publish
 from .core.policy import STATUS_MIN_INTERVAL, STATUS_WORD_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
-from .protocol import AgentStatus, ProtocolError, Topics, dump, parse_agent_status, utc_now
+from .wire.protocol import AgentStatus, ProtocolError, Topics, dump, parse_agent_status, utc_now
 from .settings import AgentSettings
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ class OwnStatus:
         self._dirty.set()
 
     def payload(self, word: str) -> bytes:
-        """The agent's status with `word`, signed (agent.provenance)."""
+        """The agent's status with `word`, signed (agent.wire.provenance)."""
         source, destination = self._transfers()
         body = dump(AgentStatus(
             agent=self._name, status=word, time=utc_now(), version=__version__, host=socket.gethostname(),

@@ -3,7 +3,7 @@
 Events go to the state store's outbox first and are published from there, in order, by
 `OutboxPublisher`: an event produced while the broker is unreachable is kept on disk and published,
 with its original time, when the broker comes back. The publisher signs each message with the agent's
-identity key for the topic it goes to (agent.provenance) as it publishes it: events kept on disk from before
+identity key for the topic it goes to (agent.wire.provenance) as it publishes it: events kept on disk from before
 are signed too, and an event shortened to fit the broker is signed as it is sent.
 """
 
@@ -14,9 +14,9 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
-from .events import build_event, new_event_id
+from .wire.events import build_event, new_event_id
 from .link import MessageTooLarge
-from .protocol import Topics, utc_now
+from .wire.protocol import Topics, utc_now
 from .store import StateStore, TransferRecord
 
 log = logging.getLogger("fte.log")
@@ -37,7 +37,7 @@ class TransferLog:
     def emit(self, rec: TransferRecord, action: str, **fields: Any) -> dict[str, Any]:
         """Log `action` of the transfer: its envelope from the record, `fields` (None: left out) after it.
 
-        The event is built and validated as its model (agent.events): an action without a model, a field of
+        The event is built and validated as its model (agent.wire.events): an action without a model, a field of
         the wrong type or one the model does not declare raises EventError here, in the emitter's tests."""
         header = rec.header
         event: dict[str, Any] = {

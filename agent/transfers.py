@@ -19,9 +19,9 @@ from .core import results
 from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.statuses import FileStatus
 from .admission import Admission
-from .binding import transfer_key
+from .wire.binding import transfer_key
 from .destination import DestinationTransfer
-from .protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
+from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
 from .source import SourceTransfer, _iso
 from .store import FileRecord, TransferRecord
 

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import aiomqtt  # noqa: E402
 
-from agent.protocol import CreateTransfer, Topics, TransferItem, TransferSpec, new_transfer_id, utc_now  # noqa: E402
+from agent.wire.protocol import CreateTransfer, Topics, TransferItem, TransferSpec, new_transfer_id, utc_now  # noqa: E402
 from cli.client import FteClient, new_request_id, topic_prefix  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from agent.core.statuses import AgentState
-from agent.protocol import Ping, StopAgent
+from agent.wire.protocol import Ping, StopAgent
 
 from .agent_process import run_in_foreground, running_pid, start_background
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note, note_ignored, out, run
@@ -90,7 +90,7 @@ def create_agent(
 def _trust_neighbours(agent_home: Path) -> None:
     """Agents configured in the same FTE_CONFIG_HOME trust each other's identity keys for transfers."""
     from agent.auth import public_text, trust
-    from agent.binding import agent_requester, load_or_create_agent_key
+    from agent.wire.binding import agent_requester, load_or_create_agent_key
 
     mine = public_text(load_or_create_agent_key(agent_home).public_key())
     for other in sorted(agent_home.parent.iterdir()):

@@ -16,8 +16,8 @@ import aiomqtt
 
 from agent.core.errors import FteError
 from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client
-from agent import provenance
-from agent.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
+from agent.wire import provenance
+from agent.wire.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
 
 from .trusted_agents import AgentKeys
 

@@ -24,8 +24,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from agent.daemon import Agent
 from agent.embedded_broker import EmbeddedBroker
-from agent.events import Completed, TransferEventBase, read_event
-from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
+from agent.wire.events import Completed, TransferEventBase, read_event
+from agent.wire.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
 from agent.settings import load_agent_settings, write_agent_properties
 
 from .client import ClientError, FteClient, new_request_id

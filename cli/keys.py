@@ -42,7 +42,7 @@ def key_show(
     from agent.settings import agent_dir, config_home
 
     if agent:
-        from agent.binding import agent_requester, load_or_create_agent_key
+        from agent.wire.binding import agent_requester, load_or_create_agent_key
 
         if not (agent_dir(agent) / "agent.properties").exists():
             fail(f"agent {agent} is not configured here ({agent_dir(agent)})")

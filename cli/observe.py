@@ -20,8 +20,8 @@ from rich.text import Text
 from agent.core.lifecycle import RECOVERY_STATE_VALUES as RECOVERY
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.statuses import AGENT_RUNNING, AgentState
-from agent.events import Completed, Recovering, TransferEventBase
-from agent.protocol import QueryTransfer
+from agent.wire.events import Completed, Recovering, TransferEventBase
+from agent.wire.protocol import QueryTransfer
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id

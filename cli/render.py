@@ -15,11 +15,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.results import FILE_FAILED, FILE_SUCCESS
-from agent.events import Progress as ProgressEvent
-from agent.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
+from agent.wire.events import Progress as ProgressEvent
+from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
                           Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
                           UnknownEvent, parse_event, parse_progress, read_event)
-from agent.protocol import QueryTransfer, Topics
+from agent.wire.protocol import QueryTransfer, Topics
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
 
@@ -82,13 +82,13 @@ def safe_markup(value: Any) -> str:
 
 
 def status_text(st: Any) -> str:
-    """An agent's status as shown: what it says, and whether it is believed (agent.provenance)."""
+    """An agent's status as shown: what it says, and whether it is believed (agent.wire.provenance)."""
     return st.status if st.verified else f"{st.status} (unverified)"
 
 
 def format_event(ev: Event | Mapping[str, Any]) -> str:
     """One line for a log event, safe to print (every field came from the broker: see `safe`). `ev` is an
-    event's model, or its JSON object (read with agent.events.read_event; one that is no valid event, such as
+    event's model, or its JSON object (read with agent.wire.events.read_event; one that is no valid event, such as
     the outcome TransferWatcher asks an agent for after an outage, is shown with what it has)."""
     if isinstance(ev, EventModel):
         return safe(_event_line(ev))
@@ -122,7 +122,7 @@ def _event_line(ev: EventModel) -> str:
         return f"{ev.time} {ev.agent} schedule {ev.schedule_id} {ev.action}: {ev.message}"
     if isinstance(ev, NotAuthorized):
         return f"{_head(ev.time, ev.agent, ev.transfer_id, ev.action)} : {ev.message}"
-    if not isinstance(ev, TransferEventBase):  # a model added to agent.events and not yet here: what it has
+    if not isinstance(ev, TransferEventBase):  # a model added to agent.wire.events and not yet here: what it has
         return _summary_line(ev.wire())
     head = _head(ev.time, ev.agent, ev.transfer_id, ev.action)
     if isinstance(ev, Completed):
@@ -168,7 +168,7 @@ def is_progress_topic(topics: Topics, topic: Any) -> bool:
 def read_message(c: FteClient, message: Any) -> Event | None:
     """The log event in `message`, as its model, when the agent its topic names signed it for that topic
     (FteClient.event_of); None for anything else, with a note (shown with -v) for a signed one that is not an
-    event (agent.events.parse_event says why)."""
+    event (agent.wire.events.parse_event says why)."""
     return _read_signed(c, message, parse_event)  # type: ignore[no-any-return]
 
 

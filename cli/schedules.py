@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from agent.protocol import TransferSpec
+from agent.wire.protocol import TransferSpec
 from agent.scheduler import CreateSchedule, DeleteSchedule, ScheduleSpec
 
 from .app import BROKER_HELP, command, fail, out, print_listing, run

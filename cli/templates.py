@@ -32,7 +32,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 from pydantic import Field, ValidationError, model_validator
 
-from agent.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
+from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
 from agent.definitions import DefinitionTrust, DefinitionTrustError

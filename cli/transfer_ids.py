@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from agent.core.statuses import AGENT_RUNNING
-from agent.protocol import ListTransfers
+from agent.wire.protocol import ListTransfers
 
 from .client import ClientError, FteClient, new_request_id
 

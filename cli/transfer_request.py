@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from agent.core.recovery import check_recovery_timeout
-from agent.protocol import TransferItem, TransferSpec
+from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
 

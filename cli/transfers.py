@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 import typer
 
 from agent.core.statuses import AGENT_GONE, AGENT_RUNNING
-from agent.protocol import CancelTransfer, CreateTransfer, ListTransfers, TransferSpec, new_transfer_id, utc_now
+from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, TransferSpec, new_transfer_id, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id

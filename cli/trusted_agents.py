@@ -1,4 +1,4 @@
-"""The agent keys a client trusts: whose replies, log events and statuses it believes (agent.provenance).
+"""The agent keys a client trusts: whose replies, log events and statuses it believes (agent.wire.provenance).
 
 Two sources, both under $FTE_CONFIG_HOME:
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.atomic_files import locked, write_atomic
 from agent.auth import at_line, key_lines, keys_dir, load_public, public_text
-from agent.binding import AGENT_KEY_FILE, agent_requester
+from agent.wire.binding import AGENT_KEY_FILE, agent_requester
 from agent.names import AGENT_NAME_RE, AGENT_NAME_RULE
 
 TRUSTED_AGENTS_FILE = "trusted_agents"
@@ -78,7 +78,7 @@ class AgentKeys:
         return [listed] if listed is not None else []
 
     def _local_key(self, agent: str) -> Any:
-        from agent.binding import load_or_create_agent_key
+        from agent.wire.binding import load_or_create_agent_key
 
         path = self.home / "agents" / agent / AGENT_KEY_FILE
         if not path.is_file():

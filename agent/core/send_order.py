@@ -20,7 +20,7 @@ BUNDLE_FILE_MAX = 64 * 1024
 class SendOrder:
     def __init__(self, files: dict[int, Any], limits: Any, bundle_entry_bytes: int, max_bundle_files: int) -> None:
         """`files`: the transfer's SourceFile records by index; `limits`: chunk_size and window_chunks, read
-        live (the broker probe may change the chunk size); the rest: the wire format's (agent.protocol)."""
+        live (the broker probe may change the chunk size); the rest: the wire format's (agent.wire.protocol)."""
         self.files = files
         self.limits = limits
         self.windows = {f.index: SendWindow(f.size, limits.chunk_size, 1 << 30, start_offset=f.offset)

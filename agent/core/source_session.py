@@ -225,7 +225,7 @@ class SourceSession:
         return out
 
     def receive(self, msg: Any, now: float) -> list[Action]:
-        """A control message from the destination (agent.protocol: resync_reply, ack, file_result(s),
+        """A control message from the destination (agent.wire.protocol: resync_reply, ack, file_result(s),
         request_recovery), checked by the shell for its signature or MAC."""
         self._now = now
         out: list[Action] = []

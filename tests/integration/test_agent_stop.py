@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from agent.protocol import Topics
+from agent.wire.protocol import Topics
 from tests.support.agents import FteEnv
 
 STOPS = 5  # each stop lost the race most of the time before the fix (70 % in a raw-socket experiment)

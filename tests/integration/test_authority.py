@@ -14,8 +14,8 @@ import aiomqtt
 import pytest
 
 from agent.auth import ensure_key, public_text, sign
-from agent.binding import load_or_create_agent_key, new_ephemeral, seal
-from agent.protocol import (Complete, CreateTransfer, FileOffer, Ping, Resync, TransferItem, TransferSpec, encode_chunk,
+from agent.wire.binding import load_or_create_agent_key, new_ephemeral, seal
+from agent.wire.protocol import (Complete, CreateTransfer, FileOffer, Ping, Resync, TransferItem, TransferSpec, encode_chunk,
                             new_transfer_id, parse_control)
 from cli.client import ClientError, FteClient
 from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir, script, wait_until

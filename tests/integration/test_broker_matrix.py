@@ -33,7 +33,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from agent.protocol import MAX_CHUNK_BYTES, AgentStatus, dump, utc_now
+from agent.wire.protocol import MAX_CHUNK_BYTES, AgentStatus, dump, utc_now
 from tests.support.agents import FteEnv, Result
 from tests.support.brokers import BrokerProcess, split_url
 from tests.support.more_brokers import (NatsMqttProcess, RabbitMqttProcess, find_nats_server, find_rabbitmq_server,

@@ -152,7 +152,7 @@ def test_agents_created_at_once_trust_each_other(tmp_path: Path) -> None:
     """20 fte-create-agent processes started together in one FTE_CONFIG_HOME: every agent's trust file names
     every other agent's identity key and the requester's key (no run rewrote another's entries)."""
     from agent.auth import TRUST_FILE, parse_trust_file, public_text
-    from agent.binding import agent_requester, load_or_create_agent_key
+    from agent.wire.binding import agent_requester, load_or_create_agent_key
 
     env = offline(tmp_path)
     data = tmp_path / "data"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.binding import GMAC_BYTES, MAC_BYTES
-from agent.protocol import CHUNK_FLAGS_AT, CHUNK_HEADER, FLAG_BUNDLE, FLAG_GMAC
+from agent.wire.binding import GMAC_BYTES, MAC_BYTES
+from agent.wire.protocol import CHUNK_FLAGS_AT, CHUNK_HEADER, FLAG_BUNDLE, FLAG_GMAC
 from tests.support.agents import FteEnv
 from tests.support.brokers import AmqttProcess
 from tests.support.subscription import Subscription

@@ -25,7 +25,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.protocol import encode_chunk
+from agent.wire.protocol import encode_chunk
 from tests.support.agents import FteEnv, Result, running_agents, sandbox_dir
 from tests.support.brokers import MosquittoProcess, split_url
 

@@ -23,7 +23,7 @@ import pytest
 
 from agent.daemon import Agent
 from agent.embedded_broker import EmbeddedBroker
-from agent.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
+from agent.wire.protocol import CreateTransfer, TransferItem, TransferSpec, new_transfer_id, utc_now
 from agent.settings import load_agent_settings, write_agent_properties
 from cli.client import FteClient, new_request_id
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.protocol import utc_now
+from agent.wire.protocol import utc_now
 from tests.support.agents import FteEnv, LogFollower, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import split_url
 

@@ -270,10 +270,10 @@ def stop_command(proc: subprocess.Popen[str]) -> None:
 def signed_probe(env: FteEnv, agent: str, topic: str, payload: bytes) -> bytes:
     """`payload` signed as agent `agent`'s event on `topic`, by a key the commands of `env` trust (they show
     no other): the agent's own key when it is configured in `env`, else a probe key added to its
-    trusted_agents (agent.provenance)."""
-    from agent import provenance
+    trusted_agents (agent.wire.provenance)."""
+    from agent.wire import provenance
     from agent.auth import public_text
-    from agent.binding import load_or_create_agent_key
+    from agent.wire.binding import load_or_create_agent_key
     from cli.trusted_agents import trust_agent
 
     local = env.agent_dir(agent)

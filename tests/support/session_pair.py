@@ -40,7 +40,7 @@ class Pair:
 
     async def _from_source(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         from agent.destination import DestinationTransfer
-        from agent.protocol import Bundle, Complete, FileEnd, Resync, decode_chunk, parse_control
+        from agent.wire.protocol import Bundle, Complete, FileEnd, Resync, decode_chunk, parse_control
 
         if "/Data/" in topic:
             frame = decode_chunk(payload)
@@ -64,7 +64,7 @@ class Pair:
                 await self.dest.on_complete(msg)
 
     async def _from_destination(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        from agent.protocol import CompleteAck, parse_control
+        from agent.wire.protocol import CompleteAck, parse_control
 
         msg = parse_control(payload)
         if not isinstance(msg, CompleteAck) and self.source is not None:

@@ -12,7 +12,7 @@ import pytest
 from agent.admission import Admission
 from agent.commands import CommandRefused
 from agent.core import results
-from agent.protocol import Resync, Topics, TransferItem, TransferSpec
+from agent.wire.protocol import Resync, Topics, TransferItem, TransferSpec
 from agent.sandbox import Sandbox
 from agent.store import StateStore, TransferRecord
 

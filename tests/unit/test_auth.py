@@ -13,7 +13,7 @@ import pytest
 
 from agent.auth import (AuthError, Authority, canonical, check_trust_entry, ensure_key, generate_key, load_private,
                         parse_trust_file, public_text, sign, trust)
-from agent.binding import agent_requester, load_or_create_agent_key
+from agent.wire.binding import agent_requester, load_or_create_agent_key
 from agent.definitions import parse_creators
 from agent.store import StateStore
 from cli.trusted_agents import parse_trusted_agents

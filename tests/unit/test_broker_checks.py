@@ -9,7 +9,7 @@ from typing import Any
 from agent.broker_checks import BrokerChecks, BrokerFeatures
 from agent.broker_probe import Outcome, ProbeReport, TopicStatus
 from agent.link import BrokerAddress
-from agent.protocol import Topics
+from agent.wire.protocol import Topics
 
 KiB = 1024
 CONFIGURED = 256 * KiB

@@ -9,7 +9,7 @@ import pytest
 from agent.broker_probe import (FLOOR, Outcome, ProbeReport, TopicStatus, data_message_bytes, effective_chunk_size,
                                 longest_data_topic, next_probe_size, probe_payload_bytes, publish_packet_bytes,
                                 size_ladder, size_wait, topic_finding)
-from agent.protocol import Topics, encode_chunk, new_transfer_id
+from agent.wire.protocol import Topics, encode_chunk, new_transfer_id
 
 KiB = 1024
 P, R, L, U, X = Outcome.PASSED, Outcome.REFUSED, Outcome.LOST, Outcome.UNKNOWN, Outcome.UNREACHABLE

@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from agent import protocol as p
-from agent.protocol import Bundle, Chunk, ProtocolError, decode_chunk, encode_bundle, encode_chunk
+from agent.wire import protocol as p
+from agent.wire.protocol import Bundle, Chunk, ProtocolError, decode_chunk, encode_bundle, encode_chunk
 
 
 def _sha(b: bytes) -> str:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import protocol as p
-from agent.binding import GMAC_BYTES, MAC_BYTES, ChunkSealer, check_chunk_mac, mac_chunk
+from agent.wire import protocol as p
+from agent.wire.binding import GMAC_BYTES, MAC_BYTES, ChunkSealer, check_chunk_mac, mac_chunk
 from agent.router import open_frame as _open_frame
 from agent.destination import FEATURES
-from agent.protocol import Chunk, ProtocolError, decode_chunk, encode_chunk
+from agent.wire.protocol import Chunk, ProtocolError, decode_chunk, encode_chunk
 from agent.source import read_chunk_frame
 
 KEY = bytes(range(32))

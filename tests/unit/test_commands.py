@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import monitor, protocol, provenance, scheduler
+from agent import monitor, scheduler
+
+from agent.wire import protocol, provenance
 from agent.commands import Accepted, CommandDesk, CommandRefused, registry
 from agent.core import results
 from agent.core.errors import FteError
-from agent.protocol import Topics
+from agent.wire.protocol import Topics
 
 
 def _classes(union: Any) -> list[type]:
@@ -47,7 +49,7 @@ def _registry(stopped: list[bool] | None = None) -> dict[type, Any]:
 
 
 def test_every_command_kind_has_a_handler() -> None:
-    # A new kind in agent/protocol.py's Command (or a monitor's or schedule's) without a handler fails here.
+    # A new kind in agent/wire/protocol.py's Command (or a monitor's or schedule's) without a handler fails here.
     handlers = _registry()
     commands = _classes(protocol.Command)
     assert len(commands) >= 6

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.context import AgentContext
 from agent.destination import DestinationTransfer
-from agent.protocol import Complete, FileOffer, Resync, Topics, decode_chunk, encode_bundle, new_transfer_id
+from agent.wire.protocol import Complete, FileOffer, Resync, Topics, decode_chunk, encode_bundle, new_transfer_id
 from agent.sandbox import Sandbox
 from agent.store import StateStore
 from agent.transferlog import TransferLog

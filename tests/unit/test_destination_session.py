@@ -1,7 +1,7 @@
 """The destination's rules, as tables: inputs -> (state, file statuses, actions, timer).
 
 agent.core.destination_session with no files, no store and no broker: the files are plain records, the
-messages plain objects with the fields of agent.protocol's, the time a number. What the IO driver does with
+messages plain objects with the fields of agent.wire.protocol's, the time a number. What the IO driver does with
 the actions is tested in test_destination_driver.py and the integration tests.
 """
 

@@ -237,7 +237,7 @@ def _kind_of_example(obj: dict[str, Any]) -> str:
 
 
 def test_log_event_examples_validate_against_the_schema() -> None:
-    from agent.protocol import parse_agent_status
+    from agent.wire.protocol import parse_agent_status
 
     blocks = _json_blocks(DOCS / "log-events.md")
     assert blocks, "docs/log-events.md has no ```json examples"
@@ -312,7 +312,7 @@ def test_schema_states_match_the_lifecycle() -> None:
 
 
 def test_agent_status_values_match_the_code() -> None:
-    from agent.protocol import AgentStatusValue
+    from agent.wire.protocol import AgentStatusValue
 
     documented = set(_schema()["$defs"]["agent_status"]["properties"]["status"]["enum"])
     assert documented == set(typing.get_args(AgentStatusValue))
@@ -339,7 +339,7 @@ class _Store:
 
 def _context(name: str, store: _Store, published: list[tuple[str, bytes]]) -> Any:
     from agent.context import AgentContext
-    from agent.protocol import Topics
+    from agent.wire.protocol import Topics
     from agent.sandbox import Sandbox
     from agent.transferlog import TransferLog
 
@@ -373,7 +373,7 @@ async def test_events_the_sessions_emit_validate_against_the_schema(tmp_path: Pa
     destination clean-up, and validate every event and progress message they publish. This uses the
     sessions' internal entry points; if they are renamed, adapt the calls, not the schema."""
     from agent.destination import DestinationTransfer
-    from agent.protocol import Complete, FileHolding, FileResult, ResyncReply
+    from agent.wire.protocol import Complete, FileHolding, FileResult, ResyncReply
     from agent.store import FileRecord, TransferRecord
 
     store, published = _Store(), []
@@ -421,7 +421,7 @@ async def test_events_the_sessions_emit_validate_against_the_schema(tmp_path: Pa
 
 
 def test_protocol_examples_are_accepted_by_the_agents_parsers() -> None:
-    from agent.protocol import Command, ControlMessage, parse_command, parse_control, parse_reply
+    from agent.wire.protocol import Command, ControlMessage, parse_command, parse_control, parse_reply
 
     def kinds(union: Any) -> set[str]:
         members = typing.get_args(typing.get_args(union)[0])
@@ -448,7 +448,7 @@ def test_protocol_examples_are_accepted_by_the_agents_parsers() -> None:
 
 
 def test_protocol_md_names_every_message_field() -> None:
-    from agent import protocol
+    from agent.wire import protocol
 
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
     models = [protocol.TransferItem, protocol.TransferSpec, protocol.FileOffer, protocol.FileHolding,
@@ -465,7 +465,7 @@ def test_protocol_md_names_every_message_field() -> None:
 
 
 def test_protocol_md_has_the_chunk_header_layout() -> None:
-    from agent.protocol import CHUNK_HEADER, CHUNK_MAGIC
+    from agent.wire.protocol import CHUNK_HEADER, CHUNK_MAGIC
 
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
     assert f'"{CHUNK_HEADER.format}"' in text

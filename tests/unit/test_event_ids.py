@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.protocol import Topics
+from agent.wire.protocol import Topics
 from agent.store import StateStore, TransferRecord
 from agent.transferlog import TransferLog
 from cli.client import RecentEvents

@@ -1,4 +1,4 @@
-"""The CLI reads log events as their models (agent.events): the line a person sees for each kind, what it
+"""The CLI reads log events as their models (agent.wire.events): the line a person sees for each kind, what it
 does with a signed message that is no event, and how it tells a progress topic from a log topic."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.events import Completed, TransferProgress, read_event
-from agent.protocol import Topics
+from agent.wire.events import Completed, TransferProgress, read_event
+from agent.wire.protocol import Topics
 from cli.render import format_event, is_progress_topic, read_message, read_progress
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -1,4 +1,4 @@
-"""Log events as models (agent.events): every action the agent emits has one, they are the schema that
+"""Log events as models (agent.wire.events): every action the agent emits has one, they are the schema that
 docs/log-event.schema.json and docs/log-events.md describe, what the agent writes is checked strictly and what a
 reader gets is read leniently (a newer agent's fields and actions), garbage is refused with a reason."""
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent import events as ev
-from agent.events import EventError, build_event, parse_event, parse_progress, read_event
-from agent.protocol import Topics
+from agent.wire import events as ev
+from agent.wire.events import EventError, build_event, parse_event, parse_progress, read_event
+from agent.wire.protocol import Topics
 from agent.store import StateStore, TransferRecord
 from agent.transferlog import TransferLog
 
@@ -75,7 +75,7 @@ def test_every_action_the_agent_emits_has_a_model() -> None:
     for family in ("transfer", "monitor", "schedule"):
         assert any(f == family for f, _ in emitted), f"found no {family} event in agent/: was an emitter renamed?"
     missing = emitted - set(ev.MODELS)
-    assert not missing, f"events emitted without a model in agent/events.py: {sorted(missing)}"
+    assert not missing, f"events emitted without a model in agent/wire/events.py: {sorted(missing)}"
 
 
 def test_every_transfer_action_is_documented_and_in_the_schema() -> None:
@@ -105,14 +105,14 @@ def test_the_schema_has_the_fields_of_each_model(action: str) -> None:
 
 def test_the_schema_names_every_command_a_refusal_can_name() -> None:
     from agent.monitor import MONITOR_KINDS
-    from agent.protocol import Command
+    from agent.wire.protocol import Command
     from agent.scheduler import SCHEDULE_KINDS
 
     members = typing.get_args(typing.get_args(Command)[0])
     kinds = {typing.get_args(m.model_fields["kind"].annotation)[0] for m in members} | MONITOR_KINDS | SCHEDULE_KINDS
     assert set(_schema()["$defs"]["not_authorized"]["properties"]["command"]["enum"]) == kinds
     for kind in kinds:
-        assert re.fullmatch(r"[a-z_]{1,32}", kind)  # what the model takes (agent.events.CommandKind)
+        assert re.fullmatch(r"[a-z_]{1,32}", kind)  # what the model takes (agent.wire.events.CommandKind)
 
 
 def test_the_model_vocabularies_are_the_code_ones() -> None:

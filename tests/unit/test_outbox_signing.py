@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import provenance as P
+from agent.wire import provenance as P
 from agent.link import MessageTooLarge
 from agent.store import StateStore
 from agent.transferlog import OutboxPublisher

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import provenance
+from agent.wire import provenance
 from agent.auth import Authority, public_text
-from agent.binding import agent_requester
+from agent.wire.binding import agent_requester
 from agent.peers import Peers
-from agent.protocol import AgentStatus, ProtocolError, Topics, dump, utc_now
+from agent.wire.protocol import AgentStatus, ProtocolError, Topics, dump, utc_now
 
 T = Topics()
 

@@ -1,4 +1,4 @@
-"""Property tests over every parser of untrusted input (agent/protocol.py).
+"""Property tests over every parser of untrusted input (agent/wire/protocol.py).
 
 * arbitrary bytes (and arbitrary JSON) never raise anything but ProtocolError;
 * valid messages, generated from the models' own field constraints, round-trip through dump() and parse;
@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from agent import protocol as p
-from agent.protocol import (Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd,
+from agent.wire import protocol as p
+from agent.wire.protocol import (Ack, AgentStatus, CancelTransfer, Complete, CompleteAck, CreateTransfer, FileEnd,
                             FileResult, ListTransfers, Ping, ProtocolError, QueryTransfer, Reply, RequestRecovery,
                             Resync, ResyncReply, StopAgent, decode_chunk, dump, encode_chunk, parse_agent_status,
                             parse_command, parse_control, parse_reply)

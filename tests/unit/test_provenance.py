@@ -1,4 +1,4 @@
-"""Signed replies, events and statuses (agent.provenance) and the keys a client trusts (cli.trusted_agents)."""
+"""Signed replies, events and statuses (agent.wire.provenance) and the keys a client trusts (cli.trusted_agents)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import provenance as P
+from agent.wire import provenance as P
 from agent.auth import public_text
-from agent.binding import load_or_create_agent_key
-from agent.protocol import parse_agent_status, parse_reply
+from agent.wire.binding import load_or_create_agent_key
+from agent.wire.protocol import parse_agent_status, parse_reply
 from cli.trusted_agents import AgentKeys, agent_name_of, trust_agent
 
 KEY = Ed25519PrivateKey.generate()

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent import protocol
-from agent.binding import seal
+from agent.wire import protocol
+from agent.wire.binding import seal
 from agent.metrics import Metrics
-from agent.protocol import Ack, Topics, encode_chunk
+from agent.wire.protocol import Ack, Topics, encode_chunk
 from agent.router import DropLog, Router
 
 TID = "ab" * 24

@@ -8,8 +8,8 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.binding import check_message_mac, seal, verify_signed
-from agent.protocol import (Ack, FileHolding, FileOffer, FileOutcome, FileResults, Resync, ResyncReply,
+from agent.wire.binding import check_message_mac, seal, verify_signed
+from agent.wire.protocol import (Ack, FileHolding, FileOffer, FileOutcome, FileResults, Resync, ResyncReply,
                             new_transfer_id, parse_control)
 
 TID = new_transfer_id()

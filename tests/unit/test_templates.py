@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.protocol import TransferSpec, Topics
+from agent.wire.protocol import TransferSpec, Topics
 from cli.templates import (Overrides, RequestFileError, Template, TemplateError, TemplateSpec, load_request_file,
                            merge, read_definition_file, request_document, template_spec, validate_template_name,
                            write_request_file)

@@ -1,4 +1,4 @@
-"""Topic names: the wire contract of agent.protocol.Topics, and that agent/ and cli/ build none by hand.
+"""Topic names: the wire contract of agent.wire.protocol.Topics, and that agent/ and cli/ build none by hand.
 
 The topics are literal here on purpose: they are what other agents, commands and loggers subscribe to.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from agent.protocol import Topics
+from agent.wire.protocol import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = ("Agents", "Commands", "Replies", "Data", "Control", "Transfers", "Log", "Templates", "Monitors",

@@ -77,11 +77,11 @@ NAMES = ["A1", "a", "_x", "A.B_c9", "x" * 28, "x" * 29, "", ".hidden", "a/b", "a
 
 def test_every_agent_name_check_is_the_one_rule() -> None:
     import agent.names
-    import agent.protocol
+    import agent.wire.protocol
     import agent.settings
     import cli.trusted_agents
 
-    assert agent.protocol.NAME_PATTERN is agent.names.NAME_PATTERN
+    assert agent.wire.protocol.NAME_PATTERN is agent.names.NAME_PATTERN
     assert agent.settings.AGENT_NAME_RE is agent.names.AGENT_NAME_RE
     assert agent.peers.AGENT_NAME_RE is agent.names.AGENT_NAME_RE  # the peers watched: agent names only
     assert cli.trusted_agents._NAME is agent.names.AGENT_NAME_RE
@@ -92,7 +92,7 @@ def test_the_wire_model_and_the_settings_agree_on_each_name(name: str) -> None:
     from pydantic import TypeAdapter, ValidationError
 
     from agent.names import AGENT_NAME_RE
-    from agent.protocol import AgentName
+    from agent.wire.protocol import AgentName
     from agent.settings import validate_agent_name
 
     def wire(n: str) -> bool:
@@ -140,7 +140,7 @@ def test_agent_and_file_statuses_on_the_wire_are_the_core_words() -> None:
     import typing
 
     from agent.core.statuses import AgentState, FileStatus
-    from agent.protocol import AgentStatusValue, FileHolding
+    from agent.wire.protocol import AgentStatusValue, FileHolding
 
     assert set(typing.get_args(AgentStatusValue)) == {s.value for s in AgentState}
     sent = set(typing.get_args(FileHolding.model_fields["status"].annotation))
@@ -151,7 +151,7 @@ def test_no_agent_status_word_is_spelled_out_of_its_enum() -> None:
     from agent.core.statuses import AgentState
 
     words = {s.value for s in AgentState}
-    allowed = {ROOT / "agent" / "core" / "statuses.py", ROOT / "agent" / "protocol.py"}
+    allowed = {ROOT / "agent" / "core" / "statuses.py", ROOT / "agent" / "wire" / "protocol.py"}
     found = []
     for path in sorted((ROOT / "agent").rglob("*.py")) + sorted((ROOT / "cli").rglob("*.py")):
         if path in allowed:
@@ -192,7 +192,7 @@ def test_an_outcome_on_the_wire_is_a_terminal_state() -> None:
 
     from pydantic import ValidationError
 
-    from agent.protocol import Complete, TerminalStateValue
+    from agent.wire.protocol import Complete, TerminalStateValue
 
     assert set(typing.get_args(TerminalStateValue)) == TERMINAL_STATE_VALUES
     outcome = {"kind": "complete", "transfer_id": "a" * 48, "source_agent": "A1", "result_code": 0}

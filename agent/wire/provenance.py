@@ -3,7 +3,7 @@
 Anyone on the broker can publish on an agent's reply, log and status topics, so a client must not believe a
 message there because of where it arrived. Every such message an agent publishes is a JSON object that ends
 with one more member, `"signature"`: the base64 Ed25519 signature, by the agent's identity key
-(agents/<NAME>/agent.key, agent.binding), of
+(agents/<NAME>/agent.key, agent.wire.binding), of
 
     b"mqtt-fte " + PURPOSE + b"\\n" + SUBJECT + b"\\n" + the message without its signature member
 

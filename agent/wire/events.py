@@ -30,10 +30,10 @@ from typing import Annotated, Any, Literal, Union
 import pydantic_core
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .core import results
-from .core.errors import FteError
-from .core.lifecycle import LIVE_STATES, RESULT_CODES, TERMINAL_STATES
-from .core.lifecycle import TransferState as S
+from ..core import results
+from ..core.errors import FteError
+from ..core.lifecycle import LIVE_STATES, RESULT_CODES, TERMINAL_STATES
+from ..core.lifecycle import TransferState as S
 from .protocol import AgentName, Checksum, Metadata, RequestId, TransferId, utc_now
 
 # The largest MQTT message (its "remaining length" field holds at most 268,435,455 bytes): an agent publishes
@@ -153,7 +153,7 @@ class TransferEventBase(EventModel):
     destination_agent: AgentName
     job_name: str | None
     metadata: Metadata
-    # added by the publisher as the last member (agent.provenance), never by the code that emits
+    # added by the publisher as the last member (agent.wire.provenance), never by the code that emits
     signature: Signature | None = None
 
 
@@ -369,7 +369,7 @@ def model_for(data: Mapping[str, Any]) -> type[EventModel] | None:
 
 
 def _validate(model: type[EventModel], data: Mapping[str, Any], what: str, extra: str | None = None) -> Any:
-    # strict: "3" is no integer and 1 no boolean, on write as on read (agent.protocol does the same);
+    # strict: "3" is no integer and 1 no boolean, on write as on read (agent.wire.protocol does the same);
     # extra="forbid" (pydantic >= 2.12) overrides the models' "allow" for the writer, nested models included
     try:
         return model.model_validate(data, strict=True, extra=extra)  # type: ignore[arg-type]
@@ -417,7 +417,7 @@ def build_event(data: Mapping[str, Any]) -> Event:
     if model is None:
         family = family_of(data)
         known = sorted(a for f, a in MODELS if f == family)
-        raise EventError(f"no {family} event {data.get('action')!r} in agent/events.py (known: {', '.join(known)})")
+        raise EventError(f"no {family} event {data.get('action')!r} in agent/wire/events.py (known: {', '.join(known)})")
     return _validate(model, data, _what(data), extra="forbid")  # type: ignore[no-any-return]
 
 

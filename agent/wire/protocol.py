@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
-from .core.errors import FteError
-from .core.lifecycle import TERMINAL_STATE_VALUES
-from .names import NAME_PATTERN
+from ..core.errors import FteError
+from ..core.lifecycle import TERMINAL_STATE_VALUES
+from ..names import NAME_PATTERN
 
 PROTOCOL_VERSION = 1
 
@@ -185,7 +185,7 @@ class Strict(BaseModel):
 
 
 class Sealed(Strict):
-    """A control message of a transfer. Once the two agents share a transfer key (agent.binding),
+    """A control message of a transfer. Once the two agents share a transfer key (agent.wire.binding),
     every such message carries `mac`; the negotiation messages carry `kx` and `signature` instead."""
 
     mac: Annotated[str, Field(max_length=64)] | None = None
@@ -279,7 +279,7 @@ class Reply(Strict):
     result_code: ResultCode = 0
     message: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
-    # the replying agent's identity signature (agent.provenance), which the client checks
+    # the replying agent's identity signature (agent.wire.provenance), which the client checks
     signature: Annotated[str, Field(max_length=128)] | None = None
 
 
@@ -314,7 +314,7 @@ class Resync(Sealed):
     job_name: str | None = None
     metadata: Metadata = Field(default_factory=dict)
     files: Annotated[list[FileOffer], Field(max_length=MAX_FILES_PER_TRANSFER)]
-    # the source's X25519 public key for this transfer, and its identity signature (agent.binding)
+    # the source's X25519 public key for this transfer, and its identity signature (agent.wire.binding)
     kx: Annotated[str, Field(max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None
 
@@ -507,7 +507,7 @@ FLAG_NO_ACK = 0x04
 # and no MAC is refused.
 FLAG_NO_CRC = 0x08
 # AES-GMAC trailer (feature "gmac"): the frame's MAC is a 12-byte random nonce and a 16-byte AES-GMAC tag instead
-# of 16 bytes of HMAC-SHA256 (agent.binding). Only on a bound transfer.
+# of 16 bytes of HMAC-SHA256 (agent.wire.binding). Only on a bound transfer.
 FLAG_GMAC = 0x10
 CHUNK_FLAGS_AT = 5  # offset of the flags byte in the header (read before the MAC is checked, to pick the MAC)
 
@@ -659,7 +659,7 @@ class AgentStatus(BaseModel):
     # the broker probe (agent.broker_probe): the chunk size of this broker connection, and what was found
     chunk_size: int | None = None
     broker_check: str | None = None
-    # the agent's identity signature (agent.provenance); whether a reader checked it is `verified`
+    # the agent's identity signature (agent.wire.provenance); whether a reader checked it is `verified`
     signature: str | None = None
     _verified: bool = PrivateAttr(default=False)
 

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .atomic_files import write_atomic
-from .auth import canonical, load_public
+from ..atomic_files import write_atomic
+from ..auth import canonical, load_public
 from .protocol import CHUNK_FLAGS_AT, FLAG_GMAC
 
 MAC_BYTES = 16  # HMAC-SHA256 trailer of a chunk frame (first 16 bytes), and of control messages
