@@ -109,7 +109,7 @@ class Agent:
         admission = Admission(self.name, settings, topics, self.store, self.sandbox, self.peers,
                               stopping=self.stopping.is_set, sources=lambda: len(self.transfers.sources))
         self.transfers = Transfers(self.ctx, admission, settings.maxSourceTransfers)
-        self.watchdog = Watchdog(self.ctx, lambda: list(self.transfers.dests.values()))
+        self.watchdog = Watchdog(self.ctx)
         self.monitors = MonitorHost(self.name, topics, self.store, self.sandbox, start_transfer=self.transfers.start,
                                     retain=self._retain, event=self._event)
         self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,

@@ -1,49 +1,37 @@
-"""The watchdog: the destination's side of stall detection, and outcomes the peers have not confirmed.
+"""The watchdog: outcomes the peers have not confirmed.
 
-A destination transfer that hears nothing from its source for transferAckTimeout asks it to recover. A
-source transfer's outcome (Complete) is sent again until the destination confirms it (CompleteAck): every
+A source transfer's outcome (Complete) is sent again until the destination confirms it (CompleteAck): every
 COMPLETE_RETRY_INTERVAL to a peer that is running, at once when a peer comes back, and when a destination
-asks about a transfer this source no longer runs.
+asks about a transfer this source no longer runs. (A destination that hears nothing from its source for
+transferAckTimeout asks it to recover on its session's own timer: agent.core.destination_session.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Callable
 
 from .context import AgentContext
 from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.policy import COMPLETE_RETRY_INTERVAL
 from .core.statuses import AGENT_RUNNING
-from .destination import DestinationTransfer
 from .source import send_complete
 
 
 class Watchdog:
     """`run()` watches; `resend_to(agent)` and `answer_finished(tid)` send outcomes on demand."""
 
-    def __init__(self, ctx: AgentContext, destinations: Callable[[], list[DestinationTransfer]]) -> None:
+    def __init__(self, ctx: AgentContext) -> None:
         self._ctx = ctx
-        self._destinations = destinations
 
     async def run(self) -> None:
         ctx = self._ctx
-        ack_timeout = ctx.ack_timeout
-        last_resend = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, ack_timeout / 2))
+            await asyncio.sleep(COMPLETE_RETRY_INTERVAL)
             if not ctx.link_up():
                 continue
-            now = time.monotonic()
-            for d in self._destinations():
-                if d.active and now - d.last_activity > ack_timeout:
-                    await d.request_recovery(f"no data from {d.source_agent} for {ack_timeout:g} s")
-            if now - last_resend > COMPLETE_RETRY_INTERVAL:
-                last_resend = now
-                for rec in ctx.store.transfers("source", files=False):
-                    if rec.state in TERMINAL and not rec.peer_confirmed and ctx.peer_status(rec.peer) in AGENT_RUNNING:
-                        await send_complete(ctx, rec)
+            for rec in ctx.store.transfers("source", files=False):
+                if rec.state in TERMINAL and not rec.peer_confirmed and ctx.peer_status(rec.peer) in AGENT_RUNNING:
+                    await send_complete(ctx, rec)
 
     async def resend_to(self, agent: str) -> None:
         """`agent` is running (again): the outcomes it has not confirmed."""
