@@ -263,7 +263,7 @@ class FteClient:
                 self._invalid_statuses[topic] = str(exc)
                 self.ignored(f"ignored a status on {message.topic} that is not one ({exc})")
             return None
-        if levels != ["Agents", st.agent]:
+        if levels != [self.topics.AGENTS, st.agent]:
             self._invalid_statuses[topic] = f"a status of agent {st.agent}"
             self.ignored(f"ignored a status of agent {st.agent} published on {message.topic}")
             return None

@@ -194,7 +194,7 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
         def absorb(m: Any) -> None:
             topic = str(m.topic)
             levels = c.topics.split(topic)
-            if levels[:1] == ["Agents"]:
+            if levels[:1] == [c.topics.AGENTS]:
                 st = c.status_of(m)
                 if st is not None:
                     agents[st.agent] = st

@@ -162,7 +162,7 @@ def _summary_line(ev: Mapping[str, Any]) -> str:
 
 def is_progress_topic(topics: Topics, topic: Any) -> bool:
     """Whether `topic` is a live progress snapshot's (<prefix>/Transfers/<agent>/<id>), not a log event's."""
-    return topics.split(str(topic))[:1] == ["Transfers"]
+    return topics.split(str(topic))[:1] == [topics.TRANSFERS]
 
 
 def read_message(c: FteClient, message: Any) -> Event | None:

@@ -381,7 +381,7 @@ async def read_templates(c: FteClient, name: str | None = None, settle: float = 
         except asyncio.TimeoutError:
             return found
         levels = c.topics.split(str(m.topic))
-        if len(levels) != 2 or levels[0] != "Templates":
+        if len(levels) != 2 or levels[0] != c.topics.TEMPLATES:
             continue
         payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else b""
         if payload:

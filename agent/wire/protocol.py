@@ -67,6 +67,9 @@ class Topics:
     COMMANDS = "Commands"
     DATA = "Data"
     CONTROL = "Control"
+    # first levels the clients read back (cli/): compared with these, never with a string written again
+    TRANSFERS = "Transfers"
+    TEMPLATES = "Templates"
 
     class Address:
         """What an arriving topic addresses: `kind` (Topics.AGENTS, COMMANDS, DATA or CONTROL), the agent it
@@ -135,11 +138,11 @@ class Topics:
         return f"{self.prefix}/{self.CONTROL}/{agent}/+"
 
     def progress(self, agent: str, transfer_id: str) -> str:
-        return f"{self.prefix}/Transfers/{agent}/{transfer_id}"
+        return f"{self.prefix}/{self.TRANSFERS}/{agent}/{transfer_id}"
 
     def progress_filter(self) -> str:
         """The progress of every transfer of every agent."""
-        return f"{self.prefix}/Transfers/+/+"
+        return f"{self.prefix}/{self.TRANSFERS}/+/+"
 
     def log(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/Log/{agent}/{transfer_id}"
@@ -157,7 +160,7 @@ class Topics:
 
     def templates(self, name: str | None = None) -> str:
         """A transfer template's retained definition; without a name, the filter for every template."""
-        return f"{self.prefix}/Templates/{name or '+'}"
+        return f"{self.prefix}/{self.TEMPLATES}/{name or '+'}"
 
     def monitors(self, agent: str | None = None, name: str | None = None) -> str:
         """A resource monitor's retained view on `agent`; a missing part is a wildcard (a filter)."""
