@@ -6,6 +6,7 @@ Every test session starts its own brokers on free ports (never the machine's Mos
 * ``broker_url``                    - parametrized over both brokers, for tests that must pass on each
 * ``fresh_mosquitto`` / ``fresh_amqtt`` / ``fresh_broker`` - a broker of the test's own, to kill at will
 * ``fte_home``                      - an empty FTE_CONFIG_HOME for the test
+* ``postgres`` / ``postgres_url``   - a PostgreSQL of the session's own; a new empty database per test
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import itertools
+
 import pytest
 
 from tests.support.brokers import AmqttProcess, BrokerProcess, MosquittoProcess, find_mosquitto
 from tests.support.ci import unavailable
+from tests.support.postgres import PG_MISSING, PostgresServer, find_pg_bindir
 
+_db_ids = itertools.count(1)
 MOSQUITTO_MISSING = "mosquitto binary not found; install mosquitto (apt install mosquitto) to run these tests"
 
 
@@ -106,3 +111,24 @@ def fte_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("FTE_CONFIG_HOME", str(home))
     return home
+
+
+# -- PostgreSQL (the logger's history, standby agents' shared store) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own (initdb + pg_ctl on a free port), started on first use."""
+    if find_pg_bindir() is None:
+        unavailable(PG_MISSING)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL, one per test."""
+    if not postgres.is_running():
+        postgres.start()
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40] + f"_{next(_db_ids)}"
+    return postgres.create_database(name)
