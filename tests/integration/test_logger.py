@@ -153,3 +153,26 @@ def test_logger_bad_database(fte_home: Path, tmp_path: Path) -> None:
     assert r.returncode != 0 and "cannot connect to PostgreSQL" in r.stderr, str(r)
     r = env.run("logger", "--db", "oracle://x/y")
     assert r.returncode != 0 and "unknown scheme" in r.stderr, str(r)
+
+
+def test_logger_on_postgresql(fte_home: Path, tmp_path: Path, mosquitto, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    data = sandbox_dir(tmp_path, "in", "out")
+    with running_agents(fte_home, mosquitto.ensure_running().url, data) as env:
+        client_id = "fte-logger-pg-" + secrets.token_hex(4)
+        logger = LoggerProcess(env, postgres_url, tmp_path / "logger.log", "--client-id", client_id)
+        try:
+            first = transfer(env, data, "a.txt", "nightly")
+            wait_until(lambda: in_history(postgres_url, first), 30, "the transfer in PostgreSQL")
+        finally:
+            assert logger.stop() == 0, logger.text()
+        second = transfer(env, data, "b.txt", "weekly")  # while the logger is stopped
+        logger = LoggerProcess(env, postgres_url, tmp_path / "logger.log", "--client-id", client_id)
+        try:
+            t = wait_until(lambda: in_history(postgres_url, second), 30, "the transfer made while it was stopped")
+            assert t["job_name"] == "weekly" and t["verified"]
+        finally:
+            assert logger.stop() == 0, logger.text()
+        r = env.run("list-transfers", "--history", "--db", postgres_url, "--json", "-jn", "weekly")
+        assert r.returncode == 0 and [t["transfer_id"] for t in json.loads(r.stdout)] == [second], str(r)
+        ok = env.run("logger", "--db", postgres_url, "--verify")
+        assert ok.returncode == 0, str(ok)
