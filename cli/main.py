@@ -11,12 +11,12 @@ import sys
 from typing import NoReturn
 
 # the command groups; importing one registers its commands (keys before definitions: both fill `fte key`)
-from . import agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, web
+from . import agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, logger, web
 from .app import app, invoke
 
 __all__ = ["app", "main"]
 
-GROUPS = (agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, web)
+GROUPS = (agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, logger, web)
 
 
 def main() -> NoReturn:

@@ -47,6 +47,8 @@ def transfer_line(t: dict[str, Any]) -> str:
             f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
     if t.get("result_code") is not None:
         text += f" result {t['result_code']}"
+    if t.get("job_name"):
+        text += f" job {t['job_name']}"
     if t.get("state") in RECOVERY and t.get("last_stall"):
         text += f" - {t['last_stall']}"
     return text
@@ -57,16 +59,33 @@ def list_transfers(
     agent: Optional[str] = typer.Option(None, "-a", "--agent", help="Only this agent's transfers."),
     state: Optional[str] = typer.Option(None, "--state", help="Only transfers in this state (e.g. recovering, "
                                                               "which includes resynchronising)."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line (with --history: one JSON "
+                                                       "array)."),
+    history: bool = typer.Option(False, "--history", help="Read the logger's history database instead of "
+                                                          "asking the agents (fte logger)."),
+    db: Optional[str] = typer.Option(None, "--db", help="With --history: the database URL (as fte logger's "
+                                                        "--db)."),
+    since: Optional[str] = typer.Option(None, "--since", help="With --history: transfers started since this "
+                                                              "time (ISO 8601, e.g. 2025-03-14 or "
+                                                              "2025-03-14T09:00:00Z; UTC when no zone)."),
+    job_name: Optional[str] = typer.Option(None, "-jn", "--job-name", help="Only transfers of this job name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """List the transfers the agents know: state, progress, result, why a stalled one is stalled."""
+    """List the transfers the agents know (or, with --history, the logger recorded): state, progress, result,
+    job name, why a stalled one is stalled."""
     from agent.core.lifecycle import TransferState
 
     states = [s.value for s in TransferState]
     if state is not None and state not in states:
         fail(f"--state {state!r} is not a transfer state; use one of: {', '.join(states)}")
+    if history:
+        from .logger import list_history
+
+        list_history(db, agent, since, state, job_name, as_json)
+        return
+    if db is not None or since is not None:
+        fail("--db and --since read the history: add --history")
     async def go() -> tuple[list[dict[str, Any]], list[str]]:
         async with FteClient(broker_url(broker, agent), on_ignored=note_ignored(verbose)) as c:
             if agent:
@@ -78,7 +97,8 @@ def list_transfers(
         err.print(f"warning: {safe(w)}", markup=False)
     # "recovering" includes its resynchronising step: the transfer is in recovery either way
     wanted = {state, "resynchronising"} if state == "recovering" else {state}
-    rows = [t for t in rows if state is None or t.get("state") in wanted]
+    rows = [t for t in rows if (state is None or t.get("state") in wanted)
+            and (job_name is None or t.get("job_name") == job_name)]
     for t in rows:
         out.print(json.dumps(t) if as_json else safe(transfer_line(t)), markup=False)
     if not rows and not as_json:
@@ -120,6 +140,10 @@ def show_transfer(
 
     views = run(go())
     if not views:
+        from .logger import show_from_history
+
+        if show_from_history(transfer_id, as_json):
+            return
         fail("; ".join(problems) if problems else
              f"no running agent knows transfer {transfer_id}" + (f" (asked {agent})" if agent else ""))
     if as_json:
