@@ -182,7 +182,8 @@ async def transfer(request: web.Request) -> web.Response:
     live = request.app[LIVE_KEY]
     hist = request.app[HISTORY_KEY]
     row = await hist.transfer(tid)
-    events = await hist.events(tid) if row else []
+    # the history's events carry the untouched event again under "event": the members are enough here
+    events = [{k: v for k, v in e.items() if k != "event"} for e in await hist.events(tid)] if row else []
     if tid in live.transfers:
         row = {**(row or {}), **live.transfers[tid]}
         seen = {e.get("event_id") for e in events}

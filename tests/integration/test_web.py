@@ -34,8 +34,8 @@ LAST: dict[str, Any] = {}  # the last answer about each transfer, shown when a w
 
 
 class Web:
-    def __init__(self, env: FteEnv, extra: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([script("web"), "--port", "0"], env={**env.env, **(extra or {})},
+    def __init__(self, env: FteEnv, extra: dict[str, str] | None = None, *args: str) -> None:
+        self.proc = subprocess.Popen([script("web"), "--port", "0", *args], env={**env.env, **(extra or {})},
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
@@ -276,3 +276,41 @@ def test_dashboard_shows_a_transfer(stack, tmp_path: Path) -> None:
                    timeout=60)
     assert shot.exists() and shot.stat().st_size > 1000
     print(f"dashboard screenshot: {shot}")
+
+
+def test_history_from_the_logger(stack, tmp_path: Path) -> None:
+    """A transfer recorded by `fte logger`, read by an `fte web --db` started after it ended."""
+    from ops.history import History
+
+    env, web, data = stack
+    db = f"sqlite:///{tmp_path}/history.db"
+    log = tmp_path / "logger.log"
+    with open(log, "ab") as fh:
+        logger = subprocess.Popen([script("logger"), "--db", db], env=env.env, stdout=fh, stderr=fh,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: "connected to" in log.read_text(errors="replace"), 30, "the logger connects")
+        (data / "in" / "hist.bin").write_bytes(b"h" * 5000)
+        code, body = call(web, "POST", "/api/v1/transfers", request_doc(data, "hist.bin", job="histjob",
+                                                                         exist="overwrite"))
+        assert code == 201, body
+        tid = body["transfer_id"]
+
+        def recorded() -> bool:
+            with History.open(db) as h:
+                t = h.transfer(tid)
+                return t is not None and t.get("last_event") == "completed"
+
+        wait_until(recorded, 60, "the transfer in the logger's history")
+    finally:
+        logger.terminate()
+        logger.wait(20)
+    later = Web(env, {"FTE_WEB_TOKEN": TOKEN}, "--db", db)
+    try:
+        code, rows = call(later, "GET", "/api/v1/transfers?job_name=histjob")
+        assert code == 200 and [r["transfer_id"] for r in rows] == [tid], rows
+        assert rows[0]["state"] == "complete" and rows[0]["result_code"] == 0
+        code, t = call(later, "GET", f"/api/v1/transfers/{tid}")
+        assert code == 200 and any(e.get("received_at") and e["action"] == "completed" for e in t["events"]), t
+    finally:
+        later.stop()
