@@ -336,7 +336,7 @@ async def serve(url: str, bind: str, port: int, db: str | None, token: str, anno
     live = Live(client)
     await live.start()
     app = make_app(client, live, history, token)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)  # open SSE streams: a quick stop
     await runner.setup()
     site = web.TCPSite(runner, bind, port)
     try:
