@@ -198,6 +198,14 @@ class _BoundedClient(aiomqtt.Client):
         operations, self.timeout = self.timeout, self.connect_timeout  # the CONNACK wait
         try:
             await super().__aenter__()
+        except BaseException:
+            # aiomqtt leaves the socket of a connect that timed out (a silent listener) open and watched by
+            # the event loop: one fd and one reader leaked per attempt of a long outage
+            try:
+                self._client._sock_close()  # paho's own close: unregisters the socket from aiomqtt's loop
+            except Exception:  # best effort: the attempt has failed anyway
+                pass
+            raise
         finally:
             self.timeout = operations
         return self
