@@ -35,7 +35,7 @@ key_app = typer.Typer(help="Requester keys: who may command an agent (authorityC
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 
-BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...); default $FTE_BROKER_URL"
+BROKER_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://...), or a comma-separated list tried in order; default $FTE_BROKER_URL"
 VERBOSE_HELP = "Say (on stderr) which messages were ignored because no trusted agent key signed them."
 
 
