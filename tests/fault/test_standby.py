@@ -113,6 +113,12 @@ def test_a_network_cut_active_stops_before_the_standby_starts(
 
 def test_restart_both_one_active_one_standby(env: FaultEnv, dirs: Dirs, tmp_path: Path, postgres_url: str) -> None:
     env2, first, second = _pair(env, tmp_path, dirs, postgres_url)
+    watch, out = dirs.src / "watch", dirs.dst / "out"
+    watch.mkdir()
+    out.mkdir()
+    r = env.run("create-monitor", "-ma", "A1", "-mn", "M1", "-md", str(watch), "-tr", "match,*.csv",
+                "-pi", "1", "-pu", "seconds", "-da", "A2", "-dd", str(out))
+    assert r.returncode == 0, str(r)
     try:
         first.terminate()
         second.terminate()
@@ -126,5 +132,16 @@ def test_restart_both_one_active_one_standby(env: FaultEnv, dirs: Dirs, tmp_path
         holder, _ = _lease(postgres_url)
         assert f":{active.pid}:" in holder
         assert "lease taken" not in other.log.read_text(errors="replace").split("=== start at")[-1]
+        # the monitor lives in the shared store: the active runs it, the standby does not (no duplicate transfers)
+        watcher = env.watch()
+        for n in (1, 2):
+            (watch / f"f{n}.csv").write_text(f"file {n}\n")
+            wait_until(lambda: (out / f"f{n}.csv").exists(), 40, f"the monitor did not transfer f{n}.csv")
+            wait_until(lambda: len([e for e in watcher.events if e.get("action") == "completed"]) >= n, 20,
+                       "no completed event")
+        started = [e for e in watcher.events if e.get("action") == "started"]
+        done = [e for e in watcher.events if e.get("action") == "completed"]
+        assert len(started) == 2 and len(done) == 2, watcher.events
+        assert other.alive()
     finally:
         env2.close()
