@@ -3,7 +3,7 @@
 `agentStore=postgresql://...` in agent.properties puts the agent's state (agent.store's tables: transfers
 and their checkpoints, monitors and their memory, schedules and their next occurrence, nonces, the log
 outbox) in a schema of its own, ``fte_<agent>``, of that database, and makes the process one of a standby
-pair: it waits for the lease (table ``public.fte_agent_lease``, one row per agent name) before it starts as
+pair: it waits for the lease (table ``public.mqtt_fte_lease``, one row per agent name) before it starts as
 the agent. The rules (when to renew, when to stop, when to take) are agent.core.lease's.
 
 Fencing: every write of PgStateStore runs in a transaction that first locks the lease row FOR SHARE and
@@ -26,18 +26,19 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from .core.errors import FteError
 from .core.lease import LeaseAction, LeasePlan, active_action, may_act, standby_may_take
 from .store import SCHEMA, StateStore, TransferRecord
 
 log = logging.getLogger("fte.agent.standby")
 
 EXIT_LEASE_LOST = 75
-LEASE_TABLE = """CREATE TABLE IF NOT EXISTS public.fte_agent_lease (
+LEASE_TABLE = """CREATE TABLE IF NOT EXISTS public.mqtt_fte_lease (
     agent TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)"""
 
 
-class LeaseLost(RuntimeError):
-    pass
+class LeaseLost(FteError):
+    """This process no longer holds the agent's lease (it exits: agent.standby._exit_lost)."""
 
 
 def _connect(url: str, timeout_s: float, search_path: str | None = None) -> Any:
@@ -85,7 +86,7 @@ class PgLease:
         sent = time.monotonic()
         conn = self._db()
         row = conn.execute(
-            "INSERT INTO public.fte_agent_lease AS l (agent, holder, epoch, expires_at) "
+            "INSERT INTO public.mqtt_fte_lease AS l (agent, holder, epoch, expires_at) "
             "VALUES (%s, %s, 1, now() + make_interval(secs => %s)) "
             "ON CONFLICT (agent) DO UPDATE SET holder = excluded.holder, epoch = l.epoch + 1, "
             "expires_at = excluded.expires_at WHERE l.expires_at < now() RETURNING epoch",
@@ -105,14 +106,14 @@ class PgLease:
         while not stopping():
             try:
                 row = self._db().execute("SELECT extract(epoch FROM now()), extract(epoch FROM expires_at) "
-                                         "FROM public.fte_agent_lease WHERE agent=%s", (self.agent,)).fetchone()
+                                         "FROM public.mqtt_fte_lease WHERE agent=%s", (self.agent,)).fetchone()
                 free = standby_may_take(float(row[0]), float(row[1])) if row else True
                 if free and self.try_acquire():
                     log.info("standby: agent %s active: lease taken (epoch %d, holder %s)", self.agent, self.epoch,
                              self.holder)
                     return True
                 if not announced:
-                    row = self._db().execute("SELECT holder, epoch FROM public.fte_agent_lease WHERE agent=%s",
+                    row = self._db().execute("SELECT holder, epoch FROM public.mqtt_fte_lease WHERE agent=%s",
                                              (self.agent,)).fetchone()
                     log.info("standby: agent %s is active elsewhere (holder %s, epoch %s); waiting as the standby",
                              self.agent, *(row or ("?", "?")))
@@ -148,7 +149,7 @@ class PgLease:
                 sent = self._attempt = time.monotonic()
                 try:
                     row = self._db().execute(
-                        "UPDATE public.fte_agent_lease SET expires_at = now() + make_interval(secs => %s) "
+                        "UPDATE public.mqtt_fte_lease SET expires_at = now() + make_interval(secs => %s) "
                         "WHERE agent=%s AND holder=%s AND epoch=%s AND expires_at > now() RETURNING epoch",
                         (self.plan.ttl, self.agent, self.holder, self.epoch)).fetchone()
                 except Exception as exc:  # noqa: BLE001 - a failed renewal: try again until stop_after
@@ -169,7 +170,7 @@ class PgLease:
             self._thread.join(5)
         try:
             if self.epoch is not None:
-                self._db().execute("UPDATE public.fte_agent_lease SET expires_at = now() "
+                self._db().execute("UPDATE public.mqtt_fte_lease SET expires_at = now() "
                                    "WHERE agent=%s AND holder=%s AND epoch=%s", (self.agent, self.holder, self.epoch))
         except Exception as exc:  # noqa: BLE001
             log.warning("standby: agent %s: lease not released (%s); the standby waits for its expiry", self.agent, exc)
@@ -256,7 +257,7 @@ class PgStateStore(StateStore):
         lease = self.lease
         if lease is None:
             return
-        row = conn.execute("SELECT 1 FROM public.fte_agent_lease WHERE agent=%s AND holder=%s AND epoch=%s "
+        row = conn.execute("SELECT 1 FROM public.mqtt_fte_lease WHERE agent=%s AND holder=%s AND epoch=%s "
                            "AND expires_at > now() FOR SHARE", (lease.agent, lease.holder, lease.epoch)).fetchone()
         if row is None:
             lease.on_lost("a store write found the lease someone else's (fenced)")

@@ -47,7 +47,7 @@ def _standing_by(agent: AgentProcess, timeout: float = 30) -> None:
 
 def _lease(url: str) -> tuple[str, int]:
     with psycopg.connect(url) as c:
-        row = c.execute("SELECT holder, epoch FROM public.fte_agent_lease WHERE agent='A1'").fetchone()
+        row = c.execute("SELECT holder, epoch FROM public.mqtt_fte_lease WHERE agent='A1'").fetchone()
     assert row
     return str(row[0]), int(row[1])
 

@@ -51,7 +51,7 @@ def test_writes_of_an_old_active_are_fenced_after_a_takeover(postgres_url: str) 
     store_a.save_monitor("M1", {"a": 1})
     # A's lease runs out (a network cut, a pause): B takes it
     with psycopg.connect(postgres_url, autocommit=True) as c:
-        c.execute("UPDATE fte_agent_lease SET expires_at = now() - interval '1 second'")
+        c.execute("UPDATE mqtt_fte_lease SET expires_at = now() - interval '1 second'")
     lost_b: list[str] = []
     lease_b = _lease(postgres_url, lost_b)
     assert lease_b.epoch == lease_a.epoch + 1
