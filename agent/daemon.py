@@ -46,7 +46,7 @@ from .scheduler import Scheduler
 from .scheduler import event as schedule_event
 from .settings import AgentSettings
 from .status import OwnStatus
-from .store import StateStore
+from .standby import open_store
 from .transferlog import OutboxPublisher, TransferLog
 from .transfers import Transfers
 from .watchdog import Watchdog
@@ -63,7 +63,8 @@ class Agent:
         self.name: str = settings.agentName
         self.topics = topics = Topics(settings.topicPrefix)
         self.state_dir = state_dir
-        self.store = StateStore(state_dir / "state.db")
+        # a postgresql:// agentStore: the state shared by a standby pair, and the lease that fences it (agent.standby)
+        self.store, self.lease = open_store(settings, state_dir)
         self.sandbox = Sandbox(settings.sandbox_allow, settings.sandbox_deny,
                                Path(settings.transferRoot) if settings.transferRoot else None)
         password = settings.brokerPassword.get_secret_value() if settings.brokerPassword else None
@@ -156,6 +157,8 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
+        if not await self._hold_lease():
+            return
         self.transfers.load()
         tasks = [asyncio.create_task(self.link.run(), name="link"),
                  asyncio.create_task(self.outbox.run(), name="outbox"),
@@ -182,7 +185,20 @@ class Agent:
             await asyncio.gather(*tasks, *others, return_exceptions=True)
             self.transfers.close_files()
             self.store.close()
+            if self.lease:
+                await asyncio.to_thread(self.lease.release)
             self.stopped.set()
+
+    async def _hold_lease(self) -> bool:
+        """A standby pair's member waits here, as the standby, until it holds the lease (agent.standby)."""
+        if self.lease is None:
+            return True
+        if not await asyncio.to_thread(self.lease.wait, self.stopping.is_set):
+            self.store.close()
+            self.stopped.set()
+            return False
+        self.lease.start_renewing()
+        return True
 
     def request_stop(self, immediate: bool = False) -> None:
         self._immediate = self._immediate or immediate
@@ -204,6 +220,8 @@ class Agent:
     # ------------------------------------------------------------------ wiring
 
     async def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if self.lease:
+            self.lease.check()  # fence: a process that lost the lease publishes nothing as the agent
         await self.link.publish(topic, payload, qos=qos, retain=retain)
 
     def _retain(self, topic: str, payload: bytes) -> None:

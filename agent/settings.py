@@ -400,6 +400,12 @@ class _PropertiesFileSource(PydanticBaseSettingsSource):
 _MS = "milliseconds"
 
 
+def _agent_store(v: str | None) -> str | None:
+    if v and not (v.startswith("postgresql://") or v.startswith("postgres://")):
+        raise ValueError(f"agentStore {v!r} is not a postgresql:// URL; leave it unset for the local sqlite store")
+    return v or None
+
+
 class AgentSettings(BaseSettings):
     """One agent's configuration. Field names are the agent.properties property names."""
 
@@ -502,6 +508,14 @@ class AgentSettings(BaseSettings):
     agentStateDir: Annotated[Path | None, _check(_absolute)] = Field(
         None, description="Directory of the agent's state store: transfers, checkpoints (default: <agent dir>/state)."
     )
+    agentStore: Annotated[str | None, _check(_agent_store)] = Field(
+        None, description="Where the agent's state lives: not set, the sqlite file in agentStateDir; "
+        "postgresql://USER@HOST:PORT/DB: that database, shared by a standby pair (docs/operations.md, Standby pair)."
+    )
+    standbyTakeoverTimeout: Annotated[
+        int, _whole(_MS, "at least 3000 milliseconds", lambda v: v >= 3000)
+    ] = Field(15000, description="With agentStore=postgresql://: milliseconds within which the standby takes over "
+              "after the active died or lost the database (the active stops acting at 0.4x this without a renewal).")
     agentStatusPublishRateLimit: Annotated[int, _whole("seconds", "1 or more seconds", lambda v: v >= 1)] = Field(
         30, description="Minimum seconds between re-publications of the agent status when transfers change state."
     )
