@@ -29,13 +29,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.agents import FteEnv
 from tests.support.brokers import BrokerStartError, free_port, mqtt_probe
 from tests.support.more_brokers import NatsMqttProcess, find_nats_server
 
-__all__ = ["NatsCluster", "NatsClusterNode", "find_nats_server"]
+__all__ = ["CLUSTER_PREFIX", "ClusterEnv", "NatsCluster", "NatsClusterNode", "find_nats_server"]
 
 
 class NatsClusterNode(NatsMqttProcess):
@@ -254,3 +256,31 @@ class NatsCluster:
 
     def __repr__(self) -> str:
         return f"<NatsCluster {', '.join(repr(n) for n in self.nodes)}>"
+
+
+# ---------------------------------------------------------------------------------------------------
+# agents on the cluster's nodes
+# ---------------------------------------------------------------------------------------------------
+
+#: what every agent on a NATS cluster needs (docs/brokers.md): a prefix without '.'
+CLUSTER_PREFIX = "SYSTEM_FTE"
+
+
+@dataclass
+class ClusterEnv(FteEnv):
+    """FteEnv for agents on a :class:`NatsCluster`: the commands use the prefix without '.', and each agent
+    is created with a ``brokerUrl`` of its own (one node, or a list of nodes)."""
+
+    prefix: str = CLUSTER_PREFIX
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = super().env
+        env["FTE_TOPIC_PREFIX"] = self.prefix
+        return env
+
+    def create_agent_on(self, name: str, broker_url: str, sandbox: Path | str | None = None,
+                        **properties: Any) -> Path:
+        """``name`` created with ``brokerUrl=broker_url`` (the last brokerUrl line of agent.properties wins)."""
+        return self.create_agent(name, sandbox=sandbox, topicPrefix=self.prefix, brokerUrl=broker_url,
+                                 **properties)
