@@ -114,15 +114,15 @@ def start_brokers(kind: str, workdir: Path) -> Brokers:
     version = nats_version() or "?"
     if kind == "nats-cluster":
         try:
-            from tests.support import nats_cluster  # noqa: F401  (branch `cluster`)
-        except ImportError:
-            nats_cluster = None
+            from tests.support import nats_cluster
+        except ImportError:  # an older tree without it
+            nats_cluster = None  # type: ignore[assignment]
         if nats_cluster is not None:
-            cluster = nats_cluster.NatsCluster(workdir=workdir / "nats-cluster")  # type: ignore[attr-defined]
+            cluster = nats_cluster.NatsCluster(workdir=workdir / "nats-cluster")
             cluster.start()
             nodes = list(cluster.nodes)
             return Brokers(kind, f"NATS {version}, 3-node cluster (JetStream, MQTT on each node)",
-                           [n.url for n in nodes], nodes, cluster.close, prefix=NATS_PREFIX)
+                           [n.url for n in nodes], nodes, cluster.close, prefix=nats_cluster.CLUSTER_PREFIX)
         note = "tests/support/nats_cluster.py is not on this branch: one nats-server instead of the cluster"
         log(note)
     else:
