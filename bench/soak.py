@@ -155,6 +155,7 @@ class EventCounter:
             self._stop = asyncio.Event()
             task = asyncio.create_task(self.watcher.run())
             await asyncio.wait_for(self.watcher.subscribed.wait(), 30)
+            await self.watcher.prove()
             self._ready.set()
             while not self._stop.is_set():
                 self.watcher.changed.clear()

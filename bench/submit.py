@@ -55,6 +55,26 @@ class Watcher:
         self.completed: dict[str, int] = {}  # transfer id -> `completed` events received (bench/soak.py: exactly 1)
         self.changed = asyncio.Event()
         self.reconnects = 0
+        self.probes: set[str] = set()
+
+    async def prove(self, timeout: float = 30) -> None:
+        """Publish probes on a topic under the subscription until one comes back: a SUBACK alone
+        does not prove that delivery has begun (on a NATS cluster a QoS 1 subscription is a replicated
+        JetStream consumer; one bench/soak.py wave there waited for events it never received)."""
+        tid = secrets.token_hex(8)
+        probe_topic = self.topic.replace("+", "fte_bench_probe").replace("#", "fte_bench_probe")
+        payload = json.dumps({"action": "probe", "transfer_id": tid}).encode()
+        deadline = time.monotonic() + timeout
+        async with aiomqtt.Client(self.host, self.port, identifier="fte-bench-probe-" + tid, timeout=5) as c:
+            while tid not in self.probes:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the log subscription {self.topic} received no probe within {timeout:g} s")
+                await c.publish(probe_topic, payload, qos=1)
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
 
     async def run(self) -> None:
         ident = "fte-bench-" + secrets.token_hex(5)
@@ -68,6 +88,9 @@ class Watcher:
                             ev = json.loads(bytes(m.payload))  # type: ignore[arg-type]
                         except ValueError:
                             continue
+                        if isinstance(ev, dict) and ev.get("action") == "probe":
+                            self.probes.add(str(ev.get("transfer_id")))
+                            self.changed.set()
                         if isinstance(ev, dict) and ev.get("action") == "completed":
                             tid = str(ev.get("transfer_id"))
                             self.completed[tid] = self.completed.get(tid, 0) + 1
@@ -88,6 +111,7 @@ async def main() -> int:
     watcher = Watcher(url, topics.log_filter(src if sources == {src} else None, None))
     watch_task = asyncio.create_task(watcher.run())
     await asyncio.wait_for(watcher.subscribed.wait(), 30)
+    await watcher.prove()
 
     specs = []
     for t in req["transfers"]:
