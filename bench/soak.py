@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -370,10 +371,16 @@ class Soak:
         if self.brokers.prefix != "SYSTEM.FTE":
             props.setdefault("topicPrefix", self.brokers.prefix)
         # one FteEnv per broker node, all with the same home: agent i connects to node i mod nodes.
-        # Created one after the other (concurrent fte-create-agent race on the user's key: harness.Pair)
+        # The first agent alone (concurrent fte-create-agent in a fresh home race on the user's signing key:
+        # harness.Pair), the others four at a time once the key exists
         self.envs = [FteEnv(home, url) for url in self.brokers.urls]
-        for i, name in enumerate(self.names):
-            self.envs[i % len(self.envs)].create_agent(name, sandbox=self.data, **props)
+
+        def create(i: int) -> None:
+            self.envs[i % len(self.envs)].create_agent(self.names[i], sandbox=self.data, **props)
+
+        create(0)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(create, range(1, len(self.names))))
         for i, name in enumerate(self.names):
             self.agents.append(self.envs[i % len(self.envs)].start_agent(name, wait_ready=False))
         for i, a in enumerate(self.agents):
@@ -627,7 +634,8 @@ def run_limits(args: argparse.Namespace, command: str, info: dict[str, str]) -> 
     limits raised, one wave of N small files), and report where it bends first."""
     when = datetime.now(timezone.utc)
     agent_steps = [int(x) for x in args.agent_steps.split(",")]
-    conc_steps = [int(x) for x in args.concurrency_steps.split(",")]
+    # "N": limits raised to N; "Nd": the default limits (maxSourceTransfers 25 + maxQueuedTransfers 1000)
+    conc_steps = [(int(x.rstrip("d")), x.endswith("d")) for x in args.concurrency_steps.split(",") if x]
     ok = True
     rows_a = []
     for n in agent_steps:
@@ -645,16 +653,17 @@ def run_limits(args: argparse.Namespace, command: str, info: dict[str, str]) -> 
                        mib(int(statistics.median(hwm)) if hwm else None) + " · " + fmt(sum(hwm) / (1 << 30), 2),
                        mib(max(r.broker_hwm.values(), default=None)), f"{r.load_start[0]:.1f} → {r.load_max:.1f}"])
     rows_c = []
-    for c in conc_steps:
-        props = {"maxSourceTransfers": c, "maxDestinationTransfers": c}
-        log(f"limits: 2 agents, {c} concurrent transfers A01 → A02 (limits raised to {c})")
+    for c, defaults in conc_steps:
+        props = {} if defaults else {"maxSourceTransfers": c, "maxDestinationTransfers": c}
+        log(f"limits: 2 agents, {c} concurrent transfers A01 → A02 "
+            f"({'default limits' if defaults else f'limits raised to {c}'})")
         r = run_soak(SoakConfig(agents=2, transfers=c, waves=1, broker="mosquitto", pairs=((0, 1),),
                                 sizes=((16 * KiB, 1.0),), properties=props, settle=1.0, refusals_ok=True))
         ok &= r.ok
         lat = r.latencies()
         hwm = r.agent_hwm
         acc = [t["accepted_at"] - t["submitted_at"] for t in r.accepted if t.get("accepted_at")]
-        rows_c.append([str(c), "yes" if r.ok else "**no**", str(len(r.refused)), fmt(r.rate(), 1),
+        rows_c.append([f"{c} (default limits)" if defaults else str(c), "yes" if r.ok else "**no**", str(len(r.refused)), fmt(r.rate(), 1),
                        fmt(_percentile(lat, 0.5), 2), fmt(lat[-1] if lat else None, 2),
                        fmt(max(acc) if acc else None, 2),
                        f"{mib(hwm.get('A01'))} · {mib(hwm.get('A02'))}",
@@ -670,8 +679,9 @@ def run_limits(args: argparse.Namespace, command: str, info: dict[str, str]) -> 
            table(["agents", "all intact, one `completed` each", "start (s)", "idle CPU, all agents (of one core)",
                   "transfers/s", "median transfer (s)", "slowest (s)", "CPU s: agents · broker",
                   "agents' CPU ÷ wall", "peak RSS median (MiB) · sum (GiB)", "broker peak RSS (MiB)", "load"], rows_a),
-           "", "Concurrent transfers per agent: A01 → A02 only, `maxSourceTransfers` = `maxDestinationTransfers` = N, "
-           "N transfers of 16 KiB submitted at once (one wave).", "",
+           "", "Concurrent transfers per agent: A01 → A02 only, `maxSourceTransfers` = `maxDestinationTransfers` = N "
+           "(\"default limits\": 25 each, and `maxQueuedTransfers` 1000), N transfers of 16 KiB submitted at once "
+           "(one wave).", "",
            table(["N", "all intact, one `completed` each", "refused", "transfers/s", "median transfer (s)",
                   "slowest (s)", "slowest accept (s)", "peak RSS A01 · A02 (MiB)", "peak fds A01 · A02",
                   "CPU s, both agents", "load"] + (["first refusal"] if any(len(r) > 11 for r in rows_c) else []),
@@ -694,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     ap.add_argument("--limits", action="store_true", help="step up agents and concurrency (Mosquitto) instead")
     ap.add_argument("--agent-steps", default="20,40,80", help="--limits: agents per broker (default 20,40,80)")
-    ap.add_argument("--concurrency-steps", default="25,100,400,1000",
-                    help="--limits: concurrent transfers per agent (default 25,100,400,1000)")
+    ap.add_argument("--concurrency-steps", default="25,100,400,1100d",
+                    help="--limits: concurrent transfers per agent, limits raised to each; a trailing d: with "
+                         "the default limits (default 25,100,400,1100d)")
     ap.add_argument("--limit-transfers", type=int, default=200, help="--limits: transfers per agent step")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (kept; default: a new one)")
     a = ap.parse_args(argv)
