@@ -307,13 +307,11 @@ class Pair:
         assert self.env is not None
         request = {"broker": self.broker_url, "source_agent": self.names[0], "destination_agent": self.names[1],
                    "transfers": transfers, "timeout": timeout}
-        p = subprocess.run([sys.executable, str(BENCH / "submit.py")], input=json.dumps(request),
-                           env=self.env.env, capture_output=True, text=True, timeout=timeout + 60, cwd=str(ROOT))
-        lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
-        if p.returncode != 0 or not lines:
-            raise BenchError(f"bench/submit.py -> {p.returncode}: {(p.stderr or p.stdout).strip()[-800:]}\n"
-                             f"A1 log:\n{self.source.log_tail(15)}\nA2 log:\n{self.destination.log_tail(15)}")
-        return json.loads(lines[-1])
+        try:
+            return run_submit(request, self.env.env)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nA1 log:\n{self.source.log_tail(15)}\n"
+                             f"A2 log:\n{self.destination.log_tail(15)}") from None
 
     def submit_async(self, transfers: list[dict[str, Any]], timeout: float) -> subprocess.Popen[str]:
         assert self.env is not None
@@ -327,6 +325,18 @@ class Pair:
         p.stdin.close()
         p.stdin = None  # so that communicate() does not touch it again
         return p
+
+
+def run_submit(request: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """One bench/submit.py process for `request` (its stdin, see there) with the environment `env`
+    (FTE_CONFIG_HOME, FTE_TOPIC_PREFIX, ...); its JSON answer."""
+    timeout = float(request.get("timeout", 600))
+    p = subprocess.run([sys.executable, str(BENCH / "submit.py")], input=json.dumps(request), env=env,
+                       capture_output=True, text=True, timeout=timeout + 120, cwd=str(ROOT))
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise BenchError(f"bench/submit.py -> {p.returncode}: {(p.stderr or p.stdout).strip()[-800:]}")
+    return json.loads(lines[-1])
 
 
 def file_transfer(source: Path, destination: Path) -> dict[str, Any]:

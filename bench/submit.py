@@ -14,6 +14,8 @@ reaches this process; the event's `statistics` (bytes_resent, recoveries, ...) a
 The log subscription reconnects within 50 ms when the broker goes away (the recovery measurement kills it).
 
 stdin: {"broker": URL, "source_agent": A, "destination_agent": B, "transfers": [...], "timeout": SECONDS,
+        (a transfer may carry its own "source_agent" and "destination_agent"; the log subscription is then
+        every agent's),
         "refusals_ok": false (true: a refused request is reported as {"refused": reason}, not an exit),
         "files": false (true: each transfer's per-file results from its `completed` event, as "files")}
 stdout: {"submitted_at": wall, "transfers": [{"transfer_id", "submitted_at", "accepted_at", "completed_at",
@@ -50,8 +52,29 @@ class Watcher:
         self.topic = topic
         self.subscribed = asyncio.Event()
         self.done: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.completed: dict[str, int] = {}  # transfer id -> `completed` events received (bench/soak.py: exactly 1)
         self.changed = asyncio.Event()
         self.reconnects = 0
+        self.probes: set[str] = set()
+
+    async def prove(self, timeout: float = 30) -> None:
+        """Publish probes on a topic under the subscription until one comes back: a SUBACK alone
+        does not prove that delivery has begun (on a NATS cluster a QoS 1 subscription is a replicated
+        JetStream consumer; one bench/soak.py wave there waited for events it never received)."""
+        tid = secrets.token_hex(8)
+        probe_topic = self.topic.replace("+", "fte_bench_probe").replace("#", "fte_bench_probe")
+        payload = json.dumps({"action": "probe", "transfer_id": tid}).encode()
+        deadline = time.monotonic() + timeout
+        async with aiomqtt.Client(self.host, self.port, identifier="fte-bench-probe-" + tid, timeout=5) as c:
+            while tid not in self.probes:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the log subscription {self.topic} received no probe within {timeout:g} s")
+                await c.publish(probe_topic, payload, qos=1)
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
 
     async def run(self) -> None:
         ident = "fte-bench-" + secrets.token_hex(5)
@@ -65,8 +88,13 @@ class Watcher:
                             ev = json.loads(bytes(m.payload))  # type: ignore[arg-type]
                         except ValueError:
                             continue
+                        if isinstance(ev, dict) and ev.get("action") == "probe":
+                            self.probes.add(str(ev.get("transfer_id")))
+                            self.changed.set()
                         if isinstance(ev, dict) and ev.get("action") == "completed":
-                            self.done.setdefault(str(ev.get("transfer_id")), (time.time(), ev))
+                            tid = str(ev.get("transfer_id"))
+                            self.completed[tid] = self.completed.get(tid, 0) + 1
+                            self.done.setdefault(tid, (time.time(), ev))
                             self.changed.set()
             except aiomqtt.MqttError:
                 self.reconnects += 1
@@ -78,14 +106,18 @@ async def main() -> int:
     url, src, dst = req["broker"], req["source_agent"], req["destination_agent"]
     timeout = float(req.get("timeout", 600))
     topics = Topics(topic_prefix())
-    watcher = Watcher(url, topics.log_filter(src, None))
+    # a transfer may name its own agents ("source_agent", "destination_agent": bench/soak.py's random pairs)
+    sources = {t.get("source_agent", src) for t in req["transfers"]}
+    watcher = Watcher(url, topics.log_filter(src if sources == {src} else None, None))
     watch_task = asyncio.create_task(watcher.run())
     await asyncio.wait_for(watcher.subscribed.wait(), 30)
+    await watcher.prove()
 
     specs = []
     for t in req["transfers"]:
         items = [TransferItem(**item) for item in t["items"]]
-        specs.append(TransferSpec(source_agent=src, destination_agent=dst, items=items,
+        specs.append(TransferSpec(source_agent=t.get("source_agent", src),
+                                  destination_agent=t.get("destination_agent", dst), items=items,
                                   exist=t.get("exist", "error"), checksum=t.get("checksum", "sha256")))
     out: list[dict[str, Any]] = []
     submitted_at = time.time()
@@ -95,11 +127,11 @@ async def main() -> int:
             cmd = CreateTransfer(kind="create_transfer", request_id=new_request_id(), reply_to=c.client_id,
                                  sent_at=utc_now(), transfer_id=tid, spec=spec)
             t0 = time.time()
-            reply = await c.request(src, cmd, timeout=60)
+            reply = await c.request(spec.source_agent, cmd, timeout=60)
             if not reply.ok:
                 if req.get("refusals_ok"):  # a refusal is an outcome (tests/integration/test_sandbox_race.py)
                     return {"transfer_id": tid, "submitted_at": t0, "refused": reply.message}
-                raise SystemExit(f"agent {src} refused the transfer: {reply.message}")
+                raise SystemExit(f"agent {spec.source_agent} refused the transfer: {reply.message}")
             return {"transfer_id": tid, "submitted_at": t0, "accepted_at": time.time()}
 
         out = list(await asyncio.gather(*(one(s) for s in specs)))
@@ -123,7 +155,8 @@ async def main() -> int:
             t.update(state="waiting", result_code=None, message=f"no completed event within {timeout:g} s")
             continue
         at, ev = got
-        t.update(completed_at=at, seconds=at - t["submitted_at"], result_code=ev.get("result_code"),
+        t.update(completed_at=at, seconds=at - t["submitted_at"], completed_events=watcher.completed[t["transfer_id"]],
+                 result_code=ev.get("result_code"),
                  state=ev.get("state"), statistics=ev.get("statistics") or {}, message=ev.get("message"))
         if req.get("files"):
             t["files"] = ev.get("files") or []

@@ -7,6 +7,7 @@ Every test session starts its own brokers on free ports (never the machine's Mos
 * ``fresh_mosquitto`` / ``fresh_amqtt`` / ``fresh_broker`` - a broker of the test's own, to kill at will
 * ``fte_home``                      - an empty FTE_CONFIG_HOME for the test
 * ``postgres`` / ``postgres_url``   - a PostgreSQL of the session's own; a new empty database per test
+* ``nats_cluster``                  - a 3-node NATS cluster (JetStream, MQTT per node), all nodes running
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from tests.support.brokers import AmqttProcess, BrokerProcess, MosquittoProcess, find_mosquitto
 from tests.support.ci import unavailable
+from tests.support.nats_cluster import NatsCluster, find_nats_server
 from tests.support.postgres import PG_MISSING, PostgresServer, find_pg_bindir
 
 _db_ids = itertools.count(1)
@@ -132,3 +134,20 @@ def postgres_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> st
         postgres.start()
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40] + f"_{next(_db_ids)}"
     return postgres.create_database(name)
+
+
+# -- a 3-node NATS cluster (issue 16: agents on different nodes, a node killed) -----------------------
+
+
+@pytest.fixture(scope="session")
+def nats_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    if find_nats_server() is None:
+        pytest.skip("nats-server not found; install it (apt install nats-server) to run the cluster tests")
+    with NatsCluster(tmp_path_factory.mktemp("nats-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def nats_cluster(nats_cluster_session: NatsCluster) -> NatsCluster:
+    """The session's 3-node NATS cluster with every node running (a test before may have killed one)."""
+    return nats_cluster_session.ensure_running()

@@ -1,0 +1,154 @@
+"""A node of a real 3-node NATS cluster is SIGKILLed mid-transfer; the source agent on it fails over.
+
+A1 (the source) is on node 1 with the broker list ``node1,node2,node3``; A2 (the destination) on node 2
+with ``node2,node3,node1``; the commands go through node 3. Before the kill: a template and a monitor are
+stored. Node 1 is SIGKILLed once part of a 32 MiB file has arrived: A1 loses its broker, takes the next
+URL of its list (node 2) and resumes from its checkpoint; ``fte-create-transfer -w`` (connected to node 3)
+sees the transfer complete and the file is intact. Through the survivors, ``fte-list-agents``,
+``fte-list-templates`` and ``fte-list-monitors`` still show what was retained before the kill: the
+retained messages live in a JetStream stream replicated to all three nodes.
+
+Broker lists are issue 16's contract (``brokerUrl=URL1,URL2,...``: tried in order, after a loss starting
+with the next). Where this checkout's agent does not accept a list yet, the test is skipped saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.nats_cluster import CLUSTER_PREFIX, ClusterEnv, NatsCluster
+
+MiB = 1024 * 1024
+PROPERTIES = {"transferAckTimeout": 2000, "transferAckTimeoutRetries": 2, "brokerKeepalive": 5}
+
+
+def broker_lists_supported() -> bool:
+    """Does this checkout's agent take a comma-separated brokerUrl (issue 16, branch ``brokers``)?"""
+    from agent.settings import AgentSettings
+
+    try:
+        AgentSettings(agentName="X", brokerUrl="mqtt://127.0.0.1:1,mqtt://127.0.0.1:2")
+    except Exception:  # noqa: BLE001 - any refusal means: not yet
+        return False
+    return True
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def part_size(dest: Path) -> int:
+    try:
+        return dest.with_name(dest.name + ".part").stat().st_size
+    except OSError:
+        return 0
+
+
+# Until broker lists are merged (branch 'brokers'), this test is written against the issue's contract and skipped.
+pytestmark = [
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(not broker_lists_supported(), reason="brokerUrl lists (issue 16, branch 'brokers') are not in "
+                       "this checkout: agent.settings refuses 'mqtt://...,mqtt://...'"),
+]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    (d / "in").mkdir(parents=True)
+    (d / "out").mkdir()
+    return d
+
+
+@pytest.fixture
+def agents(nats_cluster: NatsCluster, tmp_path: Path, data: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[ClusterEnv]:
+    monkeypatch.setenv("FTE_TOPIC_PREFIX", CLUSTER_PREFIX)
+    env = ClusterEnv(tmp_path / "fte_home", nats_cluster.urls[2])
+    try:
+        env.create_agent_on("A1", nats_cluster.broker_list(first=0), sandbox=data, **PROPERTIES)
+        env.create_agent_on("A2", nats_cluster.broker_list(first=1), sandbox=data, **PROPERTIES)
+        env.start_agent("A1", timeout=60)
+        env.start_agent("A2", timeout=60)
+        yield env
+    finally:
+        env.stop_all()
+
+
+def context(env: ClusterEnv, cluster: NatsCluster) -> str:
+    parts = [f"--- agent {n} ---\n{a.log_tail(40)}" for n, a in env.agents.items()]
+    return "\n".join(parts) + "\n" + cluster.log_tail(20)
+
+
+def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterEnv, nats_cluster: NatsCluster,
+                                                                data: Path) -> None:
+    env = agents
+    node1, node2 = nats_cluster.urls[0], nats_cluster.urls[1]
+    # retained before the kill: statuses (the agents'), a template, a monitor on A1 (the agent that moves)
+    template, monitor = f"tf{secrets.token_hex(4)}", f"mf{secrets.token_hex(4)}"
+    r = env.run("create-template", "-tn", template, "-sa", "A1", "-da", "A2", "-dd", str(data / "out"),
+                str(data / "in" / "later.bin"))
+    assert r.returncode == 0, str(r)
+    watch = data / "in" / "watch"
+    watch.mkdir()
+    r = env.run("create-monitor", "-ma", "A1", "-mn", monitor, "-md", str(watch), "-tr", "match,*.csv",
+                "-pi", "5", "-pu", "seconds", "-da", "A2", "-dd", str(data / "out"))
+    assert r.returncode == 0, f"{r}\n{context(env, nats_cluster)}"
+    details = env.run("show-agent-details", "A1", "--json", timeout=30)
+    assert details.returncode == 0 and node1.split("://")[1] in details.stdout, str(details)
+
+    src, dst = data / "in" / "big.bin", data / "out" / "big.bin"
+    size = 32 * MiB
+    with open(src, "wb") as fh:
+        for _ in range(size // (4 * MiB)):
+            fh.write(os.urandom(4 * MiB))
+    digest = sha256(src)
+    client = env.popen("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", "300", "--json", str(src))
+    try:
+        deadline = time.monotonic() + 90
+        while part_size(dst) < 4 * MiB:
+            assert client.poll() is None, f"the transfer ended before the kill: {client.communicate()}"
+            assert time.monotonic() < deadline, f"no 4 MiB arrived in 90 s\n{context(env, nats_cluster)}"
+            time.sleep(0.05)
+        nats_cluster.kill(0)  # SIGKILL of A1's node: no goodbye to A1, nor to the routes
+        assert part_size(dst) < size, "the transfer must still be running when the node dies"
+        out, err = client.communicate(timeout=330)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 0, f"exit {client.returncode}\n{out}\n{err}\n{context(env, nats_cluster)}"
+    assert json.loads(out.strip().splitlines()[-1])["result_code"] == 0, out
+    assert sha256(dst) == digest
+    assert list((data / "out").glob("*.part")) == []
+
+    # A1 really moved: its log shows a connection to node 2 after node 1, and its details name node 2
+    log = env.agents["A1"].log.read_text(errors="replace")
+    assert f"connected to {node2}" in log, env.agents["A1"].log_tail(60)
+    details = env.run("show-agent-details", "A1", "--json", timeout=30)
+    assert details.returncode == 0 and node2.split("://")[1] in details.stdout, str(details)
+
+    # through each survivor: what was retained before the kill is still there
+    for url in nats_cluster.urls[1:]:
+        through = ClusterEnv(env.home, url)
+        r = through.run("list-agents", "A1", "A2", "--json", timeout=60)
+        assert r.returncode == 0, f"{url}: {r}"
+        assert {n: s["status"] for n, s in json.loads(r.stdout).items()} == {"A1": "READY", "A2": "READY"}, str(r)
+        r = through.run("list-templates", "--json", template, timeout=60)
+        assert r.returncode == 0 and json.loads(r.stdout)["name"] == template, f"{url}: {r}"
+        r = through.run("list-monitors", "-ma", "A1", "-mn", monitor, "--json", timeout=60)
+        assert r.returncode == 0 and [m["name"] for m in json.loads(r.stdout)] == [monitor], f"{url}: {r}"
+    env.run("delete-templates", template)
+    env.run("delete-monitor", "-ma", "A1", "-mn", monitor)
