@@ -33,7 +33,7 @@ from .broker_checks import BrokerChecks, BrokerFeatures
 from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
 from .core.budget import InFlightBudget
-from .core.policy import STOP_POLL
+from .core.policy import HEARD_INTERVAL, STOP_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
@@ -151,7 +151,8 @@ class Agent:
                  asyncio.create_task(self.desk.lane.run(), name="commands"),
                  asyncio.create_task(self.watchdog.run(), name="watchdog"),
                  asyncio.create_task(self.own_status.run(), name="status"),
-                 asyncio.create_task(self._run_scheduler(), name="scheduler")]
+                 asyncio.create_task(self._run_scheduler(), name="scheduler"),
+                 asyncio.create_task(self._heartbeat(), name="heard")]
         if self.settings.metricsPort:
             tasks.append(asyncio.create_task(self.metrics.serve(self.settings.metricsPort, self.settings.metricsHost),
                                              name="metrics"))
@@ -242,6 +243,21 @@ class Agent:
         self.transfers.post_sources("peer", status, to=agent)
         if status in AGENT_RUNNING and agent != self.name:
             asyncio.ensure_future(self.watchdog.resend_to(agent))
+
+    async def _heartbeat(self) -> None:
+        """While connected, every HEARD_INTERVAL: the retained, signed {agent, time, interval, keepalive} on
+        <prefix>/Agents/<agent>/heard, so that clients can say when an UNREACHABLE agent was last heard from."""
+        topic = self.topics.heard(self.name)
+        while True:
+            await self.link.up.wait()
+            body = json.dumps({"agent": self.name, "time": utc_now(), "interval": HEARD_INTERVAL,
+                               "keepalive": self.settings.brokerKeepalive}).encode()
+            try:
+                await self._publish(topic, provenance.sign_payload(body, provenance.EVENT, topic, self.identity),
+                                    1, True)
+            except (ConnectionError, aiomqtt.MqttError):
+                pass  # the link is going; the next connection publishes it again
+            await asyncio.sleep(HEARD_INTERVAL)
 
     async def _run_scheduler(self) -> None:
         # the first occurrences wait for the broker: a transfer needs to know its destination agent

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from . import __version__
 
@@ -72,13 +72,12 @@ class Metrics:
         self.durations = Histogram(DURATION_BUCKETS)
         self.sizes = Histogram(SIZE_BUCKETS)
 
-    def transfer_finished(self, state: str, result_code: int, seconds: float | None = None,
-                          size: int | None = None) -> None:
+    def transfer_finished(self, state: str, result_code: int, statistics: Mapping[str, Any] | None = None) -> None:
+        """A transfer ended (as source); `statistics` of its `completed` event give its duration and size."""
         self.finished[(state, result_code)] += 1
-        if seconds is not None:
-            self.durations.observe(max(0.0, float(seconds)))
-        if size is not None:
-            self.sizes.observe(float(max(0, size)))
+        if statistics is not None:
+            self.durations.observe(max(0.0, float(statistics.get("seconds") or 0)))
+            self.sizes.observe(float(max(0, statistics.get("bytes") or 0)))
 
     def recovery_started(self) -> None:
         self.recoveries += 1

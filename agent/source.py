@@ -543,8 +543,7 @@ class SourceTransfer:
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
         fields = s.completed_fields(reason, time.monotonic())
         if self.ctx.metrics is not None:
-            stats = fields["statistics"]
-            self.ctx.metrics.transfer_finished(st.value, s.result_code, stats["seconds"], stats["bytes"])
+            self.ctx.metrics.transfer_finished(st.value, s.result_code, fields["statistics"])
         self.ctx.log.emit(self.rec, "completed", **fields)
         self._publish_progress()
         self.ctx.on_state_change()

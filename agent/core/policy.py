@@ -38,6 +38,9 @@ RESULTS_BATCH = 500  # file results sent at once at most
 # --- the agent -------------------------------------------------------------------------------------------
 # A finished transfer's outcome is sent again this often to a destination that has not acknowledged it.
 COMPLETE_RETRY_INTERVAL = 15.0
+# The agent's retained heartbeat (<prefix>/Agents/<agent>/heard) is published this often while connected: once
+# its last will says UNREACHABLE, the clients show when it was last heard from (its status then is the will).
+HEARD_INTERVAL = 30.0
 STATUS_MIN_INTERVAL = 1.0  # seconds between two publications of the agent's own status
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
 # How often a status publication held back by STATUS_MIN_INTERVAL looks whether the word changed meanwhile.

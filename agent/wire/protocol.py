@@ -113,6 +113,10 @@ class Topics:
     def all_agent_status(self) -> str:
         return f"{self.prefix}/{self.AGENTS}/+"
 
+    def heard(self, agent: str | None = None) -> str:
+        """The agent's retained heartbeat (when it was last heard from, signed); without an agent, the filter."""
+        return f"{self.prefix}/{self.AGENTS}/{agent or '+'}/heard"
+
     def probe(self, agent: str, token: str) -> str:
         """A broker probe message of the agent (agent.broker_probe); token "+" gives the filter for all."""
         return f"{self.prefix}/{self.AGENTS}/{agent}/probe/{token}"

@@ -14,9 +14,9 @@ SAMPLE = re.compile(r'^([a-z_]+?)(_bucket|_sum|_count)?\{([^}]*)\} (\S+)$')
 def _metrics() -> Metrics:
     m = Metrics("A1")
     m.gauges.update({"fte_broker_connected": lambda: {"": 1}, "fte_transfers_active": lambda: {'role="source"': 2}})
-    m.transfer_finished("complete", 0, 0.3, 2_500)
-    m.transfer_finished("complete", 0, 42.0, 7_000_000)
-    m.transfer_finished("failed", 1, 9_999_999.0, 0)
+    m.transfer_finished("complete", 0, {"seconds": 0.3, "bytes": 2_500})
+    m.transfer_finished("complete", 0, {"seconds": 42.0, "bytes": 7_000_000})
+    m.transfer_finished("failed", 1, {"seconds": 9_999_999.0, "bytes": 0})
     return m
 
 
