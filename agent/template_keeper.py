@@ -158,8 +158,10 @@ class TemplateKeeper:
         await asyncio.sleep(KEEPER_SETTLE)  # the retained messages come at once after the subscription
         plan = K.reconcile(set(self.kept), self._present, self.epoch, self._epoch_now)
         for name in plan.forget:
+            # no tombstone here: a retained message slower than KEEPER_SETTLE must not make this keeper clear a
+            # live template when it arrives; the keepers that saw the deletion hold the tombstones
             log.info("template keeper: template %s was deleted while this agent was away", name)
-            self.tombstones[name] = json.loads(self.kept.pop(name)).get("created")
+            self.kept.pop(name, None)
         if plan.republish or plan.set_epoch:
             await asyncio.sleep(self._rand.uniform(0, KEEPER_JITTER))  # other keepers may do it first
             again = [n for n in plan.republish if n not in self._present and n in self.kept]

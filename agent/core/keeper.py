@@ -4,7 +4,7 @@ Templates are retained messages written by the CLI; a non-persistent broker lose
 Each agent keeps the signed templates it has seen (agent.template_keeper) and republishes them when the
 broker lost its retained state. It knows that from the retained epoch marker (<prefix>/Keeper/epoch) the
 keepers set: a broker that still holds the epoch this keeper saw last kept its retained state (a kept
-template that is absent then was deleted); no marker, or another epoch, means it lost it (the absent ones
+template that is absent then was deleted, and is forgotten without a tombstone, in case it only came late); no marker, or another epoch, means it lost it (the absent ones
 are republished). A deletion is remembered as a tombstone: the `created` time of the version deleted, so
 that a stale copy (created at or before it) that another keeper republishes is cleared again, and a
 template created anew under the same name (created later) is taken.
