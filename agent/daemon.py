@@ -33,7 +33,7 @@ from .broker_checks import BrokerChecks, BrokerFeatures
 from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
 from .core.budget import InFlightBudget
-from .core.policy import STOP_POLL
+from .core.policy import HEARD_INTERVAL, STOP_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
@@ -47,6 +47,7 @@ from .scheduler import event as schedule_event
 from .settings import AgentSettings
 from .status import OwnStatus
 from .standby import open_store
+from .template_keeper import TemplateKeeper, trusted_verifier
 from .transferlog import OutboxPublisher, TransferLog
 from .transfers import Transfers
 from .watchdog import Watchdog
@@ -119,6 +120,9 @@ class Agent:
                                    lambda rows: self._retain(topics.schedules(self.name),
                                                              json.dumps({"agent": self.name, "time": utc_now(),
                                                                          "schedules": rows}).encode()))
+        from .settings import config_home
+        self.keeper = TemplateKeeper(self.name, topics, state_dir / "templates.json", self._publish,
+                                     trusted_verifier(config_home(), self.authority))
         self.desk.handlers = registry(self.name, status=lambda: self.own_status.word, transfers=self.transfers,
                                       monitors=self.monitors, scheduler=self.scheduler, stop=self.request_stop)
         self.router = Router(self.ctx, self.metrics, drops, commands=self.desk.lane, peers=self.peers,
@@ -136,8 +140,8 @@ class Agent:
         self.link = BrokerLink(
             self.addrs, client_id=f"fte-agent-{self.name}",
             subscriptions=[topics.commands(self.name), topics.data_filter(self.name),
-                           topics.control_filter(self.name), topics.all_agent_status()],
-            on_message=self.router.message, on_up=self._on_up, on_down=self._on_down,
+                           topics.control_filter(self.name), topics.all_agent_status(), *self.keeper.subscriptions],
+            on_message=self._message, on_up=self._on_up, on_down=self._on_down,
             keepalive=settings.brokerKeepalive, will=will, before_up=self._before_up,
             not_up=self.broker.connection_failed, urgent=self.router.arrival,
             connect_timeout=settings.brokerConnectTimeout)
@@ -165,7 +169,8 @@ class Agent:
                  asyncio.create_task(self.desk.lane.run(), name="commands"),
                  asyncio.create_task(self.watchdog.run(), name="watchdog"),
                  asyncio.create_task(self.own_status.run(), name="status"),
-                 asyncio.create_task(self._run_scheduler(), name="scheduler")]
+                 asyncio.create_task(self._run_scheduler(), name="scheduler"),
+                 asyncio.create_task(self._heartbeat(), name="heard")]
         if self.settings.metricsPort:
             tasks.append(asyncio.create_task(self.metrics.serve(self.settings.metricsPort, self.settings.metricsHost),
                                              name="metrics"))
@@ -179,7 +184,8 @@ class Agent:
             await self._shutdown()
         finally:
             self.broker.close()
-            others = self.transfers.cancel_tasks() + self.monitors.stop() + self.peers.close()
+            others = (self.transfers.cancel_tasks() + self.monitors.stop() + self.peers.close()
+                      + self.keeper.close())
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, *others, return_exceptions=True)
@@ -241,18 +247,50 @@ class Agent:
         if self.own_status.word in (AgentState.STARTING, AgentState.UNREACHABLE):
             self.own_status.word = AgentState.READY
         await self.own_status.publish()
+        self.republish_definitions()
+        self.keeper.connected()
         self.outbox.wake()
         self.transfers.post_sources("link_up")
         for d in list(self.transfers.dests.values()):
             await d.request_recovery(f"destination agent {self.name} (re)connected to the broker")
 
     async def _on_down(self) -> None:
+        self.keeper.disconnected()
         self.transfers.post_sources("link_down")
+
+    def republish_definitions(self) -> None:
+        """At every connection: the retained views of the monitors and schedules this agent owns, again (a
+        broker that restarted without persistence lost them; the agent never stopped running them)."""
+        self.monitors.republish()
+        self.scheduler.publish()
+
+    async def _message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        if self.keeper.handles(topic):
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            await self.keeper.message(topic, payload)
+            return
+        await self.router.message(message)
 
     def _peer_changed(self, agent: str, status: str) -> None:
         self.transfers.post_sources("peer", status, to=agent)
         if status in AGENT_RUNNING and agent != self.name:
             asyncio.ensure_future(self.watchdog.resend_to(agent))
+
+    async def _heartbeat(self) -> None:
+        """While connected, every HEARD_INTERVAL: the retained, signed {agent, time, interval, keepalive} on
+        <prefix>/Agents/<agent>/heard, so that clients can say when an UNREACHABLE agent was last heard from."""
+        topic = self.topics.heard(self.name)
+        while True:
+            await self.link.up.wait()
+            body = json.dumps({"agent": self.name, "time": utc_now(), "interval": HEARD_INTERVAL,
+                               "keepalive": self.settings.brokerKeepalive}).encode()
+            try:
+                await self._publish(topic, provenance.sign_payload(body, provenance.EVENT, topic, self.identity),
+                                    1, True)
+            except (ConnectionError, aiomqtt.MqttError):
+                pass  # the link is going; the next connection publishes it again
+            await asyncio.sleep(HEARD_INTERVAL)
 
     async def _run_scheduler(self) -> None:
         # the first occurrences wait for the broker: a transfer needs to know its destination agent

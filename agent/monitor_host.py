@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from .commands import CommandRefused
+from .core.policy import MONITOR_VIEW_INTERVAL
 from .core import triggers as T
 from .monitor import CreateMonitor, ListMonitors, MonitorCommand, MonitorError, MonitorRunner, MonitorSpec, check_task
 from .monitor import event as monitor_event
@@ -37,6 +39,7 @@ class MonitorHost:
         self._retain = retain  # a retained message through the outbox (topic, payload; b"" clears it)
         self._event = event  # a log event through the outbox
         self.running: dict[str, tuple[MonitorRunner, asyncio.Task[None]]] = {}
+        self._viewed: dict[str, float] = {}  # monitor -> when its retained view was last published after a poll
 
     def __len__(self) -> int:
         return len(self.running)
@@ -48,6 +51,11 @@ class MonitorHost:
                 self._start(MonitorSpec.model_validate(spec), memory)
             else:  # its retained listing again, signed as this version signs (clients believe no other)
                 self._publish(MonitorSpec.model_validate(spec), state)
+
+    def republish(self) -> None:
+        """Every monitor's retained view again (at each connection: a restarted broker may have lost them)."""
+        for _, spec, state, _ in self._store.monitors():
+            self._publish(MonitorSpec.model_validate(spec), state)
 
     def stop(self) -> list[asyncio.Task[None]]:
         """Cancel every monitor's task; the tasks, to be awaited."""
@@ -120,11 +128,23 @@ class MonitorHost:
 
         runner = MonitorRunner(spec, root, T.MonitorMemory.from_json(memory), submit,
                                lambda action, fields: self._log(spec.name, action, fields),
-                               lambda mem: self._store.save_monitor_memory(spec.name, mem.to_json()))
+                               lambda mem: self._polled(spec, mem))
         self.running[spec.name] = (runner, asyncio.create_task(runner.run(), name=f"monitor-{spec.name}"))
         self._publish(spec, "started")
 
+    def _polled(self, spec: MonitorSpec, memory: T.MonitorMemory) -> None:
+        """After each poll: the memory saved; the retained view (polls, last_poll) published again, the first
+        poll at once and then at most every MONITOR_VIEW_INTERVAL (a 1 s poll is not a message a second)."""
+        self._store.save_monitor_memory(spec.name, memory.to_json())
+        now = time.monotonic()
+        last = self._viewed.get(spec.name)
+        if last is None or now - last >= MONITOR_VIEW_INTERVAL:
+            self._viewed[spec.name] = now
+            if spec.name in self.running:
+                self._publish(spec, "started")
+
     def _cancel(self, name: str) -> None:
+        self._viewed.pop(name, None)
         entry = self.running.pop(name, None)
         if entry is not None:
             entry[1].cancel()

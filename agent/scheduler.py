@@ -105,6 +105,10 @@ class Scheduler:
                         "runs": next_index, "requester": requester})
         return out
 
+    def publish(self) -> None:
+        """The retained listing again (at each connection: a restarted broker may have lost it)."""
+        self._publish_list(self.listing())
+
     def changed(self) -> None:
         self._publish_list(self.listing())
         self.wake.set()

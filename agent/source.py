@@ -541,9 +541,10 @@ class SourceTransfer:
         self.rec.result_code = s.result_code
         self.rec.state = st.value
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
+        fields = s.completed_fields(reason, time.monotonic())
         if self.ctx.metrics is not None:
-            self.ctx.metrics.transfer_finished(st.value, s.result_code)
-        self.ctx.log.emit(self.rec, "completed", **s.completed_fields(reason, time.monotonic()))
+            self.ctx.metrics.transfer_finished(st.value, s.result_code, fields["statistics"])
+        self.ctx.log.emit(self.rec, "completed", **fields)
         self._publish_progress()
         self.ctx.on_state_change()
         await send_complete(self.ctx, self.rec)

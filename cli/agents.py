@@ -20,7 +20,7 @@ from agent.wire.protocol import Ping, StopAgent
 from .agent_process import run_in_foreground, running_pid, start_background
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note, note_ignored, out, run
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
-from .render import safe, safe_text, status_text
+from .render import safe, safe_text, status_text, status_when
 
 
 @command("create-agent")
@@ -141,7 +141,8 @@ async def _no_stop_answer(c: FteClient, name: str, wait: float) -> str:
     last = (f"its last status (verified) is {st.status}" if st.verified else
             f"its last status is {st.status}, but unverified (not signed by a key of agent {name} trusted here; "
             f"-v on fte-show-agent-details {name} says why)")
-    last += f", published {st.time}"
+    heard = (await c.last_heard([name])).get(name) if st.status == AgentState.UNREACHABLE else None
+    last += f", {status_when(st, heard)}"
     if st.status == AgentState.STOPPED:
         return f"{head}; {last}: it is not running, nothing to stop"
     if st.status == AgentState.UNREACHABLE:
@@ -232,33 +233,41 @@ def list_agents(
         except ValueError as exc:
             fail(str(exc))
 
-    async def go() -> tuple[dict[str, Any], bool, FteClient]:
+    async def go() -> tuple[dict[str, Any], bool, FteClient, dict[str, dict[str, Any]]]:
         async with FteClient(broker_url(broker, names[0] if names else None), on_ignored=note_ignored(verbose)) as c:
-            if names:
-                return await c.agent_statuses_of(list(dict.fromkeys(names))), False, c
-            since = time.time()
-            statuses = await c.agent_statuses(settle=0.7)
-            local = [n for n in _local_agent_names() if n not in statuses]
-            extra = await c.agent_statuses_of(local, settle=0.5) if local else {}
-            # a status retained before the wildcard subscription, found only on its own topic: the broker
-            # does not deliver retained messages to wildcard subscriptions (not an agent that just started)
-            wildcard_blind = any(_epoch(st.time) < since - 1.0 for st in extra.values())
-            return {**statuses, **extra}, wildcard_blind, c
+            found, blind = await statuses_of(c)
+            gone = [n for n, st in found.items() if st.status == AgentState.UNREACHABLE]
+            return found, blind, c, (await c.last_heard(gone) if gone else {})
 
-    statuses, wildcard_blind, client = run(go())
+    async def statuses_of(c: FteClient) -> tuple[dict[str, Any], bool]:
+        if names:
+            return await c.agent_statuses_of(list(dict.fromkeys(names))), False
+        since = time.time()
+        statuses = await c.agent_statuses(settle=0.7)
+        local = [n for n in _local_agent_names() if n not in statuses]
+        extra = await c.agent_statuses_of(local, settle=0.5) if local else {}
+        # a status retained before the wildcard subscription, found only on its own topic: the broker
+        # does not deliver retained messages to wildcard subscriptions (not an agent that just started)
+        wildcard_blind = any(_epoch(st.time) < since - 1.0 for st in extra.values())
+        return {**statuses, **extra}, wildcard_blind
+
+    statuses, wildcard_blind, client, heard = run(go())
     topics = client.topics
     missing = [n for n in dict.fromkeys(names or []) if n not in statuses]
     if as_json:
-        out.print_json(json.dumps({k: {**v.model_dump(), "verified": v.verified} for k, v in sorted(statuses.items())}),
-                       ensure_ascii=True)
+        out.print_json(json.dumps({k: {**v.model_dump(), "verified": v.verified,
+                                       **({"last_heard": (heard.get(k) or {}).get("time")}
+                                          if v.status == AgentState.UNREACHABLE else {})}
+                                   for k, v in sorted(statuses.items())}), ensure_ascii=True)
     elif statuses:
         from rich.table import Table
 
-        t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "Status published")
+        t = Table("Agent", "Status", "Host", "Transfers (src/dst)", "When")
         console = out if out.is_terminal else Console(width=200, highlight=False)  # whole names in a pipe
         for name, st in sorted(statuses.items()):
             t.add_row(safe_text(name), safe_text(status_text(st)), safe_text(st.host or ""),
-                      f"{len(st.source_transfers)}/{len(st.destination_transfers)}", safe_text(st.time))
+                      f"{len(st.source_transfers)}/{len(st.destination_transfers)}",
+                      safe_text(status_when(st, heard.get(name))))
         console.print(t)
     elif not names:
         out.print("No agents are known on this broker. Create one with: fte-create-agent -agentName A1")
@@ -321,11 +330,15 @@ def show_agent_details(
 
     async def go() -> Any:
         async with FteClient(broker_url(broker, name), on_ignored=note_ignored(verbose)) as c:
-            return await c.require_agent(name)
+            st = await c.require_agent(name)
+            return st, ((await c.last_heard([name])).get(name) if st.status == AgentState.UNREACHABLE else None)
 
-    st = run(go())
+    st, heard = run(go())
     data = {**st.model_dump(), "verified": st.verified}
     data.pop("signature", None)
+    if st.status == AgentState.UNREACHABLE:  # the will's time is when it was registered, not when it fired
+        data["last_heard"] = heard.get("time") if heard else None
+        data["when"] = status_when(st, heard)
     if as_json:
         out.print_json(json.dumps(data), ensure_ascii=True)
         return

@@ -403,6 +403,34 @@ class FteClient:
                 found[st.agent] = st
         return found
 
+    async def last_heard(self, names: list[str], settle: float = 0.5) -> dict[str, dict[str, Any]]:
+        """Each named agent's retained heartbeat (<prefix>/Agents/<name>/heard: {agent, time, interval,
+        keepalive}) when that agent signed it; an agent without one (an older fte) is left out."""
+        q: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        for name in names:
+            await self.subscribe(self.topics.heard(name), q)
+        found: dict[str, dict[str, Any]] = {}
+        while not set(names) <= found.keys():
+            try:
+                m = await asyncio.wait_for(q.get(), settle)
+            except asyncio.TimeoutError:
+                break
+            heard = self.heard_of(m)
+            if heard is not None:
+                found[heard["agent"]] = heard
+        return found
+
+    def heard_of(self, message: aiomqtt.Message) -> dict[str, Any] | None:
+        """The heartbeat in `message` when the agent its topic names signed it, checked; else None."""
+        levels = self.topics.split(str(message.topic))
+        if len(levels) != 3 or levels[0] != self.topics.AGENTS or levels[2] != "heard":
+            return None
+        data = self.event_of(message)
+        if not isinstance(data, dict) or data.get("agent") != levels[1] or not isinstance(data.get("time"), str) \
+                or len(data["time"]) > 64:
+            return None
+        return data
+
     async def agent_status(self, agent: str, settle: float = 1.0) -> AgentStatus | None:
         return (await self.agent_statuses(settle=settle, want=agent)).get(agent)
 

@@ -20,25 +20,19 @@ from rich.text import Text
 from agent.core.lifecycle import RECOVERY_STATE_VALUES as RECOVERY
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.statuses import AGENT_RUNNING, AgentState
-from agent.wire.events import Completed, Recovering, TransferEventBase
-from agent.wire.protocol import QueryTransfer
+from agent.wire.events import Completed, Recovering, Started, TransferEventBase
+from agent.core.units import duration_text, rate_text, size_text
+from agent.wire.protocol import QueryTransfer, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import is_progress_topic, read_message, read_progress, safe, safe_markup, safe_text, status_text
+from .render import (is_progress_topic, read_message, read_progress, safe, safe_markup, safe_text, status_text,
+                     status_when)
 from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 
 def _size(n: Any) -> str:
-    try:
-        v = float(n)
-    except (TypeError, ValueError):
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if v < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return "?"
+    return size_text(n)
 
 
 def transfer_line(t: dict[str, Any]) -> str:
@@ -161,6 +155,59 @@ def show_transfer(
             out.print(safe(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
                            f"{_size(f.get('bytes_done'))}/{_size(f['size'])}{extra}"), markup=False)
 
+TOP_ROWS = 40  # transfers shown by fte top: the live ones first, then the most recently finished
+
+
+def top_order(transfers: list[dict[str, Any]], limit: int = TOP_ROWS) -> list[dict[str, Any]]:
+    """The transfers fte top shows: unfinished first, then finished; each group newest first (by the time of
+    its latest news: `at`, else `updated`, else `created`; ISO UTC times sort as text); at most `limit`."""
+    def when(t: dict[str, Any]) -> str:
+        return str(t.get("at") or t.get("updated") or t.get("created") or "")
+
+    unfinished = sorted((t for t in transfers if t.get("state") not in TERMINAL), key=when, reverse=True)
+    finished = sorted((t for t in transfers if t.get("state") in TERMINAL), key=when, reverse=True)
+    return (unfinished + finished)[:limit]
+
+
+def eta_text(t: dict[str, Any]) -> str:
+    """The time left at the current rate for an unfinished transfer with a rate; '' otherwise."""
+    if t.get("state") in TERMINAL:
+        return ""
+    rate, total, done = t.get("rate_bytes_per_second") or 0, t.get("bytes_total") or 0, t.get("bytes_done") or 0
+    if not isinstance(rate, (int, float)) or rate <= 0 or not total or done >= total:
+        return ""
+    return duration_text((total - done) / rate)
+
+
+def file_text(t: dict[str, Any], width: int = 32) -> str:
+    """The file a transfer is on (its current file, else its first), its base name, with '+N' for the others."""
+    name = t.get("current_file") or t.get("first_file") or ""
+    if not name:
+        return ""
+    base = str(name).rstrip("/").rsplit("/", 1)[-1] or str(name)
+    more = (t.get("files_total") or 0) - 1
+    text = base if len(base) <= width else base[:width - 1] + "…"
+    return f"{text} +{more}" if isinstance(more, int) and more > 0 else text
+
+
+def top_row(t: dict[str, Any]) -> list[Any]:
+    """One row of fte top's transfer table: Transfer, Job, From -> To, File, State, Progress, Rate, ETA,
+    Recoveries, Note."""
+    total, done = t.get("bytes_total") or 0, t.get("bytes_done") or 0
+    width = 20
+    filled = int(width * done / total) if total else 0
+    bar = "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total else "")
+    state = t.get("state", "?")
+    style = "yellow" if state in RECOVERY else "green" if state == "complete" else "red" if state in TERMINAL else ""
+    note = t.get("last_stall") if state in RECOVERY else \
+        (f"result {t['result_code']}" if t.get("result_code") is not None else "")
+    return [safe_text(str(t["transfer_id"])[:12]), safe_text(t.get("job_name") or ""),
+            safe_text(f"{t.get('source_agent')} -> {t.get('destination_agent')}"), safe_text(file_text(t)),
+            Text(safe(state), style=style), bar,
+            rate_text(t["rate_bytes_per_second"]) if t.get("rate_bytes_per_second") and state not in TERMINAL else "",
+            eta_text(t), safe_text(t.get("recoveries", 0)), safe_text(note or "")]
+
+
 @command("top")
 def top(
     once: bool = typer.Option(False, "--once", help="Print one view after collecting for 2 s, then exit."),
@@ -178,7 +225,10 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
         agents: dict[str, Any] = {}
         transfers: dict[str, dict[str, Any]] = {}
         q: asyncio.Queue[Any] = asyncio.Queue()
-        for topic in (c.topics.all_agent_status(), c.topics.progress_filter(), c.topics.log_filter()):
+        heard: dict[str, dict[str, Any]] = {}  # agent -> its heartbeat (when it was last heard from)
+        lost_at: dict[str, str] = {}  # agent -> when this view saw its last will arrive (not a retained one)
+        for topic in (c.topics.all_agent_status(), c.topics.heard(), c.topics.progress_filter(),
+                      c.topics.log_filter()):
             await c.subscribe(topic, q)
         rows, _ = await transfers_of(c, None)
         for t in rows:
@@ -186,30 +236,18 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                 transfers[t["transfer_id"]] = t
 
         def view() -> Group:
-            at = Table("Agent", "Status", "Host", "Source", "Destination", title="Agents", title_justify="left")
+            at = Table("Agent", "Status", "Host", "Source", "Destination", "When", title="Agents",
+                       title_justify="left")
             for name, st in sorted(agents.items()):
                 style = {AgentState.UNREACHABLE: "red", AgentState.STOPPED: "dim", AgentState.ACTIVE: "green"}.get(st.status, "")
                 style = style if st.verified else "yellow"
                 at.add_row(safe_text(name), Text(safe(status_text(st)), style=style), safe_text(st.host or ""),
-                           str(len(st.source_transfers)), str(len(st.destination_transfers)))
-            tt = Table("Transfer", "From -> To", "State", "Progress", "Rate", "Recoveries", "Note",
-                       title="Transfers", title_justify="left")
-            live = sorted(transfers.values(), key=lambda t: (t.get("state") in TERMINAL, t["transfer_id"]))
-            for t in live[:40]:
-                total, done = t.get("bytes_total") or 0, t.get("bytes_done") or 0
-                width = 20
-                filled = int(width * done / total) if total else 0
-                bar = "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total else "")
-                state = t.get("state", "?")
-                style = "yellow" if state in RECOVERY else \
-                    "green" if state == "complete" else "red" if state in TERMINAL else ""
-                note = t.get("last_stall") if state in RECOVERY else \
-                    (f"result {t['result_code']}" if t.get("result_code") is not None else "")
-                tt.add_row(safe_text(str(t["transfer_id"])[:12]),
-                           safe_text(f"{t.get('source_agent')} -> {t.get('destination_agent')}"),
-                           Text(safe(state), style=style), bar,
-                           _size(t.get("rate_bytes_per_second")) + "/s" if t.get("rate_bytes_per_second") else "",
-                           safe_text(t.get("recoveries", 0)), safe_text(note or ""))
+                           str(len(st.source_transfers)), str(len(st.destination_transfers)),
+                           safe_text(status_when(st, heard.get(name), lost_at.get(name))))
+            tt = Table("Transfer", "Job", "From -> To", "File", "State", "Progress", "Rate", "ETA", "Recoveries",
+                       "Note", title="Transfers", title_justify="left")
+            for t in top_order(list(transfers.values())):
+                tt.add_row(*top_row(t))
             return Group(at, tt)
 
         def row(tid: str) -> dict[str, Any]:
@@ -219,23 +257,40 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
             topic = str(m.topic)
             levels = c.topics.split(topic)
             if levels[:1] == [c.topics.AGENTS]:
+                if len(levels) == 3:
+                    beat = c.heard_of(m)
+                    if beat is not None:
+                        heard[beat["agent"]] = beat
+                    return
                 st = c.status_of(m)
                 if st is not None:
                     agents[st.agent] = st
+                    if st.status == AgentState.UNREACHABLE and not m.retain:
+                        lost_at[st.agent] = utc_now()
+                    elif st.status != AgentState.UNREACHABLE:
+                        lost_at.pop(st.agent, None)
                 return
             if is_progress_topic(c.topics, topic):
                 snapshot = read_progress(c, m)  # None unless signed by the agent its topic names
                 if snapshot is not None:
-                    row(snapshot.transfer_id).update(snapshot.model_dump(include={
+                    t = row(snapshot.transfer_id)
+                    t.update(snapshot.model_dump(include={
                         "state", "bytes_total", "bytes_done", "rate_bytes_per_second", "recoveries", "last_stall",
-                        "source_agent", "destination_agent", "result_code"}))
+                        "source_agent", "destination_agent", "result_code", "current_file", "files_total",
+                        "job_name"}, exclude_none=True))
+                    t["at"] = snapshot.time
                 return
             ev = read_message(c, m)  # None unless signed by the agent its topic names
             # a source's transfer events: not a destination's cleaned_up, a refusal, a monitor's or a schedule's
             if not isinstance(ev, TransferEventBase) or ev.agent_role != "source":
                 return
             t = row(ev.transfer_id)
-            t.update(state=ev.state, source_agent=ev.source_agent, destination_agent=ev.destination_agent)
+            t.update(state=ev.state, source_agent=ev.source_agent, destination_agent=ev.destination_agent, at=ev.time)
+            if ev.job_name:
+                t["job_name"] = ev.job_name
+            if isinstance(ev, Started) and ev.files:
+                t["first_file"] = ev.files[0].source
+                t.setdefault("files_total", len(ev.files) + (ev.files_omitted or 0))
             if isinstance(ev, Recovering):
                 t["last_stall"] = ev.reason
                 t["recoveries"] = ev.recoveries

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.results import FILE_FAILED, FILE_SUCCESS
+from agent.core.statuses import AgentState
 from agent.wire.events import Progress as ProgressEvent
 from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
                           Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
@@ -86,6 +87,41 @@ def status_text(st: Any) -> str:
     return st.status if st.verified else f"{st.status} (unverified)"
 
 
+def status_when(st: Any, heard: Mapping[str, Any] | None = None, live_since: str | None = None) -> str:
+    """When an agent's status holds: `published TIME` for a status the agent published; for UNREACHABLE (its
+    last will, which the broker publishes when the connection is lost and which carries the time the agent
+    registered it, not when it fired) when the agent was last heard from (`heard`: its retained heartbeat,
+    <prefix>/Agents/<agent>/heard) and since when it is unreachable: `live_since` when this client saw the will
+    arrive, else at the latest one heartbeat interval plus 1.5 x keepalive after it was last heard."""
+    if st.status != AgentState.UNREACHABLE:
+        return f"published {st.time}"
+    if heard is None:
+        last = "last heard: unknown (no heartbeat retained)"
+        latest = None
+    else:
+        last = f"last heard {heard.get('time')}"
+        latest = _plus(heard.get("time"), _num(heard.get("interval")) + 1.5 * _num(heard.get("keepalive")))
+    if live_since is not None:
+        return f"{last}; unreachable since {live_since}"
+    if latest is not None:
+        return f"{last}; unreachable since then (by {latest} at the latest)"
+    return f"{last}; unreachable (its last will)"
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6 else 0.0
+
+
+def _plus(iso: Any, seconds: float) -> str | None:
+    from datetime import datetime, timedelta
+
+    try:
+        t = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (t + timedelta(seconds=seconds)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def format_event(ev: Event | Mapping[str, Any]) -> str:
     """One line for a log event, safe to print (every field came from the broker: see `safe`). `ev` is an
     event's model, or its JSON object (read with agent.wire.events.read_event; one that is no valid event, such as
@@ -100,6 +136,11 @@ def format_event(ev: Event | Mapping[str, Any]) -> str:
 
 def _head(time: Any, agent: Any, transfer_id: Any, action: Any) -> str:
     return f"{time} {agent} {str(transfer_id)[:12]} {action:10}"
+
+
+def _job(name: Any) -> str:
+    """The job name (-jn) of a transfer's line, after its action; nothing without one."""
+    return f" [job {name}]" if name else ""
 
 
 def _completed_text(head: str, state: Any, rc: Any, counts: tuple[Any, Any, Any, Any], message: Any,
@@ -124,7 +165,7 @@ def _event_line(ev: EventModel) -> str:
         return f"{_head(ev.time, ev.agent, ev.transfer_id, ev.action)} : {ev.message}"
     if not isinstance(ev, TransferEventBase):  # a model added to agent.wire.events and not yet here: what it has
         return _summary_line(ev.wire())
-    head = _head(ev.time, ev.agent, ev.transfer_id, ev.action)
+    head = _head(ev.time, ev.agent, ev.transfer_id, ev.action) + _job(ev.job_name)
     if isinstance(ev, Completed):
         s = ev.statistics
         failed = [(f.source, f.supplement) for f in ev.files if f.result_code == FILE_FAILED and f.supplement]
@@ -148,7 +189,7 @@ def _summary_line(ev: Mapping[str, Any]) -> str:
             return f"{ev.get('time', '')} {ev.get('agent', '')} {what} {ev.get(owner)} {ev.get('action')}: " \
                    f"{ev.get('message', '')}"
     head = _head(ev.get("time", ""), ev.get("agent", ev.get("source_agent", "")), ev.get("transfer_id", "?"),
-                 ev.get("action", "?"))
+                 ev.get("action", "?")) + _job(ev.get("job_name"))
     if ev.get("action") == "completed":
         stats = ev.get("statistics") if isinstance(ev.get("statistics"), dict) else {}
         files = [f for f in ev.get("files") or [] if isinstance(f, dict)]

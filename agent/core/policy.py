@@ -39,6 +39,9 @@ RESULTS_BATCH = 500  # file results sent at once at most
 # --- the agent -------------------------------------------------------------------------------------------
 # A finished transfer's outcome is sent again this often to a destination that has not acknowledged it.
 COMPLETE_RETRY_INTERVAL = 15.0
+# The agent's retained heartbeat (<prefix>/Agents/<agent>/heard) is published this often while connected: once
+# its last will says UNREACHABLE, the clients show when it was last heard from (its status then is the will).
+HEARD_INTERVAL = 30.0
 STATUS_MIN_INTERVAL = 1.0  # seconds between two publications of the agent's own status
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
 # How often a status publication held back by STATUS_MIN_INTERVAL looks whether the word changed meanwhile.
@@ -60,3 +63,17 @@ def resync_delay(attempt: int) -> float:
 def reconnect_delay(attempt: int) -> float:
     """Seconds to wait before reconnection attempt number `attempt` (1-based)."""
     return _backoff(RECONNECT_BACKOFF, attempt)
+
+# --- the template keeper (agent.template_keeper) ---------------------------------------------------------
+# After a connection, how long the keeper waits for the broker's retained templates and epoch marker before
+# it compares them with what it keeps: they come at once after the subscription; 2 s is ample on a loaded
+# machine and keeps a restarted broker's templates back within a few seconds of its return.
+KEEPER_SETTLE = 2.0
+# A keeper that finds the broker lost its templates waits a random 0..KEEPER_JITTER s, then republishes only
+# those still absent: of N agents, the first does the work and the others find little or nothing to do.
+KEEPER_JITTER = 3.0
+
+# --- resource monitors (agent.monitor_host) ----------------------------------------------------------------
+# A running monitor's retained view (its polls and last_poll, read by fte-list-monitors) is published again
+# after its first poll and then at most this often: current to a few seconds, without a message a poll.
+MONITOR_VIEW_INTERVAL = 5.0

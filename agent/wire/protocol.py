@@ -113,6 +113,10 @@ class Topics:
     def all_agent_status(self) -> str:
         return f"{self.prefix}/{self.AGENTS}/+"
 
+    def heard(self, agent: str | None = None) -> str:
+        """The agent's retained heartbeat (when it was last heard from, signed); without an agent, the filter."""
+        return f"{self.prefix}/{self.AGENTS}/{agent or '+'}/heard"
+
     def probe(self, agent: str, token: str) -> str:
         """A broker probe message of the agent (agent.broker_probe); token "+" gives the filter for all."""
         return f"{self.prefix}/{self.AGENTS}/{agent}/probe/{token}"
@@ -161,6 +165,17 @@ class Topics:
     def templates(self, name: str | None = None) -> str:
         """A transfer template's retained definition; without a name, the filter for every template."""
         return f"{self.prefix}/{self.TEMPLATES}/{name or '+'}"
+
+    def template_name(self, topic: str) -> str | None:
+        """The name in a template's topic (<prefix>/Templates/<name>), or None for any other topic."""
+        head = f"{self.prefix}/{self.TEMPLATES}/"
+        if topic.startswith(head) and "/" not in topic[len(head):] and len(topic) > len(head):
+            return topic[len(head):]
+        return None
+
+    def keeper_epoch(self) -> str:
+        """The template keepers' retained marker that the broker kept its retained state (agent.template_keeper)."""
+        return f"{self.prefix}/Keeper/epoch"
 
     def monitors(self, agent: str | None = None, name: str | None = None) -> str:
         """A resource monitor's retained view on `agent`; a missing part is a wildcard (a filter)."""

@@ -442,6 +442,21 @@ def test_a_file_whose_transfer_could_not_start_fires_again(case: Case, env: FteE
 # --------------------------------------------------------------------------- management commands
 
 
+def test_listing_shows_polls_and_last_poll(case: Case, env: FteEnv) -> None:
+    """fte-list-monitors shows how often a running monitor polled and when last: its retained view is published
+    again after the first poll and then every MONITOR_VIEW_INTERVAL (5 s), so two views show a count that grew."""
+    from agent.core.policy import MONITOR_VIEW_INTERVAL
+
+    case.create("match,*.none", "-da", DST, "-dd", str(case.out))
+    wait_until(lambda: [m["polls"] for m in listed(env, case.name)] >= [1], WAIT, "the first poll listed")
+    [first] = listed(env, case.name)
+    assert first["last_poll"] is not None, first
+    wait_until(lambda: listed(env, case.name)[0]["polls"] > first["polls"], WAIT + MONITOR_VIEW_INTERVAL,
+               "a later poll listed")
+    [later] = listed(env, case.name)
+    assert later["last_poll"] > first["last_poll"], (first, later)
+
+
 def test_list_stop_start_delete(case: Case, env: FteEnv) -> None:
     case.create("match,*.txt", "-da", DST, "-dd", str(case.out))
 

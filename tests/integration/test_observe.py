@@ -117,5 +117,8 @@ def test_metrics_count_bytes_and_outcomes(env) -> None:
     assert 'fte_transfers_finished_total{agent="A1",state="complete",result_code="0"} 1' in text
     assert 'fte_broker_connected{agent="A1"} 1' in text
     assert "# TYPE fte_recoveries_total counter" in text
+    assert 'fte_transfer_size_bytes_bucket{agent="A1",le="1e+06"} 1' in text  # 300 kB <= 1 MB
+    assert 'fte_transfer_duration_seconds_count{agent="A1"} 1' in text
+    assert "# HELP fte_broker_connected " in text and 'fte_build_info{agent="A1",version="' in text
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{e.metrics_port}/other", timeout=5)

@@ -34,11 +34,11 @@ def test_a_model_and_its_json_object_make_the_same_line() -> None:
 
 
 @pytest.mark.parametrize("event, line", [
-    (_example("started"), f"2025-03-14T09:26:53.589Z A1 {TID[:12]} started    queued: transfer of 2 file(s), "
+    (_example("started"), f"2025-03-14T09:26:53.589Z A1 {TID[:12]} started    [job nightly] queued: transfer of 2 file(s), "
                           "300006 bytes, from A1 to A2"),
-    (_example("progress"), f"2025-03-14T09:26:53.708Z A1 {TID[:12]} progress   /data/out/a.csv -> /data/in/a.csv "
+    (_example("progress"), f"2025-03-14T09:26:53.708Z A1 {TID[:12]} progress   [job nightly] /data/out/a.csv -> /data/in/a.csv "
                            "(300000 bytes, ok)"),
-    (_example("completed"), f"2025-03-14T09:26:53.709Z A1 {TID[:12]} completed  partial (result 20): 1/2 file(s), "
+    (_example("completed"), f"2025-03-14T09:26:53.709Z A1 {TID[:12]} completed  [job nightly] partial (result 20): 1/2 file(s), "
                             '300000 bytes in 0.115 s - /data/out/b.csv: BFGIO0006E: File "/data/in/b.csv" already '
                             "exists."),
     (_example("not_authorized", 1), "2025-03-14T11:00:01.000Z A1 None not_authorized : command ping refused: "
