@@ -86,10 +86,12 @@ class BrokerChecks:
         self.apply(report)
 
     def connection_failed(self, exc: BaseException) -> None:
-        """A connection attempt failed before the link was up. Only after one that timed out, while no topic
-        finding is known, and one at a time: not after a refused TCP connection, a TLS error or refused
-        credentials (the check would fail the same way), and the link's reconnection policy is not delayed."""
-        if not self._enabled or "timed out" not in str(exc).lower() or \
+        """A connection attempt failed before the link was up. Only after one that timed out or that the broker
+        closed before its CONNACK (NATS 2.9 closes on a will topic with a '.'), while no topic finding is known,
+        and one at a time: not after a refused TCP connection, a TLS error or refused credentials (the check
+        would fail the same way), and the link's reconnection policy is not delayed."""
+        text = str(exc).lower()
+        if not self._enabled or ("timed out" not in text and "closed before the broker answered" not in text) or \
                 self._topic_logged not in (None, TopicStatus.NOT_CHECKED) or \
                 (self._diagnosis is not None and not self._diagnosis.done()):
             return
