@@ -31,6 +31,10 @@ LIVE_KEY = web.AppKey("live", Live)
 CLIENT_KEY = web.AppKey("client", FteClient)
 HISTORY_KEY = web.AppKey("history", HistoryAdapter)
 TOKEN_KEY = web.AppKey("token", str)
+# transfers submitted through this server -> their source agent: a cancel right after the submit must not
+# depend on the broker having delivered the transfer's first status to the live view yet
+SUBMITTED_KEY = web.AppKey("submitted", dict)
+_SUBMITTED_KEEP = 10_000
 
 
 class BadRequest(Exception):
@@ -241,6 +245,10 @@ async def create(request: web.Request) -> web.Response:
     reply = await c.request(spec.source_agent, cmd, timeout=10)
     if not reply.ok:
         raise BadRequest(f"agent {spec.source_agent} refused the transfer: {reply.message}", 409)
+    submitted = request.app[SUBMITTED_KEY]
+    submitted[tid] = spec.source_agent
+    while len(submitted) > _SUBMITTED_KEEP:
+        submitted.pop(next(iter(submitted)))
     return web.json_response({"transfer_id": tid, "state": "submitted", "source_agent": spec.source_agent,
                               **reply.data}, status=201)
 
@@ -259,7 +267,7 @@ async def cancel(request: web.Request) -> web.Response:
             raise BadRequest("agent is the name of an agent")
     if agent is None:
         row = request.app[LIVE_KEY].transfers.get(tid) or await request.app[HISTORY_KEY].transfer(tid) or {}
-        agent = row.get("source_agent")
+        agent = row.get("source_agent") or request.app[SUBMITTED_KEY].get(tid)
     if not agent:
         raise BadRequest(f"transfer {tid} is not known here: give its agent, {{\"agent\": NAME}}", 404)
     c = request.app[CLIENT_KEY]
@@ -313,6 +321,7 @@ async def not_found(request: web.Request) -> web.Response:
 def make_app(client: FteClient, live: Live, history: HistoryAdapter, token: str) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[CLIENT_KEY], app[LIVE_KEY], app[HISTORY_KEY], app[TOKEN_KEY] = client, live, history, token
+    app[SUBMITTED_KEY] = {}
     r = app.router
     r.add_get("/", index)
     r.add_static("/static/", STATIC)
