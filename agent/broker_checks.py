@@ -66,6 +66,10 @@ class BrokerChecks:
         self._diagnosis: asyncio.Task[None] | None = None
         self._probes = 0  # full probes started
 
+    def use(self, addr: BrokerAddress) -> None:
+        """Probe `addr` from now on: the broker of the list (agent.core.brokers) the link is connecting to."""
+        self._addr = addr
+
     async def before_up(self) -> None:
         """The probe, on a connection of the link before it is up: topics, and the chunk size that passes."""
         if not self._enabled:

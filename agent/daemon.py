@@ -67,9 +67,11 @@ class Agent:
         self.sandbox = Sandbox(settings.sandbox_allow, settings.sandbox_deny,
                                Path(settings.transferRoot) if settings.transferRoot else None)
         password = settings.brokerPassword.get_secret_value() if settings.brokerPassword else None
-        self.addr = BrokerAddress.from_url(settings.brokerUrl, username=settings.brokerUsername, password=password,
-                                           ca_file=_s(settings.brokerCaFile), cert_file=_s(settings.brokerCertFile),
-                                           key_file=_s(settings.brokerKeyFile))
+        # the brokers of brokerUrl's list, tried in order (agent.core.brokers); addr: the first
+        self.addrs = [BrokerAddress.from_url(url, username=settings.brokerUsername, password=password,
+                                             ca_file=_s(settings.brokerCaFile), cert_file=_s(settings.brokerCertFile),
+                                             key_file=_s(settings.brokerKeyFile)) for url in settings.broker_urls]
+        self.addr = self.addrs[0]
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._immediate = False
@@ -90,7 +92,7 @@ class Agent:
             self.name, settings, topics, self.identity, publish=self._publish, link_up=lambda: self.link.up.is_set(),
             stopping=self.stopping.is_set, busy=lambda: self.transfers.busy, transfers=lambda: self.transfers.states(),
             chunk_size=lambda: self.broker.features.chunk_size, broker_check=lambda: self.broker.features.check,
-            tidy=lambda: self.transfers.forget_finished(), drops=drops)
+            tidy=lambda: self.transfers.forget_finished(), drops=drops, broker=self._connected_broker)
         self.desk = CommandDesk(self.name, topics, self.identity, self.authority, publish=self._publish,
                                 event=self._event)
         self.peers = Peers(self.name, topics, _LinkSubscriptions(self), self.authority,
@@ -131,12 +133,25 @@ class Agent:
         will = aiomqtt.Will(topics.agent_status(self.name), self.own_status.payload(AgentState.UNREACHABLE), qos=1,
                             retain=True)
         self.link = BrokerLink(
-            self.addr, client_id=f"fte-agent-{self.name}",
+            self.addrs, client_id=f"fte-agent-{self.name}",
             subscriptions=[topics.commands(self.name), topics.data_filter(self.name),
                            topics.control_filter(self.name), topics.all_agent_status()],
             on_message=self.router.message, on_up=self._on_up, on_down=self._on_down,
-            keepalive=settings.brokerKeepalive, will=will, before_up=self.broker.before_up,
-            not_up=self.broker.connection_failed, urgent=self.router.arrival)
+            keepalive=settings.brokerKeepalive, will=will, before_up=self._before_up,
+            not_up=self.broker.connection_failed, urgent=self.router.arrival,
+            connect_timeout=settings.brokerConnectTimeout)
+
+    # ------------------------------------------------------------------ broker lists
+
+    async def _before_up(self) -> None:
+        """On each connection of the link: the broker check probes the broker the link is connecting to."""
+        self.broker.use(self.link.addr)
+        await self.broker.before_up()
+
+    def _connected_broker(self) -> str | None:
+        """The URL of the broker the agent is on (for its status), None while not connected."""
+        link = getattr(self, "link", None)  # the last will is built before the link
+        return link.addr.url if link is not None and link.up.is_set() else None
 
     # ------------------------------------------------------------------ lifecycle
 

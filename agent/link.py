@@ -13,14 +13,13 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 from urllib.parse import urlparse
 
 import aiomqtt
-from tenacity import AsyncRetrying, retry_if_exception_type
-
 from .core.errors import FteError
-from .core.policy import RECONNECT_BACKOFF, STABLE_CONNECTION, SUBSCRIBE_ATTEMPTS, SUBSCRIBE_RETRY_DELAY
+from .core.brokers import BrokerRotation
+from .core.policy import STABLE_CONNECTION, SUBSCRIBE_ATTEMPTS, SUBSCRIBE_RETRY_DELAY
 
 log = logging.getLogger("fte.link")
 
@@ -174,13 +173,52 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+class _BoundedClient(aiomqtt.Client):
+    """aiomqtt's client whose connect is one bounded attempt: the TCP connect (and TLS handshake) and the
+    wait for the broker's CONNACK each take at most ``connect_timeout``, and a connection closed before the
+    CONNACK fails the attempt at once. (aiomqtt left such a connect waiting for its whole operation timeout:
+    behind a TCP forwarder that accepts and then closes while the broker is down, every attempt hung 4 s.)"""
+
+    def __init__(self, *args: object, connect_timeout: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.connect_timeout = connect_timeout
+        self._client.connect_timeout = connect_timeout  # paho's socket connect
+        on_disconnect = self._client.on_disconnect
+
+        def closed_early(*a: object, **kw: object) -> None:
+            # called in the event loop's thread (aiomqtt drives paho from it), as aiomqtt's own callbacks
+            if not self._connected.done():
+                self._connected.set_exception(aiomqtt.MqttError("the connection was closed before the broker "
+                                                                "answered the CONNECT"))
+            on_disconnect(*a, **kw)  # type: ignore[misc]
+
+        self._client.on_disconnect = closed_early
+
+    async def __aenter__(self) -> "_BoundedClient":
+        operations, self.timeout = self.timeout, self.connect_timeout  # the CONNACK wait
+        try:
+            await super().__aenter__()
+        except BaseException:
+            # aiomqtt leaves the socket of a connect that timed out (a silent listener) open and watched by
+            # the event loop: one fd and one reader leaked per attempt of a long outage
+            try:
+                self._client._sock_close()  # paho's own close: unregisters the socket from aiomqtt's loop
+            except Exception:  # best effort: the attempt has failed anyway
+                pass
+            raise
+        finally:
+            self.timeout = operations
+        return self
+
+
 def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
-                will: aiomqtt.Will | None = None, logger: logging.Logger | None = None) -> aiomqtt.Client:
-    client = aiomqtt.Client(
+                will: aiomqtt.Will | None = None, logger: logging.Logger | None = None,
+                connect_timeout: float = 4.0) -> aiomqtt.Client:
+    client = _BoundedClient(
         addr.host, addr.port, identifier=client_id, username=addr.username, password=addr.password,
         keepalive=keepalive, will=will, tls_context=addr.tls_context(), clean_session=True, logger=logger,
-        # a connect cut before the broker's CONNACK waits this long (aiomqtt): short, since every second of
-        # it is a second of recovery; the reconnection policy simply tries again
+        connect_timeout=connect_timeout,
+        # operations (subscribe, unsubscribe) without a timeout of their own wait this long
         max_inflight_messages=64, timeout=4,
         # Nagle's algorithm held acks and small control messages back for tens of ms each: 3x slower
         # transfers and 5x slower small-file sets (docs/performance.md)
@@ -224,11 +262,16 @@ Hook = Callable[[], Awaitable[None]]
 class BrokerLink:
     """Connect, subscribe, dispatch; on loss, tell the agent and reconnect with backoff."""
 
-    def __init__(self, addr: BrokerAddress, client_id: str, subscriptions: list[str], on_message: MessageHandler,
-                 on_up: Hook, on_down: Hook, keepalive: int = 30, will: aiomqtt.Will | None = None,
-                 before_up: Hook | None = None, not_up: Callable[[BaseException], None] | None = None,
-                 urgent: Callable[[aiomqtt.Message], bool] | None = None) -> None:
-        self.addr = addr
+    def __init__(self, addr: BrokerAddress | Sequence[BrokerAddress], client_id: str, subscriptions: list[str],
+                 on_message: MessageHandler, on_up: Hook, on_down: Hook, keepalive: int = 30,
+                 will: aiomqtt.Will | None = None, before_up: Hook | None = None,
+                 not_up: Callable[[BaseException], None] | None = None,
+                 urgent: Callable[[aiomqtt.Message], bool] | None = None, connect_timeout: float = 2.0) -> None:
+        # the brokers of the list, tried in order (agent.core.brokers); `addr` is the one of the current or
+        # last attempt (the node the agent is on while `up` is set)
+        self.addrs = [addr] if isinstance(addr, BrokerAddress) else list(addr)
+        self.addr = self.addrs[0]
+        self.connect_timeout = connect_timeout
         # awaited on every connection before the subscriptions and before the link is up (the broker probe):
         # nothing is announced to the agent, and no transfer resumes, until it returns
         self._before_up = before_up
@@ -257,7 +300,7 @@ class BrokerLink:
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
         self.connects = 0
-        self._up_since = 0.0
+        self._up_since: float | None = None
         # the largest PUBLISH packet the broker was found to pass, when the broker check found a smaller one
         # refused (None: no limit known); publish() refuses bigger ones (MessageTooLarge)
         self.max_packet: int | None = None
@@ -266,11 +309,12 @@ class BrokerLink:
         """Run until `stop()`: the one reconnection policy of the agent.
 
         Raises BrokerConfigError at once if the TLS files cannot be used: no reconnection fixes that."""
-        try:
-            self.addr.tls_context()
-        except BrokerConfigError as exc:
-            log.error("cannot connect to %s: %s", self.addr.url, exc)
-            raise
+        for addr in self.addrs:
+            try:
+                addr.tls_context()
+            except BrokerConfigError as exc:
+                log.error("cannot connect to %s: %s", addr.url, exc)
+                raise
         self._worker = asyncio.create_task(self._work(), name="link-worker")
         try:
             await self._run()
@@ -286,22 +330,29 @@ class BrokerLink:
                 log.exception("error handling a message on %s", message.topic)
 
     async def _run(self) -> None:
-        policy = AsyncRetrying(
-            wait=RECONNECT_BACKOFF,
-            retry=retry_if_exception_type((aiomqtt.MqttError, OSError, BrokerConfigError)),
-            reraise=True,
-        )
+        # which broker next and how long to wait first: agent.core.brokers (the backoff of agent.core.policy)
+        rotation = BrokerRotation(len(self.addrs))
         while not self._stopping:
-            async for attempt in policy:
-                with attempt:
-                    if self._stopping:
-                        return
-                    await self._session()
-            # a clean end of a session without stop() (should not happen) loops around
+            index, wait = rotation.next_attempt()
+            if wait:
+                await asyncio.sleep(wait)
+            if self._stopping:
+                return
+            self.addr = self.addrs[index]
+            self._up_since = None
+            try:
+                await self._session()
+            except (aiomqtt.MqttError, OSError, BrokerConfigError):
+                pass  # one failed attempt (or a lost connection): the rotation says what next
+            if self._up_since is not None:
+                rotation.connected()
+                # a connection that lasted starts the next outage's backoff afresh; one thrown out soon does not
+                rotation.lost(stable=time.monotonic() - self._up_since >= STABLE_CONNECTION)
 
     async def _session(self) -> None:
         try:
-            client = make_client(self.addr, self.client_id, self.keepalive, self.will)
+            client = make_client(self.addr, self.client_id, self.keepalive, self.will,
+                                 connect_timeout=self.connect_timeout)
         except BrokerConfigError as exc:  # the files were fine at start (say, replaced while renewing them)
             log.warning("cannot connect to %s: %s", self.addr.url, exc)
             raise
@@ -340,9 +391,7 @@ class BrokerLink:
                 log.warning("broker connection to %s lost or refused: %s", self.addr.url,
                             exc if self.up.is_set() else connect_error(exc, started))
             if self.up.is_set():
-                if time.monotonic() - self._up_since >= STABLE_CONNECTION:
-                    return  # a connection that was up and dropped: the next outage starts its backoff afresh
-                raise  # thrown out soon after it came up: the backoff goes on (STABLE_CONNECTION)
+                raise  # a connection that was up and dropped (_run: STABLE_CONNECTION)
             if self._not_up is not None and not self._stopping:
                 self._not_up(exc)
             raise

@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .core.brokers import check_broker_list, split_broker_list
 from .core.errors import FteError
 from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
@@ -203,8 +204,14 @@ def _parse_broker_url(url: str) -> tuple[str, int, bool]:
 
 
 def _broker_url(value: str) -> str:
-    _parse_broker_url(value)
-    return value.strip()
+    """One URL or a comma-separated list of them (agent.core.brokers), each checked."""
+    return ",".join(check_broker_list(value, _parse_broker_url))
+
+
+def _connect_timeout(value: float) -> float:
+    if not 0.1 <= value <= 60:
+        raise ValueError("must be between 0.1 and 60 seconds")
+    return value
 
 
 def _topic_prefix(value: str) -> str:
@@ -403,7 +410,14 @@ class AgentSettings(BaseSettings):
     )
     brokerUrl: Annotated[str, _check(_broker_url)] = Field(
         "mqtt://127.0.0.1:1883",
-        description="MQTT broker: mqtt://HOST:PORT (plain, port 1883 by default) or mqtts://HOST:PORT (TLS, 8883).",
+        description="MQTT broker: mqtt://HOST:PORT (plain, port 1883 by default) or mqtts://HOST:PORT (TLS, 8883); "
+        "or a comma-separated list of them, tried in order at every (re)connection.",
+    )
+    brokerConnectTimeout: Annotated[
+        float, _check(_connect_timeout)
+    ] = Field(
+        2.0, description="Seconds one connection attempt to a broker may take (TCP connect, TLS, CONNACK) before "
+        "the next URL is tried (0.1 .. 60)."
     )
     brokerUsername: str | None = Field(None, description="User name to connect to the broker (not set: anonymous).")
     brokerPassword: SecretStr | None = Field(
@@ -515,6 +529,11 @@ class AgentSettings(BaseSettings):
         return init_settings, _EnvironmentSource(settings_cls, ctx), _PropertiesFileSource(settings_cls, ctx)
 
     # Parsed views -------------------------------------------------------------------------------
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """The brokers of brokerUrl, in the order they are tried."""
+        return split_broker_list(self.brokerUrl)
 
     @property
     def broker_host(self) -> str:
@@ -689,7 +708,7 @@ def timeout_warnings(s: AgentSettings) -> list[str]:
             "every relative path in a transfer request will be refused"
         )
     tls_files = [n for n in ("brokerCaFile", "brokerCertFile", "brokerKeyFile") if getattr(s, n) is not None]
-    if tls_files and not s.broker_tls:
+    if tls_files and not any(_parse_broker_url(u)[2] for u in s.broker_urls):
         warnings.append(
             f"agent {s.agentName}: {', '.join(tls_files)} set but brokerUrl {s.brokerUrl} is not TLS: "
             "they are ignored; use mqtts://"

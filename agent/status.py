@@ -39,7 +39,8 @@ class OwnStatus:
                  publish: Publish, link_up: Callable[[], bool], stopping: Callable[[], bool],
                  busy: Callable[[], bool], transfers: Callable[[], tuple[dict[str, str], dict[str, str]]],
                  chunk_size: Callable[[], int], broker_check: Callable[[], str | None],
-                 tidy: Callable[[], None], drops: "DropLog") -> None:
+                 tidy: Callable[[], None], drops: "DropLog",
+                 broker: Callable[[], str | None] = lambda: None) -> None:
         self._name = name
         self._settings = settings
         self._topics = topics
@@ -54,6 +55,7 @@ class OwnStatus:
         self._broker_check = broker_check
         self._tidy = tidy  # forgets finished destination sessions, before each publication
         self._drops = drops
+        self._broker = broker  # the URL of the broker (node of a list) the agent is connected to, if any
         self.word: str = AgentState.STARTING
         self.started_at = utc_now()
         self.topic = topics.agent_status(name)
@@ -72,7 +74,7 @@ class OwnStatus:
             max_source_transfers=self._settings.maxSourceTransfers,
             max_destination_transfers=self._settings.maxDestinationTransfers,
             max_queued_transfers=self._settings.maxQueuedTransfers,
-            chunk_size=self._chunk_size(), broker_check=self._broker_check()))
+            chunk_size=self._chunk_size(), broker_check=self._broker_check(), broker=self._broker()))
         return provenance.sign_payload(body, provenance.STATUS, self._name, self._identity)
 
     def _wanted(self) -> str:

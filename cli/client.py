@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator, Callable
 import aiomqtt
 
 from agent.core.errors import FteError
-from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client, subscribe_granted
+from agent.core.brokers import BrokerListError, BrokerRotation, check_broker_list
+from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client, redact_url, subscribe_granted
 from agent.wire import provenance
 from agent.wire.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
 
@@ -27,6 +28,10 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 logging.getLogger("mqtt").addHandler(logging.NullHandler())
 logging.getLogger("mqtt").propagate = False
 
+
+# seconds one connection attempt of a command may take (TCP connect, TLS, CONNACK) before the next broker of the
+# list is tried (agents: brokerConnectTimeout)
+CONNECT_TIMEOUT = 4.0
 
 # seconds the broker may take to confirm a subscription (SUBACK)
 SUBSCRIBE_TIMEOUT = 30.0
@@ -88,6 +93,22 @@ def broker_address(url: str, env: Mapping[str, str] = os.environ) -> BrokerAddre
         raise ClientError(str(exc)) from None
 
 
+def broker_addresses(urls: str, env: Mapping[str, str] = os.environ) -> list[BrokerAddress]:
+    """`broker_address` of each URL of a comma-separated list (agent.core.brokers), in order. A malformed
+    entry is one error naming it."""
+    def check(url: str) -> None:
+        BrokerAddress.from_url(url)
+
+    try:
+        entries = check_broker_list(urls, check)
+    except BrokerListError as exc:
+        raise ClientError(f"the broker list (--broker or FTE_BROKER_URL) {redact_url(urls)!r}: "
+                          f"{redact_url(str(exc))}; give URLs like mqtt://HOST:PORT separated by commas") from None
+    except ValueError as exc:  # a single URL: its own message
+        raise ClientError(str(exc)) from None
+    return [broker_address(url, env) for url in entries]
+
+
 def topic_prefix() -> str:
     return os.environ.get("FTE_TOPIC_PREFIX", "SYSTEM.FTE")
 
@@ -101,7 +122,10 @@ class FteClient:
         # and FTE_CONFIG_HOME, whose agent keys the client trusts (keys: others, e.g. the demo's)
         from agent.settings import config_home
 
-        self.addr = broker_address(url, os.environ if env is None else env)
+        # the brokers of the list, tried in order at every (re)connection; addr: the one connected (or tried)
+        self.addrs = broker_addresses(url, os.environ if env is None else env)
+        self.addr = self.addrs[0]
+        self._rotation = BrokerRotation(len(self.addrs))
         self.keys = keys or AgentKeys(config_home(os.environ if env is None else env))
         # told of every message ignored because it is not signed by a trusted agent key (the commands' -v)
         self.on_ignored = on_ignored
@@ -126,19 +150,26 @@ class FteClient:
         await self.close()
 
     async def connect(self) -> None:
+        """Connect to the first broker of the list that answers (one round: each tried once, in order; after a
+        lost connection the round starts with the next one)."""
         self.disconnected.clear()
-        try:
-            client = make_client(self.addr, self.client_id, keepalive=10)
-        except BrokerConfigError as exc:
-            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {exc}") from None
-        started = time.monotonic()
-        try:
-            await self._stack.enter_async_context(client)
-        except aiomqtt.MqttError as exc:
-            reason = connect_error(exc, started)
-            if reason == str(exc):  # nothing more specific known: the usual cause
-                reason += "; is it running? (set --broker or FTE_BROKER_URL)"
-            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {reason}") from None
+        failures: list[str] = []
+        for _ in range(len(self.addrs)):
+            index, _wait = self._rotation.next_attempt()  # no wait within a round
+            self.addr = self.addrs[index]
+            try:
+                client = await self._connect_one()
+            except ClientError as exc:
+                if len(self.addrs) == 1:
+                    raise
+                failures.append(str(exc))
+                continue
+            self._rotation.connected()
+            break
+        else:
+            self._rotation = BrokerRotation(len(self.addrs))  # the next connect() starts at the first again
+            raise ClientError(f"cannot connect to any broker of the list: {'; '.join(failures)}")
+        self.url = self.addr.url
         self.client = client
         try:
             # 30 s, not aiomqtt's 10: a loaded broker (the embedded one under a big transfer) can be that slow
@@ -152,6 +183,21 @@ class FteClient:
                               f"subscription ({exc}); it may be overloaded, or its ACL may refuse the topic: try "
                               "again, or check the broker's log") from None
         self._reader = asyncio.create_task(self._read())
+
+    async def _connect_one(self) -> aiomqtt.Client:
+        try:
+            client = make_client(self.addr, self.client_id, keepalive=10, connect_timeout=CONNECT_TIMEOUT)
+        except BrokerConfigError as exc:
+            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {exc}") from None
+        started = time.monotonic()
+        try:
+            await self._stack.enter_async_context(client)
+        except aiomqtt.MqttError as exc:
+            reason = connect_error(exc, started)
+            if reason == str(exc):  # nothing more specific known: the usual cause
+                reason += "; is it running? (set --broker or FTE_BROKER_URL)"
+            raise ClientError(f"cannot connect to the broker at {self.addr.url}: {reason}") from None
+        return client
 
     async def close(self) -> None:
         if self._reader:
@@ -167,8 +213,9 @@ class FteClient:
         self._stack = AsyncExitStack()
 
     async def reconnect(self, give_up_after: float | None = None) -> None:
-        """Reconnect after the broker went away, retrying every second."""
+        """Reconnect after the broker went away (to the next broker of the list first), retrying every second."""
         await self.close()
+        self._rotation.lost(stable=True)
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 from tenacity import wait_exponential
 
 # --- the broker connection (agent.link) ---------------------------------------------------------------
-# Between reconnection attempts: 0.2 s, 0.4 s, 0.8 s, 1.6 s, then every 2 s. Capped at 2 s: a broker
-# that comes back is found within 2 s, which a short -rt needs.
-RECONNECT_BACKOFF = wait_exponential(multiplier=0.2, min=0.2, max=2)
+# Between rounds of reconnection attempts (agent.core.brokers): 0.2 s, 0.4 s, 0.8 s, then every 1 s.
+# Capped at 1 s (it was 2): a broker that comes back is found within 1 s, which a short -rt needs
+# (docs/timeouts.md: an outage uses up to one step plus brokerConnectTimeout beyond itself).
+RECONNECT_BACKOFF = wait_exponential(multiplier=0.2, min=0.2, max=1)
 # A connection that drops sooner than this after it came up does not reset the reconnection backoff: a
 # broker that throws the agent out for something it sends at once (an oversized message) got thousands of
 # reconnections a minute.

@@ -662,6 +662,9 @@ class AgentStatus(BaseModel):
     # the broker probe (agent.broker_probe): the chunk size of this broker connection, and what was found
     chunk_size: int | None = None
     broker_check: str | None = None
+    # the broker (a node of brokerUrl's list) the agent is connected to: its URL, never credentials; absent in
+    # the statuses of older agents and in the last will (agent.core.brokers)
+    broker: str | None = Field(None, max_length=300)
     # the agent's identity signature (agent.wire.provenance); whether a reader checked it is `verified`
     signature: str | None = None
     _verified: bool = PrivateAttr(default=False)
