@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,7 @@ class ClusterEnv(FteEnv):
     is created with a ``brokerUrl`` of its own (one node, or a list of nodes)."""
 
     prefix: str = CLUSTER_PREFIX
+    agent_brokers: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -286,5 +287,15 @@ class ClusterEnv(FteEnv):
     def create_agent_on(self, name: str, broker_url: str, sandbox: Path | str | None = None,
                         **properties: Any) -> Path:
         """``name`` created with ``brokerUrl=broker_url`` (the last brokerUrl line of agent.properties wins)."""
+        self.agent_brokers[name] = broker_url
         return self.create_agent(name, sandbox=sandbox, topicPrefix=self.prefix, brokerUrl=broker_url,
                                  **properties)
+
+    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20,
+                    extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> Any:
+        """As FteEnv's, with FTE_BROKER_URL set to the agent's own brokerUrl (the environment beats
+        agent.properties, and FteEnv's names the commands' node)."""
+        env = dict(extra_env or {})
+        if name in self.agent_brokers:
+            env.setdefault("FTE_BROKER_URL", self.agent_brokers[name])
+        return super().start_agent(name, wait_ready=wait_ready, timeout=timeout, extra_env=env, wrapper=wrapper)
