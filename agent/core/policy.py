@@ -20,6 +20,12 @@ RECONNECT_BACKOFF = wait_exponential(multiplier=0.2, min=0.2, max=1)
 # broker that throws the agent out for something it sends at once (an oversized message) got thousands of
 # reconnections a minute.
 STABLE_CONNECTION = 5.0
+# A subscription the broker refuses (SUBACK 0x80) is asked for again, this many times in all, this far apart,
+# before the agent logs an ERROR and goes on without it. A NATS 2.9 cluster that lost a node refuses about 4 in
+# 10 new QoS 1 subscriptions (after 4 s each) for as long as the node is away (docs/brokers.md, "A NATS
+# cluster"); one refused 8 times in a row is an ACL's refusal, not that.
+SUBSCRIBE_ATTEMPTS = 8
+SUBSCRIBE_RETRY_DELAY = 0.2
 
 # --- a recovering transfer (source side) -----------------------------------------------------------------
 # Between resync attempts of a recovering transfer: 0.5 s, 1 s, 2 s, 4 s, then every 5 s.

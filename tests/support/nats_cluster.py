@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,14 @@ class NatsClusterNode(NatsMqttProcess):
     def __init__(self, *, cluster_name: str, server_name: str, routes: list[str], route_port: int,
                  replicas: int, workdir: Path, host: str = "127.0.0.1",
                  mqtt_config: list[str] | tuple[str, ...] = (), extra_config: list[str] | tuple[str, ...] = (),
-                 binary: str | None = None) -> None:
+                 binary: str | None = None, consumer_replicas: int | None = None) -> None:
         super().__init__(host=host, workdir=workdir, binary=binary, server_name=server_name,
                          extra_config=extra_config)
         self.cluster_name = cluster_name
         self.routes = routes
         self.route_port = route_port
         self.replicas = replicas
+        self.consumer_replicas = consumer_replicas or replicas
         self.http_port = free_port(host)
         self.mqtt_config = list(mqtt_config)
 
@@ -87,7 +88,7 @@ class NatsClusterNode(NatsMqttProcess):
             "mqtt {",
             f'  listen: "{self.host}:{self.port}"',
             f"  stream_replicas: {self.replicas}",
-            f"  consumer_replicas: {self.replicas}",
+            f"  consumer_replicas: {self.consumer_replicas}",
             *(f"  {line}" for line in self.mqtt_config),
             "}",
             *self.extra_config,
@@ -129,12 +130,14 @@ class NatsCluster:
 
     * ``mqtt_config``: lines added to every node's ``mqtt { }`` block (e.g. ``consumer_inactive_threshold``);
     * ``extra_config``: top-level lines added to every node's configuration;
-    * ``replicas``: ``stream_replicas`` / ``consumer_replicas`` (default: the cluster size).
+    * ``replicas``: ``stream_replicas`` and ``consumer_replicas`` (default: the cluster size);
+      ``consumer_replicas`` another value for the consumers only (bench/nats_cluster_kill.py compares them).
     """
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *, size: int = 3, host: str = "127.0.0.1",
                  replicas: int | None = None, mqtt_config: list[str] | tuple[str, ...] = (),
-                 extra_config: list[str] | tuple[str, ...] = (), start_timeout: float = 90.0) -> None:
+                 extra_config: list[str] | tuple[str, ...] = (), start_timeout: float = 90.0,
+                 consumer_replicas: int | None = None) -> None:
         if not find_nats_server():
             raise FileNotFoundError("nats-server not found; install it (apt install nats-server) "
                                     "or set FTE_NATS_SERVER")
@@ -149,7 +152,8 @@ class NatsCluster:
         self.nodes = [
             NatsClusterNode(cluster_name=name, server_name=f"n{i + 1}_{route_ports[0]}", routes=routes,
                             route_port=route_ports[i], replicas=replicas or size, workdir=self.workdir / f"n{i + 1}",
-                            host=host, mqtt_config=mqtt_config, extra_config=extra_config)
+                            host=host, mqtt_config=mqtt_config, extra_config=extra_config,
+                            consumer_replicas=consumer_replicas)
             for i in range(size)
         ]
 
@@ -272,6 +276,7 @@ class ClusterEnv(FteEnv):
     is created with a ``brokerUrl`` of its own (one node, or a list of nodes)."""
 
     prefix: str = CLUSTER_PREFIX
+    agent_brokers: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -282,5 +287,15 @@ class ClusterEnv(FteEnv):
     def create_agent_on(self, name: str, broker_url: str, sandbox: Path | str | None = None,
                         **properties: Any) -> Path:
         """``name`` created with ``brokerUrl=broker_url`` (the last brokerUrl line of agent.properties wins)."""
+        self.agent_brokers[name] = broker_url
         return self.create_agent(name, sandbox=sandbox, topicPrefix=self.prefix, brokerUrl=broker_url,
                                  **properties)
+
+    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20,
+                    extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None) -> Any:
+        """As FteEnv's, with FTE_BROKER_URL set to the agent's own brokerUrl (the environment beats
+        agent.properties, and FteEnv's names the commands' node)."""
+        env = dict(extra_env or {})
+        if name in self.agent_brokers:
+            env.setdefault("FTE_BROKER_URL", self.agent_brokers[name])
+        return super().start_agent(name, wait_ready=wait_ready, timeout=timeout, extra_env=env, wrapper=wrapper)
