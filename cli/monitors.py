@@ -138,5 +138,12 @@ async def _request(broker: Optional[str], agent: str, cmd: Any) -> Any:
 async def _retained_monitors(broker: Optional[str], agent: Optional[str], name: Optional[str]) -> list[dict]:
     async with FteClient(broker_url(broker, agent)) as c:
         rows = await c.retained_json(c.topics.monitors(agent, name))
-        return sorted(rows, key=lambda r: (r.get("agent", ""), r.get("name", "")))
+        # the agent republishes a monitor's view as it polls: a listing may read two views of one monitor;
+        # keep the one with the most polls (the latest)
+        latest: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
+        for r in rows:
+            key = (r.get("agent", ""), r.get("name", ""))
+            if key not in latest or (r.get("polls") or 0) >= (latest[key].get("polls") or 0):
+                latest[key] = r
+        return [latest[k] for k in sorted(latest)]
 

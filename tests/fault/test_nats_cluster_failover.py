@@ -14,7 +14,6 @@ with the next). Where this checkout's agent does not accept a list yet, the test
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -24,46 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault.helpers import MiB, part_size, sha256
 from tests.support.nats_cluster import CLUSTER_PREFIX, ClusterEnv, NatsCluster
 
-MiB = 1024 * 1024
 PROPERTIES = {"transferAckTimeout": 2000, "transferAckTimeoutRetries": 2, "brokerKeepalive": 5}
-
-
-def broker_lists_supported() -> bool:
-    """Does this checkout's agent take a comma-separated brokerUrl (issue 16, branch ``brokers``)?"""
-    from agent.settings import AgentSettings
-
-    try:
-        AgentSettings(agentName="X", brokerUrl="mqtt://127.0.0.1:1,mqtt://127.0.0.1:2")
-    except Exception:  # noqa: BLE001 - any refusal means: not yet
-        return False
-    return True
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(4 * MiB):
-            h.update(block)
-    return h.hexdigest()
-
-
-def part_size(dest: Path) -> int:
-    try:
-        return dest.with_name(dest.name + ".part").stat().st_size
-    except OSError:
-        return 0
 
 
 pytestmark = pytest.mark.timeout(420)
 
-# Until broker lists are merged (branch 'brokers'), the failover test is written against the issue's contract
-# and skipped.
-needs_broker_lists = pytest.mark.skipif(
-    not broker_lists_supported(),
-    reason="brokerUrl lists (issue 16, branch 'brokers') are not in this checkout: agent.settings refuses "
-           "'mqtt://...,mqtt://...'")
 
 
 @pytest.fixture
@@ -94,7 +61,6 @@ def context(env: ClusterEnv, cluster: NatsCluster) -> str:
     return "\n".join(parts) + "\n" + cluster.log_tail(20)
 
 
-@needs_broker_lists
 def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterEnv, nats_cluster: NatsCluster,
                                                                 data: Path) -> None:
     env = agents
