@@ -33,7 +33,7 @@ from .broker_checks import BrokerChecks, BrokerFeatures
 from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
 from .core.budget import InFlightBudget
-from .core.policy import HEARD_INTERVAL, STOP_POLL
+from .core.policy import HEARD_INTERVAL, STATUS_REASSERT_AFTER_CONNECT, STOP_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
 from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
@@ -247,6 +247,7 @@ class Agent:
         if self.own_status.word in (AgentState.STARTING, AgentState.UNREACHABLE):
             self.own_status.word = AgentState.READY
         await self.own_status.publish()
+        self.own_status.reassert_later(STATUS_REASSERT_AFTER_CONNECT)
         self.republish_definitions()
         self.keeper.connected()
         self.outbox.wake()

@@ -65,6 +65,14 @@ class OwnStatus:
     def changed(self) -> None:
         self._dirty.set()
 
+    def reassert_later(self, delay: float) -> None:
+        """Publish the status again after `delay` seconds, whatever changed meanwhile (a late last will)."""
+        def force() -> None:
+            if self._link_up() and not self._stopping():
+                self._force = True
+                self._dirty.set()
+        asyncio.get_running_loop().call_later(delay, force)
+
     def payload(self, word: str) -> bytes:
         """The agent's status with `word`, signed (agent.wire.provenance)."""
         source, destination = self._transfers()

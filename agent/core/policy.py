@@ -49,6 +49,10 @@ COMPLETE_RETRY_INTERVAL = 15.0
 # its last will says UNREACHABLE, the clients show when it was last heard from (its status then is the will).
 HEARD_INTERVAL = 30.0
 STATUS_MIN_INTERVAL = 1.0  # seconds between two publications of the agent's own status
+# After each connection the agent publishes its status once more this much later: a last will of a connection
+# it abandoned (a node of a cluster that took the CONNECT but answered too late, or a session taken over from
+# a dead node) can be retained after the first publication, on a node whose copy the agent never reads.
+STATUS_REASSERT_AFTER_CONNECT = 10.0
 PEER_WAIT = 2.0  # seconds a new transfer waits for the status of a destination agent not known yet
 # How often a status publication held back by STATUS_MIN_INTERVAL looks whether the word changed meanwhile.
 STATUS_WORD_POLL = 0.2

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.policy import STATUS_REASSERT_AFTER_CONNECT
 from tests.fault.helpers import MiB, part_size, sha256
 from tests.support.nats_cluster import CLUSTER_PREFIX, ClusterEnv, NatsCluster
 
@@ -56,10 +57,6 @@ def agents(nats_cluster: NatsCluster, tmp_path: Path, data: Path,
         env.stop_all()
 
 
-def context(env: ClusterEnv, cluster: NatsCluster) -> str:
-    parts = [f"--- agent {n} ---\n{a.log_tail(40)}" for n, a in env.agents.items()]
-    return "\n".join(parts) + "\n" + cluster.log_tail(20)
-
 
 def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterEnv, nats_cluster: NatsCluster,
                                                                 data: Path) -> None:
@@ -73,7 +70,7 @@ def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterE
     watch.mkdir()
     r = env.run("create-monitor", "-ma", "A1", "-mn", monitor, "-md", str(watch), "-tr", "match,*.csv",
                 "-pi", "5", "-pu", "seconds", "-da", "A2", "-dd", str(data / "out"))
-    assert r.returncode == 0, f"{r}\n{context(env, nats_cluster)}"
+    assert r.returncode == 0, f"{r}\n{env.context(nats_cluster)}"
     # the node A1 is on (the first of its list, unless connecting to it failed): the one to kill
     details = env.run("show-agent-details", "A1", "--json", timeout=30)
     assert details.returncode == 0, str(details)
@@ -94,7 +91,7 @@ def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterE
         deadline = time.monotonic() + 90
         while part_size(dst) < 4 * MiB:
             assert client.poll() is None, f"the transfer ended before the kill: {client.communicate()}"
-            assert time.monotonic() < deadline, f"no 4 MiB arrived in 90 s\n{context(env, nats_cluster)}"
+            assert time.monotonic() < deadline, f"no 4 MiB arrived in 90 s\n{env.context(nats_cluster)}"
             time.sleep(0.05)
         nats_cluster.kill(victim)  # SIGKILL of A1's node: no goodbye to A1, nor to the routes
         assert part_size(dst) < size, "the transfer must still be running when the node dies"
@@ -103,7 +100,7 @@ def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterE
         if client.poll() is None:
             client.kill()
             client.communicate()
-    assert client.returncode == 0, f"exit {client.returncode}\n{out}\n{err}\n{context(env, nats_cluster)}"
+    assert client.returncode == 0, f"exit {client.returncode}\n{out}\n{err}\n{env.context(nats_cluster)}"
     assert json.loads(out.strip().splitlines()[-1])["result_code"] == 0, out
     assert sha256(dst) == digest
     assert list((data / "out").glob("*.part")) == []
@@ -117,9 +114,17 @@ def test_source_fails_over_when_its_node_is_killed_mid_transfer(agents: ClusterE
     # through each survivor: what was retained before the kill is still there
     for url in survivors:
         through = ClusterEnv(env.home, url)
-        r = through.run("list-agents", "A1", "A2", "--json", timeout=60)
-        assert r.returncode == 0, f"{url}: {r}"
-        assert {n: s["status"] for n, s in json.loads(r.stdout).items()} == {"A1": "READY", "A2": "READY"}, str(r)
+        # a last will of a connection A1 abandoned while failing over may be retained on a node after A1's
+        # READY: the agent publishes its status again STATUS_REASSERT_AFTER_CONNECT after connecting
+        deadline = time.monotonic() + 2 * STATUS_REASSERT_AFTER_CONNECT + 30
+        while True:
+            r = through.run("list-agents", "A1", "A2", "--json", timeout=60)
+            assert r.returncode == 0, f"{url}: {r}"
+            statuses = {n: s["status"] for n, s in json.loads(r.stdout).items()}
+            if statuses == {"A1": "READY", "A2": "READY"} or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert statuses == {"A1": "READY", "A2": "READY"}, f"{url}: {r}\n{env.context(nats_cluster)}"
         r = through.run("list-templates", "--json", template, timeout=60)
         assert r.returncode == 0 and json.loads(r.stdout)["name"] == template, f"{url}: {r}"
         r = through.run("list-monitors", "-ma", "A1", "-mn", monitor, "--json", timeout=60)
@@ -148,7 +153,7 @@ def test_agents_that_connect_after_a_node_died_subscribe_and_transfer(nats_clust
             src.write_bytes(os.urandom(2 * MiB + i))
             r = env.run("create-transfer", "-sa", source, "-da", target, "-df", str(dst), "-w", "120", "--json",
                         str(src), timeout=180)
-            assert r.returncode == 0, f"{r}\n{context(env, nats_cluster)}"
+            assert r.returncode == 0, f"{r}\n{env.context(nats_cluster)}"
             assert sha256(dst) == sha256(src)
         for name in ("B2", "B3"):
             text = env.agents[name].log.read_text(errors="replace")

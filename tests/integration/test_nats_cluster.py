@@ -8,7 +8,6 @@ tests/fault/test_nats_cluster_failover.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -17,18 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault.helpers import MiB, sha256
 from tests.support.nats_cluster import CLUSTER_PREFIX, ClusterEnv, NatsCluster
 
 pytestmark = pytest.mark.timeout(240)
 
-MiB = 1024 * 1024
 AGENTS = ("A1", "A2", "A3")
 # as the broker matrix's NATS profile: stalls noticed in seconds, a JetStream store not taken for a stall
 PROPERTIES = {"transferAckTimeout": 2000, "transferAckTimeoutRetries": 2, "brokerKeepalive": 5}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -54,10 +49,6 @@ def spread(nats_cluster: NatsCluster, tmp_path: Path, data: Path, monkeypatch: p
         env.stop_all()
 
 
-def context(env: ClusterEnv, cluster: NatsCluster) -> str:
-    parts = [f"--- agent {n} ---\n{a.log_tail(30)}" for n, a in env.agents.items()]
-    return "\n".join(parts) + "\n" + cluster.log_tail(15)
-
 
 def test_agents_on_different_nodes_transfer_to_each_other(spread: ClusterEnv, nats_cluster: NatsCluster,
                                                           data: Path) -> None:
@@ -76,9 +67,9 @@ def test_agents_on_different_nodes_transfer_to_each_other(spread: ClusterEnv, na
                                              "-w", "120", "--json", str(src))))
     for src, dst, p in procs:
         out, err = p.communicate(timeout=150)
-        assert p.returncode == 0, f"{src.name}: exit {p.returncode}\n{out}\n{err}\n{context(spread, nats_cluster)}"
+        assert p.returncode == 0, f"{src.name}: exit {p.returncode}\n{out}\n{err}\n{spread.context(nats_cluster, 30, 15)}"
         assert json.loads(out.strip().splitlines()[-1])["result_code"] == 0, out
-        assert digest(dst) == digest(src), dst
+        assert sha256(dst) == sha256(src), dst
     assert list((data / "out").glob("*.part")) == []
 
 
@@ -94,7 +85,7 @@ def test_what_one_node_took_is_read_on_the_others(spread: ClusterEnv, nats_clust
     watch.mkdir()
     r = through[1].run("create-monitor", "-ma", "A3", "-mn", monitor, "-md", str(watch), "-tr", "match,*.csv",
                        "-pi", "5", "-pu", "seconds", "-da", "A1", "-dd", str(data / "out"))
-    assert r.returncode == 0, f"{r}\n{context(spread, nats_cluster)}"
+    assert r.returncode == 0, f"{r}\n{spread.context(nats_cluster, 30, 15)}"
     try:
         for env in through:
             r = env.run("list-templates", "--json", template, timeout=30)

@@ -299,3 +299,8 @@ class ClusterEnv(FteEnv):
         if name in self.agent_brokers:
             env.setdefault("FTE_BROKER_URL", self.agent_brokers[name])
         return super().start_agent(name, wait_ready=wait_ready, timeout=timeout, extra_env=env, wrapper=wrapper)
+
+    def context(self, cluster: "NatsCluster", agent_lines: int = 40, node_lines: int = 20) -> str:
+        """The agents' and the nodes' last log lines, for an assertion's message."""
+        parts = [f"--- agent {n} ---\n{a.log_tail(agent_lines)}" for n, a in self.agents.items()]
+        return "\n".join(parts) + "\n" + cluster.log_tail(node_lines)
