@@ -100,7 +100,7 @@ def test_the_file_status_table_allows_its_rows_and_names_the_rest(status: FileSt
 
 
 def test_a_file_reaches_done_only_through_renaming() -> None:
-    assert {new for (_, _), new in FILE_TRANSITIONS.items()} == {RENAMING, DONE, FAILED}
+    assert {new for (_, _), new in FILE_TRANSITIONS.items()} == {FileStatus.CONVERTING, RENAMING, DONE, FAILED}
     assert [old for (old, _), new in FILE_TRANSITIONS.items() if new is DONE] == [RENAMING]
 
 
