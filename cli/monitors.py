@@ -42,10 +42,10 @@ def create_monitor(
     sources: List[str] = typer.Argument(None, help="Task sources (default: ${FilePath}, the file that fired)."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace a monitor of the same name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    mode: Optional[str] = typer.Option(None, "-t", help="Task: " + TEXT_HELP["-t"]),
-    source_encoding: Optional[str] = typer.Option(None, "-sce", help="Task: " + TEXT_HELP["-sce"]),
-    destination_encoding: Optional[str] = typer.Option(None, "-dce", help="Task: " + TEXT_HELP["-dce"]),
-    destination_line_ending: Optional[str] = typer.Option(None, "-dle", help="Task: " + TEXT_HELP["-dle"]),
+    mode: Optional[str] = typer.Option(None, "-t", help="Task: " + TEXT_HELP["-t"].removeprefix("Text: ")),
+    source_encoding: Optional[str] = typer.Option(None, "-sce", help="Task: " + TEXT_HELP["-sce"].removeprefix("Text: ")),
+    destination_encoding: Optional[str] = typer.Option(None, "-dce", help="Task: " + TEXT_HELP["-dce"].removeprefix("Text: ")),
+    destination_line_ending: Optional[str] = typer.Option(None, "-dle", help="Task: " + TEXT_HELP["-dle"].removeprefix("Text: ")),
 ) -> None:
     """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
     from agent.core.triggers import TriggerError, poll_seconds
