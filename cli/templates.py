@@ -40,7 +40,9 @@ from agent.definitions import DefinitionTrust, DefinitionTrustError
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
-from .transfer_request import TEXT_HELP, check_flags, parse_metadata, text_fields, text_flags_without_text_mode
+from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               SOURCE_ENCODING_OPTION, check_flags, parse_metadata, text_fields,
+                               text_flags_without_text_mode)
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
@@ -538,12 +540,10 @@ def create_template(
     metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
-    mode: Optional[str] = typer.Option(None, "-t", "--transfer-mode", help=TEXT_HELP["-t"]),
-    source_encoding: Optional[str] = typer.Option(None, "-sce", "--source-encoding", help=TEXT_HELP["-sce"]),
-    destination_encoding: Optional[str] = typer.Option(None, "-dce", "--destination-encoding",
-                                                       help=TEXT_HELP["-dce"]),
-    destination_line_ending: Optional[str] = typer.Option(None, "-dle", "--destination-line-ending",
-                                                          help=TEXT_HELP["-dle"]),
+    mode: Optional[str] = MODE_OPTION,
+    source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
+    destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
+    destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""

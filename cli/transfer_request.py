@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Any, List, Optional
 
+import typer
+
 from agent.core.recovery import check_recovery_timeout
 from agent.core.text_convert import LINE_ENDINGS, MODES, check_encoding, check_line_ending
 from agent.wire.protocol import TransferItem, TransferSpec
@@ -25,6 +27,11 @@ TEXT_HELP = {  # -t, -sce, -dce, -dle, as every command that takes them says the
     "-dce": "Text: the encoding written at the destination (default: the agent's platform encoding, UTF-8).",
     "-dle": f"Text: the line endings written at the destination, {' | '.join(LINE_ENDINGS)} (default LF).",
 }
+# the options of fte-create-transfer and fte-create-template (fte-create-monitor's say "Task:")
+MODE_OPTION = typer.Option(None, "-t", "--transfer-mode", help=TEXT_HELP["-t"])
+SOURCE_ENCODING_OPTION = typer.Option(None, "-sce", "--source-encoding", help=TEXT_HELP["-sce"])
+DESTINATION_ENCODING_OPTION = typer.Option(None, "-dce", "--destination-encoding", help=TEXT_HELP["-dce"])
+LINE_ENDING_OPTION = typer.Option(None, "-dle", "--destination-line-ending", help=TEXT_HELP["-dle"])
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
                  "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}

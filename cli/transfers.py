@@ -17,7 +17,8 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import TEXT_HELP, check_flags, text_fields, transfer_spec
+from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               SOURCE_ENCODING_OPTION, check_flags, text_fields, transfer_spec)
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -94,12 +95,10 @@ def create_transfer(
                                                    help="Run N times in all (not with -es)."),
     end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
                                                help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
-    mode: Optional[str] = typer.Option(None, "-t", "--transfer-mode", help=TEXT_HELP["-t"]),
-    source_encoding: Optional[str] = typer.Option(None, "-sce", "--source-encoding", help=TEXT_HELP["-sce"]),
-    destination_encoding: Optional[str] = typer.Option(None, "-dce", "--destination-encoding",
-                                                       help=TEXT_HELP["-dce"]),
-    destination_line_ending: Optional[str] = typer.Option(None, "-dle", "--destination-line-ending",
-                                                          help=TEXT_HELP["-dle"]),
+    mode: Optional[str] = MODE_OPTION,
+    source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
+    destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
+    destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 

@@ -41,6 +41,7 @@ class Row:
     supplement: str | None = None
     digest: str | None = None
     destination: str = ""
+    written_digest: str | None = None  # -t text (tests/unit/test_text_destination.py)
 
     def __post_init__(self) -> None:
         self.destination = self.destination or f"/in/f{self.index}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,26 +17,12 @@ from agent.core.destination_session import (Answer, ConvertParts, DestinationSes
 from agent.core.statuses import FileStatus
 from agent.destination import DestinationTransfer
 from agent.part_files import part_path, text_part_path
-from agent.sandbox import Sandbox
-from agent.store import StateStore
-from agent.transferlog import TransferLog
-from agent.wire.protocol import FileOffer, Resync, TextConversion, Topics, decode_chunk, encode_bundle, new_transfer_id
+from agent.wire.protocol import FileOffer, Resync, TextConversion, decode_chunk, encode_bundle, new_transfer_id
+from tests.unit.test_destination_driver import _context
+from tests.unit.test_destination_session import Row
 
 READY, CONVERTING, RENAMING, DONE, FAILED = (FileStatus.READY, FileStatus.CONVERTING, FileStatus.RENAMING,
                                              FileStatus.DONE, FileStatus.FAILED)
-
-
-@dataclass
-class Row:
-    index: int
-    size: int
-    offset: int = 0
-    status: str = READY
-    result_code: int | None = None
-    supplement: str | None = None
-    digest: str | None = None
-    written_digest: str | None = None
-    destination: str = ""
 
 
 def session(*rows: Row, **kw: Any) -> DestinationSession:
@@ -136,19 +120,6 @@ def test_a_converting_file_is_held_whole_and_ready_in_a_resync_reply() -> None:
 
 LATIN1 = "Genève\r\nZürich\r\n".encode("latin-1")
 UTF8_LF = "Genève\nZürich\n".encode()
-
-
-def _context(tmp_path: Path, sent: list[dict[str, Any]]) -> AgentContext:
-    store = StateStore(tmp_path / "state.db")
-    topics = Topics("SYSTEM.FTE")
-
-    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        sent.append(json.loads(payload))
-
-    return AgentContext(name="A2", topics=topics, store=store, log=TransferLog("A2", topics, store, lambda: None),
-                        sandbox=Sandbox([tmp_path]), publish=publish, link_up=lambda: True,
-                        peer_status=lambda agent: "READY", chunk_size=262144, window_chunks=16, ack_timeout=60,
-                        ack_retries=1, agent_recovery_timeout=-1, on_state_change=lambda: None)
 
 
 def _resync(tid: str, out: Path, contents: list[bytes], encoding: str = "latin-1") -> Resync:

@@ -8,6 +8,7 @@ import pytest
 
 from agent.monitor import MonitorSpec
 from agent.wire.protocol import TransferSpec
+from cli.main import app  # first: the commands registered in their own order (docs/gen_commands.py lists them so)
 from cli.templates import Overrides, TemplateError, TemplateSpec, merge, template_spec
 from cli.transfer_request import TransferRequestError, text_fields, transfer_spec
 
@@ -70,3 +71,13 @@ def test_a_monitor_task_carries_the_text_flags() -> None:
                          source_encoding="latin-1", destination_line_ending="CRLF").model_dump()
     m = MonitorSpec(name="M", agent="A1", directory="/out", trigger="match,*.txt", task=task)
     assert (m.task.mode, m.task.source_encoding, m.task.destination_line_ending) == ("text", "iso8859-1", "CRLF")
+
+
+def test_the_three_commands_take_the_text_flags() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for verb in ("create-transfer", "create-template", "create-monitor"):
+        command = group.commands[verb]  # type: ignore[attr-defined]
+        options = {o for p in command.params for o in p.opts}
+        assert {"-t", "-sce", "-dce", "-dle"} <= options, verb
