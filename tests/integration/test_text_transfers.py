@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agents import FteEnv, running_agents, sandbox_dir
+from tests.support.agents import FteEnv, running_agents, sandbox_dir, wait_until
 from tests.support.brokers import AmqttProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,6 +152,22 @@ def test_a_template_carries_the_text_flags(fte: FteEnv, data: Path) -> None:
         assert (data / "in" / "a.txt").read_bytes() == "eins\r\nzwei ü\r\n".encode()
     finally:
         fte.run("delete-templates", name)
+
+
+def test_a_monitor_task_carries_the_text_flags(fte: FteEnv, data: Path) -> None:
+    watch, out = data / "watch", data / "in"
+    watch.mkdir()
+    name = f"text-{secrets.token_hex(4)}"
+    r = fte.run("create-monitor", "-ma", "A1", "-mn", name, "-md", str(watch), "-tr", "match,*.txt", "-pi", "1",
+                "-pu", "seconds", "-da", "A2", "-dd", str(out), "-t", "text", "-sce", "latin-1", "-dle", "LF")
+    assert r.returncode == 0, str(r)
+    try:
+        (watch / "a.txt").write_bytes(LATIN1_CRLF)
+        expected = (LATIN1_LINE.replace("\r\n", "\n") * 6000).encode("utf-8")
+        wait_until(lambda: (out / "a.txt").is_file() and (out / "a.txt").read_bytes() == expected, 30,
+                   "the monitor's transfer delivers the file converted", interval=0.1)
+    finally:
+        fte.run("delete-monitor", "-ma", "A1", "-mn", name)
 
 
 @pytest.mark.parametrize("args,words", [
