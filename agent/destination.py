@@ -302,18 +302,19 @@ class DestinationTransfer:
 # ------------------------------------------------------------------ -t text: the conversions (agent/text_parts.py)
 
 
-async def _convert(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
+def _conversions(t: DestinationTransfer, a: ds.ConvertParts) -> list[tuple[str | None, str | None]]:
     assert t.text is not None
-    outcomes = [await asyncio.to_thread(convert_part, t.parts.dirs, f, t.text, t.parts.checksum, t.parts.fsync)
-                for f in a.files]
-    return t.session.converted(a, outcomes, time.monotonic())
+    return [convert_part(t.parts.dirs, f, t.text, t.parts.checksum, t.parts.fsync) for f in a.files]
+
+
+async def _convert(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
+    # the files of one action (a bundle's) in one worker-thread call, not one call per small file
+    return t.session.converted(a, await asyncio.to_thread(_conversions, t, a), time.monotonic())
 
 
 def _convert_now(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
     """A restart's conversions (the transfer is loaded outside a task): done before the agent goes on."""
-    assert t.text is not None
-    outcomes = [convert_part(t.parts.dirs, f, t.text, t.parts.checksum, t.parts.fsync) for f in a.files]
-    return t.session.converted(a, outcomes, time.monotonic())
+    return t.session.converted(a, _conversions(t, a), time.monotonic())
 
 
 # ------------------------------------------------------------------ the session's replies as messages
