@@ -22,6 +22,7 @@ from .core import results
 from .core.lifecycle import TransferState as S
 from .core.policy import PEER_WAIT
 from .core.recovery import effective_recovery_timeout
+from .core.text_convert import PLATFORM_ENCODING
 from .fileio import os_error_at
 from .fsops import ConfinedDirs
 from .peers import Peers
@@ -75,6 +76,10 @@ class Admission:
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": sent_at, "originator": originator}
+        if spec.mode == "text":  # -sce left out: this (the source) agent's platform encoding
+            header["text"] = {"source_encoding": spec.source_encoding or PLATFORM_ENCODING,
+                              "destination_encoding": spec.destination_encoding,
+                              "line_ending": spec.destination_line_ending}
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,

@@ -32,6 +32,7 @@ from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, 
                        FileResults, RequestRecovery, Resync, ResyncReply)
 from .sandbox import SandboxError
 from .store import FileRecord, TransferRecord
+from .text_parts import convert_part, text_mode
 
 # part_name, part_path, PART_SUFFIX and NAME_MAX live in agent/part_files.py; named here too, where the agent
 # and the tests have always found them
@@ -80,13 +81,14 @@ class DestinationTransfer:
         checksum = header.get("checksum", "sha256")
         settings = ctx.settings
         fsync = True if settings is None else bool(getattr(settings, "agentFsync", True))
-        self.parts = PartFiles(dirs or ConfinedDirs(ctx.sandbox), checksum, fsync, self.tid)
+        self.text = text_mode(header.get("text"))  # -t text: how files are converted (None: binary)
+        self.parts = PartFiles(dirs or ConfinedDirs(ctx.sandbox), checksum, fsync, self.tid, self.text is not None)
         self.fds = self.parts.fds  # the agent closes them when it stops
         now = time.monotonic()
         self.session = DestinationSession(
             rec.files, agent=ctx.name, peer=rec.peer, state=rec.state, epoch=rec.epoch, checksum=checksum,
             exist_error=header.get("exist") == "error", cancel_requested=header.get("cancel_requested"),
-            ack_timeout=ctx.ack_timeout, fresh=fresh, now=now)
+            ack_timeout=ctx.ack_timeout, fresh=fresh, now=now, text=self.text is not None)
         self._carry_out_now(self.session.start(now))  # killed between verifying and renaming: finish the renames
 
     # ------------------------------------------------------------------ creation
@@ -97,6 +99,8 @@ class DestinationTransfer:
         header = {"source_agent": msg.source_agent, "destination_agent": msg.destination_agent,
                   "exist": msg.exist, "checksum": msg.checksum, "job_name": msg.job_name,
                   "metadata": dict(msg.metadata)}
+        if msg.text is not None:
+            header["text"] = msg.text.model_dump()
         if msg.kx:
             # our half of the key exchange: the transfer key binds every later message to this transfer
             private, public = new_ephemeral()
@@ -195,7 +199,7 @@ class DestinationTransfer:
     def _carry_out_now(self, actions: list[ds.Action]) -> None:
         """The actions that need no waiting (a restart's renames, a timer's request)."""
         for action in actions:
-            more = _NOW[type(action)](self, action)
+            more = (_NOW.get(type(action)) or _AT_RESTART[type(action)])(self, action)
             if more:
                 self._carry_out_now(more)
 
@@ -239,7 +243,8 @@ class DestinationTransfer:
         return self.session.sealed(a, digest, error, time.monotonic())
 
     def _rename(self, a: ds.RenameParts) -> list[ds.Action]:
-        return self.session.renamed(a, self.parts.rename(a.files, a.noreplace, a.restart), time.monotonic())
+        return self.session.renamed(a, self.parts.rename(a.files, a.noreplace, a.restart, a.converted),
+                                    time.monotonic())
 
     def _measure(self, a: ds.MeasureParts) -> list[ds.Action]:
         return self.session.measured(a, self.parts.sizes(a.files), time.monotonic())
@@ -294,6 +299,24 @@ class DestinationTransfer:
                 log.error("transfer %s: %s; not sent", self.tid, exc)
 
 
+# ------------------------------------------------------------------ -t text: the conversions (agent/text_parts.py)
+
+
+def _conversions(t: DestinationTransfer, a: ds.ConvertParts) -> list[tuple[str | None, str | None]]:
+    assert t.text is not None
+    return [convert_part(t.parts.dirs, f, t.text, t.parts.checksum, t.parts.fsync) for f in a.files]
+
+
+async def _convert(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
+    # the files of one action (a bundle's) in one worker-thread call, not one call per small file
+    return t.session.converted(a, await asyncio.to_thread(_conversions, t, a), time.monotonic())
+
+
+def _convert_now(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
+    """A restart's conversions (the transfer is loaded outside a task): done before the agent goes on."""
+    return t.session.converted(a, _conversions(t, a), time.monotonic())
+
+
 # ------------------------------------------------------------------ the session's replies as messages
 
 
@@ -301,7 +324,8 @@ def _resync_reply(a: ds.SendResyncReply, tid: str, kx: str | None) -> list[Any]:
     # built from this agent's own records, which were checked when they came in: not validated again
     # (a transfer of 10,000 files builds 10,000 of them per resync)
     holdings = [FileHolding.model_construct(index=h.index, held=h.held, status=h.status, result_code=h.result_code,
-                                            supplement=h.supplement, destination=h.destination, digest=h.digest)
+                                            supplement=h.supplement, destination=h.destination, digest=h.digest,
+                                            **_written(h.written_digest))
                 for h in a.holdings]
     return [ResyncReply(kind="resync_reply", transfer_id=tid, epoch=a.epoch, files=holdings, kx=kx,
                         features=list(FEATURES))]
@@ -312,9 +336,16 @@ def _results(a: ds.SendResults, tid: str, kx: str | None) -> list[Any]:
         # this agent's own records: not validated again (the source validates what it receives)
         return [FileResults(kind="file_results", transfer_id=tid, results=[
             FileOutcome.model_construct(index=f.index, result_code=f.result_code, supplement=f.supplement,
-                                        destination=f.destination, digest=f.digest) for f in a.files])]
+                                        destination=f.destination, digest=f.digest, **_written(f.written_digest))
+            for f in a.files])]
     return [FileResult(kind="file_result", transfer_id=tid, index=f.index, result_code=f.result_code,
-                       supplement=f.supplement, destination=f.destination, digest=f.digest) for f in a.files]
+                       supplement=f.supplement, destination=f.destination, digest=f.digest,
+                       **_written(f.written_digest)) for f in a.files]
+
+
+def _written(digest: str | None) -> dict[str, str]:
+    """-t text: the digest of what was written, told to the source; absent for a binary file (as before)."""
+    return {} if digest is None else {"written_digest": digest}
 
 
 _REPLIES: dict[type, Callable[[Any, str, str | None], list[Any]]] = {
@@ -343,4 +374,7 @@ _NOW: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
 }
 _AWAITED: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
     ds.WriteFiles: DestinationTransfer._write_files, ds.SealPart: DestinationTransfer._seal,
+    ds.ConvertParts: _convert,
 }
+# ...and at a restart, where the session's first actions are carried out before the agent goes on
+_AT_RESTART: dict[type, Callable[[DestinationTransfer, Any], Any]] = {ds.ConvertParts: _convert_now}

@@ -47,6 +47,13 @@ def part_path(destination: str) -> str:
     return (parent if parent.endswith("/") else parent + "/") + part_name(name)
 
 
+def text_part_path(destination: str) -> str:
+    """-t text: where a verified part file is converted to, before it is renamed into place: the part file's
+    own part file (`<name>.part.part`), which no destination's part file can be (no destination ends in
+    `.part`, and a shortened part name ends in `~<16 hex digits>.part`)."""
+    return part_path(part_path(destination))
+
+
 def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
     write_all(fd, data, offset)  # every byte, or the OSError (a full disk writes short first)
     if hasher is not None:
@@ -54,8 +61,9 @@ def _pwrite_and_hash(fd: int, data: Any, offset: int, hasher: Any) -> None:
 
 
 class PartFiles:
-    def __init__(self, dirs: ConfinedDirs, checksum: str, fsync: bool, tid: str) -> None:
+    def __init__(self, dirs: ConfinedDirs, checksum: str, fsync: bool, tid: str, text: bool = False) -> None:
         self.dirs = dirs
+        self._text = text  # -t text: files are converted next to their part files (agent/text_parts.py)
         self.checksum = checksum  # "none": nothing is hashed
         self.fsync = fsync  # agentFsync
         self.tid = tid  # for the log
@@ -170,20 +178,27 @@ class PartFiles:
             if error is not None:
                 outcomes[i] = (None, self._failure(error, "write to", entries[i][0]))
 
-    def rename(self, files: Sequence[FileRecord], noreplace: bool, restart: bool) -> list[str | None]:
+    def rename(self, files: Sequence[FileRecord], noreplace: bool, restart: bool,
+               converted: bool = False) -> list[str | None]:
         """Each part file renamed into place (never over an existing file with `noreplace`: -de error), then
         each directory made durable once. `restart`: an earlier process verified them; one whose part file is
-        gone was renamed, one still there is made durable first. The error of each, or None."""
+        gone was renamed, one still there is made durable first. `converted` (-t text): the converted file
+        (text_part_path) is what is renamed, and the part file it was made from is removed. The error of each,
+        or None."""
         errors: list[str | None] = [None] * len(files)
         into: dict[str, list[int]] = {}  # directory -> the files renamed into it
         for i, f in enumerate(files):
-            part = part_path(f.destination)
+            part = text_part_path(f.destination) if converted else part_path(f.destination)
             try:
                 if restart:
                     if self.dirs.lstat(part) is None:
+                        if converted:
+                            self._unlink_quietly(part_path(f.destination))
                         continue
                     self._sync_path(part)
                 self._rename_into_place(part, f.destination, noreplace)
+                if converted:
+                    self._unlink_quietly(part_path(f.destination))
                 into.setdefault(split(f.destination)[0], []).append(i)
             except (OSError, ValueError) as exc:
                 errors[i] = self._failure(exc, "rename to", f)
@@ -212,8 +227,13 @@ class PartFiles:
         a second error about the removal (remove(), which reports what it removed, does its own)."""
         self.close(f.index)
         self.hashers.pop(f.index, None)
+        self._unlink_quietly(part_path(f.destination))
+        if self._text:  # -t text: a converted file, whole or half made, goes too
+            self._unlink_quietly(text_part_path(f.destination))
+
+    def _unlink_quietly(self, path: str) -> None:
         try:
-            self.dirs.unlink(part_path(f.destination))
+            self.dirs.unlink(path)
         except OSError:
             pass
 

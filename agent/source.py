@@ -36,7 +36,7 @@ from .fileio import (SourceStat, changed_since_request, changed_while_read, os_e
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
 from .wire.protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
-                       encode_bundle, finish_chunk)
+                       TextConversion, encode_bundle, finish_chunk)
 from .store import TransferRecord
 
 log = logging.getLogger("fte.source")
@@ -314,7 +314,7 @@ class SourceTransfer:
             chunk_size=self.ctx.chunk_size, job_name=h.get("job_name"), metadata=h.get("metadata") or {},
             files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
                    for f in (files[i] for i in a.indexes)],
-            kx=h.get("kx_public"),
+            kx=h.get("kx_public"), text=TextConversion(**h["text"]) if h.get("text") else None,
         )
         # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
         # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped

@@ -250,6 +250,7 @@ class PgStateStore(StateStore):
                .replace("REAL", "DOUBLE PRECISION").replace("INTEGER", "BIGINT").replace(" offset ", ' "offset" '))
         for stmt in filter(str.strip, ddl.split(";")):
             conn.execute(stmt)
+        conn.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS written_digest TEXT")  # before text transfers
         conn.execute("SELECT pg_advisory_unlock(7316001)")
         self._db = _PgDb(conn, self._fence)  # type: ignore[assignment]
 
@@ -288,9 +289,9 @@ class PgStateStore(StateStore):
                  int(rec.peer_confirmed), rec.created, rec.updated))
             self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
             self._db.executemany(
-                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
-                  f.status, f.result_code, f.supplement, f.digest) for f in rec.files])
+                  f.status, f.result_code, f.supplement, f.digest, f.written_digest) for f in rec.files])
 
     def save_file(self, transfer_id: str, role: str, f: Any) -> None:
         with self._transaction():

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS files (
     result_code INTEGER,
     supplement TEXT,
     digest TEXT,
+    written_digest TEXT,
     PRIMARY KEY (transfer_id, role, idx)
 );
 CREATE TABLE IF NOT EXISTS monitors (
@@ -93,6 +94,7 @@ class FileRecord:
     result_code: int | None = None
     supplement: str | None = None
     digest: str | None = None
+    written_digest: str | None = None  # -t text: the digest of the converted file the destination wrote
 
 
 @dataclass
@@ -127,6 +129,9 @@ class StateStore:
         # a state store from before monitors kept their creator: add the column (NULL: creator unknown)
         if "requester" not in {r[1] for r in self._db.execute("PRAGMA table_info(monitors)")}:
             self._db.execute("ALTER TABLE monitors ADD COLUMN requester TEXT")
+        # a state store from before text transfers: add the column (NULL: a binary file's, none)
+        if "written_digest" not in {r[1] for r in self._db.execute("PRAGMA table_info(files)")}:
+            self._db.execute("ALTER TABLE files ADD COLUMN written_digest TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -157,9 +162,9 @@ class StateStore:
             )
             self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
             self._db.executemany(
-                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
-                  f.status, f.result_code, f.supplement, f.digest) for f in rec.files],
+                  f.status, f.result_code, f.supplement, f.digest, f.written_digest) for f in rec.files],
             )
 
     def update_transfer(self, rec: TransferRecord, header: bool = False,
@@ -183,9 +188,10 @@ class StateStore:
 
     def save_file(self, transfer_id: str, role: str, f: FileRecord) -> None:
         self._db.execute(
-            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
-            "WHERE transfer_id=? AND role=? AND idx=?",
-            (f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role, f.index),
+            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=?, "
+            "written_digest=? WHERE transfer_id=? AND role=? AND idx=?",
+            (f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, f.written_digest, transfer_id,
+             role, f.index),
         )
 
     def save_files(self, transfer_id: str, role: str, files: list[FileRecord]) -> None:
@@ -197,10 +203,10 @@ class StateStore:
 
     def _update_files(self, transfer_id: str, role: str, files: list[FileRecord]) -> None:
         self._db.executemany(
-            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=? "
-            "WHERE transfer_id=? AND role=? AND idx=?",
-            [(f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, transfer_id, role,
-              f.index) for f in files],
+            "UPDATE files SET offset=?, status=?, result_code=?, supplement=?, digest=?, destination=?, "
+            "written_digest=? WHERE transfer_id=? AND role=? AND idx=?",
+            [(f.offset, f.status, f.result_code, f.supplement, f.digest, f.destination, f.written_digest,
+              transfer_id, role, f.index) for f in files],
         )
 
     def load_transfer(self, transfer_id: str, role: str, files: bool = True) -> TransferRecord | None:
@@ -252,8 +258,8 @@ class StateStore:
         if not files:
             return rec
         rec.files = [FileRecord(*r) for r in self._db.execute(
-            "SELECT idx, source, destination, size, mtime, offset, status, result_code, supplement, digest "
-            "FROM files WHERE transfer_id=? AND role=? ORDER BY idx", (tid, role))]
+            "SELECT idx, source, destination, size, mtime, offset, status, result_code, supplement, digest, "
+            "written_digest FROM files WHERE transfer_id=? AND role=? ORDER BY idx", (tid, role))]
         return rec
 
     # ---- monitors: definitions and what each has already fired for

@@ -12,7 +12,7 @@ from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
-from .transfer_request import transfer_spec
+from .transfer_request import TEXT_HELP, transfer_spec
 
 
 @command("create-monitor")
@@ -42,6 +42,10 @@ def create_monitor(
     sources: List[str] = typer.Argument(None, help="Task sources (default: ${FilePath}, the file that fired)."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace a monitor of the same name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    mode: Optional[str] = typer.Option(None, "-t", help="Task: " + TEXT_HELP["-t"].removeprefix("Text: ")),
+    source_encoding: Optional[str] = typer.Option(None, "-sce", help="Task: " + TEXT_HELP["-sce"].removeprefix("Text: ")),
+    destination_encoding: Optional[str] = typer.Option(None, "-dce", help="Task: " + TEXT_HELP["-dce"].removeprefix("Text: ")),
+    destination_line_ending: Optional[str] = typer.Option(None, "-dle", help="Task: " + TEXT_HELP["-dle"].removeprefix("Text: ")),
 ) -> None:
     """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
     from agent.core.triggers import TriggerError, poll_seconds
@@ -65,7 +69,9 @@ def create_monitor(
         # the flags' checks and words of fte-create-transfer (a bad -rt or -de is one line, not a traceback)
         task = transfer_spec(agent, destination_agent, sources or ["${FilePath}"], dest_file, dest_dir, exist,
                              disposition, checksum, recovery_timeout=recovery_timeout,
-                             job_name=job_name).model_dump()
+                             job_name=job_name, mode=mode, source_encoding=source_encoding,
+                             destination_encoding=destination_encoding,
+                             destination_line_ending=destination_line_ending).model_dump()
     try:
         spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
                            batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)

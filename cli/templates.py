@@ -32,18 +32,21 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 from pydantic import Field, ValidationError, model_validator
 
-from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
-                            TransferSpec, utc_now)
+from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, EncodingName, LineEnding,
+                            Metadata, Path_, Strict, TransferSpec, utc_now)
 
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
-from .transfer_request import check_flags, parse_metadata
+from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               SOURCE_ENCODING_OPTION, check_flags, parse_metadata, text_fields,
+                               text_flags_without_text_mode)
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
+TEXT_FIELDS = ("mode", "source_encoding", "destination_encoding", "destination_line_ending")  # -t -sce -dce -dle
 # What `fte-list-templates --json` adds to a template's document (not part of what is signed).
 LISTING_FIELDS = ("verified", "problem")
 # How long to wait for retained messages after subscribing (they come at once when they exist).
@@ -101,6 +104,10 @@ class TemplateSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    mode: Literal["binary", "text"] | None = None
+    source_encoding: EncodingName | None = None
+    destination_encoding: EncodingName | None = None
+    destination_line_ending: LineEnding | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -161,6 +168,7 @@ class Overrides:
     job_name: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    text: dict[str, Any] = field(default_factory=dict)  # -t, -sce, -dce, -dle given (transfer_request.text_fields)
 
 
 def _destination(file: str | None, directory: str | None) -> tuple[str, Literal["file", "directory"]] | None:
@@ -228,10 +236,18 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
             value = getattr(base, name)
         if value is not None:
             values[name] = value.lower() if name == "checksum" else value
+    for name in TEXT_FIELDS:
+        value = ov.text.get(name, getattr(base, name))
+        if value is not None:
+            values[name] = value
     try:
-        return TransferSpec.model_validate(values)
+        spec = TransferSpec.model_validate(values)
     except ValidationError as exc:
         raise TemplateError(f"invalid transfer request from {label}: {_first_error(exc)}") from None
+    problem = text_flags_without_text_mode(spec)
+    if problem:
+        raise TemplateError(f"{label}: {problem}")
+    return spec
 
 
 def template_spec(ov: Overrides) -> TemplateSpec:
@@ -249,7 +265,8 @@ def template_spec(ov: Overrides) -> TemplateSpec:
     values: dict[str, Any] = dict(source_agent=ov.source_agent, destination_agent=ov.destination_agent,
                                   items=items, exist=ov.exist, disposition=ov.disposition,
                                   checksum=ov.checksum.lower() if ov.checksum else None,
-                                  recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata)
+                                  recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata,
+                                  **ov.text)
     try:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
@@ -271,7 +288,9 @@ def overrides_from(ctx: Any, **values: Any) -> Overrides:
         disposition=kept.get("disposition"), checksum=kept.get("checksum"),
         recursive=True if kept.get("recursive") else None, recovery_timeout=kept.get("recovery_timeout"),
         job_name=kept.get("job_name"), metadata=parse_metadata(kept.get("metadata")),
-        sources=list(values.get("sources") or []))
+        sources=list(values.get("sources") or []),
+        text=text_fields(kept.get("mode"), kept.get("source_encoding"), kept.get("destination_encoding"),
+                         kept.get("destination_line_ending")))
 
 
 # --------------------------------------------------------------------------- request files
@@ -474,7 +493,9 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
              f"  destination:  {dest}",
              f"  recovery timeout (-rt): {s.recovery_timeout if s.recovery_timeout is not None else 'agent default'}"]
     options = []
-    for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name)):
+    for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name),
+                        ("-t", s.mode), ("-sce", s.source_encoding), ("-dce", s.destination_encoding),
+                        ("-dle", s.destination_line_ending)):
         if value is not None:
             options.append(f"{flag} {value}")
     if any(i.recursive for i in s.items):
@@ -519,16 +540,21 @@ def create_template(
     metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    mode: Optional[str] = MODE_OPTION,
+    source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
+    destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
+    destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""
     validate_template_name(name)
     check_flags(exist, disposition, checksum, recovery_timeout)
+    text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     spec = template_spec(Overrides(
         source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
         dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
         recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-        metadata=parse_metadata(metadata), sources=list(sources or [])))
+        metadata=parse_metadata(metadata), sources=list(sources or []), text=text))
     from agent.auth import keys_dir, load_private, requester_name
     from agent.definitions import sign_definition
     from agent.settings import config_home

@@ -1,4 +1,4 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt and -md, and a TransferSpec built from them
+"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md and -t/-sce/-dce/-dle, and a TransferSpec built from them
 with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
 task) take the same flags and use these, so a value is refused with the same words by all three.
 """
@@ -6,9 +6,12 @@ task) take the same flags and use these, so a value is refused with the same wor
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
+
+import typer
 
 from agent.core.recovery import check_recovery_timeout
+from agent.core.text_convert import LINE_ENDINGS, MODES, check_encoding, check_line_ending
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -17,6 +20,18 @@ from .client import ClientError
 EXIST = ("error", "overwrite")
 DISPOSITION = ("leave", "delete")
 CHECKSUM = ("sha256", "md5", "none")
+TEXT_HELP = {  # -t, -sce, -dce, -dle, as every command that takes them says them
+    "-t": "binary | text: text converts encodings and line endings at the destination (default binary).",
+    "-sce": "Text: the source files' encoding, a Python codec name (default: the agent's platform encoding, "
+            "UTF-8).",
+    "-dce": "Text: the encoding written at the destination (default: the agent's platform encoding, UTF-8).",
+    "-dle": f"Text: the line endings written at the destination, {' | '.join(LINE_ENDINGS)} (default LF).",
+}
+# the options of fte-create-transfer and fte-create-template (fte-create-monitor's say "Task:")
+MODE_OPTION = typer.Option(None, "-t", "--transfer-mode", help=TEXT_HELP["-t"])
+SOURCE_ENCODING_OPTION = typer.Option(None, "-sce", "--source-encoding", help=TEXT_HELP["-sce"])
+DESTINATION_ENCODING_OPTION = typer.Option(None, "-dce", "--destination-encoding", help=TEXT_HELP["-dce"])
+LINE_ENDING_OPTION = typer.Option(None, "-dle", "--destination-line-ending", help=TEXT_HELP["-dle"])
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
                  "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
@@ -38,6 +53,36 @@ def check_flags(exist: Optional[str], disposition: Optional[str], checksum: Opti
             check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
         except (TypeError, ValueError) as exc:
             raise TransferRequestError(str(exc)) from None
+
+
+def text_fields(mode: Optional[str], source_encoding: Optional[str], destination_encoding: Optional[str],
+                line_ending: Optional[str]) -> dict[str, Any]:
+    """-t, -sce, -dce and -dle (None: not given) as the TransferSpec fields they set, the encodings' names as
+    Python knows them; TransferRequestError naming the flag for the first that is wrong."""
+    fields: dict[str, Any] = {}
+    try:
+        if mode is not None:
+            if mode.lower() not in MODES:
+                raise ValueError(f"-t {mode!r} is not one of: {', '.join(MODES)}")
+            fields["mode"] = mode.lower()
+        for flag, name, value in (("-sce", "source_encoding", source_encoding),
+                                  ("-dce", "destination_encoding", destination_encoding)):
+            if value is not None:
+                fields[name] = check_encoding(value, flag)
+        if line_ending is not None:
+            fields["destination_line_ending"] = check_line_ending(line_ending, "-dle")
+    except ValueError as exc:
+        raise TransferRequestError(str(exc)) from None
+    return fields
+
+
+def text_flags_without_text_mode(spec: Any) -> Optional[str]:
+    """Why -sce/-dce/-dle cannot be used as given (without -t text), or None."""
+    given = [flag for flag, value in (("-sce", spec.source_encoding), ("-dce", spec.destination_encoding),
+                                      ("-dle", spec.destination_line_ending)) if value is not None]
+    if given and spec.mode != "text":
+        return f"{', '.join(given)} only apply to text transfers: add -t text (they convert text files)"
+    return None
 
 
 def parse_metadata(values: Optional[List[str]]) -> dict[str, str]:
@@ -75,16 +120,23 @@ def validation_text(exc: Exception) -> str:
 def transfer_spec(source_agent: str, destination_agent: str, sources: List[str], dest_file: Optional[str],
                   dest_dir: Optional[str], exist: str, disposition: str, checksum: str, recursive: bool = False,
                   recovery_timeout: Optional[int] = None, job_name: Optional[str] = None,
-                  metadata: Optional[List[str]] = None) -> TransferSpec:
+                  metadata: Optional[List[str]] = None, mode: Optional[str] = None,
+                  source_encoding: Optional[str] = None, destination_encoding: Optional[str] = None,
+                  destination_line_ending: Optional[str] = None) -> TransferSpec:
     """The transfer the flags describe, every flag checked; TransferRequestError naming the flag if not."""
     check_flags(exist, disposition, checksum, recovery_timeout)
     md = parse_metadata(metadata)
+    text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     try:
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
                               destination_type="file" if dest_file else "directory", recursive=recursive)
                  for s in sources]
-        return TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
+        spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
-                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
+                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, **text)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None
+    problem = text_flags_without_text_mode(spec)
+    if problem:
+        raise TransferRequestError(problem)
+    return spec

@@ -17,7 +17,8 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import check_flags, transfer_spec
+from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               SOURCE_ENCODING_OPTION, check_flags, text_fields, transfer_spec)
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -94,6 +95,10 @@ def create_transfer(
                                                    help="Run N times in all (not with -es)."),
     end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
                                                help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
+    mode: Optional[str] = MODE_OPTION,
+    source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
+    destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
+    destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -117,18 +122,22 @@ def create_transfer(
     elif template_name is not None and definition is not None:
         fail("give -tn TEMPLATE or -td FILE, not both")
     check_flags(exist, disposition, checksum, recovery_timeout)
+    text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
         spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
-                             checksum, recursive, recovery_timeout, job_name, metadata)
+                             checksum, recursive, recovery_timeout, job_name, metadata, mode, source_encoding,
+                             destination_encoding, destination_line_ending)
     else:
         try:
             overrides = templates.overrides_from(
                 ctx, sources=sources, source_agent=source_agent, destination_agent=destination_agent,
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
-                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata)
+                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata,
+                mode=mode, source_encoding=source_encoding, destination_encoding=destination_encoding,
+                destination_line_ending=destination_line_ending)
             creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)

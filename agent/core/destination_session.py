@@ -10,7 +10,7 @@ The shell feeds inputs with the time passed in (`receive(msg, now)`, `cancel`, `
 `link_changed`, `handle_timer`) and carries out the actions returned, in order. An action whose outcome
 decides what comes next (a write, a seal, a rename, a measurement, a removal) is the last of its list: the
 shell answers it with the matching input (`chunk_written`/`write_failed`, `files_written`, `sealed`,
-`renamed`, `measured`, `parts_removed`), handing the action back with the outcome, and carries out the
+`renamed`, `measured`, `parts_removed`, `converted`), handing the action back with the outcome, and carries out the
 actions that returns. `get_timer()` is the one deadline: when to ask the source for recovery.
 
 Files are the shell's records (the state store's rows, duck-typed: `FileRow`), changed in place, so that
@@ -44,6 +44,7 @@ class FileRow(Protocol):
     result_code: int | None
     supplement: str | None
     digest: str | None  # the source's (from its FileEnd; "" when it sent none), then the one computed
+    written_digest: str | None  # -t text: the digest of the converted file, which is what was written
 
 
 class Answer(Enum):
@@ -86,6 +87,18 @@ class SealPart:
 
 
 @dataclass(frozen=True, slots=True)
+class ConvertParts:
+    """-t text: convert each verified part file into its second temporary file (agent/text_parts.py), make it
+    durable, and compute its digest. `restart`: an earlier process had begun (its temporary file is made again).
+    Answer: `converted(action, [(digest of what was written, error or None) per file], now)`."""
+
+    files: tuple[FileRow, ...]
+    answer: Answer
+    answered: tuple[FileRow, ...] = ()  # failed before the conversion, told in the same answer
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RenameParts:
     """Rename these verified part files into place (without replacing a file when `noreplace`: -de error),
     then make their directories durable. `restart`: finishing the renames of an earlier process (a part file
@@ -97,6 +110,7 @@ class RenameParts:
     answer: Answer
     answered: tuple[FileRow, ...] = ()  # failed before the rename, told in the same answer
     restart: bool = False
+    converted: bool = False  # -t text: the converted temporary files are renamed, then the part files go
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +163,7 @@ class Holding:
     supplement: str | None
     destination: str
     digest: str | None
+    written_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +215,7 @@ class LogWarning:
     text: str
 
 
-Action = (WriteChunk | WriteFiles | SealPart | RenameParts | DiscardPart | MeasureParts | RemoveParts | SaveFiles
+Action = (WriteChunk | WriteFiles | SealPart | ConvertParts | RenameParts | DiscardPart | MeasureParts | RemoveParts | SaveFiles
           | SaveTransfer | SendResyncReply | SendAck | SendResults | SendRequestRecovery | SendCompleteAck
           | LogCleanedUp | LogWarning)
 
@@ -221,7 +236,7 @@ class DestinationSession:
     def __init__(self, files: Iterable[FileRow], *, agent: str, peer: str,
                  state: TransferState | str = TransferState.IN_PROGRESS, epoch: int = 0, checksum: str = "sha256",
                  exist_error: bool = False, cancel_requested: str | None = None, ack_timeout: float | None = None,
-                 fresh: bool = False, now: float = 0.0) -> None:
+                 fresh: bool = False, now: float = 0.0, text: bool = False) -> None:
         self.files: dict[int, FileRow] = {f.index: f for f in files}
         self.agent = agent  # this destination agent
         self.peer = peer  # the source agent
@@ -231,6 +246,7 @@ class DestinationSession:
         self.epoch = epoch
         self.checksum = checksum
         self.exist_error = exist_error
+        self.text = text  # -t text: a verified file is converted before it is renamed
         # A cancel accepted here is passed on to the source, which owns the outcome; remembered (the shell saves
         # it) and repeated by every later request and resync until the outcome comes: sent once, it was lost
         # when the source was away (tests/fault/test_network.py::
@@ -254,10 +270,14 @@ class DestinationSession:
 
     def start(self, now: float) -> list[Action]:
         """Loaded after a restart: finish the renames the earlier process had verified but not done."""
+        actions: list[Action] = []
+        converting = tuple(f for f in self.files.values() if f.status == FileStatus.CONVERTING)
+        if converting:
+            actions.append(ConvertParts(converting, Answer.NONE, restart=True))
         renaming = tuple(f for f in self.files.values() if f.status == FileStatus.RENAMING)
-        if not renaming:
-            return []
-        return [RenameParts(renaming, self.exist_error, Answer.NONE, restart=True)]
+        if renaming:
+            actions.append(RenameParts(renaming, self.exist_error, Answer.NONE, restart=True, converted=self.text))
+        return actions
 
     def receive(self, msg: Any, now: float) -> list[Action]:
         """A message of the source: Resync, FileEnd, Complete (by their `kind`) or a data frame (Chunk, Bundle)."""
@@ -351,8 +371,11 @@ class DestinationSession:
             return [DiscardPart(f), self._save((f,)), SendResults((f,), together=False)]
         # verified: saved before renaming, so that a crash between the rename and the next save cannot turn a
         # delivered file into "already exists" when the source resends it
-        self._move(f, FileEvent.VERIFIED)
         f.digest = digest
+        if self.text:
+            self._move(f, FileEvent.VERIFIED_TEXT)
+            return [self._save((f,)), ConvertParts((f,), Answer.ONE)]
+        self._move(f, FileEvent.VERIFIED)
         return [self._save((f,)), RenameParts((f,), self.exist_error, Answer.ONE)]
 
     def files_written(self, action: WriteFiles, outcomes: Sequence[tuple[str | None, str | None]],
@@ -364,7 +387,7 @@ class DestinationSession:
             error = error or self._mismatch(expected, digest)
             if error is None:
                 f.offset, f.digest = f.size, digest
-                self._move(f, FileEvent.VERIFIED)
+                self._move(f, FileEvent.VERIFIED_TEXT if self.text else FileEvent.VERIFIED)
                 verified.append(f)
             else:
                 self._move(f, FileEvent.FAILED, results.FILE_FAILED, error)
@@ -372,10 +395,40 @@ class DestinationSession:
                 failed.append(f)
         # as for one file: "verified" saved before the renames (with the failures, one commit)
         actions.append(self._save((*verified, *failed)))
-        if verified:
+        if verified and self.text:
+            actions.append(ConvertParts(tuple(verified), Answer.TOGETHER, answered=tuple(failed)))
+        elif verified:
             actions.append(RenameParts(tuple(verified), self.exist_error, Answer.TOGETHER, answered=tuple(failed)))
         elif failed:
             actions.append(SendResults(tuple(failed), together=True))
+        return actions
+
+    def converted(self, action: ConvertParts, outcomes: Sequence[tuple[str | None, str | None]],
+                  now: float) -> list[Action]:
+        """-t text: the converted files are durable (renamed next, as a binary file's part file is), or failed
+        (an encoding error: the part file and the temporary file go, the destination is untouched)."""
+        actions: list[Action] = []
+        done: list[FileRow] = []
+        failed: list[FileRow] = []
+        for f, (digest, error) in zip(action.files, outcomes):
+            if error is None:
+                f.written_digest = digest
+                self._move(f, FileEvent.CONVERTED)
+                done.append(f)
+            else:
+                self._move(f, FileEvent.FAILED, results.FILE_FAILED, error)
+                actions.append(DiscardPart(f))
+                failed.append(f)
+        # "renaming" saved (with the written digest) before the renames, as a binary file's "verified" is
+        actions.append(self._save((*done, *failed)))
+        answered = (*action.answered, *failed)
+        if done:
+            actions.append(RenameParts(tuple(done), self.exist_error, action.answer, answered=answered,
+                                       converted=True))
+        elif action.answer is Answer.TOGETHER:
+            actions.append(SendResults(answered, together=True))
+        elif action.answer is Answer.ONE:
+            actions.append(SendResults(tuple(failed), together=False))
         return actions
 
     def renamed(self, action: RenameParts, errors: Sequence[str | None], now: float) -> list[Action]:
@@ -454,8 +507,10 @@ class DestinationSession:
 
     def _answer_resync(self, moved: list[FileRow]) -> list[Action]:
         # files whose length is already complete may just be waiting for their FileEnd
-        holdings = tuple(Holding(f.index, f.offset if f.status == FileStatus.READY else f.size, f.status,
-                                 f.result_code or 0, f.supplement, f.destination, f.digest)
+        holdings = tuple(Holding(f.index, f.offset if f.status == FileStatus.READY else f.size,
+                                 FileStatus.READY if f.status == FileStatus.CONVERTING else f.status,
+                                 f.result_code or 0, f.supplement, f.destination, f.digest,
+                                 getattr(f, "written_digest", None))
                          for f in self.files.values())
         return [self._save_transfer(tuple(moved)), SendResyncReply(self.epoch, holdings)]
 

@@ -2,7 +2,8 @@
 
 A file is `ready` while its bytes arrive in its part file, `renaming` once its part file is complete, durable
 and verified (a restart finishes the rename), then `done`; or `failed`, from either, with the reason in its
-supplement. `done` and `failed` are final: a late chunk or a second result for such a file is the session's
+supplement. A text transfer's file (-t text) is `converting` between `ready` and `renaming`: verified, its part
+file being converted into a second temporary file (a restart converts it again), which is what is renamed. `done` and `failed` are final: a late chunk or a second result for such a file is the session's
 to drop before it gets here, so reaching this table with one is a bug, and says so.
 """
 
@@ -19,6 +20,8 @@ class FileEvent(StrEnum):
     RENAMED = "renamed"  # the part file is in place (and its directory durable)
     FAILED = "failed"  # refused, not writable, digest mismatch, rename failed
     ABANDONED = "abandoned"  # the transfer ended before the file was finished
+    VERIFIED_TEXT = "verified_text"  # as VERIFIED, of a text transfer: convert it first
+    CONVERTED = "converted"  # the converted file is complete and durable: rename it
 
 
 F = FileStatus
@@ -30,6 +33,9 @@ FILE_TRANSITIONS: dict[tuple[FileStatus, FileEvent], FileStatus] = {
     (F.READY, E.ABANDONED): F.FAILED,
     (F.RENAMING, E.RENAMED): F.DONE,
     (F.RENAMING, E.FAILED): F.FAILED,
+    (F.READY, E.VERIFIED_TEXT): F.CONVERTING,
+    (F.CONVERTING, E.CONVERTED): F.RENAMING,
+    (F.CONVERTING, E.FAILED): F.FAILED,
 }
 
 FINAL_FILE_STATUSES: frozenset[FileStatus] = frozenset({F.DONE, F.FAILED})

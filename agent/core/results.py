@@ -51,6 +51,7 @@ BFGSS0081E: Final = "BFGSS0081E"  # transfer failed: recovery timed out
 FTEIO0001E: Final = "FTEIO0001E"  # the destination could not write its part file (ENOSPC, EDQUOT, EIO...)
 FTEIO0002E: Final = "FTEIO0002E"  # the source could not read the source file
 FTEIO0003E: Final = "FTEIO0003E"  # the source file changed while it was being sent
+FTEIO0004E: Final = "FTEIO0004E"  # -t text: the destination could not convert the file (its encodings)
 
 # The texts after "ID: " (agent.core.source_session.message); {timeout} of BFGTR0081I says what the recovery
 # timeout does ("recovers until successful (recovery timeout -1)", "recovery timeout 600 s, until TIME", ...).

@@ -124,8 +124,12 @@ def message(message_id: str, **fields: Any) -> str:
 
 def file_view(f: SourceFile, checksum: str) -> dict[str, Any]:
     """A file with its result, as log events list it (docs/log-events.md)."""
-    return {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
+    view: dict[str, Any] = {"index": f.index, "source": f.source, "destination": f.destination, "size": f.size,
             "checksum_method": checksum, "digest": f.digest, "result_code": f.result_code, "supplement": f.supplement}
+    written = getattr(f, "written_digest", None)
+    if written is not None:  # -t text: the digest of the converted file the destination wrote
+        view["written_digest"] = written
+    return view
 
 
 def resync_wait(ack_timeout: float) -> float:
@@ -250,7 +254,8 @@ class SourceSession:
                     continue  # unknown, or answered already (a repeated message)
                 self.last_progress, self.ack_misses = now, 0
                 self._file_resulted(out, f, FileStatus.DONE if r.result_code == results.FILE_SUCCESS
-                                    else FileStatus.FAILED, r.result_code, r.supplement, r.destination, r.digest)
+                                    else FileStatus.FAILED, r.result_code, r.supplement, r.destination, r.digest,
+                                    getattr(r, "written_digest", None))
         elif kind == "request_recovery" and msg.cancel:
             out += self.cancel(now, f"cancelled at the destination agent {self.peer}: {msg.reason}")
         elif kind == "request_recovery":
@@ -492,7 +497,7 @@ class SourceSession:
                 continue
             if h.status == FileStatus.DONE:
                 self._file_resulted(out, f, FileStatus.DONE, results.FILE_SUCCESS, h.supplement, h.destination,
-                                    h.digest)
+                                    h.digest, getattr(h, "written_digest", None))
             elif h.status == FileStatus.FAILED:
                 self._file_resulted(out, f, FileStatus.FAILED, h.result_code or results.FILE_FAILED, h.supplement,
                                     h.destination)
@@ -508,12 +513,15 @@ class SourceSession:
         self._checkpoint(out, force=True)
 
     def _file_resulted(self, out: list[Action], f: SourceFile, status: str, code: int, supplement: str | None = None,
-                       destination: str | None = None, digest: str | None = None) -> None:
+                       destination: str | None = None, digest: str | None = None,
+                       written_digest: str | None = None) -> None:
         f.status, f.result_code, f.supplement = status, code, supplement
         if destination:
             f.destination = destination
         if digest:
             f.digest = digest
+        if written_digest:
+            f.written_digest = written_digest  # type: ignore[attr-defined]  # -t text; agent.store.FileRecord has it
         if status == FileStatus.DONE:
             f.offset = f.size
         self.sending.windows.pop(f.index, None)

@@ -31,5 +31,6 @@ AGENT_LEAVING: frozenset[str] = AGENT_GONE | {AgentState.STOPPING}
 class FileStatus(StrEnum):
     READY = "ready"  # being sent or written
     RENAMING = "renaming"  # destination: verified, being renamed into place (finished after a restart)
+    CONVERTING = "converting"  # destination, -t text: verified, being converted (done again after a restart)
     DONE = "done"
     FAILED = "failed"

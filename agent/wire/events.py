@@ -124,6 +124,7 @@ class FileReport(PlannedFile):
     digest: str | None
     result_code: FileResultCode
     supplement: str | None
+    written_digest: str | None = None  # -t text: the digest of the converted file (absent for a binary file)
 
 
 class Statistics(EventModel):

@@ -18,10 +18,12 @@ import zlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
+                      model_validator)
 
 from ..core.errors import FteError
 from ..core.lifecycle import TERMINAL_STATE_VALUES
+from ..core.text_convert import check_encoding, check_line_ending
 from ..names import NAME_PATTERN
 
 PROTOCOL_VERSION = 1
@@ -231,6 +233,23 @@ class TransferItem(Strict):
     recursive: bool = False
 
 
+# -t text: an encoding is a Python text codec's name (checked again here: a command is untrusted input), kept
+# as its canonical name; a line ending LF or CRLF (agent.core.text_convert)
+# (the encodings given with a binary transfer are not used; the CLI refuses them)
+EncodingName = Annotated[str, Field(max_length=64, examples=["utf-8", "iso8859-1", "cp1252", "ascii"]),
+                         AfterValidator(lambda v: check_encoding(v, "encoding"))]
+LineEnding = Annotated[str, Field(max_length=8, examples=["LF", "CRLF"]),
+                       AfterValidator(lambda v: check_line_ending(v, "line ending"))]
+
+
+class TextConversion(Strict):
+    """A text transfer's conversion, told to the destination in the Resync (absent: binary)."""
+
+    source_encoding: EncodingName
+    destination_encoding: EncodingName | None = None  # None: the destination agent's platform encoding
+    line_ending: LineEnding | None = None  # None: the destination platform's (LF)
+
+
 class TransferSpec(Strict):
     """What a user asks for: the body of a create_transfer command (and of a template)."""
 
@@ -243,6 +262,11 @@ class TransferSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # -t, -sce, -dce, -dle (text transfers: the destination converts; None: the agents' platform's)
+    mode: Literal["binary", "text"] = "binary"
+    source_encoding: EncodingName | None = None
+    destination_encoding: EncodingName | None = None
+    destination_line_ending: LineEnding | None = None
 
 
 class CommandBase(Strict):
@@ -335,6 +359,7 @@ class Resync(Sealed):
     # the source's X25519 public key for this transfer, and its identity signature (agent.wire.binding)
     kx: Annotated[str, Field(max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None
+    text: TextConversion | None = None  # -t text (absent: binary, the bytes are written as they came)
 
     @model_validator(mode="after")
     def _distinct_indexes(self) -> "Resync":
@@ -357,6 +382,7 @@ class FileHolding(Strict):
     supplement: str | None = None
     destination: str | None = None
     digest: str | None = None
+    written_digest: Annotated[str, Field(max_length=128)] | None = None  # -t text: of the converted file
 
 
 class ResyncReply(Sealed):
@@ -404,6 +430,7 @@ class FileResult(Sealed):
     supplement: str | None = None
     destination: str | None = None
     digest: str | None = None
+    written_digest: Annotated[str, Field(max_length=128)] | None = None  # -t text: of the converted file
 
 
 class FileOutcome(Strict):
@@ -412,6 +439,7 @@ class FileOutcome(Strict):
     supplement: str | None = None
     destination: str | None = None
     digest: str | None = None
+    written_digest: Annotated[str, Field(max_length=128)] | None = None  # -t text: of the converted file
 
 
 class FileResults(Sealed):

@@ -41,6 +41,7 @@ class Row:
     supplement: str | None = None
     digest: str | None = None
     destination: str = ""
+    written_digest: str | None = None  # -t text (tests/unit/test_text_destination.py)
 
     def __post_init__(self) -> None:
         self.destination = self.destination or f"/in/f{self.index}"
@@ -100,7 +101,7 @@ def test_the_file_status_table_allows_its_rows_and_names_the_rest(status: FileSt
 
 
 def test_a_file_reaches_done_only_through_renaming() -> None:
-    assert {new for (_, _), new in FILE_TRANSITIONS.items()} == {RENAMING, DONE, FAILED}
+    assert {new for (_, _), new in FILE_TRANSITIONS.items()} == {FileStatus.CONVERTING, RENAMING, DONE, FAILED}
     assert [old for (old, _), new in FILE_TRANSITIONS.items() if new is DONE] == [RENAMING]
 
 

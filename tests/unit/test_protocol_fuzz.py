@@ -86,6 +86,9 @@ def from_annotation(tp: Any, metadata: list[Any] = ()) -> st.SearchStrategy[Any]
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         base, *extra = typing.get_args(tp)
+        examples = [x for e in extra for x in (getattr(e, "examples", None) or ())]
+        if examples:  # a value checked by a validator (an encoding's name): its documented examples
+            return st.sampled_from(examples)
         more: list[Any] = []
         for e in extra:
             more.extend(getattr(e, "metadata", [e]))
@@ -131,6 +134,8 @@ def model_strategy(model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for name, field in model.model_fields.items():
         strat = from_annotation(field.annotation, field.metadata)
+        if field.examples:  # a value checked by a validator (an encoding's name): its documented examples
+            strat = st.sampled_from(field.examples)
         if field.is_required():
             required[name] = strat
         else:
