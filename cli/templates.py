@@ -32,6 +32,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 from pydantic import Field, ValidationError, model_validator
 
+from agent.wire.programs import ProgramCalls
 from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
                             TransferSpec, utc_now)
 
@@ -101,6 +102,7 @@ class TemplateSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    programs: ProgramCalls | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -228,6 +230,8 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
             value = getattr(base, name)
         if value is not None:
             values[name] = value.lower() if name == "checksum" else value
+    if base.programs is not None:  # -presrc etc. given on the command line replace these (with_programs)
+        values["programs"] = base.programs
     try:
         return TransferSpec.model_validate(values)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import check_flags, transfer_spec
+from .transfer_request import PROGRAM_HELP, check_flags, program_calls, transfer_spec, with_programs
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -94,6 +94,11 @@ def create_transfer(
                                                    help="Run N times in all (not with -es)."),
     end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
                                                help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
+    presrc: Optional[str] = typer.Option(None, "-presrc", "--pre-source-call", help=PROGRAM_HELP["-presrc"]),
+    postsrc: Optional[str] = typer.Option(None, "-postsrc", "--post-source-call", help=PROGRAM_HELP["-postsrc"]),
+    predst: Optional[str] = typer.Option(None, "-predst", "--pre-destination-call", help=PROGRAM_HELP["-predst"]),
+    postdst: Optional[str] = typer.Option(None, "-postdst", "--post-destination-call",
+                                          help=PROGRAM_HELP["-postdst"]),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -117,6 +122,7 @@ def create_transfer(
     elif template_name is not None and definition is not None:
         fail("give -tn TEMPLATE or -td FILE, not both")
     check_flags(exist, disposition, checksum, recovery_timeout)
+    calls = program_calls(presrc, postsrc, predst, postdst)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
@@ -140,6 +146,7 @@ def create_transfer(
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
             fail(exc.line(), exc.code)
+    spec = with_programs(spec, calls)
     if generate is not None:
         try:
             path = templates.write_request_file(generate, spec)

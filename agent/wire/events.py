@@ -126,6 +126,19 @@ class FileReport(PlannedFile):
     supplement: str | None
 
 
+class ProgramReport(EventModel):
+    """What became of one program call (-presrc, -predst, -postdst, -postsrc: agent.core.program_call)."""
+
+    when: Literal["pre_source", "post_source", "pre_destination", "post_destination"]
+    name: str
+    args: list[str]
+    outcome: Literal["success", "failure", "refused", "timed_out"]
+    return_code: int | None
+    attempts: Count
+    output: str
+    message: str
+
+
 class Statistics(EventModel):
     files: Count
     files_succeeded: Count
@@ -213,6 +226,7 @@ class Completed(TransferEventBase):
     files: list[FileReport]
     files_omitted: Annotated[int, Field(ge=1)] | None = None
     statistics: Statistics
+    programs: list[ProgramReport] | None = None  # only when the transfer has program calls
 
 
 class CleanedUp(TransferEventBase):

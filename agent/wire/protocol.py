@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 from ..core.errors import FteError
 from ..core.lifecycle import TERMINAL_STATE_VALUES
 from ..names import NAME_PATTERN
+from .programs import ProgramCalls, ProgramDone, ProgramRun
 
 PROTOCOL_VERSION = 1
 
@@ -243,6 +244,7 @@ class TransferSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    programs: ProgramCalls | None = None  # -presrc, -postsrc, -predst, -postdst (agent.wire.programs)
 
 
 class CommandBase(Strict):
@@ -454,7 +456,8 @@ class RequestRecovery(Sealed):
 
 
 ControlMessage = Annotated[
-    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery],
+    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery,
+          ProgramRun, ProgramDone],
     Field(discriminator="kind"),
 ]
 
