@@ -224,7 +224,9 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         rc = int(final.get("result_code", 40))
         if as_json:
             out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
-                                  "files": final.get("files"), "message": final.get("message")}), markup=False)
+                                  "files": final.get("files"), "message": final.get("message"),
+                                  **({"programs": final["programs"]} if final.get("programs") else {})}),
+                      markup=False)
         else:
             out.print(format_event(final), markup=False)
         return rc
