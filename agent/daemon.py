@@ -41,7 +41,7 @@ from .monitor_host import MonitorHost
 from .peers import Peers, trusted_agent_key
 from .wire.protocol import Topics, TransferSpec, utc_now
 from .router import DropLog, Router
-from .programs import ProgramHost
+from .programs import ProgramHost, monitor_command
 from .sandbox import Sandbox
 from .scheduler import Scheduler
 from .scheduler import event as schedule_event
@@ -116,7 +116,8 @@ class Agent:
         self.transfers = Transfers(self.ctx, admission, settings.maxSourceTransfers)
         self.watchdog = Watchdog(self.ctx)
         self.monitors = MonitorHost(self.name, topics, self.store, self.sandbox, start_transfer=self.transfers.start,
-                                    retain=self._retain, event=self._event)
+                                    retain=self._retain, event=self._event,
+                                    run_command=lambda task, origin: monitor_command(self.ctx, task, origin))
         self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,
                                    lambda rows: self._retain(topics.schedules(self.name),
                                                              json.dumps({"agent": self.name, "time": utc_now(),

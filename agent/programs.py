@@ -8,6 +8,7 @@ The rules (syntax, which names may run, successrc, the environment) are agent.co
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -124,6 +125,15 @@ def outcome_model(o: pc.Outcome) -> ProgramOutcome:
     data["output"] = data["output"][-(pc.OUTPUT_TAIL_BYTES * 2):]
     data["message"] = data["message"][:1024]
     return ProgramOutcome(**data)
+
+
+async def monitor_command(ctx: AgentContext, task: dict[str, Any], origin: str) -> str:
+    """A monitor's command task (agent.monitor): its call, arguments substituted, run here; the outcome as
+    JSON (the `program` of the monitor's `command_ran` event)."""
+    call = ProgramCall.model_validate(task["command"]).call()
+    env = pc.program_environment("", ctx.name, "", origin, list(task.get("files") or []), "monitor", os.environ)
+    outcome = await run_call(call, "monitor", command_path_of(ctx), timeout_of(ctx), env)
+    return json.dumps(outcome_model(outcome).model_dump())
 
 
 class ProgramHost:

@@ -129,7 +129,7 @@ class FileReport(PlannedFile):
 class ProgramReport(EventModel):
     """What became of one program call (-presrc, -predst, -postdst, -postsrc: agent.core.program_call)."""
 
-    when: Literal["pre_source", "post_source", "pre_destination", "post_destination"]
+    when: Literal["pre_source", "post_source", "pre_destination", "post_destination", "monitor"]
     name: str
     args: list[str]
     outcome: Literal["success", "failure", "refused", "timed_out"]
@@ -287,6 +287,16 @@ class MonitorFired(MonitorEventBase):
     transfer_id: TransferId
 
 
+class MonitorCommandRan(MonitorEventBase):
+    """The trigger fired and the monitor's command task ran (once per file; `files`: that file, none for
+    noMatch); `result_code` 0, or 108 when the program failed or was refused (`program` says how)."""
+
+    action: Literal["command_ran"]
+    result_code: _code_of((results.SUCCESS, 108))
+    files: list[str]
+    program: ProgramReport
+
+
 class MonitorFailed(MonitorEventBase):
     """A poll failed, or the transfer could not be started (the files fire again at the next poll)."""
 
@@ -350,14 +360,14 @@ class UnknownEvent(EventModel):
 
 
 TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp]
-MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed]
+MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan]
 ScheduleEvent = Union[ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired]
 Event = Union[TransferEvent, NotAuthorized, MonitorEvent, ScheduleEvent, UnknownEvent]
 
 Family = Literal["transfer", "monitor", "schedule"]
 _FAMILIES: dict[Family, tuple[type[EventModel], ...]] = {
     "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized),
-    "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed),
+    "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan),
     "schedule": (ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired),
 }
 

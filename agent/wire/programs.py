@@ -14,7 +14,7 @@ from ..core import program_call as pc
 Name = Annotated[str, Field(min_length=1, max_length=pc.MAX_NAME_CHARS, pattern=r"^[^\x00-\x1f]+$")]
 SuccessRc = Annotated[str, Field(max_length=256, pattern=r"^[<>!]?-?[0-9]{1,10}([&|][<>!]?-?[0-9]{1,10}){0,15}$")]
 Arg = Annotated[str, Field(max_length=pc.MAX_ARG_CHARS)]
-When = Literal["pre_source", "post_source", "pre_destination", "post_destination"]
+When = Literal["pre_source", "post_source", "pre_destination", "post_destination", "monitor"]
 AtDestination = Literal["pre_destination", "post_destination"]
 MAX_OUTPUT_CHARS = pc.OUTPUT_TAIL_BYTES * 2  # a tail of 2048 bytes, decoded with replacement characters
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from tests.support.agents import FteEnv, running_agents, sandbox_dir
 from tests.support.brokers import AmqttProcess
+from tests.support.subscription import Subscription
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,3 +147,42 @@ def test_an_agent_whose_command_path_overlaps_its_sandbox_refuses_to_start(tmp_p
     assert r.returncode != 0, str(r)
     assert f"commandPath directory {data / 'bin'} overlaps sandboxRoot directory {data}" in r.stderr, str(r)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_monitor_command_task_runs_the_program_with_the_monitor_variables(env: FteEnv, tmp_path: Path,
+                                                                            bin_dir: Path) -> None:
+    watched = tmp_path / "data" / "watch"
+    watched.mkdir()
+    record, marker = tmp_path / "record.txt", tmp_path / "ran"
+    _program(bin_dir / "record.sh", f'printf "%s|" "$@" >> "{record}"\n'
+                                    f'echo "$FTE_PROGRAM_CALL $FTE_DESTINATION_FILES" >> "{record}"\necho recorded\n')
+    _program(tmp_path / "elsewhere" / "evil.sh", f'touch "{marker}"\n')
+    events: "queue.Queue[dict]" = queue.Queue()
+    sub = Subscription(env.broker_url, "SYSTEM.FTE/Log/A1/Monitors/#", lambda t, p: events.put(json.loads(p)))
+    try:
+        for name, call in (("cmd", "record.sh(${FileName},x\\,${FilePath})"), ("evil", "../elsewhere/evil.sh")):
+            r = env.run("create-monitor", "-ma", "A1", "-mn", name, "-md", str(watched), "-tr", "match,*.csv",
+                        "-pi", "1", "-pu", "seconds", "-mc", call)
+            assert r.returncode == 0, str(r)
+        path = watched / "a b.csv"
+        path.write_text("x")
+        ran: dict[str, dict] = {}
+        deadline = time.monotonic() + 30
+        while len(ran) < 2 and time.monotonic() < deadline:
+            try:
+                ev = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if ev.get("action") == "command_ran":
+                ran[ev["monitor"]] = ev
+        assert set(ran) == {"cmd", "evil"}, ran
+    finally:
+        sub.close()
+    assert record.read_text() == f"a b.csv|x,{path}|monitor {path}\n"  # one argv entry each, no shell
+    ok = ran["cmd"]
+    assert ok["result_code"] == 0 and ok["files"] == [str(path)]
+    assert (ok["program"]["outcome"], ok["program"]["output"], ok["program"]["when"]) == ("success", "recorded\n",
+                                                                                           "monitor")
+    bad = ran["evil"]
+    assert bad["result_code"] == 108 and bad["program"]["outcome"] == "refused", bad
+    assert not marker.exists(), "a monitor ran a program outside commandPath"
