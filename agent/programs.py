@@ -149,6 +149,13 @@ class ProgramHost:
     def on_run(self, msg: ProgramRun) -> None:
         if msg.destination_agent != self._ctx.name:
             raise ProtocolError(f"program_run for agent {msg.destination_agent!r} received by {self._ctx.name!r}")
+        if msg.when == "post_destination":
+            # after the files: only for a transfer this agent received from that source, with the paths it wrote
+            rec = self._ctx.store.load_transfer(msg.transfer_id, "destination")
+            if rec is None or rec.peer != msg.source_agent:
+                raise ProtocolError(f"program_run post_destination for transfer {msg.transfer_id}, which agent "
+                                    f"{self._ctx.name} did not receive from {msg.source_agent}")
+            msg = msg.model_copy(update={"destinations": [f.destination for f in rec.files]})
         key = (msg.transfer_id, msg.when)
         if key in self._running:
             return
