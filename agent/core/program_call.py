@@ -54,48 +54,47 @@ class Call:
                 "retry_wait": self.retry_wait, "success_rc": self.success_rc}
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` outside parentheses, a backslash escaping the next character (kept)."""
-    parts, cur, depth, i = [], [], 0, 0
+def _chars(text: str, flag: str) -> list[tuple[str, bool]]:
+    """(character, escaped by a backslash) of `text`."""
+    out, i = [], 0
     while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            cur.append(text[i:i + 2])
+        if text[i] == "\\":
+            if i + 1 >= len(text):
+                raise ProgramCallError(f"{flag}: the program call ends with a lone backslash; escape it as \\\\")
+            out.append((text[i + 1], True))
             i += 2
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        if c == sep and depth == 0:
+        else:
+            out.append((text[i], False))
+            i += 1
+    return out
+
+
+def _split_top(text: str, sep: str, flag: str) -> list[str]:
+    """`text` split at `sep` outside parentheses; escapes kept (the arguments are split by _split_args)."""
+    parts, cur, depth = [], [], 0
+    for c, escaped in _chars(text, flag):
+        if not escaped and c in "()":
+            depth += 1 if c == "(" else -1
+        if not escaped and c == sep and depth == 0:
             parts.append("".join(cur))
             cur = []
         else:
-            cur.append(c)
-        i += 1
+            cur.append("\\" + c if escaped else c)
     parts.append("".join(cur))
     return parts
 
 
 def _split_args(text: str, flag: str) -> tuple[str, ...]:
     """The arguments between the parentheses: split at unescaped commas, escapes removed."""
-    args, cur, i = [], [], 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            if i + 1 >= len(text):
-                raise ProgramCallError(f"{flag}: the arguments end with a lone backslash; escape it as \\\\")
-            cur.append(text[i + 1])
-            i += 2
-            continue
-        if c in "()":
+    args, cur = [], []
+    for c, escaped in _chars(text, flag):
+        if not escaped and c in "()":
             raise ProgramCallError(f"{flag}: an unescaped {c!r} in the arguments; write it as \\{c}")
-        if c == ",":
+        if not escaped and c == ",":
             args.append("".join(cur))
             cur = []
         else:
             cur.append(c)
-        i += 1
     args.append("".join(cur))
     return tuple(args)
 
@@ -104,7 +103,7 @@ def parse(text: str, flag: str = "program call") -> Call:
     """The program call `text` (a flag's value) as a Call; ProgramCallError naming `flag` if it is wrong."""
     if not text or not text.strip():
         raise ProgramCallError(f"{flag}: empty program call; give NAME or NAME(arg1,arg2)")
-    head, *rest = _split_top(text, ",")
+    head, *rest = _split_top(text, ",", flag)
     if len(rest) > 3:
         raise ProgramCallError(f"{flag} {text!r}: too many fields; the form is "
                                "[executable:]NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]]")

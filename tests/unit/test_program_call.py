@@ -40,7 +40,7 @@ def test_good_specs(text: str, call: Call | None) -> None:
     ("x(a\\)", "must end with ')'"),
     ("x)", "')' without '('"),
     ("x(a(b))", "unescaped '('"),
-    ("x(a\\", "must end with ')'"),
+    ("x(a\\", "ends with a lone backslash"),
     ("x,1,2,0,9", "too many fields"),
     ("x,-1", "retrycount '-1' is not a whole number from 0 to 100"),
     ("x,101", "retrycount '101'"),
