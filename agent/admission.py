@@ -80,6 +80,8 @@ class Admission:
             header["text"] = {"source_encoding": spec.source_encoding or PLATFORM_ENCODING,
                               "destination_encoding": spec.destination_encoding,
                               "line_ending": spec.destination_line_ending}
+        if spec.programs is not None:  # run by the transfer (agent.programs), kept across restarts
+            header["programs"] = spec.programs.model_dump(mode="json", exclude_none=True)
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,

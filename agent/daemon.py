@@ -41,6 +41,7 @@ from .monitor_host import MonitorHost
 from .peers import Peers, trusted_agent_key
 from .wire.protocol import Topics, TransferSpec, utc_now
 from .router import DropLog, Router
+from .programs import ProgramHost, monitor_command
 from .sandbox import Sandbox
 from .scheduler import Scheduler
 from .scheduler import event as schedule_event
@@ -115,7 +116,8 @@ class Agent:
         self.transfers = Transfers(self.ctx, admission, settings.maxSourceTransfers)
         self.watchdog = Watchdog(self.ctx)
         self.monitors = MonitorHost(self.name, topics, self.store, self.sandbox, start_transfer=self.transfers.start,
-                                    retain=self._retain, event=self._event)
+                                    retain=self._retain, event=self._event,
+                                    run_command=lambda task, origin: monitor_command(self.ctx, task, origin))
         self.scheduler = Scheduler(self.store, self._scheduled_start, self._schedule_event,
                                    lambda rows: self._retain(topics.schedules(self.name),
                                                              json.dumps({"agent": self.name, "time": utc_now(),
@@ -125,8 +127,9 @@ class Agent:
                                      trusted_verifier(config_home(), self.authority))
         self.desk.handlers = registry(self.name, status=lambda: self.own_status.word, transfers=self.transfers,
                                       monitors=self.monitors, scheduler=self.scheduler, stop=self.request_stop)
+        self.programs = ProgramHost(self.ctx)  # -predst/-postdst of the transfers this agent receives
         self.router = Router(self.ctx, self.metrics, drops, commands=self.desk.lane, peers=self.peers,
-                             transfers=self.transfers, watchdog=self.watchdog)
+                             transfers=self.transfers, watchdog=self.watchdog, programs=self.programs)
         self.metrics.gauges.update({
             "fte_transfers_active": lambda: {'role="source"': len(self.transfers.sources),
                                              'role="destination"': len(self.transfers.active_destinations())},
@@ -185,7 +188,7 @@ class Agent:
         finally:
             self.broker.close()
             others = (self.transfers.cancel_tasks() + self.monitors.stop() + self.peers.close()
-                      + self.keeper.close())
+                      + self.keeper.close() + self.programs.cancel_tasks())
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, *others, return_exceptions=True)

@@ -2,8 +2,9 @@
 
 The rules (triggers, memory, substitution) are in `agent.core.triggers`; this is the IO around them.
 A monitor's definition and memory live in the agent's state store, so a file never fires twice for
-the same version, also across restarts. Monitors run only while their agent runs. A monitor never
-runs a program: its task is a transfer, whatever a file's arrival contains.
+the same version, also across restarts. Monitors run only while their agent runs. A monitor's task is a
+transfer, or a command (a program call, agent.programs): a program from the agent's own commandPath, which
+lies outside its sandbox, so a file's arrival never places the program that runs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import os
 import time
 from typing import Annotated, Any, Awaitable, Callable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .core.errors import FteError
 from .core import triggers as T
 from .wire.events import MonitorName, new_event
+from .wire.programs import ProgramCall
 from .wire.protocol import AgentName, CommandBase, Path_, Strict, TransferSpec, utc_now
 
 log = logging.getLogger("fte.monitor")
@@ -35,13 +37,21 @@ class MonitorSpec(Strict):
     recursion: Annotated[int, Field(ge=0, le=64)] = 0
     include: Annotated[str, Field(max_length=512)] | None = None
     exclude: Annotated[str, Field(max_length=512)] | None = None
-    task: TransferSpec
+    task: TransferSpec | None = None
+    # a command task (the reference's managedCall): a program from the agent's commandPath instead of a transfer
+    command: ProgramCall | None = None
 
     @field_validator("trigger")
     @classmethod
     def _trigger(cls, v: str) -> str:
         T.Trigger.parse(v)
         return v
+
+    @model_validator(mode="after")
+    def _one_task(self) -> "MonitorSpec":
+        if (self.task is None) == (self.command is None):
+            raise ValueError("a monitor has one task: a transfer or a command")
+        return self
 
 
 class CreateMonitor(CommandBase):
@@ -66,10 +76,10 @@ class MonitorError(FteError):
 def check_task(spec: MonitorSpec) -> None:
     """Refuse at creation what could never run (the reference's codes)."""
     trig = T.Trigger.parse(spec.trigger)
-    if spec.task.source_agent != spec.agent:
+    if spec.task is not None and spec.task.source_agent != spec.agent:
         raise MonitorError(f"the task's source agent {spec.task.source_agent} must be the monitoring agent "
                            f"{spec.agent}", T.MONITOR_TASK_SOURCE_AGENT_INVALID)
-    text = spec.task.model_dump_json()
+    text = (spec.task or spec.command).model_dump_json()  # type: ignore[union-attr]
     if trig.kind == "noMatch" and T.uses_file_variables(text):
         raise MonitorError("a noMatch monitor has no file to describe: its task cannot use file variables "
                            "such as ${FileName} (BFGDM0060E)", T.MONITOR_VARIABLE_IN_NOMATCH)
@@ -148,7 +158,7 @@ class MonitorRunner:
         self.polls += 1
         self.last_poll = utc_now()
         started: list[str] = []
-        task = json.loads(self.spec.task.model_dump_json())
+        task = json.loads((self.spec.task or self.spec.command).model_dump_json())  # type: ignore[union-attr]
         if absent:
             tids = await self._start(task, [], T.variables("", 0, time.time(), self.spec.agent))
             if not tids:
@@ -171,6 +181,8 @@ class MonitorRunner:
         return started
 
     async def _start(self, task: dict[str, Any], files: list[str], fixed: dict[str, str] | None) -> list[str]:
+        if self.spec.command is not None:
+            return await self._run_command(task, files, fixed)
         try:
             if fixed is not None:
                 spec = T.substitute_all(task, fixed)
@@ -192,6 +204,36 @@ class MonitorRunner:
                              "message": f"{len(files) or 'no'} file(s) triggered {self.trigger.text()}: "
                                         f"transfer {tid} started"})
         return [tid]
+
+
+    async def _run_command(self, call: dict[str, Any], files: list[str], fixed: dict[str, str] | None) -> list[str]:
+        """The command task, once per file that fired (once for noMatch), its arguments substituted with the
+        file's variables; a `command_ran` event each (result 0, or 108 when it failed or was refused). A
+        failed run is not retried at the next poll (the reference's command tasks neither)."""
+        ran = []
+        for path in files or [""]:
+            try:
+                if fixed is not None:
+                    values = fixed
+                else:
+                    st = os.stat(path)
+                    values = T.variables(path, st.st_size, st.st_mtime, self.spec.agent)
+                outcome = await self._submit({"command": T.substitute_all(call, values), "files": files and [path]},
+                                             f"monitor {self.spec.name}")
+            except Exception as exc:
+                code = exc.code if isinstance(exc, (T.TriggerError, MonitorError)) else T.MONITOR_TASK_FAILED
+                self._emit("failed", {"result_code": code, "files": files and [path],
+                                      "message": f"command not run: {exc}"})
+                continue
+            program = json.loads(outcome)
+            ok = program["outcome"] == "success"
+            self._emit("command_ran", {"result_code": 0 if ok else T.MONITOR_TASK_FAILED, "files": files and [path],
+                                       "program": program,
+                                       "message": f"{len(files) or 'no'} file(s) triggered {self.trigger.text()}: "
+                                                  f"command {program['name']} {program['outcome']} (return code "
+                                                  f"{program['return_code']})"})
+            ran.append(path)
+        return ran
 
 
 MONITOR_KINDS = {"create_monitor", "delete_monitor", "stop_monitor", "start_monitor", "list_monitors"}

@@ -30,8 +30,10 @@ class MonitorHost:
 
     def __init__(self, name: str, topics: Topics, store: StateStore, sandbox: Sandbox, *,
                  start_transfer: StartTransfer, retain: Callable[[str, bytes], None],
-                 event: Callable[[str, dict[str, Any]], None]) -> None:
+                 event: Callable[[str, dict[str, Any]], None],
+                 run_command: Callable[[dict[str, Any], str], Awaitable[str]] | None = None) -> None:
         self._name = name
+        self._run_command = run_command  # a command task's program call (agent.programs.monitor_command)
         self._topics = topics
         self._store = store
         self._sandbox = sandbox
@@ -123,6 +125,9 @@ class MonitorHost:
         root = str(self._sandbox.resolve(spec.directory, write=False))
 
         async def submit(task: dict[str, Any], origin: str) -> str:
+            if "command" in task:  # a command task: the outcome of its program call, as JSON
+                assert self._run_command is not None, "no program runner"
+                return await self._run_command(task, origin)
             out = await self._start_transfer(TransferSpec.model_validate(task), originator=origin)
             return str(out["transfer_id"])
 

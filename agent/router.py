@@ -30,6 +30,8 @@ from .core.policy import DROP_LOG_INTERVAL
 from .core.statuses import FileStatus
 from .metrics import Metrics
 from .peers import Peers
+from .programs import ProgramHost
+from .wire.programs import ProgramDone, ProgramRun
 from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, FileResults,
                        ProtocolError, RequestRecovery, Resync, ResyncReply, Topics, decode_chunk, parse_control)
 from .transfers import Transfers
@@ -86,7 +88,7 @@ class Router:
     """`arrival` is the link's `urgent` hook, `message` its `on_message`."""
 
     def __init__(self, ctx: AgentContext, metrics: Metrics, drops: DropLog, *, commands: CommandLane, peers: Peers,
-                 transfers: Transfers, watchdog: Watchdog) -> None:
+                 transfers: Transfers, watchdog: Watchdog, programs: ProgramHost | None = None) -> None:
         self._ctx = ctx
         self._name = ctx.name
         self._topics = ctx.topics
@@ -107,10 +109,14 @@ class Router:
             Complete: transfers.on_complete,
             CompleteAck: transfers.on_complete_ack,
             RequestRecovery: self._recovery_request,
+            # program calls (agent.programs): the destination runs one, the source hears its outcome
+            ProgramRun: programs.on_run if programs is not None else (lambda msg: None),
+            ProgramDone: transfers.program_done,
         }
         # the negotiation messages are signed by the peer (the others carry a MAC: _MAC_ROLE)
         self._signed: dict[type, Callable[[str, Any, dict[str, Any]], Awaitable[bool]]] = {
-            Resync: self._offer_signed, ResyncReply: self._reply_signed}
+            Resync: self._offer_signed, ResyncReply: self._reply_signed,
+            ProgramRun: self._program_run_signed, ProgramDone: self._program_done_signed}
 
     def arrival(self, message: aiomqtt.Message) -> bool:
         """Commands and agent statuses, as they arrive (True: handled here); the rest is left to the worker."""
@@ -202,6 +208,20 @@ class Router:
             raise ProtocolError(f"resync reply for {tid} not signed by a trusted key of agent {peer}")
         if msg.kx:
             session.bind(msg.kx)  # the transfer key: every later message of the transfer carries its MAC
+        return True
+
+    async def _program_run_signed(self, tid: str, msg: ProgramRun, raw: dict[str, Any]) -> bool:
+        # a program runs only at the request of an agent whose key this agent trusts (authority on)
+        if not self._peer_signed(msg.source_agent, raw):
+            raise ProtocolError(f"program_run for {tid} not signed by a trusted key of agent {msg.source_agent}")
+        return True
+
+    async def _program_done_signed(self, tid: str, msg: ProgramDone, raw: dict[str, Any]) -> bool:
+        peer = self._transfers.peer_of(tid)
+        if peer is None:
+            return False
+        if not self._peer_signed(peer, raw):
+            raise ProtocolError(f"program_done for {tid} not signed by a trusted key of agent {peer}")
         return True
 
     def _peer_signed(self, agent: str, raw: dict[str, Any]) -> bool:

@@ -261,6 +261,16 @@ def _sandbox(value: str | None) -> str | None:
     return value
 
 
+def _command_path(value: str) -> str:
+    from .core.program_call import ProgramCallError, split_command_path
+
+    try:
+        split_command_path(value)
+    except ProgramCallError as exc:
+        raise ValueError(str(exc).removeprefix("commandPath ")) from None
+    return value
+
+
 def _absolute(value: Path | None) -> Path | None:
     if value is None:
         return None
@@ -528,6 +538,14 @@ class AgentSettings(BaseSettings):
         description="true: obey only commands signed by a requester listed in the agent's authorized_requesters "
         "file (fte-create-agent turns it on and trusts your key); false: obey anyone who can publish to it.",
     )
+    commandPath: Annotated[str, _check(_command_path)] = Field(
+        "", description="Directories, separated by ':', of the programs that program calls (-presrc, -postsrc, "
+        "-predst, -postdst, monitor command tasks) may run on this agent; empty: none may run. Must be outside "
+        "sandboxRoot (the agent refuses to start otherwise)."
+    )
+    commandTimeout: Annotated[int, _whole("seconds", "1 or more seconds", lambda v: v >= 1)] = Field(
+        60, description="Seconds a program call may run before it is killed (each attempt)."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -670,6 +688,7 @@ def load_agent_settings(name: str, env: Mapping[str, str] = os.environ, path: Pa
         filled["agentStateDir"] = agent_dir(name, env) / "state"
     if require_directories:
         _require_directories(settings, ctx)
+        _command_path_outside_sandbox(settings, ctx)
     if settings.transferRoot is None:
         filled["transferRoot"] = Path.home()
     return settings.model_copy(update=filled) if filled else settings
@@ -688,6 +707,27 @@ def _require_directories(s: AgentSettings, ctx: _Load) -> None:
         else:
             continue
         raise SettingsError(f"{ctx.origins.get(key, str(ctx.path))}: {shown} {problem}")
+
+
+def _command_path_outside_sandbox(s: AgentSettings, ctx: _Load) -> None:
+    """SettingsError when a file this agent receives could land in commandPath (and so become a program it
+    runs): commandPath needs a sandboxRoot, and no directory of one may be inside the other."""
+    from .core.program_call import command_path_overlap, split_command_path
+
+    dirs = split_command_path(s.commandPath)
+    if not dirs:
+        return
+    where = ctx.origins.get("commandPath", str(ctx.path))
+    if not s.sandboxRoot:
+        raise SettingsError(f"{where}: commandPath is set but sandboxRoot is not: the agent could write files "
+                            "into commandPath; set sandboxRoot to the directories it transfers, outside commandPath")
+    real = [os.path.realpath(d) for d in dirs]
+    hit = command_path_overlap(real, [os.path.realpath(p) for p in s.sandbox_allow],
+                               [os.path.realpath(p) for p in s.sandbox_deny])
+    if hit is not None:
+        raise SettingsError(f"{where}: commandPath directory {hit[0]} overlaps sandboxRoot directory {hit[1]}: a "
+                            "file that arrives could become a program the agent runs; move commandPath outside "
+                            "sandboxRoot")
 
 
 # -------------------------------------------------------------------------------------- warnings

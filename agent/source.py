@@ -35,6 +35,7 @@ from .fileio import (SourceStat, changed_since_request, changed_while_read, os_e
                      source_changed, stat_path)
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
+from .programs import ProgramCaller
 from .wire.protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
                        TextConversion, encode_bundle, finish_chunk)
 from .store import TransferRecord
@@ -148,6 +149,7 @@ class SourceTransfer:
         self._pending: set[asyncio.Task[None]] = set()
         self.mac_no_crc = False  # FLAG_NO_CRC on a bound transfer
         self.sealer: ChunkSealer | None = None  # the chunks' MAC on a bound transfer (HMAC, or GMAC: "gmac")
+        self.programs = ProgramCaller(ctx, rec)
 
     # ------------------------------------------------------------------ public
 
@@ -193,6 +195,7 @@ class SourceTransfer:
     async def run(self) -> None:
         s = self.session
         try:
+            self._do(await self.programs.before(s))  # -presrc, -predst: a failure fails it before any byte moves
             self._do(s.start(time.monotonic(), restarted=self.restarted, link_up=self.ctx.link_up(),
                              peer=self.ctx.peer_status(self.dest)))
             while not s.state.is_terminal:
@@ -538,10 +541,8 @@ class SourceTransfer:
                 except OSError as exc:
                     f.result_code = results.FILE_WARNING
                     f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"
-        self.rec.result_code = s.result_code
-        self.rec.state = st.value
+        fields = await self.programs.after(st, s.completed_fields(reason, time.monotonic()))  # -postdst, -postsrc
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
-        fields = s.completed_fields(reason, time.monotonic())
         if self.ctx.metrics is not None:
             self.ctx.metrics.transfer_finished(st.value, s.result_code, fields["statistics"])
         self.ctx.log.emit(self.rec, "completed", **fields)

@@ -207,6 +207,12 @@ class Transfers:
         if session is not None:
             session.post("control", msg)
 
+    def program_done(self, msg: Any) -> None:
+        """A destination's answer to a program call (agent.programs) of a running source transfer."""
+        session = self.sources.get(msg.transfer_id)
+        if session is not None:
+            session.programs.answered(msg)
+
     async def on_file_end(self, msg: FileEnd) -> None:
         dest = self.dests.get(msg.transfer_id)
         if dest is not None:

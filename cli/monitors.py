@@ -7,12 +7,14 @@ from typing import Any, List, Optional
 
 import typer
 
+from agent.core.program_call import ProgramCallError
 from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
+from agent.wire.programs import ProgramCall
 
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
-from .transfer_request import TEXT_HELP, transfer_spec
+from .transfer_request import PROGRAM_HELP, TEXT_HELP, program_calls, transfer_spec, with_programs
 
 
 @command("create-monitor")
@@ -46,21 +48,43 @@ def create_monitor(
     source_encoding: Optional[str] = typer.Option(None, "-sce", help="Task: " + TEXT_HELP["-sce"].removeprefix("Text: ")),
     destination_encoding: Optional[str] = typer.Option(None, "-dce", help="Task: " + TEXT_HELP["-dce"].removeprefix("Text: ")),
     destination_line_ending: Optional[str] = typer.Option(None, "-dle", help="Task: " + TEXT_HELP["-dle"].removeprefix("Text: ")),
+    presrc: Optional[str] = typer.Option(None, "-presrc", help="Task: " + PROGRAM_HELP["-presrc"]),
+    postsrc: Optional[str] = typer.Option(None, "-postsrc", help="Task: " + PROGRAM_HELP["-postsrc"]),
+    predst: Optional[str] = typer.Option(None, "-predst", help="Task: " + PROGRAM_HELP["-predst"]),
+    postdst: Optional[str] = typer.Option(None, "-postdst", help="Task: " + PROGRAM_HELP["-postdst"]),
+    command_task: Optional[str] = typer.Option(
+        None, "-mc", "--monitor-command",
+        help="The task is this program call instead of a transfer (the reference's command task), run on the "
+             "monitoring agent once per file that fired, ${...} variables substituted in its arguments: "
+             "NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]], NAME in the agent's commandPath."),
 ) -> None:
-    """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
+    """Watch a directory and start a transfer (or run a command) when a trigger fires (MFT's fteCreateMonitor)."""
     from agent.core.triggers import TriggerError, poll_seconds
 
     try:
         seconds = poll_seconds(poll_interval, poll_unit)
     except TriggerError as exc:
         fail(str(exc))
-    if task_file is not None:
+    calls = program_calls(presrc, postsrc, predst, postdst)
+    command_call: Any = None
+    task: Any = None
+    if command_task is not None:
+        if task_file is not None or destination_agent or dest_file or dest_dir or calls is not None:
+            fail("-mc runs a command as the task: give no transfer task with it (-mt, -da, -df/-dd, -presrc ...)")
+        try:
+            command_call = ProgramCall.parse(command_task, "-mc")
+        except ProgramCallError as exc:
+            fail(str(exc), 103)
+    elif task_file is not None:
         if destination_agent or dest_file or dest_dir:
             fail("give the task either with -mt FILE or with inline flags (-da -df/-dd ...), not both")
+        if calls is not None:
+            fail("-presrc/-postsrc/-predst/-postdst with -mt: put them in the task file (fte-create-transfer -gt "
+                 "FILE -presrc ...)")
         try:
             from .templates import load_request_file
 
-            task: Any = load_request_file(task_file)["spec"]
+            task = load_request_file(task_file)["spec"]
         except Exception as exc:
             fail(f"task file {task_file}: {exc}", 103)
     else:
@@ -71,10 +95,12 @@ def create_monitor(
                              disposition, checksum, recovery_timeout=recovery_timeout,
                              job_name=job_name, mode=mode, source_encoding=source_encoding,
                              destination_encoding=destination_encoding,
-                             destination_line_ending=destination_line_ending).model_dump()
+                             destination_line_ending=destination_line_ending)
+        task = with_programs(task, calls).model_dump()
     try:
         spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
-                           batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)
+                           batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task,
+                           command=command_call)
     except Exception as exc:
         # say which flag is wrong and why: the first lines of a pydantic error named only the field
         # ("1 validation error for MonitorSpec ['trigger']"), never the reason
@@ -126,10 +152,12 @@ def list_monitors(
         text = f"{m['agent']:12} {m['name']:24} {m['state']}  by {m.get('requester') or '(unknown)'}"
         if verbose:
             sp = m["spec"]
-            task = sp["task"]
-            dests = ", ".join(i["destination"] for i in task["items"])
-            text += (f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> "
-                     f"{task['destination_agent']}:{dests}")
+            task = sp.get("task")
+            if task is None:  # a command task
+                target = f"command {(sp.get('command') or {}).get('name')}"
+            else:
+                target = f"{task['destination_agent']}:" + ", ".join(i["destination"] for i in task["items"])
+            text += f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> {target}"
         return text
 
     print_listing(run(_retained_monitors(broker, agent, name)), as_json, "No monitors.", line)

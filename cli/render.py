@@ -17,6 +17,7 @@ from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.results import FILE_FAILED, FILE_SUCCESS
 from agent.core.statuses import AgentState
 from agent.wire.events import Progress as ProgressEvent
+from agent.core.program_call import FLAG_OF as CALL_FLAG
 from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
                           Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
                           UnknownEvent, parse_event, parse_progress, read_event)
@@ -169,8 +170,11 @@ def _event_line(ev: EventModel) -> str:
     if isinstance(ev, Completed):
         s = ev.statistics
         failed = [(f.source, f.supplement) for f in ev.files if f.result_code == FILE_FAILED and f.supplement]
-        return _completed_text(head, ev.state, ev.result_code, (s.files_succeeded, s.files, s.bytes, s.seconds),
+        text = _completed_text(head, ev.state, ev.result_code, (s.files_succeeded, s.files, s.bytes, s.seconds),
                                ev.message, failed)
+        calls = [f"{CALL_FLAG.get(p.when, p.when)} {p.name} {p.outcome} (return code {p.return_code})"
+                 for p in ev.programs or ()]
+        return text + ("; programs: " + ", ".join(calls) if calls else "")
     if isinstance(ev, ProgressEvent):
         parts = [f"{f.source} -> {f.destination} ({f.size} bytes, "
                  f"{'ok' if f.result_code == FILE_SUCCESS else f'result {f.result_code}'}"

@@ -32,6 +32,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 from pydantic import Field, ValidationError, model_validator
 
+from agent.wire.programs import ProgramCalls
 from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, EncodingName, LineEnding,
                             Metadata, Path_, Strict, TransferSpec, utc_now)
 
@@ -108,6 +109,7 @@ class TemplateSpec(Strict):
     source_encoding: EncodingName | None = None
     destination_encoding: EncodingName | None = None
     destination_line_ending: LineEnding | None = None
+    programs: ProgramCalls | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -240,6 +242,8 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
         value = ov.text.get(name, getattr(base, name))
         if value is not None:
             values[name] = value
+    if base.programs is not None:  # -presrc etc. given on the command line replace these (with_programs)
+        values["programs"] = base.programs
     try:
         spec = TransferSpec.model_validate(values)
     except ValidationError as exc:

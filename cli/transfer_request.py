@@ -10,8 +10,10 @@ from typing import Any, List, Optional
 
 import typer
 
+from agent.core.program_call import ProgramCallError
 from agent.core.recovery import check_recovery_timeout
 from agent.core.text_convert import LINE_ENDINGS, MODES, check_encoding, check_line_ending
+from agent.wire.programs import ProgramCall, ProgramCalls
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -34,7 +36,19 @@ DESTINATION_ENCODING_OPTION = typer.Option(None, "-dce", "--destination-encoding
 LINE_ENDING_OPTION = typer.Option(None, "-dle", "--destination-line-ending", help=TEXT_HELP["-dle"])
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
+                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source",
+                 "programs": "-presrc/-postsrc/-predst/-postdst"}
+
+_CALL_FORM = "[executable:]NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]]; NAME is looked up in the " \
+             "agent's commandPath"
+PROGRAM_HELP = {
+    "-presrc": f"Program to run on the source agent before the transfer starts (failure: the transfer fails, "
+               f"nothing sent): {_CALL_FORM}.",
+    "-postsrc": "Program to run on the source agent after all files (failure: result 40).",
+    "-predst": "Program to run on the destination agent before any file is written (failure: the transfer "
+               "fails, nothing sent).",
+    "-postdst": "Program to run on the destination agent after all files (failure: result 40).",
+}
 
 
 class TransferRequestError(ClientError):
@@ -140,3 +154,25 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
     if problem:
         raise TransferRequestError(problem)
     return spec
+
+
+def program_calls(presrc: Optional[str] = None, postsrc: Optional[str] = None, predst: Optional[str] = None,
+                  postdst: Optional[str] = None) -> Optional[ProgramCalls]:
+    """-presrc, -postsrc, -predst and -postdst (None: not given) as ProgramCalls, or None if none is given;
+    TransferRequestError naming the flag (agent.core.program_call's words)."""
+    given = {"pre_source": ("-presrc", presrc), "post_source": ("-postsrc", postsrc),
+             "pre_destination": ("-predst", predst), "post_destination": ("-postdst", postdst)}
+    try:
+        calls = {field: ProgramCall.parse(value, flag) for field, (flag, value) in given.items() if value is not None}
+    except ProgramCallError as exc:
+        raise TransferRequestError(str(exc)) from None
+    return ProgramCalls(**calls) if calls else None
+
+
+def with_programs(spec: TransferSpec, calls: Optional[ProgramCalls]) -> TransferSpec:
+    """`spec` with the program calls given on the command line replacing its own (a template's, a file's)."""
+    if calls is None:
+        return spec
+    merged = {**(spec.programs.model_dump(exclude_none=True) if spec.programs else {}),
+              **calls.model_dump(exclude_none=True)}
+    return spec.model_copy(update={"programs": ProgramCalls(**merged)})

@@ -17,8 +17,9 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
-                               SOURCE_ENCODING_OPTION, check_flags, text_fields, transfer_spec)
+from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION, PROGRAM_HELP,
+                               SOURCE_ENCODING_OPTION, check_flags, program_calls, text_fields, transfer_spec,
+                               with_programs)
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -99,6 +100,11 @@ def create_transfer(
     source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
     destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
     destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
+    presrc: Optional[str] = typer.Option(None, "-presrc", "--pre-source-call", help=PROGRAM_HELP["-presrc"]),
+    postsrc: Optional[str] = typer.Option(None, "-postsrc", "--post-source-call", help=PROGRAM_HELP["-postsrc"]),
+    predst: Optional[str] = typer.Option(None, "-predst", "--pre-destination-call", help=PROGRAM_HELP["-predst"]),
+    postdst: Optional[str] = typer.Option(None, "-postdst", "--post-destination-call",
+                                          help=PROGRAM_HELP["-postdst"]),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -123,6 +129,7 @@ def create_transfer(
         fail("give -tn TEMPLATE or -td FILE, not both")
     check_flags(exist, disposition, checksum, recovery_timeout)
     text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
+    calls = program_calls(presrc, postsrc, predst, postdst)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
@@ -149,6 +156,7 @@ def create_transfer(
             spec = templates.merge(base, overrides, label)
         except templates.RequestFileError as exc:
             fail(exc.line(), exc.code)
+    spec = with_programs(spec, calls)
     if generate is not None:
         try:
             path = templates.write_request_file(generate, spec)
@@ -226,7 +234,9 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         rc = int(final.get("result_code", 40))
         if as_json:
             out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
-                                  "files": final.get("files"), "message": final.get("message")}), markup=False)
+                                  "files": final.get("files"), "message": final.get("message"),
+                                  **({"programs": final["programs"]} if final.get("programs") else {})}),
+                      markup=False)
         else:
             out.print(format_event(final), markup=False)
         return rc

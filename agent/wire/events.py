@@ -127,6 +127,19 @@ class FileReport(PlannedFile):
     written_digest: str | None = None  # -t text: the digest of the converted file (absent for a binary file)
 
 
+class ProgramReport(EventModel):
+    """What became of one program call (-presrc, -predst, -postdst, -postsrc: agent.core.program_call)."""
+
+    when: Literal["pre_source", "post_source", "pre_destination", "post_destination", "monitor"]
+    name: str
+    args: list[str]
+    outcome: Literal["success", "failure", "refused", "timed_out"]
+    return_code: int | None
+    attempts: Count
+    output: str
+    message: str
+
+
 class Statistics(EventModel):
     files: Count
     files_succeeded: Count
@@ -214,6 +227,7 @@ class Completed(TransferEventBase):
     files: list[FileReport]
     files_omitted: Annotated[int, Field(ge=1)] | None = None
     statistics: Statistics
+    programs: list[ProgramReport] | None = None  # only when the transfer has program calls
 
 
 class CleanedUp(TransferEventBase):
@@ -272,6 +286,16 @@ class MonitorFired(MonitorEventBase):
     result_code: _code_of((results.SUCCESS,))
     files: list[str]
     transfer_id: TransferId
+
+
+class MonitorCommandRan(MonitorEventBase):
+    """The trigger fired and the monitor's command task ran (once per file; `files`: that file, none for
+    noMatch); `result_code` 0, or 108 when the program failed or was refused (`program` says how)."""
+
+    action: Literal["command_ran"]
+    result_code: _code_of((results.SUCCESS, 108))
+    files: list[str]
+    program: ProgramReport
 
 
 class MonitorFailed(MonitorEventBase):
@@ -337,14 +361,14 @@ class UnknownEvent(EventModel):
 
 
 TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp]
-MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed]
+MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan]
 ScheduleEvent = Union[ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired]
 Event = Union[TransferEvent, NotAuthorized, MonitorEvent, ScheduleEvent, UnknownEvent]
 
 Family = Literal["transfer", "monitor", "schedule"]
 _FAMILIES: dict[Family, tuple[type[EventModel], ...]] = {
     "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized),
-    "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed),
+    "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan),
     "schedule": (ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired),
 }
 

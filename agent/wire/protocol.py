@@ -25,6 +25,7 @@ from ..core.errors import FteError
 from ..core.lifecycle import TERMINAL_STATE_VALUES
 from ..core.text_convert import check_encoding, check_line_ending
 from ..names import NAME_PATTERN
+from .programs import ProgramCalls, ProgramDone, ProgramRun
 
 PROTOCOL_VERSION = 1
 
@@ -267,6 +268,7 @@ class TransferSpec(Strict):
     source_encoding: EncodingName | None = None
     destination_encoding: EncodingName | None = None
     destination_line_ending: LineEnding | None = None
+    programs: ProgramCalls | None = None  # -presrc, -postsrc, -predst, -postdst (agent.wire.programs)
 
 
 class CommandBase(Strict):
@@ -482,7 +484,8 @@ class RequestRecovery(Sealed):
 
 
 ControlMessage = Annotated[
-    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery],
+    Union[Resync, ResyncReply, Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery,
+          ProgramRun, ProgramDone],
     Field(discriminator="kind"),
 ]
 

@@ -44,7 +44,7 @@ UNIT = ROOT / "config" / "fte-agent@.service"
 MFT_ONLY = {
     "agentQMgr", "agentQMgrHost", "agentQMgrPort", "agentQMgrChannel", "agentQMgrAuthenticationCredentialsFile",
     "agentSslCipherSpec", "agentSslTrustStore", "agentSslKeyStore", "agentType", "agentDesc", "agentFrameSize",
-    "agentCheckpointInterval", "userSandboxes", "doNotUseTempOutputFile", "commandPath", "enableQueueInputOutput",
+    "agentCheckpointInterval", "userSandboxes", "doNotUseTempOutputFile", "enableQueueInputOutput",
     "maxInputOutputMessageLength", "enableMemoryAllocationChecking", "maxRestartCount", "maxRestartInterval",
     "maxRestartDelay", "monitorReportTriggerFail", "agentTraceLevel", "retryCount",
 }
@@ -207,7 +207,7 @@ def test_the_fte_create_transfer_flag_table_matches_the_cli() -> None:
 
 def test_mft_flags_that_are_not_supported_are_really_absent() -> None:
     options = _options(_commands()["create-transfer"])
-    for flag in ("-pr", "-dq", "-sq", "-tr", "-presrc", "-postsrc", "-predst", "-postdst", "-sm", "-dm"):
+    for flag in ("-pr", "-dq", "-sq", "-tr", "-sm", "-dm"):
         assert flag not in options, f"fte-create-transfer now has {flag}: update docs/migrating-from-mft.md"
 
 

@@ -91,6 +91,9 @@ class _Transfers:
     def to_source(self, msg: Any) -> None:
         self.posted.append(msg)
 
+    def program_done(self, msg: Any) -> None:
+        self.posted.append(msg)
+
     async def on_resync(self, msg: Any) -> None:
         self.posted.append(msg)
 

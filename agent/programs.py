@@ -1,0 +1,289 @@
+"""Program calls, the IO: find the program in commandPath, run it as an argv list (never a shell) with a
+timeout, keep the tail of its output, retry per its spec; and, on a destination agent, run the calls its
+transfers' sources ask for (ProgramRun) and answer what became of them (ProgramDone).
+
+The rules (syntax, which names may run, successrc, the environment) are agent.core.program_call's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import stat
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Mapping
+
+from .context import AgentContext
+from .store import TransferRecord
+from .core import program_call as pc
+from .core import results
+from .core.lifecycle import TransferState
+from .core.source_actions import Action
+from .core.source_session import SourceSession
+from .wire.binding import seal
+from .wire.programs import ProgramCall, ProgramDone, ProgramOutcome, ProgramRun
+from .wire.protocol import ProtocolError
+
+log = logging.getLogger("fte.programs")
+
+_REMEMBERED = 1000  # outcomes a destination keeps, to answer a repeated ProgramRun without running it again
+RESEND_RUN = 10.0  # seconds between sends of an unanswered ProgramRun (lost with the broker, peer away)
+
+
+def find_program(name: str, command_path: str | None) -> str:
+    """The executable file `name` is in commandPath; ProgramCallError if it may not run or is not there."""
+    candidates = pc.command_candidates(name, pc.split_command_path(command_path))
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+    raise pc.ProgramCallError(f"program {name!r} refused: no executable file of that name in commandPath "
+                              f"({command_path})")
+
+
+async def _run_once(path: str, args: tuple[str, ...], env: Mapping[str, str],
+                    timeout: float) -> tuple[int | None, bytes, str]:
+    """(return code or None if killed, output tail, error) of one run."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            path, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=dict(env), start_new_session=True)  # its own group: killed whole
+    except OSError as exc:
+        return None, b"", f"could not start {path}: {exc.strerror or exc}"
+    tail = bytearray()
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            tail.extend(chunk)
+            del tail[:-pc.OUTPUT_TAIL_BYTES]  # bounded, however much it writes
+
+    try:
+        await asyncio.wait_for(asyncio.gather(read(), proc.wait()), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return None, bytes(tail), "timed out"
+    return proc.returncode, bytes(tail), ""
+
+
+async def run_call(call: pc.Call, when: str, command_path: str | None, timeout: float,
+                   env: Mapping[str, str], sleep: Callable[[float], Any] = asyncio.sleep) -> pc.Outcome:
+    """Run `call` (retries included) and say what became of it; a refused call is never started."""
+    out = pc.Outcome(when, call.name, "refused", args=list(call.args))
+    try:
+        path = find_program(call.name, command_path)
+    except pc.ProgramCallError as exc:
+        out.message = str(exc)
+        log.warning("%s %s", pc.FLAG_OF.get(when, when), exc)
+        return out
+    for attempt in range(call.retry_count + 1):
+        if attempt and call.retry_wait:
+            await sleep(call.retry_wait)
+        rc, tail, error = await _run_once(path, call.args, env, timeout)
+        out.attempts, out.return_code, out.output = attempt + 1, rc, pc.tail(tail)
+        if rc is None:
+            out.outcome, out.message = ("timed_out", f"killed after {timeout:g} s") if error == "timed out" \
+                else ("failure", error)
+        elif pc.succeeded(call.success_rc, rc):
+            out.outcome, out.message = "success", ""
+            break
+        else:
+            out.outcome, out.message = "failure", f"return code {rc} is not a success ({call.success_rc})"
+    log.info("%s %s: %s (return code %s, %d attempt(s))", pc.FLAG_OF.get(when, when), call.name, out.outcome,
+             out.return_code, out.attempts)
+    return out
+
+
+def environment(transfer_id: str, source: str, destination: str, job_name: str | None,
+                destinations: list[str], when: str) -> dict[str, str]:
+    return pc.program_environment(transfer_id, source, destination, job_name, destinations, when, os.environ)
+
+
+def timeout_of(ctx: AgentContext) -> float:
+    return float(getattr(ctx.settings, "commandTimeout", 60))
+
+
+def command_path_of(ctx: AgentContext) -> str:
+    return str(getattr(ctx.settings, "commandPath", "") or "")
+
+
+def outcome_model(o: pc.Outcome) -> ProgramOutcome:
+    data = o.to_json()
+    data["output"] = data["output"][-(pc.OUTPUT_TAIL_BYTES * 2):]
+    data["message"] = data["message"][:1024]
+    return ProgramOutcome(**data)
+
+
+async def monitor_command(ctx: AgentContext, task: dict[str, Any], origin: str) -> str:
+    """A monitor's command task (agent.monitor): its call, arguments substituted, run here; the outcome as
+    JSON (the `program` of the monitor's `command_ran` event)."""
+    call = ProgramCall.model_validate(task["command"]).call()
+    env = pc.program_environment("", ctx.name, "", origin, list(task.get("files") or []), "monitor", os.environ)
+    outcome = await run_call(call, "monitor", command_path_of(ctx), timeout_of(ctx), env)
+    return json.dumps(outcome_model(outcome).model_dump())
+
+
+class ProgramHost:
+    """A destination agent's side: runs the pre_destination / post_destination calls its transfers' sources
+    ask for, once each (a repeated request is answered with the outcome it had), and answers signed."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
+        self._done: OrderedDict[tuple[str, str], ProgramOutcome] = OrderedDict()
+        self._running: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_run(self, msg: ProgramRun) -> None:
+        if msg.destination_agent != self._ctx.name:
+            raise ProtocolError(f"program_run for agent {msg.destination_agent!r} received by {self._ctx.name!r}")
+        if msg.when == "post_destination":
+            # after the files: only for a transfer this agent received from that source, with the paths it wrote
+            rec = self._ctx.store.load_transfer(msg.transfer_id, "destination")
+            if rec is None or rec.peer != msg.source_agent:
+                raise ProtocolError(f"program_run post_destination for transfer {msg.transfer_id}, which agent "
+                                    f"{self._ctx.name} did not receive from {msg.source_agent}")
+            msg = msg.model_copy(update={"destinations": [f.destination for f in rec.files]})
+        key = (msg.transfer_id, msg.when)
+        if key in self._running:
+            return
+        if key in self._done:
+            self._answer(msg, self._done[key])
+            return
+        self._running.add(key)
+        task = asyncio.create_task(self._run(msg, key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg: ProgramRun, key: tuple[str, str]) -> None:
+        try:
+            env = environment(msg.transfer_id, msg.source_agent, msg.destination_agent, msg.job_name,
+                              list(msg.destinations), msg.when)
+            outcome = outcome_model(await run_call(msg.call.call(), msg.when, command_path_of(self._ctx),
+                                                   timeout_of(self._ctx), env))
+        finally:
+            self._running.discard(key)
+        self._done[key] = outcome
+        while len(self._done) > _REMEMBERED:
+            self._done.popitem(last=False)
+        self._answer(msg, outcome)
+
+    def _answer(self, msg: ProgramRun, outcome: ProgramOutcome) -> None:
+        done = ProgramDone(kind="program_done", transfer_id=msg.transfer_id, when=msg.when, outcome=outcome)
+        task = asyncio.ensure_future(self._ctx.publish(self._ctx.topics.control(msg.source_agent, msg.transfer_id),
+                                                       seal(done, None, self._ctx.identity), 1, False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def cancel_tasks(self) -> list[asyncio.Task[None]]:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+
+class ProgramCaller:
+    """A source transfer's side: runs its source calls here and has its destination run the others."""
+
+    def __init__(self, ctx: AgentContext, rec: TransferRecord) -> None:
+        self._ctx, self._rec, self._tid, self._dest = ctx, rec, rec.transfer_id, rec.peer
+        header = rec.header
+        self._job = header.get("job_name")
+        self._destinations = [f.destination for f in rec.files]
+        self.calls: dict[str, ProgramCall] = {k: ProgramCall(**v) for k, v in (header.get("programs") or {}).items()
+                                              if v}
+        self.outcomes: list[pc.Outcome] = []
+        self._answers: dict[str, asyncio.Future[ProgramOutcome]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.calls)
+
+    async def run(self, when: str) -> pc.Outcome | None:
+        """Run the call `when` (if the transfer has one) where it belongs; its outcome, also kept."""
+        call = self.calls.get(when)
+        if call is None:
+            return None
+        if when.endswith("_source"):
+            env = environment(self._tid, self._ctx.name, self._dest, self._job, self._destinations, when)
+            outcome = await run_call(call.call(), when, command_path_of(self._ctx), timeout_of(self._ctx), env)
+        else:
+            outcome = await self._remote(when, call)
+        self.outcomes.append(outcome)
+        return outcome
+
+    async def before(self, session: SourceSession) -> list[Action]:
+        """-presrc here, then -predst on the destination, when `session` is about to start (not after a
+        restart of a transfer that had started): the session's actions to fail it if one failed. Nothing has
+        moved then: the destination has not even been offered the transfer."""
+        if not self.calls or session.state != TransferState.QUEUED:
+            return []
+        for when in ("pre_source", "pre_destination"):
+            outcome = await self.run(when)
+            if outcome is not None and not outcome.ok:
+                return session.fail(pc.describe_failure(outcome), time.monotonic())
+        return []
+
+    async def after(self, state: TransferState, fields: dict[str, Any]) -> dict[str, Any]:
+        """-postdst on the destination, then -postsrc here, when files arrived (the transfer ended complete or
+        partial); the `completed` event's `fields` with their outcomes (and the pre- calls'): a failed one
+        makes a success FAILED (40). The transfer's record takes the event's result and `state`."""
+        self._rec.result_code, self._rec.state = fields["result_code"], state.value
+        if not self.calls:
+            return fields
+        if state in (TransferState.COMPLETE, TransferState.PARTIAL):
+            for when in ("post_destination", "post_source"):
+                await self.run(when)
+        failed = [o for o in self.outcomes if not o.ok and o.when.startswith("post_")]
+        rc = pc.result_after_post(fields["result_code"], failed, results.FAILED)
+        if rc != fields["result_code"]:
+            fields.update(result_code=rc, result=results.describe(rc),
+                          message="; ".join(pc.describe_failure(o) for o in failed))
+        fields["programs"] = self.json()
+        self._rec.result_code = fields["result_code"]
+        return fields
+
+    def answered(self, msg: ProgramDone) -> None:
+        fut = self._answers.get(msg.when)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.outcome)
+
+    async def _remote(self, when: str, call: ProgramCall) -> pc.Outcome:
+        """Ask the destination to run `call`, again every RESEND_RUN s, until it answers or the wait ends:
+        as long as every attempt could take here, and two minutes more."""
+        fut = self._answers[when] = asyncio.get_running_loop().create_future()
+        run = ProgramRun(kind="program_run", transfer_id=self._tid, source_agent=self._ctx.name,
+                         destination_agent=self._dest, when=when, call=call, job_name=self._job,  # type: ignore[arg-type]
+                         destinations=self._destinations)
+        payload = seal(run, None, self._ctx.identity)
+        limit = (call.retry_count + 1) * (timeout_of(self._ctx) + call.retry_wait) + 120
+        end = time.monotonic() + limit
+        try:
+            while time.monotonic() < end:
+                if self._ctx.link_up():
+                    try:
+                        await self._ctx.publish(self._ctx.topics.control(self._dest, self._tid), payload, 1, False)
+                    except ConnectionError:
+                        pass
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(fut), min(RESEND_RUN, end - time.monotonic()))
+                    return answer.outcome_of()
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            self._answers.pop(when, None)
+        return pc.Outcome(when, call.name, "failure", args=list(call.args),
+                          message=f"destination agent {self._dest} did not answer within {limit:g} s")
+
+    def json(self) -> list[dict[str, Any]]:
+        return [o.to_json() for o in self.outcomes]
