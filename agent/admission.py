@@ -74,7 +74,8 @@ class Admission:
         header = {"source_agent": name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
-                  "requested_at": sent_at, "originator": originator}
+                  "requested_at": sent_at, "originator": originator,
+                  "priority": spec.priority or 0, "bandwidth": spec.bandwidth}
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,

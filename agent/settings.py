@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .core.brokers import check_broker_list, split_broker_list
 from .core.errors import FteError
+from .core.units import parse_rate
 from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
 
@@ -171,6 +172,18 @@ def _check(func: Callable[[Any], Any]) -> AfterValidator:
             raise _problem(str(exc)) from None
 
     return AfterValidator(run)
+
+
+def _check_before(func: Callable[[Any], Any]) -> BeforeValidator:
+    """`_check` before the type's own parsing (for values written with a unit: "20M")."""
+
+    def run(value: Any) -> Any:
+        try:
+            return func(value)
+        except ValueError as exc:
+            raise _problem(str(exc)) from None
+
+    return BeforeValidator(run)
 
 
 def _agent_name(value: str) -> str:
@@ -457,6 +470,11 @@ class AgentSettings(BaseSettings):
     agentMaxDataInFlight: Annotated[int, _whole("bytes", "0 (no cap) or more bytes", lambda v: v >= 0)] = Field(
         67108864, description="Bytes sent and not yet acknowledged across all the transfers of this agent as a "
         "source (0: no cap; each transfer may still send one chunk)."
+    )
+    agentMaxBandwidth: Annotated[int, _check_before(parse_rate)] = Field(
+        0, description="Bytes a second this agent sends at most, all its transfers and messages together: digits "
+        "with an optional K, M or G (powers of 1000), e.g. 20M; 0: unlimited (fte-create-transfer --bandwidth "
+        "caps one transfer; the lower applies)."
     )
     brokerProbe: bool = Field(
         True,

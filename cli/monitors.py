@@ -12,7 +12,7 @@ from agent.monitor import CreateMonitor, MonitorCommand, MonitorSpec
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
-from .transfer_request import transfer_spec
+from .transfer_request import BANDWIDTH_HELP, PRIORITY_HELP, transfer_spec
 
 
 @command("create-monitor")
@@ -42,6 +42,8 @@ def create_monitor(
     sources: List[str] = typer.Argument(None, help="Task sources (default: ${FilePath}, the file that fired)."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace a monitor of the same name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    priority: Optional[int] = typer.Option(None, "-pr", "--priority", help="Task: " + PRIORITY_HELP),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help="Task: " + BANDWIDTH_HELP),
 ) -> None:
     """Watch a directory and start a transfer when a trigger fires (MFT's fteCreateMonitor)."""
     from agent.core.triggers import TriggerError, poll_seconds
@@ -65,7 +67,7 @@ def create_monitor(
         # the flags' checks and words of fte-create-transfer (a bad -rt or -de is one line, not a traceback)
         task = transfer_spec(agent, destination_agent, sources or ["${FilePath}"], dest_file, dest_dir, exist,
                              disposition, checksum, recovery_timeout=recovery_timeout,
-                             job_name=job_name).model_dump()
+                             job_name=job_name, priority=priority, bandwidth=bandwidth).model_dump()
     try:
         spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,
                            batch_size=batch, recursion=recursion, include=include, exclude=exclude, task=task)

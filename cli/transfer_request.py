@@ -1,4 +1,4 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt and -md, and a TransferSpec built from them
+"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md, -pr and --bandwidth, and a TransferSpec built from them
 with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
 task) take the same flags and use these, so a value is refused with the same words by all three.
 """
@@ -9,6 +9,8 @@ import sys
 from typing import List, Optional
 
 from agent.core.recovery import check_recovery_timeout
+from agent.core.start_order import check_priority
+from agent.core.units import parse_rate
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -18,8 +20,13 @@ EXIST = ("error", "overwrite")
 DISPOSITION = ("leave", "delete")
 CHECKSUM = ("sha256", "md5", "none")
 
+PRIORITY_HELP = ("Priority 0 (lowest, the default) to 9 (highest): queued transfers start by priority, then in "
+                 "the order they came.")
+BANDWIDTH_HELP = ("Bytes a second this transfer sends at most: digits with an optional K, M or G (powers of "
+                  "1000), e.g. 20M; the source agent's agentMaxBandwidth applies too (the lower wins).")
+
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
+                 "recovery_timeout": "-rt", "priority": "-pr", "bandwidth": "--bandwidth", "items": "the sources or -df/-dd", "source": "source"}
 
 
 class TransferRequestError(ClientError):
@@ -38,6 +45,21 @@ def check_flags(exist: Optional[str], disposition: Optional[str], checksum: Opti
             check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
         except (TypeError, ValueError) as exc:
             raise TransferRequestError(str(exc)) from None
+
+
+def priority_and_bandwidth(priority: Optional[int], bandwidth: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """-pr (0..9) and --bandwidth RATE (20M: bytes a second) as the TransferSpec takes them (None: not given;
+    --bandwidth 0 is no cap of its own); TransferRequestError naming the flag."""
+    try:
+        if priority is not None:
+            check_priority(priority, "-pr")
+    except ValueError as exc:
+        raise TransferRequestError(str(exc)) from None
+    try:
+        rate = parse_rate(bandwidth) if bandwidth is not None else None
+    except ValueError as exc:
+        raise TransferRequestError(f"--bandwidth {exc}") from None
+    return priority, rate or None
 
 
 def parse_metadata(values: Optional[List[str]]) -> dict[str, str]:
@@ -75,16 +97,19 @@ def validation_text(exc: Exception) -> str:
 def transfer_spec(source_agent: str, destination_agent: str, sources: List[str], dest_file: Optional[str],
                   dest_dir: Optional[str], exist: str, disposition: str, checksum: str, recursive: bool = False,
                   recovery_timeout: Optional[int] = None, job_name: Optional[str] = None,
-                  metadata: Optional[List[str]] = None) -> TransferSpec:
+                  metadata: Optional[List[str]] = None, priority: Optional[int] = None,
+                  bandwidth: Optional[str] = None) -> TransferSpec:
     """The transfer the flags describe, every flag checked; TransferRequestError naming the flag if not."""
     check_flags(exist, disposition, checksum, recovery_timeout)
     md = parse_metadata(metadata)
+    pr, rate = priority_and_bandwidth(priority, bandwidth)
     try:
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
                               destination_type="file" if dest_file else "directory", recursive=recursive)
                  for s in sources]
         return TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
-                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
+                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md,
+                            priority=pr, bandwidth=rate)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None

@@ -17,7 +17,7 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import check_flags, transfer_spec
+from .transfer_request import BANDWIDTH_HELP, PRIORITY_HELP, check_flags, priority_and_bandwidth, transfer_spec
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -94,6 +94,8 @@ def create_transfer(
                                                    help="Run N times in all (not with -es)."),
     end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
                                                help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
+    priority: Optional[int] = typer.Option(None, "-pr", "--priority", help=PRIORITY_HELP),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help=BANDWIDTH_HELP),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -117,18 +119,20 @@ def create_transfer(
     elif template_name is not None and definition is not None:
         fail("give -tn TEMPLATE or -td FILE, not both")
     check_flags(exist, disposition, checksum, recovery_timeout)
+    priority_and_bandwidth(priority, bandwidth)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
         spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
-                             checksum, recursive, recovery_timeout, job_name, metadata)
+                             checksum, recursive, recovery_timeout, job_name, metadata, priority, bandwidth)
     else:
         try:
             overrides = templates.overrides_from(
                 ctx, sources=sources, source_agent=source_agent, destination_agent=destination_agent,
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
-                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata)
+                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata,
+                priority=priority, bandwidth=bandwidth)
             creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)

@@ -243,6 +243,11 @@ class TransferSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # -pr: queued transfers start by priority (agent.core.start_order; None: 0, and left off the wire, so that
+    # an agent of an older fte takes a request without -pr); --bandwidth: bytes a second (None: only the
+    # agent's agentMaxBandwidth)
+    priority: Annotated[int, Field(ge=0, le=9)] | None = None
+    bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None
 
 
 class CommandBase(Strict):
