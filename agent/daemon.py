@@ -86,7 +86,7 @@ class Agent:
         self.identity = load_or_create_agent_key(self.agent_home)
         self.metrics = Metrics(self.name)
         # agentMaxBandwidth: every message this agent publishes spends from it (_publish); data waits for it
-        self.bandwidth = bandwidth_bucket(settings.agentMaxBandwidth, settings.agentChunkSize, time.monotonic)
+        self.bandwidth = bandwidth_bucket(settings.agentMaxBandwidth, settings.agentChunkSize, time.monotonic, 0.1)
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set(),
                                       sign=lambda topic, payload: provenance.sign_payload(
                                           payload, provenance.EVENT, topic, self.identity))

@@ -162,8 +162,9 @@ def _whole(unit: str, rule: str, ok: Callable[[int], bool]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _check(func: Callable[[Any], Any]) -> AfterValidator:
-    """Wrap a plain function raising ValueError into a validator with our message style."""
+def _check(func: Callable[[Any], Any], before: bool = False) -> AfterValidator | BeforeValidator:
+    """Wrap a plain function raising ValueError into a validator with our message style (`before`: ahead of
+    the type's own parsing, for values written with a unit: "20M")."""
 
     def run(value: Any) -> Any:
         try:
@@ -171,19 +172,7 @@ def _check(func: Callable[[Any], Any]) -> AfterValidator:
         except ValueError as exc:
             raise _problem(str(exc)) from None
 
-    return AfterValidator(run)
-
-
-def _check_before(func: Callable[[Any], Any]) -> BeforeValidator:
-    """`_check` before the type's own parsing (for values written with a unit: "20M")."""
-
-    def run(value: Any) -> Any:
-        try:
-            return func(value)
-        except ValueError as exc:
-            raise _problem(str(exc)) from None
-
-    return BeforeValidator(run)
+    return BeforeValidator(run) if before else AfterValidator(run)
 
 
 def _agent_name(value: str) -> str:
@@ -471,7 +460,7 @@ class AgentSettings(BaseSettings):
         67108864, description="Bytes sent and not yet acknowledged across all the transfers of this agent as a "
         "source (0: no cap; each transfer may still send one chunk)."
     )
-    agentMaxBandwidth: Annotated[int, _check_before(parse_rate)] = Field(
+    agentMaxBandwidth: Annotated[int, _check(parse_rate, before=True)] = Field(
         0, description="Bytes a second this agent sends at most, all its transfers and messages together: digits "
         "with an optional K, M or G (powers of 1000), e.g. 20M; 0: unlimited (fte-create-transfer --bandwidth "
         "caps one transfer; the lower applies)."

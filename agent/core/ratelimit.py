@@ -79,13 +79,16 @@ class SendRate:
         return max((b.wait(size) for b in self.buckets), default=0.0)
 
 
-def bandwidth_bucket(rate: int, message_bytes: int, clock: Clock) -> TokenBucket | None:
-    """The bucket of a rate in bytes a second (0: none, unlimited), empty at the start so that a transfer
-    never beats its rate, holding a tenth of a second's bytes or two messages, whichever is more (so that a
-    sender woken a little late loses no rate)."""
+def bandwidth_bucket(rate: int, message_bytes: int, clock: Clock, seconds: float = 0.5) -> TokenBucket | None:
+    """The bucket of a rate in bytes a second (0: none, unlimited), empty at the start, holding `seconds` of
+    bytes or two messages, whichever is more. A transfer's bucket starts at its first send and holds half a
+    second: it never beats its rate, and a sender woken late (two cores shared with the broker and the
+    destination) loses none of it (with a tenth of a second, up to a third on a loaded machine:
+    docs/performance.md, "Bandwidth limits"). The agent's bucket lives as long as the agent, so what it holds
+    after a quiet spell goes at once: it holds a tenth of a second (`seconds` 0.1), the most it passes its rate."""
     if rate <= 0:
         return None
-    return TokenBucket(rate, max(rate // 10, 2 * message_bytes, 1), clock, full=False)
+    return TokenBucket(rate, max(int(rate * seconds), 2 * message_bytes, 1), clock, full=False)
 
 
 UNTRUSTED = "untrusted"  # the one class of every command that does not claim a trusted requester's name
@@ -163,7 +166,11 @@ class TransferPace:
         return budget if allowance is None else min(budget, allowance)
 
     def wait(self, wait: float, message_bytes: int) -> float:
-        return min(wait, self.rate.wait(message_bytes)) if self.paced else wait
+        """The driver's sleep: `wait`, or less when the rate cut the round short and tokens come sooner. Never
+        0 for the rate's sake: with the tokens there, what holds the sender back is its window, and a sleep
+        of 0 would spin without ever reading the acknowledgements that open it."""
+        rate_wait = self.rate.wait(message_bytes) if self.paced else 0.0
+        return min(wait, rate_wait) if rate_wait > 0 else wait
 
     def sent(self, n: int) -> None:
         if self.own is not None:

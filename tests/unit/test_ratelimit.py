@@ -189,8 +189,10 @@ def test_transfer_pace_starts_its_bucket_at_the_first_send_and_wakes_only_when_p
     assert pace.budget(5000, 100) == 0 and pace.paced
     assert pace.wait(1.0, 100) == pytest.approx(0.1)  # a chunk's worth at 1000 B/s
     clock.now += 0.25
-    assert pace.budget(5000, 100) == 101  # 250 came, the bucket holds 200 (two chunks): two go
+    assert pace.budget(5000, 100) == 151  # 250 came: two chunks go (a sender sends while the budget is above 0)
     pace.sent(200)
     assert pace.budget(5000, 100) == 0
+    clock.now += 10  # full again, but the window holds the sender back: its own wait, never a spin
+    assert pace.budget(5000, 100) == 401 and pace.paced and pace.wait(0.7, 100) == 0.7  # holds 500
     unlimited = TransferPace(None, 0, 100, clock)
     assert unlimited.budget(5000, 100) == 5000 and not unlimited.paced and unlimited.wait(0.7, 100) == 0.7
