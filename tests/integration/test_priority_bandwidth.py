@@ -73,7 +73,7 @@ def test_queued_transfers_start_by_priority_then_in_order(fte: FteEnv, data: Pat
     assert any(p9 in line and " pr 9 " in line for line in text.splitlines()), text
     if restart:
         fte.agents["A1"].kill()  # no goodbye: the queue and its priorities come back from the state store
-        fte.start_agent("A1")
+        fte.start_agent("A1", timeout=60)  # a loaded machine: the state store and the broker take their time
         assert {queued[t]: r["priority"] for t, r in listing(fte).items() if t in queued}["p9"] == 9
     with LogFollower(fte, "-a", "A1") as follower:
         follower.wait_subscribed()
