@@ -162,3 +162,22 @@ def test_agent_max_bandwidth_is_parsed_and_a_bad_value_refused(tmp_path: Path, m
     assert r.returncode != 0, str(r)
     lines = [line for line in r.stderr.splitlines() if "agentMaxBandwidth" in line]
     assert lines and f"{value!r} is not a rate in bytes a second" in lines[0], str(r)
+
+
+def test_agent_max_bandwidth_caps_what_the_agent_sends(tmp_path: Path, data: Path,
+                                                       mosquitto: MosquittoProcess) -> None:
+    size, rate = 2_000_000, 500_000
+    props = dict(AGENT_PROPERTIES, agentMaxBandwidth="500K")
+    with running_agents(tmp_path / "home-bw", mosquitto.ensure_running().url, data, **props) as env:
+        src = data / "in" / "capped.bin"
+        src.write_bytes(os.urandom(size))
+        with LogFollower(env, "-a", "A1") as follower:
+            follower.wait_subscribed()
+            tid = submit(env, src, data / "out" / "capped.bin")
+            events = follower.events_until(
+                lambda ev: ev.get("transfer_id") == tid and ev.get("action") == "completed", timeout=60)
+    assert events[-1]["result_code"] == 0, events[-1]
+    assert (data / "out" / "capped.bin").read_bytes() == src.read_bytes()
+    # the agent's bucket may hold what it saved up since it started: a tenth of a second, or two chunks
+    saved = max(rate // 10, 2 * AGENT_PROPERTIES["agentChunkSize"])
+    assert events[-1]["statistics"]["seconds"] >= (size - saved) / rate, events[-1]["statistics"]
