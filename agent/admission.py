@@ -75,7 +75,8 @@ class Admission:
         header = {"source_agent": name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
-                  "requested_at": sent_at, "originator": originator}
+                  "requested_at": sent_at, "originator": originator,
+                  "priority": spec.priority or 0, "bandwidth": spec.bandwidth}
         if spec.mode == "text":  # -sce left out: this (the source) agent's platform encoding
             header["text"] = {"source_encoding": spec.source_encoding or PLATFORM_ENCODING,
                               "destination_encoding": spec.destination_encoding,

@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .core.budget import InFlightBudget
+from .core.ratelimit import TokenBucket
 from .metrics import Metrics
 from .wire.protocol import Topics
 from .sandbox import Sandbox
@@ -53,3 +54,5 @@ class AgentContext:
     wake: Callable[[str], None] = lambda tid: None
     # raises agent.link.MessageTooLarge for a message the broker was found to refuse (agent.broker_checks)
     check_size: Callable[[str, bytes], None] = lambda topic, payload: None
+    # agentMaxBandwidth (None: unlimited): every publish of the agent spends from it; a source's data waits for it
+    bandwidth: TokenBucket | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .commands import CommandDesk, CommandRefused, registry
 from .context import AgentContext
 from .core.budget import InFlightBudget
 from .core.policy import HEARD_INTERVAL, STATUS_REASSERT_AFTER_CONNECT, STOP_POLL
+from .core.ratelimit import bandwidth_bucket
 from .core.statuses import AGENT_RUNNING, AgentState
 from .link import BrokerAddress, BrokerLink
 from .metrics import Metrics
@@ -84,6 +86,8 @@ class Agent:
         # signs the transfers it negotiates, and everything it publishes for others to believe (agent.wire.provenance)
         self.identity = load_or_create_agent_key(self.agent_home)
         self.metrics = Metrics(self.name)
+        # agentMaxBandwidth: every message this agent publishes spends from it (_publish); data waits for it
+        self.bandwidth = bandwidth_bucket(settings.agentMaxBandwidth, settings.agentChunkSize, time.monotonic, 0.1)
         self.outbox = OutboxPublisher(self.store, self._publish, lambda: self.link.up.is_set(),
                                       sign=lambda topic, payload: provenance.sign_payload(
                                           payload, provenance.EVENT, topic, self.identity))
@@ -110,7 +114,8 @@ class Agent:
             settings=settings, identity=self.identity, peer_key=lambda agent: trusted_agent_key(self.authority, agent),
             check_size=lambda topic, payload: self.link.check_size(topic, payload),
             verify_peers=self.authority is not None, metrics=self.metrics,
-            budget=InFlightBudget(settings.agentMaxDataInFlight), wake=lambda tid: self.transfers.wake(tid))
+            budget=InFlightBudget(settings.agentMaxDataInFlight), wake=lambda tid: self.transfers.wake(tid),
+            bandwidth=self.bandwidth)
         admission = Admission(self.name, settings, topics, self.store, self.sandbox, self.peers,
                               stopping=self.stopping.is_set, sources=lambda: len(self.transfers.sources))
         self.transfers = Transfers(self.ctx, admission, settings.maxSourceTransfers)
@@ -231,6 +236,8 @@ class Agent:
     async def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if self.lease:
             self.lease.check()  # fence: a process that lost the lease publishes nothing as the agent
+        if self.bandwidth is not None:
+            self.bandwidth.spend(len(payload))
         await self.link.publish(topic, payload, qos=qos, retain=retain)
 
     def _retain(self, topic: str, payload: bytes) -> None:

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .core.brokers import check_broker_list, split_broker_list
 from .core.errors import FteError
+from .core.units import parse_rate
 from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
 
@@ -161,8 +162,9 @@ def _whole(unit: str, rule: str, ok: Callable[[int], bool]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _check(func: Callable[[Any], Any]) -> AfterValidator:
-    """Wrap a plain function raising ValueError into a validator with our message style."""
+def _check(func: Callable[[Any], Any], before: bool = False) -> AfterValidator | BeforeValidator:
+    """Wrap a plain function raising ValueError into a validator with our message style (`before`: ahead of
+    the type's own parsing, for values written with a unit: "20M")."""
 
     def run(value: Any) -> Any:
         try:
@@ -170,7 +172,7 @@ def _check(func: Callable[[Any], Any]) -> AfterValidator:
         except ValueError as exc:
             raise _problem(str(exc)) from None
 
-    return AfterValidator(run)
+    return BeforeValidator(run) if before else AfterValidator(run)
 
 
 def _agent_name(value: str) -> str:
@@ -467,6 +469,11 @@ class AgentSettings(BaseSettings):
     agentMaxDataInFlight: Annotated[int, _whole("bytes", "0 (no cap) or more bytes", lambda v: v >= 0)] = Field(
         67108864, description="Bytes sent and not yet acknowledged across all the transfers of this agent as a "
         "source (0: no cap; each transfer may still send one chunk)."
+    )
+    agentMaxBandwidth: Annotated[int, _check(parse_rate, before=True)] = Field(
+        0, description="Bytes a second this agent sends at most, all its transfers and messages together: digits "
+        "with an optional K, M or G (powers of 1000), e.g. 20M; 0: unlimited (fte-create-transfer --bandwidth "
+        "caps one transfer; the lower applies)."
     )
     brokerProbe: bool = Field(
         True,

@@ -26,6 +26,7 @@ from .context import AgentContext
 from .wire import provenance
 from .core import results
 from .core.lifecycle import TransferState as S
+from .core.ratelimit import TransferPace
 from .core.source_actions import (Action, CheckSources, CloseFile, Log, Metric, PersistState, PublishProgress,
                                   ReleaseBudget, ResendFrom, SaveFiles, Send, SendBundle, SendChunk, SendFileEnd,
                                   SendResync, UseFeatures)
@@ -36,6 +37,7 @@ from .fileio import (SourceStat, changed_since_request, changed_while_read, os_e
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
 from .programs import ProgramCaller
+from .metrics import Metrics
 from .wire.protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
                        TextConversion, encode_bundle, finish_chunk)
 from .store import TransferRecord
@@ -53,6 +55,23 @@ def _iso(wall: float | None) -> str | None:
     if wall is None:
         return None
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def priority_view(header: dict[str, Any]) -> dict[str, Any]:
+    """-pr and --bandwidth of a transfer, as its source knows them (a destination does not)."""
+    return {"priority": int(header.get("priority") or 0), "bandwidth": header.get("bandwidth")}
+
+
+def count_metric(m: Metrics | None, a: Metric) -> None:
+    """A Metric action of the source session, in the agent's metrics (if it keeps them)."""
+    if m is None:
+        return
+    if a.name == "bytes_sent":
+        m.bytes_sent += int(a.value)
+    elif a.name == "recovery_started":
+        m.recovery_started()
+    elif a.name == "recovery_ended":
+        m.recovery_ended(a.value)
 
 
 class SourceChanged(FteError):
@@ -150,6 +169,8 @@ class SourceTransfer:
         self.mac_no_crc = False  # FLAG_NO_CRC on a bound transfer
         self.sealer: ChunkSealer | None = None  # the chunks' MAC on a bound transfer (HMAC, or GMAC: "gmac")
         self.programs = ProgramCaller(ctx, rec)
+        # --bandwidth under agentMaxBandwidth: data goes when both have the tokens (agent.core.ratelimit)
+        self.pace = TransferPace(ctx.bandwidth, int(rec.header.get("bandwidth") or 0), ctx.chunk_size, time.monotonic)
 
     # ------------------------------------------------------------------ public
 
@@ -225,6 +246,7 @@ class SourceTransfer:
         deadline = s.get_timer()
         # at most a second: the agent's budget (ctx.budget), which the session does not see, is asked again
         wait = 1.0 if deadline is None else max(0.0, min(deadline - time.monotonic(), 1.0))
+        wait = self.pace.wait(wait, self.ctx.chunk_size) if s.state == S.IN_PROGRESS else wait
         try:
             item = await asyncio.wait_for(self.inbox.get(), timeout=wait)
         except asyncio.TimeoutError:
@@ -266,7 +288,7 @@ class SourceTransfer:
                 case Log():
                     self.ctx.log.emit(self.rec, a.action, **a.fields)
                 case Metric():
-                    self._count(a)
+                    count_metric(self.ctx.metrics, a)
                 case ReleaseBudget():
                     for tid in self.ctx.budget.release(self.tid):
                         self.ctx.wake(tid)
@@ -293,17 +315,6 @@ class SourceTransfer:
         rec.last_stall = s.stall_reason
         self.ctx.store.update_transfer(rec)
         self.ctx.on_state_change()
-
-    def _count(self, a: Metric) -> None:
-        m = self.ctx.metrics
-        if m is None:
-            return
-        if a.name == "bytes_sent":
-            m.bytes_sent += int(a.value)
-        elif a.name == "recovery_started":
-            m.recovery_started()
-        elif a.name == "recovery_ended":
-            m.recovery_ended(a.value)
 
     # ------------------------------------------------------------------ sending
 
@@ -342,6 +353,7 @@ class SourceTransfer:
         own = s.sending.window_bytes - window_left  # in flight now
         allowed = self.ctx.budget.allowance(self.tid, own, self.ctx.chunk_size)  # within the agent's cap
         budget = window_left if allowed is None else min(window_left, allowed)
+        budget = self.pace.budget(budget, self.ctx.chunk_size)  # agentMaxBandwidth, --bandwidth
         s.sending.start(budget)
         try:
             while (send := s.sending.next_send()) is not None:
@@ -427,6 +439,7 @@ class SourceTransfer:
         return True
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.pace.sent(len(payload))  # data, resends, file ends and resyncs alike
         task = asyncio.ensure_future(self.ctx.publish(topic, payload, qos, False))
         self._pending.add(task)
         task.add_done_callback(self._published)

@@ -22,7 +22,8 @@ from .admission import Admission
 from .wire.binding import transfer_key
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
-from .source import SourceTransfer, _iso
+from .source import SourceTransfer, _iso, priority_view
+from .start_gate import StartGate
 from .store import FileRecord, TransferRecord
 
 log = logging.getLogger("fte.agent")
@@ -42,7 +43,7 @@ class Transfers:
         self.dests: dict[str, DestinationTransfer] = {}
         self._peer: dict[str, str] = {}  # source transfer id -> its destination agent
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(max(1, max_sources))
+        self._slots = StartGate(max_sources)  # by priority (-pr), then first come first served
 
     # ------------------------------------------------------------------ the table
 
@@ -77,7 +78,7 @@ class Transfers:
         return session
 
     async def _run(self, tid: str, session: SourceTransfer) -> None:
-        async with self._slots:
+        async with self._slots.slot(tid, int(session.rec.header.get("priority") or 0)):
             await session.run()
         self.sources.pop(tid, None)
         self._peer.pop(tid, None)
@@ -262,7 +263,7 @@ class Transfers:
         store = self._ctx.store
         live = None
         if role in (None, "source") and tid in self.sources:
-            live = self.sources[tid].summary()
+            live = dict(self.sources[tid].summary(), **priority_view(self.sources[tid].rec.header))
         elif role in (None, "destination") and tid in self.dests:
             live = self.dests[tid].summary()
         if live is not None:
@@ -282,6 +283,7 @@ class Transfers:
                         "recoveries": rec.recoveries, "last_stall": rec.last_stall,
                         "created": _iso(rec.created), "updated": _iso(rec.updated),
                         "job_name": rec.header.get("job_name"),
+                        **(priority_view(rec.header) if r == "source" else {}),
                         **({"files": [_file_view(f) for f in rec.files]} if files else {})}
         raise CommandRefused(f"transfer {tid} is not known to agent {self._ctx.name}")
 

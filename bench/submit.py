@@ -118,7 +118,8 @@ async def main() -> int:
         items = [TransferItem(**item) for item in t["items"]]
         specs.append(TransferSpec(source_agent=t.get("source_agent", src),
                                   destination_agent=t.get("destination_agent", dst), items=items,
-                                  exist=t.get("exist", "error"), checksum=t.get("checksum", "sha256")))
+                                  exist=t.get("exist", "error"), checksum=t.get("checksum", "sha256"),
+                                  priority=t.get("priority"), bandwidth=t.get("bandwidth")))
     out: list[dict[str, Any]] = []
     submitted_at = time.time()
     async with FteClient(url) as c:

@@ -14,7 +14,8 @@ from agent.wire.programs import ProgramCall
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
-from .transfer_request import PROGRAM_HELP, TEXT_HELP, program_calls, transfer_spec, with_programs
+from .transfer_request import (BANDWIDTH_HELP, PRIORITY_HELP, PROGRAM_HELP, TEXT_HELP, program_calls, transfer_spec,
+                               with_programs)
 
 
 @command("create-monitor")
@@ -57,6 +58,8 @@ def create_monitor(
         help="The task is this program call instead of a transfer (the reference's command task), run on the "
              "monitoring agent once per file that fired, ${...} variables substituted in its arguments: "
              "NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]], NAME in the agent's commandPath."),
+    priority: Optional[int] = typer.Option(None, "-pr", "--priority", help="Task: " + PRIORITY_HELP),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help="Task: " + BANDWIDTH_HELP),
 ) -> None:
     """Watch a directory and start a transfer (or run a command) when a trigger fires (MFT's fteCreateMonitor)."""
     from agent.core.triggers import TriggerError, poll_seconds
@@ -95,7 +98,7 @@ def create_monitor(
                              disposition, checksum, recovery_timeout=recovery_timeout,
                              job_name=job_name, mode=mode, source_encoding=source_encoding,
                              destination_encoding=destination_encoding,
-                             destination_line_ending=destination_line_ending)
+                             destination_line_ending=destination_line_ending, priority=priority, bandwidth=bandwidth)
         task = with_programs(task, calls).model_dump()
     try:
         spec = MonitorSpec(name=name, agent=agent, directory=directory, trigger=trigger, poll_seconds=seconds,

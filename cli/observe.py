@@ -37,7 +37,9 @@ def _size(n: Any) -> str:
 
 def transfer_line(t: dict[str, Any]) -> str:
     pct = f"{100 * t['bytes_done'] / t['bytes_total']:.0f}%" if t.get("bytes_total") else "-"
-    text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} {t.get('source_agent')}->{t.get('destination_agent')}"
+    priority = t.get("priority")  # -pr, known to the source (a destination row shows "pr -")
+    text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} pr {priority if priority is not None else '-'} "
+            f"{t.get('source_agent')}->{t.get('destination_agent')}"
             f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
     if t.get("result_code") is not None:
         text += f" result {t['result_code']}"

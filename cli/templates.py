@@ -41,9 +41,9 @@ from agent.definitions import DefinitionTrust, DefinitionTrustError
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
-from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
-                               SOURCE_ENCODING_OPTION, check_flags, parse_metadata, text_fields,
-                               text_flags_without_text_mode)
+from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags, parse_metadata,
+                               priority_and_bandwidth, text_fields, text_flags_without_text_mode)
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
@@ -110,6 +110,8 @@ class TemplateSpec(Strict):
     destination_encoding: EncodingName | None = None
     destination_line_ending: LineEnding | None = None
     programs: ProgramCalls | None = None
+    priority: Annotated[int, Field(ge=0, le=9)] | None = None  # -pr
+    bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None  # --bandwidth, bytes a second
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -171,6 +173,8 @@ class Overrides:
     metadata: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     text: dict[str, Any] = field(default_factory=dict)  # -t, -sce, -dce, -dle given (transfer_request.text_fields)
+    priority: int | None = None
+    bandwidth: int | None = None  # bytes a second (parsed from --bandwidth RATE)
 
 
 def _destination(file: str | None, directory: str | None) -> tuple[str, Literal["file", "directory"]] | None:
@@ -232,7 +236,7 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
                               recursive=bool(ov.recursive) or i.recursive))
     values: dict[str, Any] = dict(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                   metadata={**base.metadata, **ov.metadata})
-    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name"):
+    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name", "priority", "bandwidth"):
         value = getattr(ov, name)
         if value is None:
             value = getattr(base, name)
@@ -270,7 +274,7 @@ def template_spec(ov: Overrides) -> TemplateSpec:
                                   items=items, exist=ov.exist, disposition=ov.disposition,
                                   checksum=ov.checksum.lower() if ov.checksum else None,
                                   recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata,
-                                  **ov.text)
+                                  **ov.text, priority=ov.priority, bandwidth=ov.bandwidth)
     try:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
@@ -286,6 +290,7 @@ def given(ctx: Any, name: str) -> bool:
 def overrides_from(ctx: Any, **values: Any) -> Overrides:
     """Overrides holding only the values the user gave (by parameter name, as in create-transfer)."""
     kept = {k: v for k, v in values.items() if given(ctx, k)}
+    priority, bandwidth = priority_and_bandwidth(kept.get("priority"), kept.get("bandwidth"))
     return Overrides(
         source_agent=kept.get("source_agent"), destination_agent=kept.get("destination_agent"),
         dest_file=kept.get("dest_file"), dest_dir=kept.get("dest_dir"), exist=kept.get("exist"),
@@ -294,7 +299,7 @@ def overrides_from(ctx: Any, **values: Any) -> Overrides:
         job_name=kept.get("job_name"), metadata=parse_metadata(kept.get("metadata")),
         sources=list(values.get("sources") or []),
         text=text_fields(kept.get("mode"), kept.get("source_encoding"), kept.get("destination_encoding"),
-                         kept.get("destination_line_ending")))
+                         kept.get("destination_line_ending")), priority=priority, bandwidth=bandwidth)
 
 
 # --------------------------------------------------------------------------- request files
@@ -499,7 +504,7 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
     options = []
     for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name),
                         ("-t", s.mode), ("-sce", s.source_encoding), ("-dce", s.destination_encoding),
-                        ("-dle", s.destination_line_ending)):
+                        ("-dle", s.destination_line_ending), ("-pr", s.priority), ("--bandwidth", s.bandwidth)):
         if value is not None:
             options.append(f"{flag} {value}")
     if any(i.recursive for i in s.items):
@@ -548,17 +553,20 @@ def create_template(
     source_encoding: Optional[str] = SOURCE_ENCODING_OPTION,
     destination_encoding: Optional[str] = DESTINATION_ENCODING_OPTION,
     destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
+    priority: Optional[int] = typer.Option(None, "-pr", "--priority", help=PRIORITY_HELP),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help=BANDWIDTH_HELP),
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""
     validate_template_name(name)
     check_flags(exist, disposition, checksum, recovery_timeout)
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
+    pr, rate = priority_and_bandwidth(priority, bandwidth)
     spec = template_spec(Overrides(
         source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
         dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
         recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-        metadata=parse_metadata(metadata), sources=list(sources or []), text=text))
+        metadata=parse_metadata(metadata), sources=list(sources or []), text=text, priority=pr, bandwidth=rate))
     from agent.auth import keys_dir, load_private, requester_name
     from agent.definitions import sign_definition
     from agent.settings import config_home

@@ -1,4 +1,4 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md and -t/-sce/-dce/-dle, and a TransferSpec built from them
+"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md, -t/-sce/-dce/-dle, -pr and --bandwidth, and a TransferSpec built from them
 with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
 task) take the same flags and use these, so a value is refused with the same words by all three.
 """
@@ -14,6 +14,8 @@ from agent.core.program_call import ProgramCallError
 from agent.core.recovery import check_recovery_timeout
 from agent.core.text_convert import LINE_ENDINGS, MODES, check_encoding, check_line_ending
 from agent.wire.programs import ProgramCall, ProgramCalls
+from agent.core.start_order import check_priority
+from agent.core.units import parse_rate
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -35,9 +37,14 @@ SOURCE_ENCODING_OPTION = typer.Option(None, "-sce", "--source-encoding", help=TE
 DESTINATION_ENCODING_OPTION = typer.Option(None, "-dce", "--destination-encoding", help=TEXT_HELP["-dce"])
 LINE_ENDING_OPTION = typer.Option(None, "-dle", "--destination-line-ending", help=TEXT_HELP["-dle"])
 
+PRIORITY_HELP = ("Priority 0 (lowest, the default) to 9 (highest): queued transfers start by priority, then in "
+                 "the order they came.")
+BANDWIDTH_HELP = ("Bytes a second this transfer sends at most: digits with an optional K, M or G (powers of "
+                  "1000), e.g. 20M; the source agent's agentMaxBandwidth applies too (the lower wins).")
+
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source",
-                 "programs": "-presrc/-postsrc/-predst/-postdst"}
+                 "recovery_timeout": "-rt", "priority": "-pr", "bandwidth": "--bandwidth", "items": "the sources or -df/-dd",
+                 "source": "source", "programs": "-presrc/-postsrc/-predst/-postdst"}
 
 _CALL_FORM = "[executable:]NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]]; NAME is looked up in the " \
              "agent's commandPath"
@@ -97,6 +104,19 @@ def text_flags_without_text_mode(spec: Any) -> Optional[str]:
     if given and spec.mode != "text":
         return f"{', '.join(given)} only apply to text transfers: add -t text (they convert text files)"
     return None
+def priority_and_bandwidth(priority: Optional[int], bandwidth: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """-pr (0..9) and --bandwidth RATE (20M: bytes a second) as the TransferSpec takes them (None: not given;
+    --bandwidth 0 is no cap of its own); TransferRequestError naming the flag."""
+    try:
+        if priority is not None:
+            check_priority(priority, "-pr")
+    except ValueError as exc:
+        raise TransferRequestError(str(exc)) from None
+    try:
+        rate = parse_rate(bandwidth) if bandwidth is not None else None
+    except ValueError as exc:
+        raise TransferRequestError(f"--bandwidth {exc}") from None
+    return priority, rate or None
 
 
 def parse_metadata(values: Optional[List[str]]) -> dict[str, str]:
@@ -136,18 +156,21 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
                   recovery_timeout: Optional[int] = None, job_name: Optional[str] = None,
                   metadata: Optional[List[str]] = None, mode: Optional[str] = None,
                   source_encoding: Optional[str] = None, destination_encoding: Optional[str] = None,
-                  destination_line_ending: Optional[str] = None) -> TransferSpec:
+                  destination_line_ending: Optional[str] = None, priority: Optional[int] = None,
+                  bandwidth: Optional[str] = None) -> TransferSpec:
     """The transfer the flags describe, every flag checked; TransferRequestError naming the flag if not."""
     check_flags(exist, disposition, checksum, recovery_timeout)
     md = parse_metadata(metadata)
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
+    pr, rate = priority_and_bandwidth(priority, bandwidth)
     try:
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
                               destination_type="file" if dest_file else "directory", recursive=recursive)
                  for s in sources]
         spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
-                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, **text)
+                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, **text,
+                            priority=pr, bandwidth=rate)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None
     problem = text_flags_without_text_mode(spec)

@@ -17,9 +17,9 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import TransferWatcher, format_event, safe
-from .transfer_request import (DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION, PROGRAM_HELP,
-                               SOURCE_ENCODING_OPTION, check_flags, program_calls, text_fields, transfer_spec,
-                               with_programs)
+from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
+                               PRIORITY_HELP, PROGRAM_HELP, SOURCE_ENCODING_OPTION, check_flags, priority_and_bandwidth,
+                               program_calls, text_fields, transfer_spec, with_programs)
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -105,6 +105,8 @@ def create_transfer(
     predst: Optional[str] = typer.Option(None, "-predst", "--pre-destination-call", help=PROGRAM_HELP["-predst"]),
     postdst: Optional[str] = typer.Option(None, "-postdst", "--post-destination-call",
                                           help=PROGRAM_HELP["-postdst"]),
+    priority: Optional[int] = typer.Option(None, "-pr", "--priority", help=PRIORITY_HELP),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help=BANDWIDTH_HELP),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -130,13 +132,14 @@ def create_transfer(
     check_flags(exist, disposition, checksum, recovery_timeout)
     text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     calls = program_calls(presrc, postsrc, predst, postdst)
+    priority_and_bandwidth(priority, bandwidth)
     if generate is not None and wait is not None:
         fail("-w has no meaning with -gt: the request is written to a file, not submitted")
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
         spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
                              checksum, recursive, recovery_timeout, job_name, metadata, mode, source_encoding,
-                             destination_encoding, destination_line_ending)
+                             destination_encoding, destination_line_ending, priority, bandwidth)
     else:
         try:
             overrides = templates.overrides_from(
@@ -144,7 +147,7 @@ def create_transfer(
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
                 recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata,
                 mode=mode, source_encoding=source_encoding, destination_encoding=destination_encoding,
-                destination_line_ending=destination_line_ending)
+                destination_line_ending=destination_line_ending, priority=priority, bandwidth=bandwidth)
             creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)

@@ -1,4 +1,5 @@
-"""Token buckets: how many commands an agent reads, and how many refusals it answers, per second.
+"""Token buckets: how many commands an agent reads, and how many refusals it answers, per second; and how
+many bytes a second an agent and a transfer send (agentMaxBandwidth, --bandwidth: `SendRate`).
 
 No IO and no clock of its own: the caller passes one (time.monotonic; a test's own in
 tests/unit/test_ratelimit.py), so the policy is tested by tables.
@@ -15,24 +16,79 @@ Clock = Callable[[], float]
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; full at the start. Each `take` spends one."""
 
-    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+    def __init__(self, rate: float, burst: int, clock: Clock, *, full: bool = True) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError(f"a token bucket needs rate > 0 and burst >= 1 (got rate {rate}, burst {burst})")
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._tokens = float(burst)
+        self._tokens = float(burst) if full else 0.0
         self._at = clock()
 
-    def take(self) -> bool:
+    def _refill(self) -> float:
         now = self._clock()
         # a clock that goes back (it should not: monotonic) refills nothing rather than taking tokens away
         self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) * self.rate)
         self._at = now
-        if self._tokens >= 1.0:
+        return self._tokens
+
+    def take(self) -> bool:
+        if self._refill() >= 1.0:
             self._tokens -= 1.0
             return True
         return False
+
+    def available(self) -> float:
+        """The tokens there are now (negative: a debt, what `spend` took beyond them)."""
+        return self._refill()
+
+    def spend(self, n: float) -> None:
+        """Take `n` tokens whether there are or not: what was sent anyway (a control message) is a debt
+        that later `wait`s pay back."""
+        self._refill()
+        self._tokens -= n
+
+    def wait(self, n: float) -> float:
+        """Seconds until `n` tokens are there (at most `burst` are ever waited for: more never are)."""
+        missing = min(float(n), float(self.burst)) - self._refill()
+        return max(0.0, missing / self.rate)
+
+
+class SendRate:
+    """Bytes a second, through every bucket given (the agent's agentMaxBandwidth, the transfer's --bandwidth):
+    the lowest rate applies. A message of `size` bytes may go when every bucket holds `size` tokens (or, a
+    message larger than a bucket's burst, a full bucket); each bucket's owner spends what went (the agent's
+    publish, the transfer's driver), so the bytes sent by time t never pass rate x t by more than a message.
+    With no bucket it lets everything through."""
+
+    def __init__(self, *buckets: TokenBucket | None) -> None:
+        self.buckets = [b for b in buckets if b is not None]
+
+    def allowance(self, size: int) -> int | None:
+        """Bytes that may be sent now, in messages of about `size` bytes (None: no limit; 0: wait). A sender
+        that keeps sending while its allowance is above 0 (agent.core.send_order's budget) sends whole messages
+        of at most the tokens there are."""
+        if not self.buckets:
+            return None
+        least = min(min(b.available(), float(b.burst)) - min(float(size), float(b.burst)) + 1.0
+                    for b in self.buckets)
+        return max(0, int(least))
+
+    def wait(self, size: int) -> float:
+        """Seconds until a message of `size` bytes may go (0: now)."""
+        return max((b.wait(size) for b in self.buckets), default=0.0)
+
+
+def bandwidth_bucket(rate: int, message_bytes: int, clock: Clock, seconds: float = 0.5) -> TokenBucket | None:
+    """The bucket of a rate in bytes a second (0: none, unlimited), empty at the start, holding `seconds` of
+    bytes or two messages, whichever is more. A transfer's bucket starts at its first send and holds half a
+    second: it never beats its rate, and a sender woken late (two cores shared with the broker and the
+    destination) loses none of it (with a tenth of a second, up to a third on a loaded machine:
+    docs/performance.md, "Bandwidth limits"). The agent's bucket lives as long as the agent, so what it holds
+    after a quiet spell goes at once: it holds a tenth of a second (`seconds` 0.1), the most it passes its rate."""
+    if rate <= 0:
+        return None
+    return TokenBucket(rate, max(int(rate * seconds), 2 * message_bytes, 1), clock, full=False)
 
 
 UNTRUSTED = "untrusted"  # the one class of every command that does not claim a trusted requester's name
@@ -87,3 +143,35 @@ class Throttle:
             return True
         self.held += 1
         return False
+
+
+class TransferPace:
+    """What a source transfer's driver asks of the rates (agent/source.py): how many bytes this round of sends
+    may take, how long to sleep when it was cut short, and what it published (spent from its own bucket; the
+    agent's is spent by the agent's publish, for every message it sends)."""
+
+    def __init__(self, agent: TokenBucket | None, rate: int, message_bytes: int, clock: Clock) -> None:
+        self._agent, self._own_rate, self._message, self._clock = agent, rate, message_bytes, clock
+        self.own: TokenBucket | None = None  # --bandwidth (None: not given, or not sending yet)
+        self.rate = SendRate(agent)
+        self.paced = False  # the last round was cut short by a rate: wake when there are tokens again
+
+    def budget(self, budget: int, message_bytes: int) -> int:
+        if self.own is None and self._own_rate:
+            # made at the first send, not when the transfer was queued: time spent queued saves up nothing
+            self.own = bandwidth_bucket(self._own_rate, self._message, self._clock)
+            self.rate = SendRate(self._agent, self.own)
+        allowance = self.rate.allowance(message_bytes)
+        self.paced = allowance is not None and allowance < budget
+        return budget if allowance is None else min(budget, allowance)
+
+    def wait(self, wait: float, message_bytes: int) -> float:
+        """The driver's sleep: `wait`, or less when the rate cut the round short and tokens come sooner. Never
+        0 for the rate's sake: with the tokens there, what holds the sender back is its window, and a sleep
+        of 0 would spin without ever reading the acknowledgements that open it."""
+        rate_wait = self.rate.wait(message_bytes) if self.paced else 0.0
+        return min(wait, rate_wait) if rate_wait > 0 else wait
+
+    def sent(self, n: int) -> None:
+        if self.own is not None:
+            self.own.spend(n)

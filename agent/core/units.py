@@ -5,6 +5,7 @@ powers of 1000, as most tools (rsync, curl, rich) and the bandwidth syntax of is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
@@ -46,3 +47,19 @@ def duration_text(seconds: Any) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+_RATE_RE = re.compile(r"([0-9]+)([KMG]?)")
+_RATE_FACTOR = {"": 1, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3}
+RATE_SYNTAX = "bytes a second: digits with an optional K, M or G (powers of 1000), e.g. 20M; 0 = unlimited"
+
+
+def parse_rate(text: Any) -> int:
+    """A rate as written in agentMaxBandwidth and --bandwidth ("500K", "20M", "1G", "0") in bytes a second;
+    ValueError (saying the syntax) for anything else. The suffix is a power of 1000, as everywhere in fte."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    m = _RATE_RE.fullmatch(str(text).strip().upper()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} is not a rate in {RATE_SYNTAX}")
+    return int(m.group(1)) * _RATE_FACTOR[m.group(2)]

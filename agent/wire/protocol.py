@@ -269,6 +269,11 @@ class TransferSpec(Strict):
     destination_encoding: EncodingName | None = None
     destination_line_ending: LineEnding | None = None
     programs: ProgramCalls | None = None  # -presrc, -postsrc, -predst, -postdst (agent.wire.programs)
+    # -pr: queued transfers start by priority (agent.core.start_order; None: 0, and left off the wire, so that
+    # an agent of an older fte takes a request without -pr); --bandwidth: bytes a second (None: only the
+    # agent's agentMaxBandwidth)
+    priority: Annotated[int, Field(ge=0, le=9)] | None = None
+    bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None
 
 
 class CommandBase(Strict):

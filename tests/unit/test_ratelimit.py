@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.core.ratelimit import UNTRUSTED, CommandAdmission, Throttle, TokenBucket
+from agent.core.units import parse_rate
+from agent.core.ratelimit import UNTRUSTED, CommandAdmission, SendRate, Throttle, TokenBucket, TransferPace, bandwidth_bucket
 
 
 class Clock:
@@ -95,3 +96,103 @@ def test_throttle_counts_what_it_held_back(rate: float, burst: int, steps: list[
         clock.now += advance
         n += sum(t.allow() for _ in range(tries))
     assert (n, t.held) == (allowed, held)
+
+
+# --------------------------------------------------------------------------- bytes a second (agentMaxBandwidth)
+
+# (rate, burst, full?, [(seconds to advance, bytes spent)], expected tokens after each step)
+@pytest.mark.parametrize("rate,burst,full,steps,expected", [
+    (1000, 500, False, [(0, 0), (0.1, 0), (1, 0)], [0, 100, 500]),    # empty at the start; filled up to burst
+    (1000, 500, True, [(0, 800), (0.2, 0), (0.5, 0)], [-300, -100, 400]),  # a debt is paid back by time
+    (1000, 500, False, [(0, 100), (-5, 0), (0.1, 0)], [-100, -100, 0]),  # a clock going back refills nothing
+])
+def test_byte_bucket_spend_and_refill(rate: float, burst: int, full: bool, steps: list[tuple[float, int]],
+                                      expected: list[float]) -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate, burst, clock, full=full)
+    got = []
+    for advance, spent in steps:
+        clock.now += advance
+        if spent:
+            bucket.spend(spent)
+        got.append(round(bucket.available(), 6))
+    assert got == expected
+
+
+# (tokens in the bucket, burst, message size) -> seconds until the message may go, at 1000 B/s
+@pytest.mark.parametrize("spent,burst,size,wait", [
+    (0, 500, 100, 0.0),       # full, room for it
+    (450, 500, 100, 0.05),    # 50 there, 50 missing
+    (700, 500, 100, 0.3),     # a debt of 200, then 100
+    (0, 500, 2000, 0.0),      # larger than the burst: a full bucket is enough
+    (100, 500, 2000, 0.1),    # ... and waits only for a full bucket, never for more than it holds
+])
+def test_byte_bucket_wait(spent: int, burst: int, size: int, wait: float) -> None:
+    bucket = TokenBucket(1000, burst, Clock())
+    bucket.spend(spent)
+    assert bucket.wait(size) == pytest.approx(wait)
+
+
+def test_send_rate_lowest_bucket_applies_and_no_bucket_is_unlimited() -> None:
+    clock = Clock()
+    agent = TokenBucket(1000, 1000, clock)             # full: 1000 there
+    transfer = TokenBucket(100, 400, clock, full=False)  # empty
+    assert SendRate().allowance(100) is None and SendRate(None).wait(100) == 0.0
+    rate = SendRate(agent, None, transfer)
+    assert rate.allowance(100) == 0 and rate.wait(100) == pytest.approx(1.0)  # the transfer's is the lower
+    clock.now += 2.5                                   # transfer: 250
+    # whole messages of 100 while the allowance is above 0 (agent.core.send_order): 250 - 100 + 1 -> two of them
+    assert rate.allowance(100) == 151
+    agent.spend(950)                                   # the agent spent on other transfers: 50 left
+    assert rate.allowance(100) == 0 and rate.wait(100) == pytest.approx(0.05)
+
+
+# a sender that sends whole messages while its allowance is above 0, woken when `wait` says: bytes sent by t
+# never pass rate x t (the bucket starts empty), and the rate is kept (a tenth of a second's burst)
+@pytest.mark.parametrize("rate,message", [(20_000_000, 262144), (1000, 4096), (500_000, 1024)])
+def test_bandwidth_bucket_paces_a_sender_to_its_rate(rate: int, message: int) -> None:
+    clock = Clock()
+    start = clock.now
+    bucket = bandwidth_bucket(rate, message, clock)
+    assert bucket is not None and bandwidth_bucket(0, message, clock) is None
+    pace = SendRate(bucket)
+    sent = 0
+    total = 200 * message
+    while sent < total:
+        allowance = pace.allowance(message)
+        while allowance is not None and allowance > 0 and sent < total:
+            bucket.spend(message)
+            sent += message
+            allowance -= message
+            assert sent <= rate * (clock.now - start) + message
+        clock.now += max(pace.wait(message), 1e-6)
+    elapsed = clock.now - start
+    assert total / rate - message / rate <= elapsed <= total / rate * 1.01 + 1e-3
+
+
+@pytest.mark.parametrize("text,value", [("0", 0), ("1500", 1500), ("500K", 500_000), ("20M", 20_000_000),
+                                        ("20m", 20_000_000), ("1G", 1_000_000_000), (" 7k ", 7000), (42, 42)])
+def test_parse_rate(text: object, value: int) -> None:
+    assert parse_rate(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-1", "1.5M", "20MB", "20 M", "M", "1T", -5, True, None])
+def test_parse_rate_refuses_what_is_no_rate(text: object) -> None:
+    with pytest.raises(ValueError, match="is not a rate in bytes a second: digits with an optional K, M or G"):
+        parse_rate(text)
+
+
+def test_transfer_pace_starts_its_bucket_at_the_first_send_and_wakes_only_when_paced() -> None:
+    clock = Clock()
+    pace = TransferPace(None, 1000, 100, clock)
+    clock.now += 60  # a minute queued saves up nothing
+    assert pace.budget(5000, 100) == 0 and pace.paced
+    assert pace.wait(1.0, 100) == pytest.approx(0.1)  # a chunk's worth at 1000 B/s
+    clock.now += 0.25
+    assert pace.budget(5000, 100) == 151  # 250 came: two chunks go (a sender sends while the budget is above 0)
+    pace.sent(200)
+    assert pace.budget(5000, 100) == 0
+    clock.now += 10  # full again, but the window holds the sender back: its own wait, never a spin
+    assert pace.budget(5000, 100) == 401 and pace.paced and pace.wait(0.7, 100) == 0.7  # holds 500
+    unlimited = TransferPace(None, 0, 100, clock)
+    assert unlimited.budget(5000, 100) == 5000 and not unlimited.paced and unlimited.wait(0.7, 100) == 0.7

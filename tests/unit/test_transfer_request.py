@@ -52,6 +52,21 @@ def test_the_three_commands_refuse_a_bad_flag_with_the_same_line(cli, flag: str,
     assert lines["create-transfer"] == f"error: {exc.value}"
 
 
+@pytest.mark.parametrize("flag,value,words", [
+    ("-pr", "10", "-pr 10 is not a priority: give a whole number from 0 (lowest, the default) to 9 (highest)"),
+    ("--bandwidth", "20MB", "--bandwidth '20MB' is not a rate in bytes a second"),
+])
+def test_the_three_commands_refuse_a_bad_priority_or_bandwidth_alike(cli, flag: str, value: str,
+                                                                    words: str) -> None:
+    lines = set()
+    for args in COMMANDS.values():
+        r = cli(*args[:1], flag, value, *args[1:])
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert r.exit_code == 1 and len(errors) == 1, r.output
+        lines.add(errors[0])
+    assert len(lines) == 1 and words in lines.pop()
+
+
 def test_metadata_is_parsed_once_with_one_message(cli) -> None:
     assert parse_metadata(["a=1,b=2", "a=3"]) == {"a": "3", "b": "2"}
     with pytest.raises(TransferRequestError, match=r"-md 'oops' is not key=value \(e.g. -md ticket=42\)"):
@@ -76,3 +91,18 @@ def test_transfer_spec_builds_what_the_flags_say() -> None:
         ("/x", "/in", "directory", True), ("/y", "/in", "directory", True)]
     assert (spec.exist, spec.disposition, spec.checksum, spec.recovery_timeout, spec.metadata) == (
         "overwrite", "delete", "md5", 30, {"k": "v"})
+
+
+def test_priority_and_bandwidth_go_into_the_spec_and_a_monitor_task() -> None:
+    from agent.monitor import MonitorSpec
+
+    spec = transfer_spec("A1", "A2", ["/data/x"], None, "/in", "error", "leave", "sha256", priority=7,
+                         bandwidth="20M")
+    assert (spec.priority, spec.bandwidth) == (7, 20_000_000)
+    task = MonitorSpec(name="M1", agent="A1", directory="/watch", trigger="match,*.csv", poll_seconds=5,
+                       task=spec.model_dump()).task
+    assert (task.priority, task.bandwidth) == (7, 20_000_000)
+    plain = transfer_spec("A1", "A2", ["/data/x"], None, "/in", "error", "leave", "sha256", bandwidth="0")
+    # not given: off the wire (an older agent takes the request), 0 and only agentMaxBandwidth at the agent
+    assert plain.priority is None and plain.bandwidth is None
+    assert b"priority" not in plain.model_dump_json(exclude_none=True).encode()
