@@ -13,12 +13,14 @@ import base64
 import glob
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
 from .wire.binding import agent_requester, new_ephemeral
 from .commands import CommandRefused
-from .core import results
+from .core import results, transfer_trigger
+from .core.transfer_trigger import PathFact, TransferTrigger, Verdict
 from .core.lifecycle import TransferState as S
 from .core.policy import PEER_WAIT
 from .core.recovery import effective_recovery_timeout
@@ -70,13 +72,19 @@ class Admission:
             rt = effective_recovery_timeout(spec.recovery_timeout, settings.transferRecoveryTimeout)
         except ValueError as exc:
             raise CommandRefused(str(exc)) from None
-        files = self.resolve_sources(spec)
+        verdict = self.check_trigger(spec.trigger) if spec.trigger is not None else None
+        files = self.resolve_sources(spec) if verdict is None or verdict.met else []
         header = {"source_agent": name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": sent_at, "originator": originator}
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
+        if verdict is not None and not verdict.met:
+            # ended before it began: agent.transfers logs trigger_not_met and runs nothing
+            header.update(trigger=spec.trigger, trigger_reason=verdict.reason)
+            return TransferRecord(tid, "source", S.FAILED.value, spec.destination_agent, header,
+                                  result_code=transfer_trigger.RESULT_CODE, recovery_timeout=rt)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                               files=files)
 
@@ -102,6 +110,39 @@ class Admission:
         log.warning("transfer %s from %s deferred: %d of maxDestinationTransfers=%d in use",
                     msg.transfer_id, msg.source_agent, active, limit)
         return False
+
+    # ------------------------------------------------------------------ the trigger (-tr)
+
+    def check_trigger(self, text: str) -> Verdict:
+        """Whether the transfer's trigger condition holds now, on what is at its paths in the sandbox (a link
+        is not followed). Raises CommandRefused for a path the agent may not look at, as for a source."""
+        trigger = TransferTrigger.parse(text)  # checked by the TransferSpec already
+        dirs = ConfinedDirs(self._sandbox)
+        try:
+            facts = {p: self._path_fact(p, dirs) for p in trigger.paths}
+        except SandboxError as exc:
+            raise CommandRefused(f"trigger refused: {exc}") from None
+        except OSError as exc:
+            raise CommandRefused(f"cannot evaluate the trigger on agent {self._name}: {os_error_at(exc)}") from None
+        finally:
+            dirs.close()
+        return trigger.evaluate(facts)
+
+    def _path_fact(self, path: str, dirs: ConfinedDirs) -> PathFact:
+        self._sandbox.resolve(path, write=False)  # '..', NUL, too long, outside the sandbox: refused
+        raw = os.path.expanduser(path)
+        parent, name = os.path.split(os.path.join(str(self._sandbox.base), raw).rstrip("/") or "/")
+        if not name:  # "/" itself
+            return PathFact("directory")
+        # the parent resolved, the leaf as it is (lstat relative to the parent's descriptor: never followed)
+        st = dirs.lstat(os.path.join(str(self._sandbox.resolve(parent, write=False)), name))
+        if st is None:
+            return PathFact("missing")
+        if stat.S_ISLNK(st.st_mode):
+            return PathFact("link")
+        if stat.S_ISREG(st.st_mode):
+            return PathFact("file", st.st_size)
+        return PathFact("directory" if stat.S_ISDIR(st.st_mode) else "other")
 
     # ------------------------------------------------------------------ the sources
 

@@ -89,6 +89,8 @@ class Transfers:
         rec = await self._admission.admit(spec, tid, sent_at, originator)
         if isinstance(rec, str):
             return {"transfer_id": rec, "duplicate": True}  # a resubmission after a lost reply
+        if rec.header.get("trigger_reason") is not None:
+            return self._trigger_not_met(rec)
         files = rec.files
         self._ctx.store.save_transfer(rec)
         self._ctx.log.emit(rec, "started", recovery_timeout=rec.recovery_timeout, originator=originator,
@@ -101,6 +103,16 @@ class Transfers:
         self._ctx.on_state_change()
         return {"transfer_id": rec.transfer_id, "files": len(files), "bytes": sum(f.size for f in files),
                 "recovery_timeout": rec.recovery_timeout}
+
+    def _trigger_not_met(self, rec: TransferRecord) -> dict[str, Any]:
+        """-tr did not hold: the transfer ends as it is made (result 42), kept and logged, nothing is read."""
+        self._ctx.store.save_transfer(rec)
+        reason = rec.header["trigger_reason"]
+        self._ctx.log.emit(rec, "trigger_not_met", result_code=rec.result_code, trigger=rec.header["trigger"],
+                           message=f"transfer not started: {reason}")
+        self._ctx.on_state_change()
+        return {"transfer_id": rec.transfer_id, "files": 0, "bytes": 0, "result_code": rec.result_code,
+                "trigger_not_met": reason}
 
     def source(self, tid: str) -> SourceTransfer | None:
         return self.sources.get(tid)

@@ -19,7 +19,7 @@ from agent.core.statuses import AgentState
 from agent.wire.events import Progress as ProgressEvent
 from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
                           Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
-                          UnknownEvent, parse_event, parse_progress, read_event)
+                          TriggerNotMet, UnknownEvent, parse_event, parse_progress, read_event)
 from agent.wire.protocol import QueryTransfer, Topics
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
@@ -176,6 +176,8 @@ def _event_line(ev: EventModel) -> str:
                  f"{'ok' if f.result_code == FILE_SUCCESS else f'result {f.result_code}'}"
                  + (f": {f.supplement}" if f.supplement else "") + ")" for f in ev.files]
         return f"{head} " + "; ".join(parts)
+    if isinstance(ev, TriggerNotMet):
+        return f"{head} {ev.state} (result {ev.result_code}): {ev.message}"
     if isinstance(ev, (Started, Recovering, Resumed, CleanedUp)):
         return f"{head} {ev.state}" + (f": {ev.message}" if ev.message else "")
     return _summary_line(ev.wire())
@@ -282,7 +284,7 @@ class TransferWatcher:
                 ev = read_message(self.c, m)  # None unless signed by the agent for this topic
                 if ev is None:
                     continue
-                if isinstance(ev, Completed):
+                if isinstance(ev, (Completed, TriggerNotMet)):
                     return ev.wire()
                 wire = ev.wire()
                 if not self.recent.first_time(wire):

@@ -33,14 +33,14 @@ import typer
 from pydantic import Field, ValidationError, model_validator
 
 from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, Metadata, Path_, Strict,
-                            TransferSpec, utc_now)
+                            TransferSpec, TriggerText, utc_now)
 
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
-from .transfer_request import check_flags, parse_metadata
+from .transfer_request import check_flags, check_trigger, parse_metadata
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
 REQUEST_VERSION = 1
@@ -101,6 +101,7 @@ class TemplateSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    trigger: TriggerText | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -161,6 +162,7 @@ class Overrides:
     job_name: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    trigger: str | None = None
 
 
 def _destination(file: str | None, directory: str | None) -> tuple[str, Literal["file", "directory"]] | None:
@@ -222,7 +224,7 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
                               recursive=bool(ov.recursive) or i.recursive))
     values: dict[str, Any] = dict(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                   metadata={**base.metadata, **ov.metadata})
-    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name"):
+    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name", "trigger"):
         value = getattr(ov, name)
         if value is None:
             value = getattr(base, name)
@@ -249,7 +251,8 @@ def template_spec(ov: Overrides) -> TemplateSpec:
     values: dict[str, Any] = dict(source_agent=ov.source_agent, destination_agent=ov.destination_agent,
                                   items=items, exist=ov.exist, disposition=ov.disposition,
                                   checksum=ov.checksum.lower() if ov.checksum else None,
-                                  recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata)
+                                  recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata,
+                                  trigger=ov.trigger)
     try:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
@@ -271,7 +274,7 @@ def overrides_from(ctx: Any, **values: Any) -> Overrides:
         disposition=kept.get("disposition"), checksum=kept.get("checksum"),
         recursive=True if kept.get("recursive") else None, recovery_timeout=kept.get("recovery_timeout"),
         job_name=kept.get("job_name"), metadata=parse_metadata(kept.get("metadata")),
-        sources=list(values.get("sources") or []))
+        sources=list(values.get("sources") or []), trigger=kept.get("trigger"))
 
 
 # --------------------------------------------------------------------------- request files
@@ -474,7 +477,8 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
              f"  destination:  {dest}",
              f"  recovery timeout (-rt): {s.recovery_timeout if s.recovery_timeout is not None else 'agent default'}"]
     options = []
-    for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name)):
+    for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name),
+                        ("-tr", s.trigger)):
         if value is not None:
             options.append(f"{flag} {value}")
     if any(i.recursive for i in s.items):
@@ -519,16 +523,19 @@ def create_template(
     metadata: List[str] = typer.Option([], "-md", "--metadata", help="key=value[,key=value] metadata."),
     force: bool = typer.Option(False, "-f", "--force", help="Replace an existing template of that name."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
+    trigger: Optional[str] = typer.Option(None, "-tr", "--trigger",
+                                          help="Trigger condition, as fte-create-transfer -tr."),
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""
     validate_template_name(name)
     check_flags(exist, disposition, checksum, recovery_timeout)
+    check_trigger(trigger)
     spec = template_spec(Overrides(
         source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
         dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
         recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-        metadata=parse_metadata(metadata), sources=list(sources or [])))
+        metadata=parse_metadata(metadata), sources=list(sources or []), trigger=trigger))
     from agent.auth import keys_dir, load_private, requester_name
     from agent.definitions import sign_definition
     from agent.settings import config_home

@@ -1,4 +1,4 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt and -md, and a TransferSpec built from them
+"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md and -tr, and a TransferSpec built from them
 with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
 task) take the same flags and use these, so a value is refused with the same words by all three.
 """
@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from agent.core.recovery import check_recovery_timeout
+from agent.core.transfer_trigger import TransferTrigger, TransferTriggerError
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -19,7 +20,7 @@ DISPOSITION = ("leave", "delete")
 CHECKSUM = ("sha256", "md5", "none")
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
-                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source"}
+                 "recovery_timeout": "-rt", "items": "the sources or -df/-dd", "source": "source", "trigger": "-tr"}
 
 
 class TransferRequestError(ClientError):
@@ -37,6 +38,15 @@ def check_flags(exist: Optional[str], disposition: Optional[str], checksum: Opti
         try:
             check_recovery_timeout(recovery_timeout, "-rt")  # the agent's rule and words, not a copy
         except (TypeError, ValueError) as exc:
+            raise TransferRequestError(str(exc)) from None
+
+
+def check_trigger(trigger: Optional[str]) -> None:
+    """-tr (None: not given), in the agent's words (agent.core.transfer_trigger)."""
+    if trigger is not None:
+        try:
+            TransferTrigger.parse(trigger)
+        except TransferTriggerError as exc:
             raise TransferRequestError(str(exc)) from None
 
 
@@ -75,9 +85,10 @@ def validation_text(exc: Exception) -> str:
 def transfer_spec(source_agent: str, destination_agent: str, sources: List[str], dest_file: Optional[str],
                   dest_dir: Optional[str], exist: str, disposition: str, checksum: str, recursive: bool = False,
                   recovery_timeout: Optional[int] = None, job_name: Optional[str] = None,
-                  metadata: Optional[List[str]] = None) -> TransferSpec:
+                  metadata: Optional[List[str]] = None, *, trigger: Optional[str] = None) -> TransferSpec:
     """The transfer the flags describe, every flag checked; TransferRequestError naming the flag if not."""
     check_flags(exist, disposition, checksum, recovery_timeout)
+    check_trigger(trigger)
     md = parse_metadata(metadata)
     try:
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
@@ -85,6 +96,6 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
                  for s in sources]
         return TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
-                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md)
+                            recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, trigger=trigger)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None

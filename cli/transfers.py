@@ -94,6 +94,10 @@ def create_transfer(
                                                    help="Run N times in all (not with -es)."),
     end_schedule: Optional[str] = typer.Option(None, "-es", "--end-schedule",
                                                help="No run after this time (YYYY-MM-DDThh:mm; not with -oc)."),
+    trigger: Optional[str] = typer.Option(
+        None, "-tr", "--trigger",
+        help="Run only if this holds on the source agent, else end with result 42: file=exist,PATH[,PATH...] | "
+             "file!=exist,PATH[,...] | filesize>=SIZE,PATH[,...] (SIZE: B, KB, MB, GB)."),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -122,13 +126,14 @@ def create_transfer(
     if template_name is None and definition is None:
         assert sources and source_agent and destination_agent
         spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
-                             checksum, recursive, recovery_timeout, job_name, metadata)
+                             checksum, recursive, recovery_timeout, job_name, metadata, trigger=trigger)
     else:
         try:
             overrides = templates.overrides_from(
                 ctx, sources=sources, source_agent=source_agent, destination_agent=destination_agent,
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
-                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata)
+                recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata,
+                trigger=trigger)
             creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)
@@ -196,14 +201,18 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         if not reply.ok:
             raise ClientError(f"agent {spec.source_agent} refused the transfer: {reply.message}",
                               reply.result_code or 1)
+        not_met = reply.data.get("trigger_not_met")
         if wait is None:
+            if not_met and not as_json:  # submitted, and ended at once: the exit code says "submitted", as MFT's
+                out.print(safe(f"Transfer {tid} not started (result 42): {not_met}"), markup=False)
+                return 0
             if as_json:
                 out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}), markup=False)
             else:
                 out.print(safe(f"Transfer {tid} submitted to agent {spec.source_agent} "
                                f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes)."), markup=False)
             return 0
-        if not as_json:
+        if not as_json and not not_met:
             out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
                            f"{reply.data.get('bytes')} bytes."), markup=False)
         final = await watcher.wait(None if wait < 0 else wait)

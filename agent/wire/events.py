@@ -215,6 +215,18 @@ class Completed(TransferEventBase):
     statistics: Statistics
 
 
+class TriggerNotMet(TransferEventBase):
+    """The transfer's trigger condition (-tr) did not hold when its source agent received it: it ends at once
+    with result 42 and no file is read (the reference's "Trigger failed")."""
+
+    action: Literal["trigger_not_met"]
+    state: _one_of((S.FAILED.value,))
+    agent_role: Literal["source"]
+    result_code: _code_of((results.TRIGGER_FAILED,))
+    trigger: str
+    message: str
+
+
 class CleanedUp(TransferEventBase):
     action: Literal["cleaned_up"]
     state: TerminalState
@@ -335,14 +347,14 @@ class UnknownEvent(EventModel):
     signature: str | None = None
 
 
-TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp]
+TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp, TriggerNotMet]
 MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed]
 ScheduleEvent = Union[ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired]
 Event = Union[TransferEvent, NotAuthorized, MonitorEvent, ScheduleEvent, UnknownEvent]
 
 Family = Literal["transfer", "monitor", "schedule"]
 _FAMILIES: dict[Family, tuple[type[EventModel], ...]] = {
-    "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized),
+    "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized, TriggerNotMet),
     "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed),
     "schedule": (ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired),
 }

@@ -18,10 +18,12 @@ import zlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
+                      model_validator)
 
 from ..core.errors import FteError
 from ..core.lifecycle import TERMINAL_STATE_VALUES
+from ..core.transfer_trigger import MAX_TRIGGER_CHARS, TRIGGER_PATTERN, check_trigger_text
 from ..names import NAME_PATTERN
 
 PROTOCOL_VERSION = 1
@@ -222,6 +224,10 @@ ByteCount = Annotated[int, Field(ge=0, le=MAX_INT64)]
 ResultCode = Annotated[int, Field(ge=-MAX_INT64 - 1, le=MAX_INT64)]
 
 
+TriggerText = Annotated[str, Field(max_length=MAX_TRIGGER_CHARS, pattern=TRIGGER_PATTERN),
+                        AfterValidator(check_trigger_text)]
+
+
 class TransferItem(Strict):
     """One source specification and where it goes (as the user wrote them)."""
 
@@ -243,6 +249,8 @@ class TransferSpec(Strict):
     recovery_timeout: Annotated[int, Field(ge=-1, le=MAX_INT64)] | None = None
     job_name: Annotated[str, Field(max_length=256)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    # -tr: the source agent runs the transfer only if this condition holds (agent.core.transfer_trigger)
+    trigger: TriggerText | None = None
 
 
 class CommandBase(Strict):
