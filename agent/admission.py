@@ -14,6 +14,7 @@ import glob
 import logging
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,25 @@ from .settings import AgentSettings
 from .store import FileRecord, StateStore, TransferRecord
 
 log = logging.getLogger("fte.agent")
+
+
+MAX_SKIPPED_LISTED = 1000  # entries the started event lists of what a walk left out (the count is whole)
+
+
+@dataclass
+class Walked:
+    """What a walk of the sources found besides the files: what it left out, as (path, why), and the empty
+    directories of a -r transfer, as destination paths (created by the destination agent)."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Admission:
@@ -73,11 +93,17 @@ class Admission:
         except ValueError as exc:
             raise CommandRefused(str(exc)) from None
         verdict = self.check_trigger(spec.trigger) if spec.trigger is not None else None
-        files = self.resolve_sources(spec) if verdict is None or verdict.met else []
+        walked = Walked()
+        files = self.resolve_sources(spec, walked) if verdict is None or verdict.met else []
         header = {"source_agent": name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": sent_at, "originator": originator}
+        if walked.skipped:
+            header["skipped"] = [{"source": p, "reason": why} for p, why in walked.skipped[:MAX_SKIPPED_LISTED]]
+            header["skipped_count"] = len(walked.skipped)
+        if walked.directories:
+            header["directories"] = walked.directories
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
         if verdict is not None and not verdict.met:
@@ -146,11 +172,12 @@ class Admission:
 
     # ------------------------------------------------------------------ the sources
 
-    def resolve_sources(self, spec: TransferSpec) -> list[FileRecord]:
-        """The files of `spec`, in the order they are sent. Raises CommandRefused."""
+    def resolve_sources(self, spec: TransferSpec, walked: "Walked | None" = None) -> list[FileRecord]:
+        """The files of `spec`, in the order they are sent; what was left out and the empty directories go in
+        `walked`. Raises CommandRefused."""
         dirs = ConfinedDirs(self._sandbox)
         try:
-            return self._walk(spec, dirs)
+            return self._walk(spec, dirs, walked if walked is not None else Walked())
         except SandboxError as exc:
             raise CommandRefused(f"source refused: {exc}") from None
         except OSError as exc:  # unreadable, vanished while walking, name too long...
@@ -158,12 +185,12 @@ class Admission:
         finally:
             dirs.close()
 
-    def _walk(self, spec: TransferSpec, dirs: ConfinedDirs) -> list[FileRecord]:
+    def _walk(self, spec: TransferSpec, dirs: ConfinedDirs, walked: "Walked") -> list[FileRecord]:
         pairs: list[tuple[str, str]] = []
         stats: dict[str, os.stat_result] = {}
         for item in spec.items:
             before = len(pairs)
-            self._walk_item(item, pairs, dirs, stats)
+            self._walk_item(item, pairs, dirs, stats, walked)
             if item.destination_type == "file" and len(pairs) - before > 1:
                 # one -df names one file (a monitor batch has one -df item per file, which is fine)
                 raise CommandRefused(f"-df {item.destination} names one destination file but {item.source} is "
@@ -175,7 +202,9 @@ class Admission:
                                      "file: for several sources use -dd DIR)")
             seen.add(d)
         if not pairs:
-            raise CommandRefused("the sources contain no files")
+            left = f" ({len(walked.skipped)} left out, e.g. {walked.skipped[0][0]}: {walked.skipped[0][1]})" \
+                if walked.skipped else ""
+            raise CommandRefused(f"the sources contain no files{left}")
         files = []
         for i, (p, dest) in enumerate(pairs):
             st = stats.get(p) or (os.stat(p) if not self._sandbox.enabled else dirs.lstat(p))
@@ -185,7 +214,7 @@ class Admission:
         return files
 
     def _walk_item(self, item: TransferItem, pairs: list[tuple[str, str]], dirs: ConfinedDirs,
-                   stats: dict[str, os.stat_result]) -> None:
+                   stats: dict[str, os.stat_result], walked: "Walked") -> None:
         """Append (source path, destination) for every file one source specification names."""
         literal = os.path.expanduser(item.source)
         # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
@@ -194,6 +223,13 @@ class Admission:
         if not matches:
             raise CommandRefused(f"source {item.source!r} matches no file on agent {self._name}")
         for m in matches:
+            if _is_link(os.path.join(str(self._sandbox.base), m)):
+                # never followed: left out (and said) when a wildcard found it, refused when it was named
+                if len(matches) > 1 or m != literal:
+                    walked.skipped.append((m, "a symbolic link, not followed"))
+                    continue
+                raise CommandRefused(f"source {m!r} is a symbolic link, which is not followed: name the file or "
+                                     "directory it points to")
             try:
                 real = self._sandbox.resolve(m, write=False)
             except SandboxError as exc:
@@ -205,8 +241,10 @@ class Admission:
                 # and "<destination>/<the directory's name>/<p below it>" its destination
                 top = str(real)
                 base = os.path.join(str(Path(item.destination)), real.name)
-                for p in _regular_files(top, item.recursive, dirs, stats):
+                empty: list[str] = []
+                for p in _regular_files(top, item.recursive, dirs, stats, walked.skipped, empty):
                     pairs.append((p, base + p[len(top):]))
+                walked.directories += [base + d[len(top):] for d in sorted(empty, key=lambda p: p.split("/"))]
             elif real.is_file():
                 dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
                 pairs.append((str(real), dest))
@@ -214,14 +252,14 @@ class Admission:
                 raise CommandRefused(f"source {m!r} does not exist on agent {self._name}")
 
 
-def _regular_files(root: str, recursive: bool, dirs: ConfinedDirs,
-                   stats: dict[str, os.stat_result]) -> list[str]:
+def _regular_files(root: str, recursive: bool, dirs: ConfinedDirs, stats: dict[str, os.stat_result],
+                   skipped: list[tuple[str, str]], empty: list[str]) -> list[str]:
     """The regular files in `root` (and below it, if `recursive`), sorted by path; symbolic links are
     neither followed nor listed, and each directory is opened relative to its parent without following a
     link (agent/fsops.py), so that a directory swapped for a link during the walk lists nothing outside.
     Their lstat goes in `stats`. Strings, not Paths: a Path per file cost more than the walk itself."""
     found: list[str] = []
-    for p, st in dirs.regular_files(root, recursive):
+    for p, st in dirs.regular_files(root, recursive, skipped, empty):
         found.append(p)
         stats[p] = st
     # sorted as Paths were (component by component: "a/b" before "a-c"), so the send order is unchanged

@@ -314,7 +314,7 @@ class SourceTransfer:
             chunk_size=self.ctx.chunk_size, job_name=h.get("job_name"), metadata=h.get("metadata") or {},
             files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
                    for f in (files[i] for i in a.indexes)],
-            kx=h.get("kx_public"),
+            kx=h.get("kx_public"), directories=h.get("directories"),
         )
         # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
         # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped

@@ -97,7 +97,9 @@ class Transfers:
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,
                                    "size": f.size} for f in files],
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
-                                   f"from {self._ctx.name} to {rec.peer}")
+                                   f"from {self._ctx.name} to {rec.peer}" + _left_out(rec.header),
+                           skipped=rec.header.get("skipped"), skipped_count=rec.header.get("skipped_count"),
+                           directories=rec.header.get("directories"))
         session = self._add_source(rec)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
@@ -295,6 +297,19 @@ class Transfers:
         # the most recent ones: a reply stays far below the clients' size limit, however long the history
         recs = list(self._ctx.store.transfers(files=False))[-LIST_LIMIT:]
         return {"transfers": [self.query(r.transfer_id, r.role) for r in recs]}
+
+
+def _left_out(header: dict[str, Any]) -> str:
+    """The started message's words for what the walk left out and the empty directories it found."""
+    text = ""
+    if header.get("directories"):
+        text += f", {len(header['directories'])} empty director(ies)"
+    skipped = header.get("skipped") or []
+    if skipped:
+        shown = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
+        more = header.get("skipped_count", len(skipped)) - min(3, len(skipped))
+        text += f"; left out {header.get('skipped_count', len(skipped))}: {shown}" + (f" (and {more} more)" if more else "")
+    return text
 
 
 def _file_view(f: FileRecord) -> dict[str, Any]:

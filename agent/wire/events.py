@@ -117,6 +117,13 @@ class PlannedFile(EventModel):
     size: Count
 
 
+class SkippedSource(EventModel):
+    """Something a walk of the sources found and did not send (`started`): a symbolic link, a FIFO..."""
+
+    source: str
+    reason: str
+
+
 class FileReport(PlannedFile):
     """A file with its outcome (`progress`, `completed`). `digest` and `supplement` are null when there is none."""
 
@@ -166,6 +173,11 @@ class Started(TransferEventBase):
     files: list[PlannedFile]
     files_omitted: Annotated[int, Field(ge=1)] | None = None  # published without its file list (too big)
     message: str
+    # what the walk of the sources left out (links, FIFOs...: at most 1000 listed, all counted), and the empty
+    # directories of a -r transfer that the destination creates; absent when there are none
+    skipped: list[SkippedSource] | None = None
+    skipped_count: Annotated[int, Field(ge=1)] | None = None
+    directories: list[str] | None = None
 
 
 class Progress(TransferEventBase):

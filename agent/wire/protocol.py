@@ -343,6 +343,8 @@ class Resync(Sealed):
     # the source's X25519 public key for this transfer, and its identity signature (agent.wire.binding)
     kx: Annotated[str, Field(max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None
+    # the empty directories of a -r transfer, created by the destination when it accepts it (absent: none)
+    directories: Annotated[list[Path_], Field(max_length=MAX_FILES_PER_TRANSFER)] | None = None
 
     @model_validator(mode="after")
     def _distinct_indexes(self) -> "Resync":

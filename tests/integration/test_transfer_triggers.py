@@ -94,3 +94,65 @@ def test_trigger_refusals(fte: FteEnv, tmp_path: Path) -> None:
     r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-tr", "file=maybe,/x",
                 str(data / "out" / "f.bin"), timeout=60)
     assert r.returncode == 1 and "-tr condition 'file=maybe' is unknown" in r.stderr, str(r)
+
+
+# --------------------------------------------------------------------------- -r: empty directories, links
+
+
+def test_recursive_creates_empty_directories_and_reports_links(fte: FteEnv, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    tree = data / "out" / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("a")
+    (tree / "empty" / "deeper").mkdir(parents=True)
+    (tree / "only_link").mkdir()
+    os.symlink(tree / "sub" / "a.txt", tree / "only_link" / "l.txt")
+    os.symlink(tree / "sub", tree / "dirlink")
+    with LogFollower(fte, "-a", "A1") as follower:
+        follower.wait_subscribed()
+        r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-r", "-w", "30", "--json",
+                    str(tree), timeout=60)
+        assert r.returncode == 0, str(r)
+        tid = json.loads(r.stdout.strip().splitlines()[-1])["transfer_id"]
+        started = follower.events_until(lambda e: e.get("transfer_id") == tid and e.get("action") == "started")[-1]
+    copy = data / "in" / "tree"
+    assert (copy / "sub" / "a.txt").read_text() == "a"
+    # the empty directories are there (a directory holding only a link is empty once the link is left out)
+    assert (copy / "empty" / "deeper").is_dir() and (copy / "only_link").is_dir()
+    assert not (copy / "empty" / "deeper").is_symlink() and list((copy / "only_link").iterdir()) == []
+    assert sorted(started["directories"]) == sorted(str(copy / d) for d in ("empty/deeper", "only_link"))
+    # links are neither followed nor silently dropped: one entry each, with the reason
+    assert {s["source"]: s["reason"] for s in started["skipped"]} == {
+        str(tree / "only_link" / "l.txt"): "a symbolic link, not followed",
+        str(tree / "dirlink"): "a symbolic link, not followed"}
+    assert started["skipped_count"] == 2 and "left out 2" in started["message"], started
+    assert not (copy / "dirlink").exists() and not (copy / "only_link" / "l.txt").exists()
+
+
+def test_a_link_matched_by_a_wildcard_is_left_out_and_one_named_is_refused(fte: FteEnv, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "out" / "a.csv").write_text("a")
+    os.symlink(data / "out" / "a.csv", data / "out" / "b.csv")
+    with LogFollower(fte, "-a", "A1") as follower:
+        follower.wait_subscribed()
+        r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-w", "30", "--json",
+                    str(data / "out" / "*.csv"), timeout=60)
+        assert r.returncode == 0, str(r)
+        tid = json.loads(r.stdout.strip().splitlines()[-1])["transfer_id"]
+        started = follower.events_until(lambda e: e.get("transfer_id") == tid and e.get("action") == "started")[-1]
+    assert [f["source"] for f in started["files"]] == [str(data / "out" / "a.csv")]
+    assert started["skipped"] == [{"source": str(data / "out" / "b.csv"), "reason": "a symbolic link, not followed"}]
+    assert (data / "in" / "a.csv").exists() and not (data / "in" / "b.csv").exists()
+    r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-de", "overwrite",
+                str(data / "out" / "b.csv"), timeout=60)
+    assert r.returncode != 0 and "is a symbolic link, which is not followed" in r.stderr, str(r)
+
+
+def test_unknown_and_unsupported_flags_through_the_console_script(tmp_path: Path) -> None:
+    env = FteEnv(tmp_path / "fte_home", "mqtt://127.0.0.1:1")  # never reached
+    r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", "/o", "-zq", "5", "/i", timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: no such option -zq (see: fte create-transfer --help)"], str(r)
+    r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-sqgi", "G", "-df", "/o", timeout=60)
+    assert r.returncode == 1 and "-sqgi is an IBM MQ MFT flag that mqtt-fte does not support" in r.stderr \
+        and "docs/migrating-from-mft.md" in r.stderr, str(r)
