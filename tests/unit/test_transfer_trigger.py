@@ -98,3 +98,22 @@ def test_the_wire_pattern_admits_what_parse_takes(text: str) -> None:
     except TransferTriggerError:
         parsed = False
     assert bool(re.match(TRIGGER_PATTERN, text)) is parsed
+
+
+def test_templates_carry_the_trigger_and_the_command_line_overrides_it() -> None:
+    from cli.templates import Overrides, merge, template_spec
+
+    base = template_spec(Overrides(source_agent="A1", destination_agent="A2", dest_dir="/in", sources=["/out/f"],
+                                   trigger="file=exist,/out/ready"))
+    assert base.trigger == "file=exist,/out/ready"
+    assert merge(base, Overrides()).trigger == "file=exist,/out/ready"
+    assert merge(base, Overrides(trigger="filesize>=1KB,/out/f")).trigger == "filesize>=1KB,/out/f"
+
+
+def test_the_command_line_refuses_a_bad_trigger_in_the_agents_words() -> None:
+    from cli.transfer_request import TransferRequestError, transfer_spec
+
+    spec = transfer_spec("A1", "A2", ["/out/f"], None, "/in", "error", "leave", "sha256", trigger="file=exist,/r")
+    assert spec.trigger == "file=exist,/r"
+    with pytest.raises(TransferRequestError, match="-tr condition 'exists' is unknown"):
+        transfer_spec("A1", "A2", ["/out/f"], None, "/in", "error", "leave", "sha256", trigger="exists,/r")
