@@ -13,12 +13,15 @@ import base64
 import glob
 import logging
 import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .wire.binding import agent_requester, new_ephemeral
 from .commands import CommandRefused
-from .core import results
+from .core import results, transfer_trigger
+from .core.transfer_trigger import PathFact, TransferTrigger, Verdict
 from .core.lifecycle import TransferState as S
 from .core.policy import PEER_WAIT
 from .core.recovery import effective_recovery_timeout
@@ -32,6 +35,25 @@ from .settings import AgentSettings
 from .store import FileRecord, StateStore, TransferRecord
 
 log = logging.getLogger("fte.agent")
+
+
+MAX_SKIPPED_LISTED = 1000  # entries the started event lists of what a walk left out (the count is whole)
+
+
+@dataclass
+class Walked:
+    """What a walk of the sources found besides the files: what it left out, as (path, why), and the empty
+    directories of a -r transfer, as destination paths (created by the destination agent)."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class Admission:
@@ -71,7 +93,9 @@ class Admission:
             rt = effective_recovery_timeout(spec.recovery_timeout, settings.transferRecoveryTimeout)
         except ValueError as exc:
             raise CommandRefused(str(exc)) from None
-        files = self.resolve_sources(spec)
+        verdict = self.check_trigger(spec.trigger) if spec.trigger is not None else None
+        walked = Walked()
+        files = self.resolve_sources(spec, walked) if verdict is None or verdict.met else []
         header = {"source_agent": name, "destination_agent": spec.destination_agent, "exist": spec.exist,
                   "disposition": spec.disposition, "checksum": spec.checksum, "job_name": spec.job_name,
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
@@ -83,8 +107,18 @@ class Admission:
                               "line_ending": spec.destination_line_ending}
         if spec.programs is not None:  # run by the transfer (agent.programs), kept across restarts
             header["programs"] = spec.programs.model_dump(mode="json", exclude_none=True)
+        if walked.skipped:
+            header["skipped"] = [{"source": p, "reason": why} for p, why in walked.skipped[:MAX_SKIPPED_LISTED]]
+            header["skipped_count"] = len(walked.skipped)
+        if walked.directories:
+            header["directories"] = walked.directories
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
+        if verdict is not None and not verdict.met:
+            # ended before it began: agent.transfers logs trigger_not_met and runs nothing
+            header.update(trigger=spec.trigger, trigger_reason=verdict.reason)
+            return TransferRecord(tid, "source", S.FAILED.value, spec.destination_agent, header,
+                                  result_code=transfer_trigger.RESULT_CODE, recovery_timeout=rt)
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                               files=files)
 
@@ -111,13 +145,47 @@ class Admission:
                     msg.transfer_id, msg.source_agent, active, limit)
         return False
 
-    # ------------------------------------------------------------------ the sources
+    # ------------------------------------------------------------------ the trigger (-tr)
 
-    def resolve_sources(self, spec: TransferSpec) -> list[FileRecord]:
-        """The files of `spec`, in the order they are sent. Raises CommandRefused."""
+    def check_trigger(self, text: str) -> Verdict:
+        """Whether the transfer's trigger condition holds now, on what is at its paths in the sandbox (a link
+        is not followed). Raises CommandRefused for a path the agent may not look at, as for a source."""
+        trigger = TransferTrigger.parse(text)  # checked by the TransferSpec already
         dirs = ConfinedDirs(self._sandbox)
         try:
-            return self._walk(spec, dirs)
+            facts = {p: self._path_fact(p, dirs) for p in trigger.paths}
+        except SandboxError as exc:
+            raise CommandRefused(f"trigger refused: {exc}") from None
+        except OSError as exc:
+            raise CommandRefused(f"cannot evaluate the trigger on agent {self._name}: {os_error_at(exc)}") from None
+        finally:
+            dirs.close()
+        return trigger.evaluate(facts)
+
+    def _path_fact(self, path: str, dirs: ConfinedDirs) -> PathFact:
+        self._sandbox.resolve(path, write=False)  # '..', NUL, too long, outside the sandbox: refused
+        raw = os.path.expanduser(path)
+        parent, name = os.path.split(os.path.join(str(self._sandbox.base), raw).rstrip("/") or "/")
+        if not name:  # "/" itself
+            return PathFact("directory")
+        # the parent resolved, the leaf as it is (lstat relative to the parent's descriptor: never followed)
+        st = dirs.lstat(os.path.join(str(self._sandbox.resolve(parent, write=False)), name))
+        if st is None:
+            return PathFact("missing")
+        if stat.S_ISLNK(st.st_mode):
+            return PathFact("link")
+        if stat.S_ISREG(st.st_mode):
+            return PathFact("file", st.st_size)
+        return PathFact("directory" if stat.S_ISDIR(st.st_mode) else "other")
+
+    # ------------------------------------------------------------------ the sources
+
+    def resolve_sources(self, spec: TransferSpec, walked: "Walked | None" = None) -> list[FileRecord]:
+        """The files of `spec`, in the order they are sent; what was left out and the empty directories go in
+        `walked`. Raises CommandRefused."""
+        dirs = ConfinedDirs(self._sandbox)
+        try:
+            return self._walk(spec, dirs, walked if walked is not None else Walked())
         except SandboxError as exc:
             raise CommandRefused(f"source refused: {exc}") from None
         except OSError as exc:  # unreadable, vanished while walking, name too long...
@@ -125,12 +193,12 @@ class Admission:
         finally:
             dirs.close()
 
-    def _walk(self, spec: TransferSpec, dirs: ConfinedDirs) -> list[FileRecord]:
+    def _walk(self, spec: TransferSpec, dirs: ConfinedDirs, walked: "Walked") -> list[FileRecord]:
         pairs: list[tuple[str, str]] = []
         stats: dict[str, os.stat_result] = {}
         for item in spec.items:
             before = len(pairs)
-            self._walk_item(item, pairs, dirs, stats)
+            self._walk_item(item, pairs, dirs, stats, walked)
             if item.destination_type == "file" and len(pairs) - before > 1:
                 # one -df names one file (a monitor batch has one -df item per file, which is fine)
                 raise CommandRefused(f"-df {item.destination} names one destination file but {item.source} is "
@@ -142,7 +210,9 @@ class Admission:
                                      "file: for several sources use -dd DIR)")
             seen.add(d)
         if not pairs:
-            raise CommandRefused("the sources contain no files")
+            left = f" ({len(walked.skipped)} left out, e.g. {walked.skipped[0][0]}: {walked.skipped[0][1]})" \
+                if walked.skipped else ""
+            raise CommandRefused(f"the sources contain no files{left}")
         files = []
         for i, (p, dest) in enumerate(pairs):
             st = stats.get(p) or (os.stat(p) if not self._sandbox.enabled else dirs.lstat(p))
@@ -152,7 +222,7 @@ class Admission:
         return files
 
     def _walk_item(self, item: TransferItem, pairs: list[tuple[str, str]], dirs: ConfinedDirs,
-                   stats: dict[str, os.stat_result]) -> None:
+                   stats: dict[str, os.stat_result], walked: "Walked") -> None:
         """Append (source path, destination) for every file one source specification names."""
         literal = os.path.expanduser(item.source)
         # a name that exists is itself, even if it contains wildcard characters ("report[final].csv")
@@ -161,6 +231,13 @@ class Admission:
         if not matches:
             raise CommandRefused(f"source {item.source!r} matches no file on agent {self._name}")
         for m in matches:
+            if _is_link(os.path.join(str(self._sandbox.base), m)):
+                # never followed: left out (and said) when a wildcard found it, refused when it was named
+                if len(matches) > 1 or m != literal:
+                    walked.skipped.append((m, "a symbolic link, not followed"))
+                    continue
+                raise CommandRefused(f"source {m!r} is a symbolic link, which is not followed: name the file or "
+                                     "directory it points to")
             try:
                 real = self._sandbox.resolve(m, write=False)
             except SandboxError as exc:
@@ -172,8 +249,10 @@ class Admission:
                 # and "<destination>/<the directory's name>/<p below it>" its destination
                 top = str(real)
                 base = os.path.join(str(Path(item.destination)), real.name)
-                for p in _regular_files(top, item.recursive, dirs, stats):
+                empty: list[str] = []
+                for p in _regular_files(top, item.recursive, dirs, stats, walked.skipped, empty):
                     pairs.append((p, base + p[len(top):]))
+                walked.directories += [base + d[len(top):] for d in sorted(empty, key=lambda p: p.split("/"))]
             elif real.is_file():
                 dest = item.destination if item.destination_type == "file" else str(Path(item.destination) / real.name)
                 pairs.append((str(real), dest))
@@ -181,14 +260,14 @@ class Admission:
                 raise CommandRefused(f"source {m!r} does not exist on agent {self._name}")
 
 
-def _regular_files(root: str, recursive: bool, dirs: ConfinedDirs,
-                   stats: dict[str, os.stat_result]) -> list[str]:
+def _regular_files(root: str, recursive: bool, dirs: ConfinedDirs, stats: dict[str, os.stat_result],
+                   skipped: list[tuple[str, str]], empty: list[str]) -> list[str]:
     """The regular files in `root` (and below it, if `recursive`), sorted by path; symbolic links are
     neither followed nor listed, and each directory is opened relative to its parent without following a
     link (agent/fsops.py), so that a directory swapped for a link during the walk lists nothing outside.
     Their lstat goes in `stats`. Strings, not Paths: a Path per file cost more than the walk itself."""
     found: list[str] = []
-    for p, st in dirs.regular_files(root, recursive):
+    for p, st in dirs.regular_files(root, recursive, skipped, empty):
         found.append(p)
         stats[p] = st
     # sorted as Paths were (component by component: "a/b" before "a-c"), so the send order is unchanged

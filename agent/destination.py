@@ -131,6 +131,11 @@ class DestinationTransfer:
                 f.status = next_file_status(f.status, FileEvent.FAILED)
                 f.result_code, f.supplement = results.FILE_FAILED, str(exc)
             rec.files.append(f)
+        for d in msg.directories or []:  # the empty directories of a -r transfer
+            try:
+                dirs.makedirs(str(ctx.sandbox.resolve(d, write=True, parents=parents)))
+            except (SandboxError, OSError) as exc:
+                log.warning("transfer %s: empty directory %s not created: %s", msg.transfer_id, d, exc)
         ctx.store.save_transfer(rec)
         return cls(ctx, rec, dirs, fresh=True)
 

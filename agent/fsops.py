@@ -208,20 +208,30 @@ class ConfinedDirs:
             else:
                 rename_noreplace(sd, sname, dd, dname)
 
+    def makedirs(self, directory: str) -> None:
+        """Create `directory` (absolute, as resolved by the sandbox) and its missing parents, each relative to
+        its parent without following a link (an empty directory of a -r transfer)."""
+        with self._lock:
+            self._dir(directory, True)
+
     def fsync_dir(self, directory: str) -> None:
         """Make the directory's entries (a rename into it) durable."""
         with self._lock:
             os.fsync(self._dir(directory, False))
 
-    def regular_files(self, top: str, recursive: bool) -> Iterator[tuple[str, os.stat_result]]:
+    def regular_files(self, top: str, recursive: bool, skipped: list[tuple[str, str]] | None = None,
+                      empty: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
         """(path, lstat) of the regular files in `top` (and below, if `recursive`); links are neither followed
-        nor listed; subdirectories are opened relative to their parent, without following links."""
+        nor listed; subdirectories are opened relative to their parent, without following links.
+        `skipped` gets (path, why) of what is left out (links, FIFOs, sockets, devices); with `recursive`,
+        `empty` gets the directories (`top` included) that hold neither a file nor a directory."""
         with self._lock:
             top_fd = os.dup(self._dir(top, False))
         stack = [(top, top_fd)]
         try:
             while stack:
                 path, fd = stack.pop()
+                holds = False
                 try:
                     with os.scandir(fd) as entries:
                         for e in entries:
@@ -231,12 +241,19 @@ class ConfinedDirs:
                                     if self.sandbox.enabled:
                                         self.sandbox.check(child)
                                     stack.append((child, self._child(fd, e.name, child, False)))
+                                    holds = True
                             elif e.is_file(follow_symlinks=False):
                                 if self.sandbox.deny:
                                     self.sandbox.check(child)
+                                holds = True
                                 yield child, e.stat(follow_symlinks=False)
+                            elif skipped is not None:
+                                skipped.append((child, "a symbolic link, not followed" if e.is_symlink()
+                                                else "not a regular file (a FIFO, socket or device)"))
                 finally:
                     os.close(fd)
+                if recursive and not holds and empty is not None:
+                    empty.append(path)
         finally:
             for _, fd in stack:
                 os.close(fd)

@@ -329,6 +329,7 @@ class SourceTransfer:
             files=[FileOffer(index=f.index, source=f.source, destination=f.destination, size=f.size, mtime=f.mtime)
                    for f in (files[i] for i in a.indexes)],
             kx=h.get("kx_public"), text=TextConversion(**h["text"]) if h.get("text") else None,
+            directories=h.get("directories"),
         )
         # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
         # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped

@@ -90,18 +90,32 @@ class Transfers:
         rec = await self._admission.admit(spec, tid, sent_at, originator)
         if isinstance(rec, str):
             return {"transfer_id": rec, "duplicate": True}  # a resubmission after a lost reply
+        if rec.header.get("trigger_reason") is not None:
+            return self._trigger_not_met(rec)
         files = rec.files
         self._ctx.store.save_transfer(rec)
         self._ctx.log.emit(rec, "started", recovery_timeout=rec.recovery_timeout, originator=originator,
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,
                                    "size": f.size} for f in files],
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
-                                   f"from {self._ctx.name} to {rec.peer}")
+                                   f"from {self._ctx.name} to {rec.peer}" + _left_out(rec.header),
+                           skipped=rec.header.get("skipped"), skipped_count=rec.header.get("skipped_count"),
+                           directories=rec.header.get("directories"))
         session = self._add_source(rec)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
         return {"transfer_id": rec.transfer_id, "files": len(files), "bytes": sum(f.size for f in files),
                 "recovery_timeout": rec.recovery_timeout}
+
+    def _trigger_not_met(self, rec: TransferRecord) -> dict[str, Any]:
+        """-tr did not hold: the transfer ends as it is made (result 42), kept and logged, nothing is read."""
+        self._ctx.store.save_transfer(rec)
+        reason = rec.header["trigger_reason"]
+        self._ctx.log.emit(rec, "trigger_not_met", result_code=rec.result_code, trigger=rec.header["trigger"],
+                           message=f"transfer not started: {reason}")
+        self._ctx.on_state_change()
+        return {"transfer_id": rec.transfer_id, "files": 0, "bytes": 0, "result_code": rec.result_code,
+                "trigger_not_met": reason}
 
     def source(self, tid: str) -> SourceTransfer | None:
         return self.sources.get(tid)
@@ -291,6 +305,19 @@ class Transfers:
         # the most recent ones: a reply stays far below the clients' size limit, however long the history
         recs = list(self._ctx.store.transfers(files=False))[-LIST_LIMIT:]
         return {"transfers": [self.query(r.transfer_id, r.role) for r in recs]}
+
+
+def _left_out(header: dict[str, Any]) -> str:
+    """The started message's words for what the walk left out and the empty directories it found."""
+    text = ""
+    if header.get("directories"):
+        text += f", {len(header['directories'])} empty director(ies)"
+    skipped = header.get("skipped") or []
+    if skipped:
+        shown = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:3])
+        more = header.get("skipped_count", len(skipped)) - min(3, len(skipped))
+        text += f"; left out {header.get('skipped_count', len(skipped))}: {shown}" + (f" (and {more} more)" if more else "")
+    return text
 
 
 def _file_view(f: FileRecord) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from rich.console import Console
 from agent.core.errors import FteError
 
 from .render import safe, safe_markup
+from .unknown_options import typed_flag, unknown_option_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mqtt-fte: managed file transfer over MQTT.")
@@ -180,6 +181,14 @@ def _bad_value_text(exc: Exception, argv: list[str]) -> str | None:
     return f"{flag} {str(shown)!r} {problem}"
 
 
+def _unknown_option_text(exc: Exception, argv: list[str]) -> str:
+    """'no such option -pr', or that an MFT flag is not supported (cli/unknown_options.py)."""
+    command = getattr(getattr(exc, "ctx", None), "command", None)
+    known = [o for p in getattr(command, "params", []) for o in (*p.opts, *p.secondary_opts)] + ["--help"]
+    flag = typed_flag(str(getattr(exc, "option_name", "")), argv[1:], known)
+    return unknown_option_text(flag, known)
+
+
 def invoke(argv: list[str]) -> NoReturn:
     """Run the app on `argv` (verb first); a usage error is one line and exit 1 (2 means 'timed out' for
     these commands)."""
@@ -198,7 +207,8 @@ def invoke(argv: list[str]) -> NoReturn:
             sys.exit(130)
         if "UsageError" not in kinds:
             raise
-        message = _bad_value_text(exc, argv) or exc.format_message()  # type: ignore[attr-defined]
+        message = _unknown_option_text(exc, argv) if "NoSuchOption" in kinds else None
+        message = message or _bad_value_text(exc, argv) or exc.format_message()  # type: ignore[attr-defined]
         if not message:  # no arguments at all: the help was shown
             sys.exit(0)
         where = f"fte {argv[0]} --help" if argv and argv[0] in COMMANDS else "fte --help"

@@ -20,7 +20,7 @@ from agent.wire.events import Progress as ProgressEvent
 from agent.core.program_call import FLAG_OF as CALL_FLAG
 from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventModel, MonitorEventBase, NotAuthorized,
                           Recovering, Resumed, ScheduleEventBase, Started, TransferEventBase, TransferProgress,
-                          UnknownEvent, parse_event, parse_progress, read_event)
+                          TriggerNotMet, UnknownEvent, parse_event, parse_progress, read_event)
 from agent.wire.protocol import QueryTransfer, Topics
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
@@ -180,6 +180,8 @@ def _event_line(ev: EventModel) -> str:
                  f"{'ok' if f.result_code == FILE_SUCCESS else f'result {f.result_code}'}"
                  + (f": {f.supplement}" if f.supplement else "") + ")" for f in ev.files]
         return f"{head} " + "; ".join(parts)
+    if isinstance(ev, TriggerNotMet):
+        return f"{head} {ev.state} (result {ev.result_code}): {ev.message}"
     if isinstance(ev, (Started, Recovering, Resumed, CleanedUp)):
         return f"{head} {ev.state}" + (f": {ev.message}" if ev.message else "")
     return _summary_line(ev.wire())
@@ -286,7 +288,7 @@ class TransferWatcher:
                 ev = read_message(self.c, m)  # None unless signed by the agent for this topic
                 if ev is None:
                     continue
-                if isinstance(ev, Completed):
+                if isinstance(ev, (Completed, TriggerNotMet)):
                     return ev.wire()
                 wire = ev.wire()
                 if not self.recent.first_time(wire):

@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from agent.wire.programs import ProgramCalls
 from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, EncodingName, LineEnding,
-                            Metadata, Path_, Strict, TransferSpec, utc_now)
+                            Metadata, Path_, Strict, TransferSpec, TriggerText, utc_now)
 
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
@@ -42,7 +42,7 @@ from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
-                               PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags, parse_metadata,
+                               PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags, check_trigger, parse_metadata,
                                priority_and_bandwidth, text_fields, text_flags_without_text_mode)
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
@@ -112,6 +112,7 @@ class TemplateSpec(Strict):
     programs: ProgramCalls | None = None
     priority: Annotated[int, Field(ge=0, le=9)] | None = None  # -pr
     bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None  # --bandwidth, bytes a second
+    trigger: TriggerText | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
@@ -175,6 +176,7 @@ class Overrides:
     text: dict[str, Any] = field(default_factory=dict)  # -t, -sce, -dce, -dle given (transfer_request.text_fields)
     priority: int | None = None
     bandwidth: int | None = None  # bytes a second (parsed from --bandwidth RATE)
+    trigger: str | None = None
 
 
 def _destination(file: str | None, directory: str | None) -> tuple[str, Literal["file", "directory"]] | None:
@@ -236,7 +238,8 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
                               recursive=bool(ov.recursive) or i.recursive))
     values: dict[str, Any] = dict(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                   metadata={**base.metadata, **ov.metadata})
-    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name", "priority", "bandwidth"):
+    for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name", "priority", "bandwidth",
+                 "trigger"):
         value = getattr(ov, name)
         if value is None:
             value = getattr(base, name)
@@ -274,7 +277,7 @@ def template_spec(ov: Overrides) -> TemplateSpec:
                                   items=items, exist=ov.exist, disposition=ov.disposition,
                                   checksum=ov.checksum.lower() if ov.checksum else None,
                                   recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata,
-                                  **ov.text, priority=ov.priority, bandwidth=ov.bandwidth)
+                                  **ov.text, priority=ov.priority, bandwidth=ov.bandwidth, trigger=ov.trigger)
     try:
         return TemplateSpec.model_validate(values)
     except ValidationError as exc:
@@ -299,7 +302,8 @@ def overrides_from(ctx: Any, **values: Any) -> Overrides:
         job_name=kept.get("job_name"), metadata=parse_metadata(kept.get("metadata")),
         sources=list(values.get("sources") or []),
         text=text_fields(kept.get("mode"), kept.get("source_encoding"), kept.get("destination_encoding"),
-                         kept.get("destination_line_ending")), priority=priority, bandwidth=bandwidth)
+                         kept.get("destination_line_ending")), priority=priority, bandwidth=bandwidth,
+        trigger=kept.get("trigger"))
 
 
 # --------------------------------------------------------------------------- request files
@@ -504,7 +508,8 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
     options = []
     for flag, value in (("-de", s.exist), ("-sd", s.disposition), ("-cs", s.checksum), ("-jn", s.job_name),
                         ("-t", s.mode), ("-sce", s.source_encoding), ("-dce", s.destination_encoding),
-                        ("-dle", s.destination_line_ending), ("-pr", s.priority), ("--bandwidth", s.bandwidth)):
+                        ("-dle", s.destination_line_ending), ("-pr", s.priority), ("--bandwidth", s.bandwidth),
+                        ("-tr", s.trigger)):
         if value is not None:
             options.append(f"{flag} {value}")
     if any(i.recursive for i in s.items):
@@ -555,6 +560,8 @@ def create_template(
     destination_line_ending: Optional[str] = LINE_ENDING_OPTION,
     priority: Optional[int] = typer.Option(None, "-pr", "--priority", help=PRIORITY_HELP),
     bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help=BANDWIDTH_HELP),
+    trigger: Optional[str] = typer.Option(None, "-tr", "--trigger",
+                                          help="Trigger condition, as fte-create-transfer -tr."),
 ) -> None:
     """Store a transfer template on the broker (MFT's fteCreateTemplate); submit it with
     fte-create-transfer -tn NAME."""
@@ -562,11 +569,13 @@ def create_template(
     check_flags(exist, disposition, checksum, recovery_timeout)
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     pr, rate = priority_and_bandwidth(priority, bandwidth)
+    check_trigger(trigger)
     spec = template_spec(Overrides(
         source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
         dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
         recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
-        metadata=parse_metadata(metadata), sources=list(sources or []), text=text, priority=pr, bandwidth=rate))
+        metadata=parse_metadata(metadata), sources=list(sources or []), text=text, priority=pr, bandwidth=rate,
+        trigger=trigger))
     from agent.auth import keys_dir, load_private, requester_name
     from agent.definitions import sign_definition
     from agent.settings import config_home

@@ -1,4 +1,5 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md, -t/-sce/-dce/-dle, -pr and --bandwidth, and a TransferSpec built from them
+"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md, -t/-sce/-dce/-dle, -pr, --bandwidth and -tr, and a
+TransferSpec built from them
 with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
 task) take the same flags and use these, so a value is refused with the same words by all three.
 """
@@ -16,6 +17,7 @@ from agent.core.text_convert import LINE_ENDINGS, MODES, check_encoding, check_l
 from agent.wire.programs import ProgramCall, ProgramCalls
 from agent.core.start_order import check_priority
 from agent.core.units import parse_rate
+from agent.core.transfer_trigger import TransferTrigger, TransferTriggerError
 from agent.wire.protocol import TransferItem, TransferSpec
 
 from .client import ClientError
@@ -44,7 +46,7 @@ BANDWIDTH_HELP = ("Bytes a second this transfer sends at most: digits with an op
 
 FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
                  "recovery_timeout": "-rt", "priority": "-pr", "bandwidth": "--bandwidth", "items": "the sources or -df/-dd",
-                 "source": "source", "programs": "-presrc/-postsrc/-predst/-postdst"}
+                 "source": "source", "programs": "-presrc/-postsrc/-predst/-postdst", "trigger": "-tr"}
 
 _CALL_FORM = "[executable:]NAME[(arg1,arg2)][,retrycount[,retrywait[,successrc]]]; NAME is looked up in the " \
              "agent's commandPath"
@@ -104,6 +106,8 @@ def text_flags_without_text_mode(spec: Any) -> Optional[str]:
     if given and spec.mode != "text":
         return f"{', '.join(given)} only apply to text transfers: add -t text (they convert text files)"
     return None
+
+
 def priority_and_bandwidth(priority: Optional[int], bandwidth: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     """-pr (0..9) and --bandwidth RATE (20M: bytes a second) as the TransferSpec takes them (None: not given;
     --bandwidth 0 is no cap of its own); TransferRequestError naming the flag."""
@@ -117,6 +121,15 @@ def priority_and_bandwidth(priority: Optional[int], bandwidth: Optional[str]) ->
     except ValueError as exc:
         raise TransferRequestError(f"--bandwidth {exc}") from None
     return priority, rate or None
+
+
+def check_trigger(trigger: Optional[str]) -> None:
+    """-tr (None: not given), in the agent's words (agent.core.transfer_trigger)."""
+    if trigger is not None:
+        try:
+            TransferTrigger.parse(trigger)
+        except TransferTriggerError as exc:
+            raise TransferRequestError(str(exc)) from None
 
 
 def parse_metadata(values: Optional[List[str]]) -> dict[str, str]:
@@ -157,9 +170,10 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
                   metadata: Optional[List[str]] = None, mode: Optional[str] = None,
                   source_encoding: Optional[str] = None, destination_encoding: Optional[str] = None,
                   destination_line_ending: Optional[str] = None, priority: Optional[int] = None,
-                  bandwidth: Optional[str] = None) -> TransferSpec:
+                  bandwidth: Optional[str] = None, *, trigger: Optional[str] = None) -> TransferSpec:
     """The transfer the flags describe, every flag checked; TransferRequestError naming the flag if not."""
     check_flags(exist, disposition, checksum, recovery_timeout)
+    check_trigger(trigger)
     md = parse_metadata(metadata)
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     pr, rate = priority_and_bandwidth(priority, bandwidth)
@@ -170,7 +184,7 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
         spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
                             recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, **text,
-                            priority=pr, bandwidth=rate)
+                            priority=pr, bandwidth=rate, trigger=trigger)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None
     problem = text_flags_without_text_mode(spec)

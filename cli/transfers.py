@@ -107,6 +107,10 @@ def create_transfer(
                                           help=PROGRAM_HELP["-postdst"]),
     priority: Optional[int] = typer.Option(None, "-pr", "--priority", help=PRIORITY_HELP),
     bandwidth: Optional[str] = typer.Option(None, "--bandwidth", metavar="RATE", help=BANDWIDTH_HELP),
+    trigger: Optional[str] = typer.Option(
+        None, "-tr", "--trigger",
+        help="Run only if this holds on the source agent, else end with result 42: file=exist,PATH[,PATH...] | "
+             "file!=exist,PATH[,...] | filesize>=SIZE,PATH[,...] (SIZE: B, KB, MB, GB)."),
 ) -> None:
     """Transfer files from the source agent to the destination agent (MFT's fteCreateTransfer).
 
@@ -139,7 +143,7 @@ def create_transfer(
         assert sources and source_agent and destination_agent
         spec = transfer_spec(source_agent, destination_agent, sources, dest_file, dest_dir, exist, disposition,
                              checksum, recursive, recovery_timeout, job_name, metadata, mode, source_encoding,
-                             destination_encoding, destination_line_ending, priority, bandwidth)
+                             destination_encoding, destination_line_ending, priority, bandwidth, trigger=trigger)
     else:
         try:
             overrides = templates.overrides_from(
@@ -147,7 +151,8 @@ def create_transfer(
                 dest_file=dest_file, dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
                 recursive=recursive, recovery_timeout=recovery_timeout, job_name=job_name, metadata=metadata,
                 mode=mode, source_encoding=source_encoding, destination_encoding=destination_encoding,
-                destination_line_ending=destination_line_ending, priority=priority, bandwidth=bandwidth)
+                destination_line_ending=destination_line_ending, priority=priority, bandwidth=bandwidth,
+                trigger=trigger)
             creator: Optional[str] = None
             if definition is not None:
                 _, base, label = templates.read_definition_file(definition)
@@ -216,14 +221,18 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         if not reply.ok:
             raise ClientError(f"agent {spec.source_agent} refused the transfer: {reply.message}",
                               reply.result_code or 1)
+        not_met = reply.data.get("trigger_not_met")
         if wait is None:
+            if not_met and not as_json:  # submitted, and ended at once: the exit code says "submitted", as MFT's
+                out.print(safe(f"Transfer {tid} not started (result 42): {not_met}"), markup=False)
+                return 0
             if as_json:
                 out.print(json.dumps({"transfer_id": tid, "state": "submitted", **reply.data}), markup=False)
             else:
                 out.print(safe(f"Transfer {tid} submitted to agent {spec.source_agent} "
                                f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes)."), markup=False)
             return 0
-        if not as_json:
+        if not as_json and not not_met:
             out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
                            f"{reply.data.get('bytes')} bytes."), markup=False)
         final = await watcher.wait(None if wait < 0 else wait)

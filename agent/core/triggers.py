@@ -41,6 +41,14 @@ VARIABLES = ("FilePath", "FileName", "FileNameWithoutExtension", "FileNameExtens
              "LastModifiedTime", "LastModifiedDate", "LastModifiedTimeUTC", "LastModifiedDateUTC", "AgentName")
 
 
+def size_bytes(text: str) -> int | None:
+    """A trigger's SIZE in bytes: digits with an optional B, K/KB, M/MB, G/GB or T/TB (powers of 1024, any
+    case), as the reference's fileSize triggers; None if it is no size. Also the transfer trigger's
+    `filesize>=` (agent.core.transfer_trigger), so that 10MB means the same in both."""
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?B?)", text.strip(), flags=re.I)
+    return int(m.group(1)) * _UNITS[m.group(2).upper()] if m else None
+
+
 class TriggerError(FteError, ValueError):
     code = MONITOR_TRIGGER_INCORRECT
 
@@ -68,9 +76,8 @@ class Trigger:
             if int(m.group(1)) < 1:
                 raise TriggerError("noSizeChange needs at least 1 poll")
             return cls("noSizeChange", pattern, polls=int(m.group(1)))
-        m = re.fullmatch(r"fileSize>=(\d+)\s*([KMGT]?B?)", head, flags=re.I)
-        if m:
-            return cls("fileSize", pattern, size=int(m.group(1)) * _UNITS[m.group(2).upper()])
+        if head[:10].lower() == "filesize>=" and size_bytes(head[10:]) is not None:
+            return cls("fileSize", pattern, size=size_bytes(head[10:]) or 0)
         raise TriggerError(f"unknown trigger condition {head!r}: use match, noMatch, noSizeChange=N or fileSize>=SIZE")
 
     def text(self) -> str:

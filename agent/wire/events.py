@@ -117,6 +117,13 @@ class PlannedFile(EventModel):
     size: Count
 
 
+class SkippedSource(EventModel):
+    """Something a walk of the sources found and did not send (`started`): a symbolic link, a FIFO..."""
+
+    source: str
+    reason: str
+
+
 class FileReport(PlannedFile):
     """A file with its outcome (`progress`, `completed`). `digest` and `supplement` are null when there is none."""
 
@@ -180,6 +187,11 @@ class Started(TransferEventBase):
     files: list[PlannedFile]
     files_omitted: Annotated[int, Field(ge=1)] | None = None  # published without its file list (too big)
     message: str
+    # what the walk of the sources left out (links, FIFOs...: at most 1000 listed, all counted), and the empty
+    # directories of a -r transfer that the destination creates; absent when there are none
+    skipped: list[SkippedSource] | None = None
+    skipped_count: Annotated[int, Field(ge=1)] | None = None
+    directories: list[str] | None = None
 
 
 class Progress(TransferEventBase):
@@ -228,6 +240,18 @@ class Completed(TransferEventBase):
     files_omitted: Annotated[int, Field(ge=1)] | None = None
     statistics: Statistics
     programs: list[ProgramReport] | None = None  # only when the transfer has program calls
+
+
+class TriggerNotMet(TransferEventBase):
+    """The transfer's trigger condition (-tr) did not hold when its source agent received it: it ends at once
+    with result 42 and no file is read (the reference's "Trigger failed")."""
+
+    action: Literal["trigger_not_met"]
+    state: _one_of((S.FAILED.value,))
+    agent_role: Literal["source"]
+    result_code: _code_of((results.TRIGGER_FAILED,))
+    trigger: str
+    message: str
 
 
 class CleanedUp(TransferEventBase):
@@ -360,14 +384,14 @@ class UnknownEvent(EventModel):
     signature: str | None = None
 
 
-TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp]
+TransferEvent = Union[Started, Progress, Recovering, Resumed, Completed, CleanedUp, TriggerNotMet]
 MonitorEvent = Union[MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan]
 ScheduleEvent = Union[ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired]
 Event = Union[TransferEvent, NotAuthorized, MonitorEvent, ScheduleEvent, UnknownEvent]
 
 Family = Literal["transfer", "monitor", "schedule"]
 _FAMILIES: dict[Family, tuple[type[EventModel], ...]] = {
-    "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized),
+    "transfer": (Started, Progress, Recovering, Resumed, Completed, CleanedUp, NotAuthorized, TriggerNotMet),
     "monitor": (MonitorCreated, MonitorDeleted, MonitorFired, MonitorFailed, MonitorCommandRan),
     "schedule": (ScheduleCreated, ScheduleDeleted, ScheduleRun, ScheduleFailed, ScheduleExpired),
 }

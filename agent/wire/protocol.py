@@ -24,6 +24,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from ..core.errors import FteError
 from ..core.lifecycle import TERMINAL_STATE_VALUES
 from ..core.text_convert import check_encoding, check_line_ending
+from ..core.transfer_trigger import MAX_TRIGGER_CHARS, TRIGGER_PATTERN, check_trigger_text
 from ..names import NAME_PATTERN
 from .programs import ProgramCalls, ProgramDone, ProgramRun
 
@@ -225,6 +226,10 @@ ByteCount = Annotated[int, Field(ge=0, le=MAX_INT64)]
 ResultCode = Annotated[int, Field(ge=-MAX_INT64 - 1, le=MAX_INT64)]
 
 
+TriggerText = Annotated[str, Field(max_length=MAX_TRIGGER_CHARS, pattern=TRIGGER_PATTERN),
+                        AfterValidator(check_trigger_text)]
+
+
 class TransferItem(Strict):
     """One source specification and where it goes (as the user wrote them)."""
 
@@ -274,6 +279,8 @@ class TransferSpec(Strict):
     # agent's agentMaxBandwidth)
     priority: Annotated[int, Field(ge=0, le=9)] | None = None
     bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None
+    # -tr: the source agent runs the transfer only if this condition holds (agent.core.transfer_trigger)
+    trigger: TriggerText | None = None
 
 
 class CommandBase(Strict):
@@ -367,6 +374,8 @@ class Resync(Sealed):
     kx: Annotated[str, Field(max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None
     text: TextConversion | None = None  # -t text (absent: binary, the bytes are written as they came)
+    # the empty directories of a -r transfer, created by the destination when it accepts it (absent: none)
+    directories: Annotated[list[Path_], Field(max_length=MAX_FILES_PER_TRANSFER)] | None = None
 
     @model_validator(mode="after")
     def _distinct_indexes(self) -> "Resync":

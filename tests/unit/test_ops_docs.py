@@ -207,7 +207,7 @@ def test_the_fte_create_transfer_flag_table_matches_the_cli() -> None:
 
 def test_mft_flags_that_are_not_supported_are_really_absent() -> None:
     options = _options(_commands()["create-transfer"])
-    for flag in ("-dq", "-sq", "-tr", "-sm", "-dm"):
+    for flag in ("-dq", "-sq", "-sm", "-dm"):
         assert flag not in options, f"fte-create-transfer now has {flag}: update docs/migrating-from-mft.md"
 
 
