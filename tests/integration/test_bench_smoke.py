@@ -22,6 +22,11 @@ DOCS = ROOT / "docs"
 EXPECTED = [
     # section headings
     "### 8 MiB file A1→A2 through Mosquitto, against cp, rsync and the raw broker",
+    "### 8 MiB on a stock and a tuned Mosquitto, against scp, rsync -e ssh and the floor",
+    "| **mqtt-fte**, stock Mosquitto (its defaults, as Debian ships it) |",
+    "| floor, stock Mosquitto |",
+    "| `scp` over loopback (private sshd), + fsync |",
+    "**stock / tuned broker = ",
     "### 200 × 4 KiB files in one transfer, against rsync",
     "### Peak memory of each agent",
     "### Concurrent transfers between two agents",
