@@ -1,9 +1,10 @@
-"""A stock Mosquitto (Nagle's algorithm on its side: no ``set_tcp_nodelay``, as Debian ships it and
-config/mosquitto.conf writes it) against one with ``set_tcp_nodelay true``, agents as real processes.
+"""A stock Mosquitto (Nagle's algorithm on its side: no ``set_tcp_nodelay``, as Debian ships it)
+against one with ``set_tcp_nodelay true``, agents as real processes.
 
 * On the stock broker the agent's broker probe finds the delayed-ACK pattern (agent.core.ack_delay): its
   status's ``broker_check`` and its log say so once, with what to set; on the tuned broker they do not.
 * A transfer through the stock broker arrives intact (the agents' quick ACKs, agent.quickack, are on).
+* The embedded broker (`fte broker`) sets TCP_NODELAY on its clients' sockets: no warning there.
 No timed assertion: the pattern is a step of ~40 ms against ~1 ms, docs/performance.md has the figures.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import FteEnv
-from tests.support.brokers import MosquittoProcess, find_mosquitto
+from tests.support.brokers import AmqttProcess, MosquittoProcess, find_mosquitto
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +29,7 @@ HELD = "the broker holds small messages back until the client acknowledges the p
 def stock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
     if find_mosquitto() is None:
         pytest.skip("mosquitto not installed (apt install mosquitto)")
-    # the last set_tcp_nodelay line wins: Mosquitto's default, as in config/mosquitto.conf
+    # the last set_tcp_nodelay line wins: Mosquitto's default, as Debian ships it
     with MosquittoProcess(workdir=tmp_path_factory.mktemp("mosq-stock"), extra_config=["set_tcp_nodelay false"]) as b:
         yield b
 
@@ -78,5 +79,18 @@ def test_a_transfer_through_the_stock_broker_arrives_intact(tmp_path: Path, stoc
         r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", str(src), timeout=90)
         assert r.returncode == 0, str(r)
         assert hashlib.sha256(dst.read_bytes()).hexdigest() == hashlib.sha256(payload).hexdigest()
+    finally:
+        env.stop_all()
+
+
+def test_no_warning_on_the_embedded_broker(tmp_path: Path, amqtt_broker: AmqttProcess) -> None:
+    # `fte broker` sets TCP_NODELAY on its clients' sockets (asyncio did not, and the probe warned)
+    env = _agents(tmp_path, amqtt_broker.url, ("A1",))
+    try:
+        agent = env.start_agent("A1")
+        st = env.status("A1")
+        assert st is not None
+        assert HELD not in st["broker_check"], st
+        assert HELD not in agent.log.read_text(), agent.log_tail(20)
     finally:
         env.stop_all()
