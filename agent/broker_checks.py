@@ -22,6 +22,7 @@ from typing import Callable
 
 from .broker_probe import BUDGET as PROBE_BUDGET
 from .broker_probe import BrokerProbe, ProbeReport, TopicStatus
+from .core.ack_delay import delayed_ack_message
 from .link import BrokerAddress
 from .wire.protocol import Topics
 
@@ -42,6 +43,9 @@ class BrokerFeatures:
     the link refuses bigger messages at once (agent.link.MessageTooLarge) instead of losing its connection."""
     topics: TopicStatus = TopicStatus.NOT_CHECKED
     """Whether topics come back as published (RabbitMQ turns a '.' into a level; NATS < 2.10 refuses one)."""
+    delayed_acks: bool = False
+    """The broker holds small messages back for the client's delayed ACK (Nagle's algorithm on its side: the
+    probe's round trips, agent.core.ack_delay); the agent's quick ACKs (agent.quickack) work around it."""
     check: str | None = None
     """One line for the agent's retained status (`broker_check`): a verdict word, then what was found."""
 
@@ -116,6 +120,11 @@ class BrokerChecks:
             (log.error if report.topic_status.is_error else log.warning)("broker check: %s", report.topic_message)
         self._topic_logged = report.topic_status
         features = replace(was, topics=report.topic_status, check=report.summary())
+        if report.round_trips_quick:  # else nothing measured: keep what the last probe found
+            if report.delayed_acks and not was.delayed_acks:
+                log.warning("broker check: %s", delayed_ack_message(report.round_trips_plain,
+                                                                     report.round_trips_quick))
+            features = replace(features, delayed_acks=report.delayed_acks)
         if report.sized:  # else the probe learnt nothing about sizes: keep what the last one found
             finding = report.size_finding()
             if finding is not None and finding[1] != self._sizes:

@@ -16,6 +16,11 @@ limits):
    passes is the chunk size of this broker connection. A probe that loses the broker on the way proves
    nothing (an outage looks like a refusal): the agent then keeps the chunk size it has.
 
+3. **Small messages held back.** Five round trips of a small message to an echo on a second connection,
+   without quick ACKs, five with them (agent.quickack): a broker writing with Nagle's algorithm (Mosquitto without ``set_tcp_nodelay``) shows a
+   step of ~40 ms that quick ACKs remove (agent.core.ack_delay). Agents then work on at full speed where
+   TCP_QUICKACK exists, and the probe warns, because other clients of the broker do not.
+
 The probe uses a short-lived connection of its own (client id ``fte-probe-<agent>-<random>``, no will, clean
 session), never the agent's link: when the broker throws the probe out for an oversized message, nothing
 is lost (no will published, no ``link_down`` to the transfers, no reconnection backoff of the link); the
@@ -38,7 +43,10 @@ from typing import Callable, Sequence
 
 import aiomqtt
 
+from .core.ack_delay import SAMPLES as ACK_SAMPLES
+from .core.ack_delay import delayed_ack_message, delayed_ack_pattern
 from .core.errors import FteError
+from .quickack import quick_acks
 from .wire.binding import MAX_TRAILER_BYTES
 from .link import BrokerAddress, _refused, make_client
 from .names import MAX_AGENT_NAME_CHARS
@@ -248,6 +256,14 @@ class ProbeReport:
     packets: dict[int, int] = field(default_factory=dict)  # chunk size -> PUBLISH packet bytes of its probe
     ladder: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    # round trips (ms) of a small message on the probe's connection without and with quick ACKs (agent.quickack)
+    round_trips_plain: list[float] = field(default_factory=list)
+    round_trips_quick: list[float] = field(default_factory=list)
+
+    @property
+    def delayed_acks(self) -> bool:
+        """The broker holds small messages back for the client's delayed ACK (agent.core.ack_delay)."""
+        return delayed_ack_pattern(self.round_trips_plain, self.round_trips_quick)
 
     @property
     def sized(self) -> bool:
@@ -305,6 +321,9 @@ class ProbeReport:
             parts.append(f"a {self.passed_bytes}-byte message (chunk size {self.chunk_size}) passes")
         elif self.outcomes:
             parts.append("the message size is not checked (the probe lost the broker or ran out of time)")
+        if self.delayed_acks:
+            verdicts.append("warning")
+            parts.append(delayed_ack_message(self.round_trips_plain, self.round_trips_quick))
         verdict = next((v for v in ("error", "warning", "not checked") if v in verdicts), "ok")
         return f"{verdict}: " + "; ".join(parts)
 
@@ -363,6 +382,7 @@ class BrokerProbe:
                             self.topic, delivered, False, self.topic_wait, session.refused)
                         if delivered is None or not self.sizes:
                             break  # (nothing comes back: a size probe could conclude nothing)
+                        await self._round_trips(session, report, deadline)
                     while (size := next_probe_size(report.ladder, report.outcomes)) is not None:
                         payload = probe_payload_bytes(size, topic_bytes, data_topic)
                         report.packets[size] = publish_packet_bytes(topic_bytes, payload)
@@ -414,16 +434,56 @@ class BrokerProbe:
                   [(size, outcome.value) for size, outcome in report.outcomes])
         return report
 
+    async def _round_trips(self, session: "_Session", report: ProbeReport, deadline: float) -> None:
+        """ACK_SAMPLES round trips of a small QoS 1 message to an echo on a second connection without quick
+        ACKs on the first, then as many with them (agent.core.ack_delay). The broker's PUBACK to the first and
+        then the echo are two small writes to it: the pattern of a source's last chunk's PUBACK and the ack of
+        the destination that follows it."""
+        del session  # the measured pair are connections of their own, subscribed to nothing else
+        ping, back = self.topics.probe(self.agent, self._token + "p"), self.topics.probe(self.agent, self._token + "b")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            async with self._session(back) as first, self._session(ping) as echo:
+                async def answer() -> None:
+                    while True:
+                        item = await echo.inbox.get()
+                        if isinstance(item, BaseException):
+                            return
+                        await echo.client.publish(back, bytes(item.payload), qos=1)  # type: ignore[arg-type]
+
+                answering = asyncio.create_task(answer(), name="broker-probe-echo")
+                try:
+                    for quick, samples in ((False, report.round_trips_plain), (True, report.round_trips_quick)):
+                        quick_acks(first.client, quick)
+                        for _ in range(ACK_SAMPLES):
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                return
+                            payload = self._payload(0)
+                            t0 = time.perf_counter()
+                            publish = asyncio.ensure_future(first.client.publish(ping, payload, qos=1))
+                            if await first._until(publish, payload[:_tag_len(payload)], min(self.topic_wait, left)) \
+                                    is None:
+                                report.round_trips_plain.clear()  # lost: conclude nothing
+                                return
+                            samples.append((time.perf_counter() - t0) * 1000)
+                finally:
+                    answering.cancel()
+        except (aiomqtt.MqttError, OSError, _Closed, _SubscriptionRefused, asyncio.TimeoutError):
+            report.round_trips_plain.clear()
+
     def _payload(self, size: int) -> bytes:
         """A probe message: a tag unique to this message, padded to ``size`` bytes."""
         self._seq += 1
         tag = f"fte-probe {self._token} {self._seq} ".encode()
         return tag + b"\0" * max(0, size - len(tag))
 
-    def _session(self) -> "_Session":
+    def _session(self, subscription: str | None = None) -> "_Session":
         client = self._client_factory(self.addr, f"fte-probe-{self.agent}-{secrets.token_hex(3)}",
                                       keepalive=30, logger=_quiet)
-        return _Session(client, self.topics.probe(self.agent, "+"))
+        return _Session(client, subscription or self.topics.probe(self.agent, "+"))
 
 
 class _SubscriptionRefused(FteError):

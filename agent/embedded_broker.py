@@ -130,6 +130,17 @@ def _broker_class() -> Any:
     return _BROKER_CLASS
 
 
+def _no_delay(conn: socket.socket) -> None:
+    """Send small packets at once. asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and an
+    accepted socket of a listener made with proto 0 is not one: amqtt wrote with Nagle's algorithm, and a
+    small message's round trip was a 40 ms step for clients without quick ACKs (the broker probe's warning,
+    docs/brokers.md)."""
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not TCP (a test's socketpair): nothing to do
+        pass
+
+
 class EmbeddedBroker:
     """An amqtt broker running in the current event loop.
 
@@ -247,6 +258,7 @@ class EmbeddedBroker:
                     log.warning("embedded broker: accept failed: %s", exc)
                     return
                 conn.setblocking(False)
+                _no_delay(conn)
                 if self._closing:
                     conn.close()
                     continue
@@ -269,6 +281,7 @@ class EmbeddedBroker:
                 log.warning("embedded broker: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
+            _no_delay(conn)
             if self._closing:
                 conn.close()
                 return

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import aiomqtt
 from .core.errors import FteError
+from .quickack import ack_reads_at_once
 from .core.brokers import BrokerRotation
 from .core.policy import STABLE_CONNECTION, SUBSCRIBE_ATTEMPTS, SUBSCRIBE_RETRY_DELAY
 
@@ -226,6 +227,8 @@ def make_client(addr: BrokerAddress, client_id: str, keepalive: int = 30,
     )
     # a window of chunks is many publishes in flight by design; aiomqtt would warn about it
     client.pending_calls_threshold = 1 << 16
+    # a broker without TCP_NODELAY (Mosquitto's default) would hold small messages for our delayed ACKs
+    ack_reads_at_once(client._client)
     return client
 
 

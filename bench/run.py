@@ -45,11 +45,12 @@ from harness import (BENCH, KiB, MB, MiB, ROOT, BenchError, CpuMeter, Pair, chec
                      tree_matches, tree_transfer)
 
 from tests.support.brokers import AmqttProcess, MosquittoProcess, find_mosquitto  # noqa: E402
+from stock_broker import measure_stock_and_tuned  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
 CHART = ROOT / "docs" / "performance-chunks.png"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-SECTIONS = ("big", "small", "rss", "concurrency", "recovery", "amqtt", "sweep")
+SECTIONS = ("big", "stock", "small", "rss", "concurrency", "recovery", "amqtt", "sweep")
 
 
 def log(msg: str) -> None:
@@ -222,6 +223,12 @@ class Bench:
             "(the destination has verified the sha256 and renamed the file by then); the sha256 check of "
             "the bench itself is not timed. cp/rsync: wall time of the command.",
         ])
+
+    # ---------------------------------------------------------------- stock
+
+    def sec_stock(self, s: Section) -> None:
+        src, digest = self.source_file(self.cfg.big)
+        measure_stock_and_tuned(self, s, src, digest)
 
     # ---------------------------------------------------------------- rss
 
@@ -598,6 +605,8 @@ class Bench:
         titles = {
             "big": f"{human_bytes(self.cfg.big)} file A1→A2 through Mosquitto, against cp, rsync and the raw broker",
             "small": f"{self.cfg.small_count:,} × {human_bytes(self.cfg.small_size)} files in one transfer, against rsync",
+            "stock": (f"{human_bytes(self.cfg.big)} on a stock and a tuned Mosquitto, against scp, rsync -e ssh "
+                      "and the floor"),
             "rss": "Peak memory of each agent",
             "concurrency": "Concurrent transfers between two agents",
             "recovery": "Recovery: broker killed (SIGKILL) mid-transfer and restarted",
