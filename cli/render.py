@@ -172,7 +172,8 @@ def _event_line(ev: EventModel) -> str:
         failed = [(f.source, f.supplement) for f in ev.files if f.result_code == FILE_FAILED and f.supplement]
         text = _completed_text(head, ev.state, ev.result_code, (s.files_succeeded, s.files, s.bytes, s.seconds),
                                ev.message, failed)
-        calls = [f"{CALL_FLAG.get(p.when, p.when)} {p.name} {p.outcome} (return code {p.return_code})"
+        calls = [f"{CALL_FLAG.get(p.when, p.when)} {p.name} {p.outcome}"
+                 + (f" (return code {p.return_code})" if p.return_code is not None else " (not run)")
                  for p in ev.programs or ()]
         return text + ("; programs: " + ", ".join(calls) if calls else "")
     if isinstance(ev, ProgressEvent):
