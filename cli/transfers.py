@@ -233,8 +233,10 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
                                f"({reply.data.get('files')} file(s), {reply.data.get('bytes')} bytes)."), markup=False)
             return 0
         if not as_json and not not_met:
+            left_out = reply.data.get("left_out")  # what the walk of the sources left out (links, FIFOs)
             out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
-                           f"{reply.data.get('bytes')} bytes."), markup=False)
+                           f"{reply.data.get('bytes')} bytes" + (f"; {left_out}." if left_out else ".")),
+                      markup=False)
         final = await watcher.wait(None if wait < 0 else wait)
         if final is None:
             if as_json:

@@ -135,10 +135,14 @@ def test_a_link_matched_by_a_wildcard_is_left_out_and_one_named_is_refused(fte: 
     os.symlink(data / "out" / "a.csv", data / "out" / "b.csv")
     with LogFollower(fte, "-a", "A1") as follower:
         follower.wait_subscribed()
-        r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-w", "30", "--json",
+        r = fte.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "in"), "-w", "30",
                     str(data / "out" / "*.csv"), timeout=60)
         assert r.returncode == 0, str(r)
-        tid = json.loads(r.stdout.strip().splitlines()[-1])["transfer_id"]
+        # the person who ran the command is told what was left out, not only the log's subscribers
+        first = r.stdout.strip().splitlines()[0]
+        assert first.endswith(f"started: 1 file(s), 1 bytes; left out 1: {data / 'out' / 'b.csv'}: a symbolic link, "
+                              "not followed."), str(r)
+        tid = first.split()[1]
         started = follower.events_until(lambda e: e.get("transfer_id") == tid and e.get("action") == "started")[-1]
     assert [f["source"] for f in started["files"]] == [str(data / "out" / "a.csv")]
     assert started["skipped"] == [{"source": str(data / "out" / "b.csv"), "reason": "a symbolic link, not followed"}]
