@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .wire.binding import agent_requester, new_ephemeral
+from .wire.encryption import ENCRYPTION
 from .commands import CommandRefused
 from .core import results
 from .core.lifecycle import TransferState as S
@@ -77,8 +78,20 @@ class Admission:
                   "requested_at": sent_at, "originator": originator}
         kx_private, kx_public = new_ephemeral()  # our half of the transfer key exchange (agent.wire.binding)
         header.update(kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
+        if settings.agentEncryption:
+            header.update(encryption=ENCRYPTION, peer_offer_key=self._offer_key(spec.destination_agent))
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                               files=files)
+
+    def _offer_key(self, agent: str) -> str:
+        """The destination's offer key, to encrypt the transfer to (refused, saying so, when it has none)."""
+        key = self._peers.offer_keys.get(agent)
+        if key is None:
+            raise CommandRefused(
+                f"destination agent {agent!r} cannot receive encrypted transfers (its status offers no encryption "
+                f"key: an older version); upgrade it, or set agentEncryption=false on agent {self._name} to send "
+                f"in the clear", results.FAILED)
+        return key
 
     async def _destination_known(self, agent: str) -> None:
         if await self._peers.wait(agent, PEER_WAIT):

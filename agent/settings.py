@@ -528,6 +528,12 @@ class AgentSettings(BaseSettings):
         description="true: obey only commands signed by a requester listed in the agent's authorized_requesters "
         "file (fte-create-agent turns it on and trusts your key); false: obey anyone who can publish to it.",
     )
+    agentEncryption: bool = Field(
+        True,
+        description="true: encrypt the files' bytes, names and sizes end to end (AES-256-GCM) on every transfer "
+        "this agent sends, and refuse transfers sent to it in the clear; false: send and accept them "
+        "authenticated but readable by the broker (for a broker you trust, or to measure the cost).",
+    )
 
     @classmethod
     def settings_customise_sources(

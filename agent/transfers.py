@@ -20,9 +20,10 @@ from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.statuses import FileStatus
 from .admission import Admission
 from .wire.binding import transfer_key
+from .wire.encryption import encrypted
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
-from .source import SourceTransfer, _iso
+from .source import SourceTransfer, _iso, encryption_of
 from .store import FileRecord, TransferRecord
 
 log = logging.getLogger("fte.agent")
@@ -95,7 +96,8 @@ class Transfers:
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,
                                    "size": f.size} for f in files],
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
-                                   f"from {self._ctx.name} to {rec.peer}")
+                                   f"from {self._ctx.name} to {rec.peer}",
+                           encryption=encryption_of(rec.header))
         session = self._add_source(rec)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
@@ -164,6 +166,12 @@ class Transfers:
             return live.key
         rec = self._ctx.store.load_transfer(tid, role, files=False)
         return transfer_key(rec.header) if rec else None
+
+    def encrypted_of(self, tid: str, role: str) -> bool:
+        """Is the transfer encrypted end to end (agent.wire.encryption)? False when not known."""
+        live = (self.sources if role == "source" else self.dests).get(tid)
+        rec = live.rec if live is not None else self._ctx.store.load_transfer(tid, role, files=False)
+        return rec is not None and encrypted(rec.header)
 
     def cancel_tasks(self) -> list[asyncio.Task[None]]:
         """Cancel the source sessions' tasks (the agent is going); the tasks, to be awaited."""

@@ -139,6 +139,10 @@ class Statistics(EventModel):
 # --------------------------------------------------------------------------- transfer events
 
 
+# how the transfer's data and control messages travelled between the agents (agent.wire.encryption)
+Encryption = Literal["aes-256-gcm", "none"]
+
+
 class TransferEventBase(EventModel):
     """The envelope of every transfer event (TransferLog.emit fills it from the transfer's record)."""
 
@@ -166,6 +170,7 @@ class Started(TransferEventBase):
     files: list[PlannedFile]
     files_omitted: Annotated[int, Field(ge=1)] | None = None  # published without its file list (too big)
     message: str
+    encryption: Encryption | None = None  # absent in the events of older agents
 
 
 class Progress(TransferEventBase):
@@ -213,6 +218,7 @@ class Completed(TransferEventBase):
     files: list[FileReport]
     files_omitted: Annotated[int, Field(ge=1)] | None = None
     statistics: Statistics
+    encryption: Encryption | None = None
 
 
 class CleanedUp(TransferEventBase):

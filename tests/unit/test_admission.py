@@ -31,7 +31,8 @@ class _Peers:
 
 
 def _settings(**over: Any) -> Any:
-    values = dict(maxSourceTransfers=2, maxQueuedTransfers=1, maxDestinationTransfers=2, transferRecoveryTimeout=-1)
+    values = dict(maxSourceTransfers=2, maxQueuedTransfers=1, maxDestinationTransfers=2, transferRecoveryTimeout=-1,
+                  agentEncryption=False)
     return SimpleNamespace(**{**values, **over})
 
 

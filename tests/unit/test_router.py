@@ -88,6 +88,9 @@ class _Transfers:
     def key_of(self, tid: str, role: str) -> bytes | None:
         return self.keys.get((tid, role))
 
+    def encrypted_of(self, tid: str, role: str) -> bool:
+        return False
+
     def to_source(self, msg: Any) -> None:
         self.posted.append(msg)
 
