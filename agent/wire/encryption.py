@@ -199,7 +199,11 @@ class Envelope:
     def open_offer(self, identity: Ed25519PrivateKey, tid: str) -> bytes | None:
         """The Resync inside, for the agent of `identity` (None: not encrypted to it, or tampered with)."""
         assert self.kx is not None
-        return self._open(AESGCM(_offer_key(offer_private(identity), _raw_kx(self.kx), tid)), tid)
+        try:
+            key = _offer_key(offer_private(identity), _raw_kx(self.kx), tid)
+        except ValueError:  # a low-order point (all zeros...): X25519 refuses it, and so do we
+            return None
+        return self._open(AESGCM(key), tid)
 
     def open_control(self, transfer_key: bytes, tid: str) -> bytes | None:
         """The message inside a REPLY or CONTROL envelope (None: another key, or tampered with)."""

@@ -180,3 +180,33 @@ def test_with_encryption_off_on_both_the_transfer_is_authenticated_and_says_so(t
         assert events["started"]["encryption"] == events["completed"]["encryption"] == "none"
     finally:
         env.stop_all()
+
+
+OLDER_AGENT = """
+import agent.status
+agent.status.offer_public = lambda identity: None  # an agent of a version without end-to-end encryption
+"""
+
+
+def test_a_source_refuses_to_send_to_a_destination_that_cannot_decrypt(tmp_path: Path, mosquitto) -> None:
+    """A2 behaves as an older version (its status offers no encryption key): A1 refuses the request, saying
+    what to do, rather than sending the files in the clear."""
+    data = sandbox_dir(tmp_path, "in", "out")
+    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    site = tmp_path / "older-agent"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(OLDER_AGENT)
+    try:
+        env.create_agent("A1", sandbox=data)
+        env.create_agent("A2", sandbox=data)
+        env.start_agent("A1")
+        env.start_agent("A2", extra_env={"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                                                   os.environ.get("PYTHONPATH")]))})
+        (data / "in" / "f.txt").write_bytes(b"hello")
+        r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(data / "out" / "f.txt"), "-w", "60",
+                    str(data / "in" / "f.txt"))
+        assert r.returncode != 0, str(r)
+        assert "cannot receive encrypted transfers" in r.stderr and "agentEncryption=false" in r.stderr, str(r)
+        assert not (data / "out" / "f.txt").exists()
+    finally:
+        env.stop_all()

@@ -198,6 +198,12 @@ def test_malformed_envelopes_are_refused_with_a_reason(payload: bytes) -> None:
         Envelope(payload)
 
 
+def test_an_offer_with_a_degenerate_key_exchange_value_does_not_open() -> None:
+    dest = Ed25519PrivateKey.generate()
+    envelope = Envelope(b"FTEE\x01\x01" + bytes(32) + bytes(NONCE_BYTES) + bytes(40))
+    assert envelope.open_offer(dest, TID) is None
+
+
 def test_a_control_message_stays_plain_without_encryption_or_before_the_key() -> None:
     assert envelope_for({}, b"m", TID) == b"m"
     assert envelope_for({"encryption": "aes-256-gcm"}, b"m", TID) == b"m"  # a complete before any reply
