@@ -212,7 +212,9 @@ class Router:
             except ValueError:
                 return None
             return envelope.open_control(key, tid)
-        for role in ("destination", "source"):  # one agent may be both ends of a transfer
+        # one agent may be both ends of a transfer; the role with a live session first (no store read per ack)
+        roles = ("source", "destination") if self._transfers.source(tid) is not None else ("destination", "source")
+        for role in roles:
             key = self._transfers.key_of(tid, role)
             inner = envelope.open_control(key, tid) if key is not None else None
             if inner is not None:
