@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .wire.binding import agent_requester, new_ephemeral
+from .wire.encryption import ENCRYPTION
 from .commands import CommandRefused
 from .core import results, transfer_trigger
 from .core.transfer_trigger import PathFact, TransferTrigger, Verdict
@@ -119,8 +120,20 @@ class Admission:
             header.update(trigger=spec.trigger, trigger_reason=verdict.reason)
             return TransferRecord(tid, "source", S.FAILED.value, spec.destination_agent, header,
                                   result_code=transfer_trigger.RESULT_CODE, recovery_timeout=rt)
+        if settings.agentEncryption:
+            header.update(encryption=ENCRYPTION, peer_offer_key=self._offer_key(spec.destination_agent))
         return TransferRecord(tid, "source", S.QUEUED.value, spec.destination_agent, header, recovery_timeout=rt,
                               files=files)
+
+    def _offer_key(self, agent: str) -> str:
+        """The destination's offer key, to encrypt the transfer to (refused, saying so, when it has none)."""
+        key = self._peers.offer_keys.get(agent)
+        if key is None:
+            raise CommandRefused(
+                f"destination agent {agent!r} cannot receive encrypted transfers (its status offers no encryption "
+                f"key: an older version); upgrade it, or set agentEncryption=false on agent {self._name} to send "
+                f"in the clear", results.FAILED)
+        return key
 
     async def _destination_known(self, agent: str) -> None:
         if await self._peers.wait(agent, PEER_WAIT):

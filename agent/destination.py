@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .wire.binding import derive_key, new_ephemeral, seal, transfer_key
+from .wire.encryption import ENCRYPTION, encrypted, envelope_for, seal_reply
 from .context import AgentContext
 from .core import destination_session as ds
 from .core import results
@@ -42,8 +43,8 @@ log = logging.getLogger("fte.destination")
 
 # What this destination understands beyond the base protocol, told to the source in every ResyncReply
 # (docs/protocol.md): bundles of small files, FLAG_NO_ACK chunks, FLAG_NO_CRC frames of a bound transfer, and
-# AES-GMAC trailers (FLAG_GMAC) instead of HMAC-SHA256 on them.
-FEATURES = ("bundle", "sparse_ack", "mac_no_crc", "gmac")
+# AES-GMAC trailers (FLAG_GMAC) instead of HMAC-SHA256 on them, and AES-GCM encrypted frames (FLAG_AEAD).
+FEATURES = ("bundle", "sparse_ack", "mac_no_crc", "gmac", "aes-gcm")
 
 
 def not_a_directory(parent: str, cache: dict[str, str | None]) -> str | None:
@@ -106,6 +107,8 @@ class DestinationTransfer:
             private, public = new_ephemeral()
             key = derive_key(private, msg.kx, msg.transfer_id)
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
+            if msg._encrypted:  # it came encrypted (agent.router): everything of it goes back encrypted
+                header.update(encryption=ENCRYPTION)
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         parents: dict[str, str] = {}
         dirs = ConfinedDirs(ctx.sandbox)
@@ -291,8 +294,13 @@ class DestinationTransfer:
         identity = self.ctx.identity if isinstance(msg, ResyncReply) else None
         # Not waiting for the broker's PUBACK: the destination handles one message at a time, and waiting a
         # round trip per ack held up the next chunk. A reply lost with the broker is recovered by a resync.
+        payload = seal(msg, self.key, identity)
+        if identity is not None and encrypted(self.rec.header) and self.key is not None:
+            payload = seal_reply(payload, self.key, self.rec.header["kx_public"], self.tid)
+        elif identity is None:
+            payload = envelope_for(self.rec.header, payload, self.tid)
         task = asyncio.ensure_future(self.ctx.publish(self.ctx.topics.control(self.source_agent, self.tid),
-                                                      seal(msg, self.key, identity), 1, False))
+                                                      payload, 1, False))
         self._pending.add(task)
         task.add_done_callback(self._sent)
 

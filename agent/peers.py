@@ -70,6 +70,8 @@ class Peers:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # (un)subscriptions in the order they were decided
         self._untrusted: set[str] = set()  # peers whose status came without a signature we can check
+        # agent -> the offer key of its last status believed (agent.wire.encryption); absent: an older agent
+        self.offer_keys: dict[str, str] = {}
 
     def status(self, agent: str) -> str | None:
         """A peer's last known status. A peer not known yet is watched on its own status topic, so that its
@@ -145,6 +147,8 @@ class Peers:
             return
         before = self.statuses.get(agent)
         self.statuses[agent] = status.status
+        if status.offer_key:
+            self.offer_keys[agent] = status.offer_key
         self._seen.set()
         if before != status.status:
             self._on_change(agent, status.status)

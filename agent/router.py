@@ -15,6 +15,7 @@ by `Topics.parse` only (agent.wire.protocol).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -22,7 +23,8 @@ from typing import Any, Awaitable, Callable
 
 import aiomqtt
 
-from .wire.binding import agent_requester, check_chunk_mac, check_message_mac, seal, verify_signed
+from .wire.binding import agent_requester, check_chunk_mac, check_message_mac, derive_key, seal, verify_signed
+from .wire.encryption import CONTROL, OFFER, REPLY, Envelope, is_envelope
 from .command_lane import CommandLane
 from .context import AgentContext
 from .core import results
@@ -66,18 +68,28 @@ class DropLog:
         return True
 
 
-def open_frame(payload: bytes, key: bytes | None, tid: str) -> Chunk | Bundle:
-    """A data frame checked and decoded: a Chunk or a Bundle. A bound transfer's frames carry a MAC, which
-    is their check (the CRC then adds nothing and is not computed); an unbound transfer's frames, a CRC."""
+def open_frame(payload: bytes, key: bytes | None, tid: str, encrypted: bool = False) -> Chunk | Bundle:
+    """A data frame checked and decoded: a Chunk or a Bundle. A bound transfer's frames carry a MAC (or are
+    encrypted), which is their check (the CRC then adds nothing and is not computed); an unbound transfer's
+    frames, a CRC. `encrypted`: the transfer is, and a frame in the clear is refused."""
     if key is None:
         return decode_chunk(payload)
-    frame = check_chunk_mac(payload, key)
+    frame = check_chunk_mac(payload, key, encrypted)
     if frame is None:
-        raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source)")
+        raise ProtocolError(f"chunk for transfer {tid} without a valid MAC (not from its source"
+                            f"{', or not encrypted' if encrypted else ''})")
     return decode_chunk(frame, authenticated=True)
 
 
 ControlHandler = Callable[[Any], "Awaitable[None] | None"]
+
+# control messages the peer of an encrypted transfer may send in the clear: they name no file and no size
+# (a Complete before the source knew the key, a CompleteAck of a transfer the destination never had)
+_CLEAR_OK = (Complete, CompleteAck)
+# what each kind of envelope may hold (agent.wire.encryption)
+_ENVELOPED: dict[int, tuple[type, ...]] = {
+    OFFER: (Resync,), REPLY: (ResyncReply,),
+    CONTROL: (Ack, FileEnd, FileResult, FileResults, Complete, CompleteAck, RequestRecovery)}
 
 # the role of this agent in a transfer whose peer sends it this (MAC-checked) message: its key is that role's
 _MAC_ROLE: dict[type, str] = {FileEnd: "destination", Complete: "destination", Ack: "source", FileResult: "source",
@@ -154,7 +166,10 @@ class Router:
                 await self._data(address.transfer_id, _payload(message))
             elif kind == Topics.CONTROL:
                 payload = _payload(message)
-                await self._control(address.transfer_id, parse_control(payload), payload)
+                if is_envelope(payload):
+                    await self._sealed(address.transfer_id, payload)
+                else:
+                    await self._control(address.transfer_id, parse_control(payload), payload, clear=True)
         except ProtocolError as exc:
             self._reject(topic, exc)
 
@@ -167,15 +182,65 @@ class Router:
         if dest is None:
             # not (or no longer) ours: late chunks of a finished transfer, or garbage
             raise ProtocolError(f"chunk for a transfer this agent is not receiving ({tid[:60]!r})")
-        frame = open_frame(payload, dest.key, tid)
+        frame = open_frame(payload, dest.key, tid, self._transfers.encrypted_of(tid, "destination"))
         if isinstance(frame, Bundle):
             await dest.on_bundle(frame)
         else:
             await dest.on_chunk(frame)
 
-    async def _control(self, tid: str, msg: Any, payload: bytes) -> None:
+    async def _sealed(self, tid: str, payload: bytes) -> None:
+        """An encrypted control message (agent.wire.encryption): opened, then checked as any other."""
+        envelope = Envelope(payload)
+        inner = self._open(tid, envelope)
+        if inner is None:
+            raise ProtocolError(f"encrypted control message for transfer {tid} that does not open (not for this "
+                                f"agent, not from its peer, or tampered with)")
+        msg = parse_control(inner)
+        if not isinstance(msg, _ENVELOPED[envelope.kind]):
+            raise ProtocolError(f"{msg.kind} in the wrong kind of envelope")
+        if envelope.kx is not None and msg.kx != envelope.kx:
+            raise ProtocolError(f"{msg.kind} for transfer {tid} carries another key exchange value than its envelope")
+        if isinstance(msg, Resync):
+            msg._encrypted = True
+        await self._control(tid, msg, inner)
+
+    def _open(self, tid: str, envelope: Envelope) -> bytes | None:
+        if envelope.kind == OFFER:
+            identity = self._ctx.identity
+            return envelope.open_offer(identity, tid) if identity is not None else None
+        if envelope.kind == REPLY:
+            session = self._transfers.source(tid)
+            private = session.rec.header.get("kx_private") if session is not None else None
+            if not private or envelope.kx is None:
+                return None
+            try:
+                key = derive_key(base64.b64decode(private), envelope.kx, tid)
+            except ValueError:
+                return None
+            return envelope.open_control(key, tid)
+        # one agent may be both ends of a transfer; the role with a live session first (no store read per ack)
+        roles = ("source", "destination") if self._transfers.source(tid) is not None else ("destination", "source")
+        for role in roles:
+            key = self._transfers.key_of(tid, role)
+            inner = envelope.open_control(key, tid) if key is not None else None
+            if inner is not None:
+                return inner
+        return None
+
+    def _clear_refused(self, tid: str, msg: Any) -> str | None:
+        """Why a control message that came in the clear is refused (its transfer is encrypted), or None."""
+        if isinstance(msg, _CLEAR_OK) or (isinstance(msg, ResyncReply) and msg.kx is None):
+            return None  # a ResyncReply without kx binds nothing: a refusal, every file failed
+        role = "destination" if isinstance(msg, Resync) else _MAC_ROLE.get(type(msg), "source")
+        if self._transfers.encrypted_of(tid, role):
+            return f"{msg.kind} in the clear for transfer {tid}, which is encrypted"
+        return None
+
+    async def _control(self, tid: str, msg: Any, payload: bytes, clear: bool = False) -> None:
         if msg.transfer_id != tid:
             raise ProtocolError("transfer id in the message does not match its topic")
+        if clear and (why := self._clear_refused(tid, msg)) is not None:
+            raise ProtocolError(why)
         if not await self._authentic(tid, msg, json.loads(payload)):
             return
         done = self.control[type(msg)](msg)
@@ -195,10 +260,17 @@ class Router:
         return True
 
     async def _offer_signed(self, tid: str, msg: Resync, raw: dict[str, Any]) -> bool:
-        if self._peer_signed(msg.source_agent, raw):
-            return True
-        await self._refuse_negotiation(msg)
-        return False
+        if not self._peer_signed(msg.source_agent, raw):
+            await self._refuse_negotiation(msg)
+            return False
+        if not msg._encrypted and getattr(self._ctx.settings, "agentEncryption", False):
+            name, src = self._name, msg.source_agent
+            await self._refuse_negotiation(msg, (
+                f"refused: agent {name} requires end-to-end encryption (agentEncryption=true) and agent {src} sent "
+                f"the transfer in the clear (an older version, or agentEncryption=false there); upgrade agent "
+                f"{src}, or set agentEncryption=false on agent {name} to accept transfers in the clear"))
+            return False
+        return True
 
     async def _reply_signed(self, tid: str, msg: ResyncReply, raw: dict[str, Any]) -> bool:
         session, peer = self._transfers.source(tid), self._transfers.peer_of(tid)
@@ -231,12 +303,14 @@ class Router:
         key = self._ctx.peer_key(agent)
         return key is not None and verify_signed(raw, key)
 
-    async def _refuse_negotiation(self, msg: Resync) -> None:
-        """A transfer offered by an agent we do not trust: answer (signed) that every file failed."""
+    async def _refuse_negotiation(self, msg: Resync, reason: str | None = None) -> None:
+        """A transfer offered by an agent we do not trust (or in the clear, `reason`): answer (signed) that every
+        file failed."""
         name = self._name
-        reason = (f"not authorized: agent {name} does not trust agent {msg.source_agent} (add its key with: "
-                  f"fte key trust {name} {agent_requester(msg.source_agent)} KEY -p transfer)")
-        log.warning("refused transfer %s from agent %s: no trusted signature", msg.transfer_id, msg.source_agent)
+        log.warning("refused transfer %s from agent %s: %s", msg.transfer_id, msg.source_agent,
+                    "sent in the clear" if reason else "no trusted signature")
+        reason = reason or (f"not authorized: agent {name} does not trust agent {msg.source_agent} (add its key "
+                            f"with: fte key trust {name} {agent_requester(msg.source_agent)} KEY -p transfer)")
         if self._ctx.store.load_transfer(msg.transfer_id, "destination", files=False) is not None:
             return  # a forged resync for a transfer we run: ignore it
         reply = ResyncReply(kind="resync_reply", transfer_id=msg.transfer_id, epoch=msg.epoch, files=[

@@ -553,6 +553,12 @@ class AgentSettings(BaseSettings):
     commandTimeout: Annotated[int, _whole("seconds", "1 or more seconds", lambda v: v >= 1)] = Field(
         60, description="Seconds a program call may run before it is killed (each attempt)."
     )
+    agentEncryption: bool = Field(
+        True,
+        description="true: encrypt the files' bytes, names and sizes end to end (AES-256-GCM) on every transfer "
+        "this agent sends, and refuse transfers sent to it in the clear; false: send and accept them "
+        "authenticated but readable by the broker (for a broker you trust, or to measure the cost).",
+    )
 
     @classmethod
     def settings_customise_sources(

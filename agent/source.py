@@ -22,6 +22,7 @@ from typing import Any
 
 from .core.errors import FteError
 from .wire.binding import ChunkSealer, derive_key, seal, transfer_key
+from .wire.encryption import ENCRYPTION, encrypted, envelope_for, offer_for
 from .context import AgentContext
 from .wire import provenance
 from .core import results
@@ -109,12 +110,12 @@ def read_whole_files(items: list[tuple[str, int]], algorithm: str, mtimes: list[
 
 
 def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, last: bool, ack: bool,
-                     hasher: Any, sealer: ChunkSealer | None, mac_no_crc: bool) -> bytearray | None:
+                     hasher: Any, sealer: ChunkSealer | None, mac_no_crc: bool) -> bytes | bytearray | None:
     """Read a chunk straight into its frame (header, data, MAC trailer of a bound transfer) and seal it; the
     data is hashed on the way when `hasher` is given. None if the file ended early. One buffer, no copy of
     the data: this runs for every 256 KiB of every file."""
     size = CHUNK_HEADER.size + length
-    frame = bytearray(size + (sealer.trailer if sealer is not None else 0))
+    frame = bytearray(size + (sealer.room if sealer is not None else 0))
     view = memoryview(frame)
     data = view[CHUNK_HEADER.size:size]
     if os.preadv(fd, [data], offset) != length:
@@ -124,6 +125,8 @@ def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, 
     finish_chunk(frame, epoch, index, offset, length, last=last, ack=ack, crc=sealer is None or not mac_no_crc,
                  mac_flag=sealer.flag if sealer is not None else 0)
     if sealer is not None:
+        if sealer.aead:
+            return sealer.finish(view)  # encrypted into a new buffer
         view[size:] = sealer.seal(view[:size])
     return frame
 
@@ -301,7 +304,7 @@ class SourceTransfer:
                 case UseFeatures():
                     self.mac_no_crc = "mac_no_crc" in a.features
                     key = self.key
-                    self.sealer = ChunkSealer(key, "gmac" in a.features) if key is not None else None
+                    self.sealer = ChunkSealer(key, "gmac" in a.features, encrypted(self.rec.header)) if key else None
                 case CheckSources():
                     self._do(s.sources_checked({i: self._check(i) for i in a.indexes}, time.monotonic()))
                 case SendResync():
@@ -335,8 +338,8 @@ class SourceTransfer:
         # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped
         # packets) took to be declared dead: stall detection and the -rt timeout fired many seconds late
         # (tests/fault/test_network.py::test_silent_partition_...). An unanswered resync is retried by the
-        # timers anyway, and a failed publish posts send_failed (_published).
-        topic, payload = self.ctx.topics.control(self.dest, self.tid), seal(msg, None, self.ctx.identity)
+        # timers anyway, and a failed publish posts send_failed (_published). offer_for: encrypted, when it is.
+        topic, payload = self.ctx.topics.control(self.dest, self.tid), offer_for(h, seal(msg, None, self.ctx.identity), self.tid)
         try:
             self.ctx.check_size(topic, payload)
         except MessageTooLarge as exc:
@@ -395,7 +398,7 @@ class SourceTransfer:
             return self._failed(idx, changed)
         end = FileEnd(kind="file_end", transfer_id=self.tid, epoch=self.session.epoch, index=idx, size=f.size,
                       digest=digest)
-        if not self._publish_data(seal(end, self.key), control=True):
+        if not self._publish_data(envelope_for(self.rec.header, seal(end, self.key), self.tid), control=True):
             return False
         self.session.sending.file_end_sent(idx)
         self._close(idx)
@@ -418,7 +421,7 @@ class SourceTransfer:
         sealer = self.sealer
         frame = encode_bundle(s.epoch, entries, sealer.flag if sealer is not None else 0)
         if sealer is not None:
-            frame += sealer.seal(frame)
+            frame = sealer.finish(frame)
         if not self._publish_data(frame):
             return False
         s.sending.bundle_sent(sum(len(e[2]) for e in entries))
@@ -559,7 +562,7 @@ class SourceTransfer:
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
         if self.ctx.metrics is not None:
             self.ctx.metrics.transfer_finished(st.value, s.result_code, fields["statistics"])
-        self.ctx.log.emit(self.rec, "completed", **fields)
+        self.ctx.log.emit(self.rec, "completed", **fields, encryption=encryption_of(self.rec.header))
         self._publish_progress()
         self.ctx.on_state_change()
         await send_complete(self.ctx, self.rec)
@@ -569,8 +572,13 @@ async def send_complete(ctx: AgentContext, rec: TransferRecord) -> None:
     """Tell the destination the outcome (repeated by the agent until it confirms)."""
     msg = Complete(kind="complete", transfer_id=rec.transfer_id, source_agent=ctx.name, state=rec.state,
                    result_code=rec.result_code if rec.result_code is not None else results.FAILED)
+    payload = envelope_for(rec.header, seal(msg, transfer_key(rec.header)), rec.transfer_id)
     try:
-        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), seal(msg, transfer_key(rec.header)), 1,
-                          False)
+        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), payload, 1, False)
     except ConnectionError:
         pass
+
+
+def encryption_of(header: dict[str, Any]) -> str:
+    """What the `started` and `completed` events say of the transfer's payload."""
+    return ENCRYPTION if encrypted(header) else "none"

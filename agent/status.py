@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from . import __version__
 
 from .wire import provenance
+from .wire.encryption import offer_public
 from .context import Publish
 from .core.policy import STATUS_MIN_INTERVAL, STATUS_WORD_POLL
 from .core.statuses import AGENT_RUNNING, AgentState
@@ -46,6 +47,7 @@ class OwnStatus:
         self._topics = topics
         self._identity = identity
         self._own_key = identity.public_key()
+        self._offer_key = offer_public(identity)  # sources encrypt their offers to it (agent.wire.encryption)
         self._publish = publish
         self._link_up = link_up
         self._stopping = stopping
@@ -82,7 +84,8 @@ class OwnStatus:
             max_source_transfers=self._settings.maxSourceTransfers,
             max_destination_transfers=self._settings.maxDestinationTransfers,
             max_queued_transfers=self._settings.maxQueuedTransfers,
-            chunk_size=self._chunk_size(), broker_check=self._broker_check(), broker=self._broker()))
+            chunk_size=self._chunk_size(), broker_check=self._broker_check(), broker=self._broker(),
+            offer_key=self._offer_key))
         return provenance.sign_payload(body, provenance.STATUS, self._name, self._identity)
 
     def _wanted(self) -> str:

@@ -20,9 +20,10 @@ from .core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from .core.statuses import FileStatus
 from .admission import Admission
 from .wire.binding import transfer_key
+from .wire.encryption import encrypted
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
-from .source import SourceTransfer, _iso, priority_view
+from .source import SourceTransfer, _iso, encryption_of, priority_view
 from .start_gate import StartGate
 from .store import FileRecord, TransferRecord
 
@@ -100,7 +101,7 @@ class Transfers:
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
                                    f"from {self._ctx.name} to {rec.peer}" + _left_out(rec.header),
                            skipped=rec.header.get("skipped"), skipped_count=rec.header.get("skipped_count"),
-                           directories=rec.header.get("directories"))
+                           directories=rec.header.get("directories"), encryption=encryption_of(rec.header))
         session = self._add_source(rec)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
@@ -180,6 +181,12 @@ class Transfers:
             return live.key
         rec = self._ctx.store.load_transfer(tid, role, files=False)
         return transfer_key(rec.header) if rec else None
+
+    def encrypted_of(self, tid: str, role: str) -> bool:
+        """Is the transfer encrypted end to end (agent.wire.encryption)? False when not known."""
+        live = (self.sources if role == "source" else self.dests).get(tid)
+        rec = live.rec if live is not None else self._ctx.store.load_transfer(tid, role, files=False)
+        return rec is not None and encrypted(rec.header)
 
     def cancel_tasks(self) -> list[asyncio.Task[None]]:
         """Cancel the source sessions' tasks (the agent is going); the tasks, to be awaited."""

@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..atomic_files import write_atomic
 from ..auth import canonical, load_public
-from .protocol import CHUNK_FLAGS_AT, FLAG_GMAC
+from .encryption import decrypt_frame, encrypt_frame
+from .protocol import CHUNK_FLAGS_AT, FLAG_AEAD, FLAG_GMAC
 
 MAC_BYTES = 16  # HMAC-SHA256 trailer of a chunk frame (first 16 bytes), and of control messages
 GMAC_NONCE_BYTES = 12
@@ -150,29 +151,46 @@ def gmac_chunk(frame: bytes | memoryview, key: bytes) -> bytes:
 
 
 class ChunkSealer:
-    """How a bound transfer's source seals its frames: the trailer's size, the frame flag, the trailer."""
+    """How a bound transfer's source seals its frames: encrypted (AES-GCM, agent.wire.encryption) on an encrypted
+    transfer, else authenticated by a trailer (AES-GMAC to a destination with "gmac", else HMAC). `room`: the
+    bytes to leave after a frame for its trailer; `flag`: the frame flag saying which."""
 
-    __slots__ = ("key", "gmac", "trailer", "flag")
+    __slots__ = ("key", "gmac", "aead", "trailer", "room", "flag")
 
-    def __init__(self, key: bytes, gmac: bool) -> None:
+    def __init__(self, key: bytes, gmac: bool, aead: bool = False) -> None:
         self.key = key
         self.gmac = gmac
-        self.trailer = GMAC_BYTES if gmac else MAC_BYTES
-        self.flag = FLAG_GMAC if gmac else 0
+        self.aead = aead
+        self.trailer = GMAC_BYTES if gmac or aead else MAC_BYTES
+        self.room = 0 if aead else self.trailer  # encrypt_frame writes a new buffer
+        self.flag = FLAG_AEAD if aead else FLAG_GMAC if gmac else 0
 
     def seal(self, frame: bytes | memoryview) -> bytes:
-        """The trailer for `frame` (whose flags already include self.flag)."""
+        """The trailer for `frame` (whose flags already include self.flag); not for an encrypted transfer."""
+        assert not self.aead
         return gmac_chunk(frame, self.key) if self.gmac else mac_chunk(frame, self.key)
 
+    def finish(self, frame: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """`frame` as it travels: encrypted, or with its trailer after it."""
+        if self.aead:
+            return encrypt_frame(frame, self.key)
+        return bytes(frame) + self.seal(frame)
 
-def check_chunk_mac(frame_with_mac: bytes, key: bytes) -> memoryview | None:
-    """The frame without its MAC trailer (a view: 256 KiB not copied) when the MAC is right, else None.
-    The frame's FLAG_GMAC says which trailer it carries; both are unforgeable without the transfer key, so
-    flipping the flag gains an attacker nothing but a refusal."""
+
+def check_chunk_mac(frame_with_mac: bytes, key: bytes, encrypted: bool = False) -> memoryview | None:
+    """The frame without its MAC trailer (a view: 256 KiB not copied), or decrypted, when its MAC is right,
+    else None. The frame's flags say which trailer it carries; each is unforgeable without the transfer key,
+    so flipping a flag gains an attacker nothing but a refusal. `encrypted`: the transfer is, and a frame that
+    is not (a downgrade, or a source that does not encrypt) is refused."""
     if len(frame_with_mac) <= CHUNK_FLAGS_AT:
         return None
     view = memoryview(frame_with_mac)
-    if view[CHUNK_FLAGS_AT] & FLAG_GMAC:
+    flags = view[CHUNK_FLAGS_AT]
+    if flags & FLAG_AEAD:
+        return decrypt_frame(view, key)
+    if encrypted:
+        return None
+    if flags & FLAG_GMAC:
         if len(view) < GMAC_BYTES:
             return None
         frame = view[:-GMAC_BYTES]

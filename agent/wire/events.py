@@ -160,6 +160,10 @@ class Statistics(EventModel):
 # --------------------------------------------------------------------------- transfer events
 
 
+# how the transfer's data and control messages travelled between the agents (agent.wire.encryption)
+Encryption = Literal["aes-256-gcm", "none"]
+
+
 class TransferEventBase(EventModel):
     """The envelope of every transfer event (TransferLog.emit fills it from the transfer's record)."""
 
@@ -192,6 +196,7 @@ class Started(TransferEventBase):
     skipped: list[SkippedSource] | None = None
     skipped_count: Annotated[int, Field(ge=1)] | None = None
     directories: list[str] | None = None
+    encryption: Encryption | None = None  # absent in the events of older agents
 
 
 class Progress(TransferEventBase):
@@ -240,6 +245,7 @@ class Completed(TransferEventBase):
     files_omitted: Annotated[int, Field(ge=1)] | None = None
     statistics: Statistics
     programs: list[ProgramReport] | None = None  # only when the transfer has program calls
+    encryption: Encryption | None = None
 
 
 class TriggerNotMet(TransferEventBase):

@@ -376,6 +376,8 @@ class Resync(Sealed):
     text: TextConversion | None = None  # -t text (absent: binary, the bytes are written as they came)
     # the empty directories of a -r transfer, created by the destination when it accepts it (absent: none)
     directories: Annotated[list[Path_], Field(max_length=MAX_FILES_PER_TRANSFER)] | None = None
+    # set by the receiver (agent.router), never by the message: it arrived encrypted to this agent's offer key
+    _encrypted: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _distinct_indexes(self) -> "Resync":
@@ -572,6 +574,9 @@ FLAG_NO_CRC = 0x08
 # AES-GMAC trailer (feature "gmac"): the frame's MAC is a 12-byte random nonce and a 16-byte AES-GMAC tag instead
 # of 16 bytes of HMAC-SHA256 (agent.wire.binding). Only on a bound transfer.
 FLAG_GMAC = 0x10
+# AES-GCM encrypted (agent.wire.encryption): past the magic, version and flags, the header and the data are
+# ciphertext, and a nonce and tag follow the flags' place. Only on an encrypted transfer.
+FLAG_AEAD = 0x20
 CHUNK_FLAGS_AT = 5  # offset of the flags byte in the header (read before the MAC is checked, to pick the MAC)
 
 
@@ -688,6 +693,8 @@ def decode_chunk(payload: bytes | memoryview, authenticated: bool = False) -> Ch
             raise ProtocolError(f"chunk at file {index} offset {offset} has neither a CRC nor a MAC")
         if flags & FLAG_GMAC:
             raise ProtocolError(f"chunk at file {index} offset {offset} says it has a GMAC, on a transfer without one")
+        if flags & FLAG_AEAD:
+            raise ProtocolError("an encrypted chunk, on a transfer without a key")
         if zlib.crc32(data, zlib.crc32(memoryview(payload)[:_CRC_COVERED])) != crc:
             raise ProtocolError(f"chunk CRC mismatch at file {index} offset {offset}")
     if flags & FLAG_BUNDLE:
@@ -725,6 +732,9 @@ class AgentStatus(BaseModel):
     # the broker (a node of brokerUrl's list) the agent is connected to: its URL, never credentials; absent in
     # the statuses of older agents and in the last will (agent.core.brokers)
     broker: str | None = Field(None, max_length=300)
+    # the agent's X25519 offer key (agent.wire.encryption), to which sources encrypt their Resync; absent in the
+    # statuses of agents without end-to-end encryption
+    offer_key: str | None = Field(None, max_length=64)
     # the agent's identity signature (agent.wire.provenance); whether a reader checked it is `verified`
     signature: str | None = None
     _verified: bool = PrivateAttr(default=False)

@@ -72,9 +72,10 @@ def root(shared: tuple[FteEnv, Path]) -> Path:
 @pytest.fixture(params=[pytest.param(True, id="authority"), pytest.param(False, id="no-authority")])
 def flood_env(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[FteEnv]:
     """With authority checking on, forged requests stop at the signature check; with it off, every one
-    reaches the sandbox and the protocol checks, which must hold on their own."""
+    reaches the sandbox and the protocol checks, which must hold on their own. The forged offers travel in
+    the clear: agentEncryption=false, or A2 would refuse every one of them before the sandbox sees it."""
     with _agents(tmp_path, mosquitto.ensure_running().url,
-                 authorityChecking="true" if request.param else "false") as fte:
+                 authorityChecking="true" if request.param else "false", agentEncryption="false") as fte:
         yield fte
 
 

@@ -31,7 +31,8 @@ class _Peers:
 
 
 def _settings(**over: Any) -> Any:
-    values = dict(maxSourceTransfers=2, maxQueuedTransfers=1, maxDestinationTransfers=2, transferRecoveryTimeout=-1)
+    values = dict(maxSourceTransfers=2, maxQueuedTransfers=1, maxDestinationTransfers=2, transferRecoveryTimeout=-1,
+                  agentEncryption=False)
     return SimpleNamespace(**{**values, **over})
 
 
@@ -147,3 +148,17 @@ def _offer() -> Resync:
 def test_the_destination_limit(tmp_path: Path, limit: int, active: int, room: bool) -> None:
     w = _World(tmp_path / "x", maxDestinationTransfers=limit)
     assert w.admission.destination_room(_offer(), active) is room
+
+
+async def test_an_encrypting_source_takes_the_destinations_offer_key_or_refuses_saying_what_to_do(
+        tmp_path: Path) -> None:
+    peers = _Peers({"A2", "OLD"})
+    peers.offer_keys = {"A2": "b2ZmZXIta2V5LW9mLWEy"}  # type: ignore[attr-defined]
+    w = _World(tmp_path, peers=peers, agentEncryption=True)
+    w.file("a")
+    rec = await w.admission.admit(w.spec(("a", "/out/a", "file")))
+    assert isinstance(rec, TransferRecord)
+    assert rec.header["encryption"] == "aes-256-gcm" and rec.header["peer_offer_key"] == "b2ZmZXIta2V5LW9mLWEy"
+    refused = await _refused(w, w.spec(("a", "/out/a", "file"), destination="OLD"),
+                             "cannot receive encrypted transfers")
+    assert "agentEncryption=false" in str(refused) and refused.code == results.FAILED

@@ -74,6 +74,7 @@ class _Transfers:
     def __init__(self) -> None:
         self.posted: list[Any] = []
         self.keys: dict[tuple[str, str], bytes] = {}
+        self.encrypted: set[tuple[str, str]] = set()
         self.dest: Any = None
 
     def destination(self, tid: str) -> Any:
@@ -87,6 +88,9 @@ class _Transfers:
 
     def key_of(self, tid: str, role: str) -> bytes | None:
         return self.keys.get((tid, role))
+
+    def encrypted_of(self, tid: str, role: str) -> bool:
+        return (tid, role) in self.encrypted
 
     def to_source(self, msg: Any) -> None:
         self.posted.append(msg)
@@ -104,14 +108,15 @@ class _Transfers:
 
 
 class _World:
-    def __init__(self) -> None:
+    def __init__(self, **ctx_fields: Any) -> None:
         self.offered: list[bytes] = []
         self.statuses: list[tuple[str, bytes]] = []
         self.transfers = _Transfers()
         self.metrics = Metrics("A1")
         self.dropped: list[str] = []
         drops = SimpleNamespace(drop=lambda topic, reason: self.dropped.append(reason))
-        ctx = SimpleNamespace(name="A1", topics=T, verify_peers=False, peer_key=lambda a: None)
+        ctx = SimpleNamespace(**{"name": "A1", "topics": T, "verify_peers": False, "peer_key": lambda a: None,
+                                 "settings": None, "identity": None, **ctx_fields})
         peers = SimpleNamespace(on_status=self._status)
         self.router = Router(ctx, self.metrics, drops, commands=SimpleNamespace(offer=self.offered.append),  # type: ignore[arg-type]
                              peers=peers, transfers=self.transfers, watchdog=SimpleNamespace())  # type: ignore[arg-type]
@@ -203,3 +208,84 @@ def test_every_control_message_has_a_handler_and_a_check() -> None:
     # each is either signed (negotiation) or MAC-checked under the role whose key it carries
     assert set(_MAC_ROLE) | set(w.router._signed) == set(kinds)
     assert not set(_MAC_ROLE) & set(w.router._signed)
+
+
+# --------------------------------------------------------------------------- encrypted transfers
+
+
+def _offer(encrypted_to: Any = None) -> tuple[bytes, Any]:
+    """A Resync as signed by A2 for A1 (authority off: not checked), encrypted to `encrypted_to` if given."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.wire.binding import new_ephemeral
+    from agent.wire.encryption import offer_for, offer_public
+
+    private, public = new_ephemeral()
+    msg = protocol.Resync(kind="resync", transfer_id=TID, epoch=1, source_agent="A2", destination_agent="A1",
+                          exist="error", checksum="sha256", chunk_size=262144, kx=public,
+                          files=[protocol.FileOffer(index=0, source="/in/secret.bin", destination="/out/secret.bin",
+                                                    size=1234567, mtime=1.0)])
+    signed = seal(msg, None, Ed25519PrivateKey.generate())
+    if encrypted_to is None:
+        return signed, msg
+    header = {"encryption": "aes-256-gcm", "kx_private": base64.b64encode(private).decode(), "kx_public": public,
+              "peer_offer_key": offer_public(encrypted_to)}
+    return offer_for(header, signed, TID), msg
+
+
+async def test_an_encrypted_offer_is_opened_and_marked_encrypted_for_the_destination() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    me = Ed25519PrivateKey.generate()
+    w = _World(identity=me)
+    payload, _ = _offer(encrypted_to=me)
+    assert b"secret" not in payload and b"1234567" not in payload
+    await w.router.message(_msg(T.control("A1", TID), payload))
+    [msg] = w.transfers.posted
+    assert msg.kind == "resync" and msg._encrypted and msg.files[0].size == 1234567
+    other = _World(identity=Ed25519PrivateKey.generate())  # encrypted to another agent: does not open
+    await other.router.message(_msg(T.control("A1", TID), payload))
+    assert other.transfers.posted == [] and "does not open" in other.dropped[0]
+
+
+async def test_an_offer_in_the_clear_is_refused_by_a_destination_that_requires_encryption() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        published.append((topic, payload))
+
+    w = _World(identity=Ed25519PrivateKey.generate(), settings=SimpleNamespace(agentEncryption=True),
+               publish=publish, store=SimpleNamespace(load_transfer=lambda tid, role, files=True: None))
+    payload, _ = _offer()
+    await w.router.message(_msg(T.control("A1", TID), payload))
+    assert w.transfers.posted == []
+    [(topic, reply)] = published
+    assert topic == T.control("A2", TID)
+    answer = protocol.parse_control(reply)
+    assert answer.kind == "resync_reply" and answer.kx is None
+    assert "requires end-to-end encryption" in (answer.files[0].supplement or "")
+
+
+async def test_control_messages_of_an_encrypted_transfer_travel_and_are_taken_only_in_envelopes() -> None:
+    import base64
+
+    from agent.wire.encryption import envelope_for
+
+    w = _World()
+    key = bytes(range(32))
+    w.transfers.keys[(TID, "source")] = key
+    w.transfers.encrypted.add((TID, "source"))
+    header = {"encryption": "aes-256-gcm", "transfer_key": base64.b64encode(key).decode()}
+    sealed = envelope_for(header, _ack(key=key), TID)
+    await w.router.message(_msg(T.control("A1", TID), sealed))
+    assert [m.kind for m in w.transfers.posted] == ["ack"]
+    await w.router.message(_msg(T.control("A1", TID), _ack(key=key)))  # right MAC, but in the clear
+    tampered = bytearray(sealed)
+    tampered[-5] ^= 1
+    await w.router.message(_msg(T.control("A1", TID), bytes(tampered)))
+    assert len(w.transfers.posted) == 1
+    assert "in the clear" in w.dropped[0] and "does not open" in w.dropped[1]
