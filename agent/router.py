@@ -84,8 +84,10 @@ def open_frame(payload: bytes, key: bytes | None, tid: str, encrypted: bool = Fa
 ControlHandler = Callable[[Any], "Awaitable[None] | None"]
 
 # control messages the peer of an encrypted transfer may send in the clear: they name no file and no size
-# (a Complete before the source knew the key, a CompleteAck of a transfer the destination never had)
-_CLEAR_OK = (Complete, CompleteAck)
+# (a Complete before the source knew the key, a CompleteAck of a transfer the destination never had), or
+# they are signed by the peer's identity key and may come before any transfer key exists (the program calls:
+# a -predst runs before the first offer; docs/security.md says what of them a broker operator can read)
+_CLEAR_OK = (Complete, CompleteAck, ProgramRun, ProgramDone)
 # what each kind of envelope may hold (agent.wire.encryption)
 _ENVELOPED: dict[int, tuple[type, ...]] = {
     OFFER: (Resync,), REPLY: (ResyncReply,),
