@@ -120,7 +120,7 @@ async def _progress_until(demo: DemoAgents, tid: str, console: Console, fraction
                   console=console, transient=True) as bar:
         task = bar.add_task(f"{tid[:12]}", total=None)
         while tid not in demo.finished:
-            session = demo.agents["A1"].sources.get(tid)
+            session = demo.agents["A1"].transfers.source(tid)
             if session is not None:
                 s = session.summary()
                 bar.update(task, total=s["bytes_total"], completed=s["bytes_done"],

@@ -247,3 +247,21 @@ def test_module_entry_prints_url_and_stops_cleanly_on_signal(signum: int) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=WAIT)
+
+
+# -- fte demo: the README's first command ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_fte_demo_runs_to_success(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`fte demo` as a new user runs it (the README's "Try it"): every act ends as it says, exit 0."""
+    fte = os.path.join(os.path.dirname(sys.executable), "fte")
+    env = dict(os.environ, FTE_CONFIG_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    env.pop("FTE_BROKER_URL", None)
+    proc = subprocess.run([fte, "demo", "--size", "8"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=220)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    for said in ("file arrived intact", "recovered: started -> recovering -> resumed -> completed",
+                 "result 69 (RecoveryTimedOut); part file removed", "demo succeeded"):
+        assert said in out, f"{said!r} not in:\n{out}"
