@@ -69,6 +69,9 @@ class BrokerChecks:
         self._topic_logged: TopicStatus | None = None  # the topic finding last logged (None: none yet)
         self._diagnosis: asyncio.Task[None] | None = None
         self._probes = 0  # full probes started
+        # brokers (URLs) whose delayed-ACK pattern was measured: once a broker, not on every reconnection (two
+        # more connections and subscriptions each time, on a degraded cluster node that refuses some of them)
+        self._acks_measured: set[str] = set()
 
     def use(self, addr: BrokerAddress) -> None:
         """Probe `addr` from now on: the broker of the list (agent.core.brokers) the link is connecting to."""
@@ -80,13 +83,17 @@ class BrokerChecks:
             self.features = replace(self.features, check="off (brokerProbe=false)")
             return
         self._probes += 1
-        probe = self._probe(self._addr, self._agent, self._topics, self._configured)
+        url = self._addr.url
+        probe = self._probe(self._addr, self._agent, self._topics, self._configured,
+                            **({"round_trips": False} if url in self._acks_measured else {}))
         try:
             report = await asyncio.wait_for(probe.run(), _PROBE_GUARD)
         except Exception as exc:  # never fatal: the agent works on as before the probe
             log.warning("the broker probe failed (%s); chunk size stays %d", str(exc) or type(exc).__name__,
                         self.features.chunk_size)
             return
+        if report.round_trips_quick:
+            self._acks_measured.add(url)
         self.apply(report)
 
     def connection_failed(self, exc: BaseException) -> None:

@@ -341,7 +341,7 @@ class BrokerProbe:
 
     def __init__(self, addr: BrokerAddress, agent: str, topics: Topics, chunk_size: int, *,
                  floor: int = FLOOR, topic_wait: float = TOPIC_WAIT, budget: float = BUDGET, sizes: bool = True,
-                 client_factory: Callable[..., aiomqtt.Client] = make_client) -> None:
+                 round_trips: bool = True, client_factory: Callable[..., aiomqtt.Client] = make_client) -> None:
         self.addr = addr
         self.agent = agent
         self.topics = topics
@@ -350,6 +350,7 @@ class BrokerProbe:
         self.topic_wait = topic_wait
         self.budget = budget
         self.sizes = sizes  # False: the topic check only
+        self.round_trips = round_trips  # False: no delayed-ACK measurement (done once per broker already)
         self._client_factory = client_factory
         self._token = secrets.token_hex(8)
         self.topic = topics.probe(agent, self._token)
@@ -382,7 +383,8 @@ class BrokerProbe:
                             self.topic, delivered, False, self.topic_wait, session.refused)
                         if delivered is None or not self.sizes:
                             break  # (nothing comes back: a size probe could conclude nothing)
-                        await self._round_trips(session, report, deadline)
+                        if self.round_trips:
+                            await self._round_trips(session, report, deadline)
                     while (size := next_probe_size(report.ladder, report.outcomes)) is not None:
                         payload = probe_payload_bytes(size, topic_bytes, data_topic)
                         report.packets[size] = publish_packet_bytes(topic_bytes, payload)

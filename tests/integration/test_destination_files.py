@@ -83,7 +83,8 @@ def test_the_file_is_durable_before_it_is_reported_done(tmp_path: Path, broker_u
     trace = tmp_path / "a2.strace"
     try:
         for name in ("A1", "A2"):
-            env.create_agent(name, sandbox=data, **PROPS)
+            # the report is found in the trace by its text: encrypted (the default) it has none to find
+            env.create_agent(name, sandbox=data, agentEncryption="false", **PROPS)
         env.start_agent("A1")
         # -y: descriptors with their paths; sendto/write: the MQTT publish of the result, found by its text
         env.start_agent("A2", timeout=60, wrapper=[

@@ -97,3 +97,18 @@ async def test_a_timed_out_connect_runs_the_topic_check_alone() -> None:
     checks.connection_failed(TimeoutError("timed out"))  # a finding is known: not again
     assert len(_Probe.made) == 1
     checks.close()
+
+
+async def test_the_delayed_ack_pattern_is_measured_once_a_broker() -> None:
+    checks, _ = _checks()
+    measured = _report([(CONFIGURED, Outcome.PASSED)])
+    measured.round_trips_plain, measured.round_trips_quick = [1.0] * 5, [1.0] * 5
+    _Probe.reports[:] = [_report([(CONFIGURED, Outcome.PASSED)]), measured, _report([(CONFIGURED, Outcome.PASSED)])]
+    for _ in range(3):
+        await checks.before_up()
+    # nothing measured the first time (a lost round trip): asked again; measured the second: not the third
+    assert [m.get("round_trips", True) for m in _Probe.made] == [True, True, False]
+    checks.use(BrokerAddress.from_url("mqtt://127.0.0.1:2"))  # another broker of the list: measured there too
+    _Probe.reports[:] = [_report([(CONFIGURED, Outcome.PASSED)])]
+    await checks.before_up()
+    assert _Probe.made[-1].get("round_trips", True) is True
