@@ -182,8 +182,11 @@ async def _demo_broker_outage(demo: DemoAgents, broker: EmbeddedBroker, src: Pat
                               console: Console) -> bool:
     console.rule("2. the broker goes away in the middle of a transfer")
     dst = home / "A2" / "inbox" / "demo-recovered.bin"
+    # --bandwidth: the transfer takes about 2 s whatever the file's size and the machine's speed, so the broker
+    # is stopped while it runs (a fast machine finished a small file before its first progress poll)
     spec = TransferSpec(source_agent="A1", destination_agent="A2", job_name="demo-outage",
-                        items=[TransferItem(source=str(src), destination=str(dst), destination_type="file")])
+                        items=[TransferItem(source=str(src), destination=str(dst), destination_type="file")],
+                        bandwidth=max(1, src.stat().st_size // 2))
     tid = await _submit(broker.url, spec, home)
     await _progress_until(demo, tid, console, fraction=0.3)
     if tid not in demo.finished:
