@@ -164,7 +164,13 @@ def test_transfer_through_the_api(stack) -> None:
     t = wait_done(web, tid, "the transfer to finish in GET /api/v1/transfers/{id}")
     assert t["state"] == "complete" and t["result_code"] == 0, t
     assert (data / "out" / "api.bin").read_bytes() == payload
-    assert any(e.get("action") == "completed" and e["verified"] for e in t["events"]), t["events"]
+    # the state can come from the agent's status before the completed event reaches the live view: wait for it
+
+    def completed_event() -> bool:
+        _, t = call(web, "GET", f"/api/v1/transfers/{tid}")
+        return any(e.get("action") == "completed" and e["verified"] for e in t.get("events", []))
+
+    wait_until(completed_event, 30, "the verified completed event in GET /api/v1/transfers/{id}")
     code, rows = call(web, "GET", "/api/v1/transfers?job_name=webtest&state=complete")
     assert code == 200 and tid in [r["transfer_id"] for r in rows]
     assert all({"transfer_id", "state", "result_code"} <= r.keys() for r in rows)
