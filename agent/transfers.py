@@ -105,9 +105,9 @@ class Transfers:
         session = self._add_source(rec)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
+        left_out = _left_out(rec.header).lstrip(",; ")
         return {"transfer_id": rec.transfer_id, "files": len(files), "bytes": sum(f.size for f in files),
-                "recovery_timeout": rec.recovery_timeout,
-                **({"left_out": _left_out(rec.header).lstrip(",; ")} if _left_out(rec.header) else {})}
+                "recovery_timeout": rec.recovery_timeout, **({"left_out": left_out} if left_out else {})}
 
     def _trigger_not_met(self, rec: TransferRecord) -> dict[str, Any]:
         """-tr did not hold: the transfer ends as it is made (result 42), kept and logged, nothing is read."""
