@@ -352,6 +352,15 @@ class FileOffer(Strict):
     mtime: float = 0.0
 
 
+class FanoutOffer(Strict):
+    """The shared stream of a fan-out transfer, offered to a destination (docs/protocol.md#fan-out): the group
+    key G (base64 of 32 bytes) and every destination of the transfer. Only in an offer encrypted to the
+    destination's offer key."""
+
+    key: Annotated[str, Field(min_length=44, max_length=44)]
+    destinations: Annotated[list[AgentName], Field(min_length=2, max_length=16)]
+
+
 class Resync(Sealed):
     """Source → destination. The first one negotiates the transfer; later ones resynchronise.
 
@@ -376,6 +385,8 @@ class Resync(Sealed):
     text: TextConversion | None = None  # -t text (absent: binary, the bytes are written as they came)
     # the empty directories of a -r transfer, created by the destination when it accepts it (absent: none)
     directories: Annotated[list[Path_], Field(max_length=MAX_FILES_PER_TRANSFER)] | None = None
+    # a fan-out transfer's shared stream (absent: unicast only; docs/protocol.md#fan-out)
+    fanout: FanoutOffer | None = None
     # set by the receiver (agent.router), never by the message: it arrived encrypted to this agent's offer key
     _encrypted: bool = PrivateAttr(default=False)
 
@@ -413,6 +424,8 @@ class ResyncReply(Sealed):
     # "mac_no_crc", "gmac"; docs/protocol.md#resync_reply)
     features: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=16)] = []
     signature: Annotated[str, Field(max_length=256)] | None = None
+    # true: subscribed to the fan-out transfer's shared topic (docs/protocol.md#fan-out; absent: unicast only)
+    fanout: bool | None = None
 
 
 class Ack(Sealed):
