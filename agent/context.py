@@ -25,6 +25,14 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 """Publish (topic, payload, qos, retain) on the agent's broker link; raises ConnectionError when it is down."""
 
 
+async def _not_subscribed(topic: str) -> bool:
+    return False  # an agent without a link (a unit test): no shared stream, unicast only
+
+
+async def _nothing(topic: str) -> None:
+    return None
+
+
 @dataclass
 class AgentContext:
     name: str
@@ -56,3 +64,7 @@ class AgentContext:
     check_size: Callable[[str, bytes], None] = lambda topic, payload: None
     # agentMaxBandwidth (None: unlimited): every publish of the agent spends from it; a source's data waits for it
     bandwidth: TokenBucket | None = None
+    # agent.link: subscribe from now on (True once the broker granted it on the live connection), and undo it
+    # (a fan-out transfer's shared topic, agent.fanout_destination)
+    subscribe: Callable[[str], Awaitable[bool]] = _not_subscribed
+    unsubscribe: Callable[[str], Awaitable[None]] = _nothing

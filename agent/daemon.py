@@ -115,7 +115,8 @@ class Agent:
             check_size=lambda topic, payload: self.link.check_size(topic, payload),
             verify_peers=self.authority is not None, metrics=self.metrics,
             budget=InFlightBudget(settings.agentMaxDataInFlight), wake=lambda tid: self.transfers.wake(tid),
-            bandwidth=self.bandwidth)
+            bandwidth=self.bandwidth, subscribe=lambda topic: self.link.add_subscription(topic),
+            unsubscribe=lambda topic: self.link.remove_subscription(topic))
         admission = Admission(self.name, settings, topics, self.store, self.sandbox, self.peers,
                               stopping=self.stopping.is_set, sources=lambda: len(self.transfers.sources))
         self.transfers = Transfers(self.ctx, admission, settings.maxSourceTransfers)

@@ -26,6 +26,7 @@ from .core import destination_session as ds
 from .core import results
 from .core.destination_session import DestinationSession
 from .core.file_status import FileEvent, next_file_status
+from .fanout_destination import SharedStream, take_offer
 from .fsops import ConfinedDirs
 from .link import MessageTooLarge
 from .part_files import NAME_MAX, PART_SUFFIX, PartFiles, part_name, part_path
@@ -85,11 +86,14 @@ class DestinationTransfer:
         self.text = text_mode(header.get("text"))  # -t text: how files are converted (None: binary)
         self.parts = PartFiles(dirs or ConfinedDirs(ctx.sandbox), checksum, fsync, self.tid, self.text is not None)
         self.fds = self.parts.fds  # the agent closes them when it stops
+        self.key = transfer_key(header)  # set at the offer (accept), never after
+        self.stream = SharedStream(ctx, rec)  # fan-out: the shared topic (agent.fanout_destination)
         now = time.monotonic()
         self.session = DestinationSession(
             rec.files, agent=ctx.name, peer=rec.peer, state=rec.state, epoch=rec.epoch, checksum=checksum,
             exist_error=header.get("exist") == "error", cancel_requested=header.get("cancel_requested"),
-            ack_timeout=ctx.ack_timeout, fresh=fresh, now=now, text=self.text is not None)
+            ack_timeout=ctx.ack_timeout, fresh=fresh, now=now, text=self.text is not None,
+            shared=self.stream.key is not None)
         self._carry_out_now(self.session.start(now))  # killed between verifying and renaming: finish the renames
 
     # ------------------------------------------------------------------ creation
@@ -109,6 +113,7 @@ class DestinationTransfer:
             header.update(kx_public=public, transfer_key=base64.b64encode(key).decode())
             if msg._encrypted:  # it came encrypted (agent.router): everything of it goes back encrypted
                 header.update(encryption=ENCRYPTION)
+            take_offer(header, msg, ctx.name)  # fan-out: the group key, kept with the transfer
         rec = TransferRecord(msg.transfer_id, "destination", "in_progress", msg.source_agent, header, epoch=msg.epoch)
         parents: dict[str, str] = {}
         dirs = ConfinedDirs(ctx.sandbox)
@@ -150,6 +155,10 @@ class DestinationTransfer:
     async def on_chunk(self, chunk: Chunk) -> None:
         await self._feed(self.session.receive(chunk, time.monotonic()))
 
+    async def on_shared(self, chunk: Chunk) -> None:
+        """A chunk from the fan-out transfer's shared topic (opened with the group key by agent.router)."""
+        await self._feed(self.session.receive_shared(chunk, time.monotonic()))
+
     async def on_bundle(self, bundle: Bundle) -> None:
         await self._feed(self.session.receive(bundle, time.monotonic()))
 
@@ -182,10 +191,6 @@ class DestinationTransfer:
     @property
     def last_activity(self) -> float:
         return self.session.last_activity
-
-    @property
-    def key(self) -> bytes | None:
-        return transfer_key(self.rec.header)
 
     def summary(self) -> dict[str, Any]:
         return {"transfer_id": self.tid, "role": "destination", "state": self.session.state.value,
@@ -261,6 +266,7 @@ class DestinationTransfer:
         if self._timer is not None:  # the transfer ended: nothing more to ask
             self._timer.cancel()
             self._timer = None
+        self.stream.leave()
         return self.parts.remove(a.files)
 
     def _parts_removed(self, a: ds.RemoveParts) -> list[ds.Action]:
@@ -325,6 +331,11 @@ async def _convert(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action
     return t.session.converted(a, await asyncio.to_thread(_conversions, t, a), time.monotonic())
 
 
+async def _subscribe(t: DestinationTransfer, a: ds.Subscribe) -> list[ds.Action]:
+    """Fan-out: the shared topic subscribed (SUBACK awaited, bounded) before the resync is answered."""
+    return t.session.subscribed(a, await t.stream.join(), time.monotonic())
+
+
 def _convert_now(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
     """A restart's conversions (the transfer is loaded outside a task): done before the agent goes on."""
     return t.session.converted(a, _conversions(t, a), time.monotonic())
@@ -341,7 +352,7 @@ def _resync_reply(a: ds.SendResyncReply, tid: str, kx: str | None) -> list[Any]:
                                             **_written(h.written_digest))
                 for h in a.holdings]
     return [ResyncReply(kind="resync_reply", transfer_id=tid, epoch=a.epoch, files=holdings, kx=kx,
-                        features=list(FEATURES))]
+                        features=list(FEATURES), fanout=a.fanout)]
 
 
 def _results(a: ds.SendResults, tid: str, kx: str | None) -> list[Any]:
@@ -387,7 +398,7 @@ _NOW: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
 }
 _AWAITED: dict[type, Callable[[DestinationTransfer, Any], Any]] = {
     ds.WriteFiles: DestinationTransfer._write_files, ds.SealPart: DestinationTransfer._seal,
-    ds.ConvertParts: _convert,
+    ds.ConvertParts: _convert, ds.Subscribe: _subscribe,
 }
 # ...and at a restart, where the session's first actions are carried out before the agent goes on
 _AT_RESTART: dict[type, Callable[[DestinationTransfer, Any], Any]] = {ds.ConvertParts: _convert_now}

@@ -412,20 +412,26 @@ class BrokerLink:
             log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this "
                       "agent; check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
 
-    async def add_subscription(self, topic: str) -> None:
+    async def add_subscription(self, topic: str) -> bool:
         """Subscribe to `topic` from now on: on the live connection at once (returns once the broker has
         answered), and again at every reconnection. While the link is down it only notes the topic: the
-        next connection subscribes to it before the link is up."""
+        next connection subscribes to it before the link is up. True when the broker granted it on the live
+        connection (or it was already taken and the link is up)."""
         if topic in self.subscriptions:
-            return
+            return self.up.is_set()
         self.subscriptions.append(topic)
         client = self._client
         if client is None or not self.up.is_set():
-            return
+            return False
         try:
-            await self._subscribe(client, topic)
+            granted = await subscribe_granted(client, topic)
         except aiomqtt.MqttError as exc:  # the connection is going: the next one subscribes
             log.debug("subscription to %s not made now (%s); it is made at the next connection", topic, exc)
+            return False
+        if not granted:
+            log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this "
+                      "agent; check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
+        return granted
 
     async def remove_subscription(self, topic: str) -> None:
         """Undo add_subscription: unsubscribe on the live connection, and not again at reconnections."""

@@ -6,6 +6,8 @@ it has passed the checks of its kind; anything else is dropped with a logged rea
     <prefix>/Data/<this agent>/<tid>    -> the destination session, after its MAC (bound) or CRC
     <prefix>/Control/<this agent>/<tid> -> the transfer table (agent.transfers), after its MAC, or the
                                            signature of the peer's trusted key for the negotiation messages
+    <prefix>/Fanout/<source>/<tid>      -> the destination session of a fan-out transfer this agent receives
+                                           from <source>, opened with its group key (chunks only)
 
 Commands and statuses are taken on the link's `urgent` path (`arrival`), as they arrive: commands must never
 hold up the data path, and a new transfer waits for its destination's status while it holds the command
@@ -34,14 +36,19 @@ from .metrics import Metrics
 from .peers import Peers
 from .programs import ProgramHost
 from .wire.programs import ProgramDone, ProgramRun
-from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileResult, FileResults,
-                       ProtocolError, RequestRecovery, Resync, ResyncReply, Topics, decode_chunk, parse_control)
+from .wire.encryption import OVERHEAD
+from .wire.protocol import (CHUNK_HEADER, MAX_CHUNK_BYTES, Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd,
+                            FileHolding, FileResult, FileResults, ProtocolError, RequestRecovery, Resync, ResyncReply,
+                            Topics, decode_chunk, parse_control)
 from .transfers import Transfers
 from .watchdog import Watchdog
 
 log = logging.getLogger("fte.agent")
 
 _DROP_KEYS = 1000  # reasons remembered at most (then forgotten all at once)
+# the largest frame taken on a shared (fan-out) topic, checked before it is decrypted: a chunk's header, the
+# largest chunk of the protocol and what encryption adds
+MAX_SHARED_FRAME = CHUNK_HEADER.size + MAX_CHUNK_BYTES + OVERHEAD
 
 
 class DropLog:
@@ -162,6 +169,9 @@ class Router:
         try:
             if kind == Topics.AGENTS:
                 self._peers.on_status(address.agent, _payload(message))
+            elif kind == Topics.FANOUT:  # the agent of this topic is the transfer's source
+                if address.transfer_id is not None:
+                    await self._shared(address.agent, address.transfer_id, _payload(message))
             elif address.agent != self._name or address.transfer_id is None:
                 return
             elif kind == Topics.DATA:
@@ -189,6 +199,27 @@ class Router:
             await dest.on_bundle(frame)
         else:
             await dest.on_chunk(frame)
+
+    async def _shared(self, source: str, tid: str, payload: bytes) -> None:
+        """A frame on a fan-out transfer's shared topic: for a transfer this agent receives from `source`, of
+        bounded size, sealed under its group key, and a chunk (bundles are never shared); else dropped."""
+        dest = self._transfers.destination(tid)
+        if dest is None:
+            raise ProtocolError(f"shared frame for a transfer this agent is not receiving ({tid[:60]!r})")
+        if dest.source_agent != source:
+            raise ProtocolError(f"shared frame for transfer {tid} from agent {source[:60]!r}, not its source")
+        key = dest.stream.key
+        if key is None:
+            raise ProtocolError(f"shared frame for transfer {tid}, which is not a fan-out transfer here")
+        if len(payload) > MAX_SHARED_FRAME:
+            raise ProtocolError(f"shared frame of {len(payload)} bytes for transfer {tid} exceeds the limit")
+        frame = check_chunk_mac(payload, key, True)
+        if frame is None:
+            raise ProtocolError(f"shared frame for transfer {tid} that does not open with its group key")
+        chunk = decode_chunk(frame, authenticated=True)
+        if isinstance(chunk, Bundle):
+            raise ProtocolError(f"bundle on the shared topic of transfer {tid} (bundles are never shared)")
+        await dest.on_shared(chunk)
 
     async def _sealed(self, tid: str, payload: bytes) -> None:
         """An encrypted control message (agent.wire.encryption): opened, then checked as any other."""

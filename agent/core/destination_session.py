@@ -47,6 +47,15 @@ class FileRow(Protocol):
     written_digest: str | None  # -t text: the digest of the converted file, which is what was written
 
 
+class Shared(Enum):
+    """A fan-out transfer's shared stream (<prefix>/Fanout/<source>/<tid>, docs/protocol.md#fan-out) here."""
+
+    NONE = "none"  # unicast only: not a fan-out transfer, or its offer came in the clear (no group key)
+    OFFERED = "offered"  # the group key is kept, but this process has not subscribed: the next resync does first
+    JOINED = "joined"  # subscribed (its SUBACK came): the resync reply says `fanout: true`, shared chunks are taken
+    REFUSED = "refused"  # the broker refused the subscription or did not answer in time: unicast only, this process
+
+
 class Answer(Enum):
     """How the outcome of renamed files is told to the source."""
 
@@ -139,6 +148,14 @@ class RemoveParts:
 
 
 @dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to the transfer's shared topic and wait (bounded) for the SUBACK, before this resync is answered.
+    Answer: `subscribed(action, granted, now)`."""
+
+    resync: Any
+
+
+@dataclass(frozen=True, slots=True)
 class SaveFiles:
     """Save these file rows in one commit."""
 
@@ -170,6 +187,7 @@ class Holding:
 class SendResyncReply:
     epoch: int
     holdings: tuple[Holding, ...]
+    fanout: bool | None = None  # True: subscribed to the shared topic (a member of the shared stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +234,7 @@ class LogWarning:
 
 
 Action = (WriteChunk | WriteFiles | SealPart | ConvertParts | RenameParts | DiscardPart | MeasureParts | RemoveParts | SaveFiles
-          | SaveTransfer | SendResyncReply | SendAck | SendResults | SendRequestRecovery | SendCompleteAck
+          | Subscribe | SaveTransfer | SendResyncReply | SendAck | SendResults | SendRequestRecovery | SendCompleteAck
           | LogCleanedUp | LogWarning)
 
 
@@ -236,7 +254,7 @@ class DestinationSession:
     def __init__(self, files: Iterable[FileRow], *, agent: str, peer: str,
                  state: TransferState | str = TransferState.IN_PROGRESS, epoch: int = 0, checksum: str = "sha256",
                  exist_error: bool = False, cancel_requested: str | None = None, ack_timeout: float | None = None,
-                 fresh: bool = False, now: float = 0.0, text: bool = False) -> None:
+                 fresh: bool = False, now: float = 0.0, text: bool = False, shared: bool = False) -> None:
         self.files: dict[int, FileRow] = {f.index: f for f in files}
         self.agent = agent  # this destination agent
         self.peer = peer  # the source agent
@@ -265,6 +283,8 @@ class DestinationSession:
         # Bundle files renamed into place whose "done" is not saved yet: saved with the next save of file rows.
         # Until then their row says "renaming", which a restart finishes the same way (one commit per bundle).
         self._renamed: list[FileRow] = []
+        # fan-out: a group key is kept (`shared`); subscribed by this process only once a resync asks
+        self.shared = Shared.OFFERED if shared else Shared.NONE
 
     # ------------------------------------------------------------------ inputs
 
@@ -278,6 +298,24 @@ class DestinationSession:
         if renaming:
             actions.append(RenameParts(renaming, self.exist_error, Answer.NONE, restart=True, converted=self.text))
         return actions
+
+    def receive_shared(self, chunk: Any, now: float) -> list[Action]:
+        """A chunk from the shared topic of a fan-out transfer (opened with the group key by the shell). Written
+        iff its file is ready and it continues exactly what is held, whatever its epoch (the shared stream
+        carries the epoch of the leg that published it); anything else is dropped silently, no rewind asked: this
+        destination's own leg repairs gaps with unicast. Acked as a unicast chunk is, in this session's epoch."""
+        f = self.files.get(chunk.index)
+        if (not self.active or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
+                or chunk.offset + len(chunk.data) > f.size):
+            return []  # not a sign of life either: only a chunk written holds the recovery request back
+        self.last_activity = now
+        self._written.add(f.index)
+        return [WriteChunk(f, chunk.offset, chunk.data, chunk.ack)]
+
+    def subscribed(self, action: Subscribe, granted: bool, now: float) -> list[Action]:
+        """The shell's answer to Subscribe: the resync it held back is handled now."""
+        self.shared = Shared.JOINED if granted else Shared.REFUSED
+        return self._on_resync(action.resync, now)
 
     def receive(self, msg: Any, now: float) -> list[Action]:
         """A message of the source: Resync, FileEnd, Complete (by their `kind`) or a data frame (Chunk, Bundle)."""
@@ -487,6 +525,8 @@ class DestinationSession:
             return []
         if self.cancel_requested:
             return self.request_recovery("", now)  # repeat the cancel; never resume a cancelled transfer
+        if self.shared is Shared.OFFERED:
+            return [Subscribe(msg)]  # a member only once the broker has the subscription: then answered
         self.epoch = msg.epoch
         self._gap_reported.clear()
         moved: list[FileRow] = []
@@ -512,7 +552,8 @@ class DestinationSession:
                                  f.result_code or 0, f.supplement, f.destination, f.digest,
                                  getattr(f, "written_digest", None))
                          for f in self.files.values())
-        return [self._save_transfer(tuple(moved)), SendResyncReply(self.epoch, holdings)]
+        fanout = True if self.shared is Shared.JOINED else None
+        return [self._save_transfer(tuple(moved)), SendResyncReply(self.epoch, holdings, fanout)]
 
     def _on_chunk(self, chunk: Any, now: float) -> list[Action]:
         self.last_activity = now

@@ -87,3 +87,9 @@ KEEPER_JITTER = 3.0
 # A running monitor's retained view (its polls and last_poll, read by fte-list-monitors) is published again
 # after its first poll and then at most this often: current to a few seconds, without a message a poll.
 MONITOR_VIEW_INTERVAL = 5.0
+
+# --- fan-out, the destination (agent.fanout_destination) ----------------------------------------------------
+# How long a destination waits for the SUBACK of a fan-out transfer's shared topic before it answers the offer
+# without it (unicast only for that leg): one round trip on a healthy broker; bounded, since the wait holds up
+# the link's worker (subscribe_granted asks again after a refusal, which this includes).
+FANOUT_SUBSCRIBE_WAIT = 10.0

@@ -72,6 +72,7 @@ class Topics:
     COMMANDS = "Commands"
     DATA = "Data"
     CONTROL = "Control"
+    FANOUT = "Fanout"  # <prefix>/Fanout/<source agent>/<transfer id>: a fan-out transfer's shared stream
     # first levels the clients read back (cli/): compared with these, never with a string written again
     TRANSFERS = "Transfers"
     TEMPLATES = "Templates"
@@ -108,8 +109,8 @@ class Topics:
                 return Topics.Address(kind, levels[1])
         elif len(levels) == 3:
             kind = levels[0]
-            if kind == self.DATA or kind == self.CONTROL:
-                return Topics.Address(kind, levels[1], levels[2])
+            if kind == self.DATA or kind == self.CONTROL or kind == self.FANOUT:
+                return Topics.Address(kind, levels[1], levels[2])  # FANOUT: the agent is the source
         return None
 
     def agent_status(self, agent: str) -> str:
@@ -138,6 +139,10 @@ class Topics:
     def data_filter(self, agent: str) -> str:
         """The data messages of every transfer to `agent` (its subscription)."""
         return f"{self.prefix}/{self.DATA}/{agent}/+"
+
+    def fanout(self, source: str, transfer_id: str) -> str:
+        """The shared stream of a fan-out transfer: every destination of it subscribes (docs/protocol.md#fan-out)."""
+        return f"{self.prefix}/{self.FANOUT}/{source}/{transfer_id}"
 
     def control(self, agent: str, transfer_id: str) -> str:
         return f"{self.prefix}/{self.CONTROL}/{agent}/{transfer_id}"

@@ -1,0 +1,258 @@
+"""Fan-out at a destination (docs/protocol.md#fan-out-the-destination), as tables: when it subscribes to the
+shared topic and what its resync reply says (agent.core.destination_session: Shared, Subscribe), which shared
+chunk it writes (`receive_shared`), what it keeps of an offer (agent.fanout_destination.take_offer), and what
+the router drops on a shared topic before any session sees it (agent.router). No broker: see
+tests/integration/test_fanout.py for the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent.core.destination_session import SendAck, SendResyncReply, Shared, Subscribe, WriteChunk
+from agent.fanout_destination import SharedStream, group_key, take_offer
+from agent.metrics import Metrics
+from agent.router import MAX_SHARED_FRAME, Router
+from agent.wire.encryption import encrypt_frame
+from agent.wire.protocol import FLAG_AEAD, Topics, encode_bundle, encode_chunk
+
+from .test_router import _Transfers
+from .test_destination_session import DONE, FAILED, Row, chunk, kinds, resync, session
+
+TID = "cd" * 24
+T = Topics("SYSTEM.FTE")
+G = os.urandom(32)
+
+
+def reply(actions: list[Any]) -> SendResyncReply:
+    [r] = [a for a in actions if isinstance(a, SendResyncReply)]
+    return r
+
+
+# --------------------------------------------------------------------------- subscribing, and the reply
+
+
+@pytest.mark.parametrize("granted, state, fanout", [(True, Shared.JOINED, True), (False, Shared.REFUSED, None)])
+def test_a_fan_out_resync_subscribes_first_and_the_reply_says_whether_it_joined(
+        granted: bool, state: Shared, fanout: bool | None) -> None:
+    s = session(Row(0, 10), shared=True)
+    actions = s.receive(resync(1, 0), now=1.0)
+    assert kinds(actions) == ["Subscribe"] and s.shared is Shared.OFFERED
+    [sub] = actions
+    assert isinstance(sub, Subscribe)
+    answered = s.subscribed(sub, granted, now=1.5)
+    assert s.shared is state and reply(answered).fanout is fanout
+    # subscribed (or refused) once per process: the next resync is answered at once, saying the same
+    again = s.receive(resync(2, 0), now=2.0)
+    assert kinds(again) == ["SaveTransfer", "SendResyncReply"] and reply(again).fanout is fanout
+
+
+def test_a_unicast_transfer_never_subscribes_and_its_reply_leaves_fanout_off() -> None:
+    s = session(Row(0, 10))
+    actions = s.receive(resync(1, 0), now=1.0)
+    assert kinds(actions) == ["SaveTransfer", "SendResyncReply"] and reply(actions).fanout is None
+    assert s.shared is Shared.NONE
+
+
+def test_after_a_restart_a_live_fan_out_transfer_subscribes_again_before_it_measures_and_answers() -> None:
+    s = session(Row(0, 10, offset=4), shared=True, fresh=False)
+    [sub] = s.receive(resync(3, 0), now=1.0)
+    assert isinstance(sub, Subscribe)
+    assert kinds(s.subscribed(sub, True, now=1.1)) == ["MeasureParts"]  # then as any restarted resync
+
+
+def test_an_old_resync_or_a_cancelled_transfer_does_not_subscribe() -> None:
+    s = session(Row(0, 10), shared=True, epoch=5)
+    assert s.receive(resync(4, 0), now=1.0) == []
+    s.cancel("by request", now=1.0)
+    assert kinds(s.receive(resync(6, 0), now=2.0)) == ["SendRequestRecovery"]
+
+
+# --------------------------------------------------------------------------- shared chunks
+
+
+@pytest.mark.parametrize("row, frame, written", [
+    (Row(0, 10, offset=4), chunk(0, 4, b"abc"), True),              # continues what is held
+    (Row(0, 10, offset=4), chunk(0, 4, b"abc", epoch=9), True),     # whatever its epoch
+    (Row(0, 10, offset=4), chunk(0, 4, b"abc", epoch=0), True),
+    (Row(0, 10, offset=4), chunk(0, 7, b"abc"), False),             # ahead: dropped, no rewind asked
+    (Row(0, 10, offset=4), chunk(0, 1, b"abc"), False),             # behind: a duplicate
+    (Row(0, 10, offset=8), chunk(0, 8, b"abc"), False),             # beyond the announced size
+    (Row(0, 10, offset=4, status=DONE), chunk(0, 4, b"abc"), False),
+    (Row(0, 10, offset=4, status=FAILED), chunk(0, 4, b"abc"), False),
+    (Row(0, 10, offset=4), chunk(1, 0, b"abc"), False),             # no such file
+])
+def test_which_shared_chunk_is_written(row: Row, frame: Any, written: bool) -> None:
+    s = session(row, shared=True)
+    actions = s.receive_shared(frame, now=5.0)
+    if not written:
+        assert actions == [] and s.last_activity == 0.0  # silent, and no sign of life: the timer runs on
+        return
+    [w] = actions
+    assert isinstance(w, WriteChunk) and (w.file, w.offset, bytes(w.data)) == (row, 4, b"abc")
+    assert s.last_activity == 5.0
+
+
+def test_a_written_shared_chunk_is_acked_in_the_destinations_own_epoch_and_counts_as_held() -> None:
+    s = session(Row(0, 10), shared=True, epoch=3)
+    [w] = s.receive_shared(chunk(0, 0, b"abcd", epoch=7), now=1.0)
+    acks = [a for a in s.chunk_written(w, now=1.0) if isinstance(a, SendAck)]
+    assert [(a.epoch, a.index, a.offset, a.rewind) for a in acks] == [(3, 0, 4, False)]
+    # a fresh transfer's resync measures the files this process wrote, shared chunks included
+    s.shared = Shared.JOINED
+    assert kinds(s.receive(resync(4, 0), now=2.0)) == ["MeasureParts"]
+
+
+def test_a_shared_chunk_that_asks_for_no_ack_is_not_acked() -> None:
+    s = session(Row(0, 10), shared=True)
+    [w] = s.receive_shared(chunk(0, 0, b"ab", ack=False), now=1.0)
+    assert not any(isinstance(a, SendAck) for a in s.chunk_written(w, now=1.0))
+
+
+def test_no_shared_chunk_after_the_outcome() -> None:
+    s = session(Row(0, 10), shared=True)
+    s.receive(SimpleNamespace(kind="complete", state="failed", result_code=40), now=1.0)
+    assert s.receive_shared(chunk(0, 0, b"ab"), now=2.0) == []
+
+
+# --------------------------------------------------------------------------- what an offer leaves in the header
+
+
+def _offer(encrypted: bool = True, key: bytes = G, destinations: tuple[str, ...] = ("A2", "A3")) -> Any:
+    msg = SimpleNamespace(transfer_id=TID, _encrypted=encrypted,
+                          fanout=SimpleNamespace(key=base64.b64encode(key).decode(), destinations=list(destinations)))
+    return msg
+
+
+@pytest.mark.parametrize("msg, kept", [
+    (_offer(), True),
+    (_offer(encrypted=False), False),  # in the clear: the broker could read G
+    (_offer(key=b"short"), False),
+    (_offer(destinations=("A3", "A4")), False),  # not for this agent
+    (SimpleNamespace(transfer_id=TID, _encrypted=True, fanout=None), False),
+])
+def test_what_an_offer_leaves_in_the_transfers_header(msg: Any, kept: bool, caplog: pytest.LogCaptureFixture) -> None:
+    header: dict[str, Any] = {}
+    with caplog.at_level(logging.WARNING, "fte.destination"):
+        take_offer(header, msg, "A2")
+    assert (group_key(header) == G) is kept
+    if kept:
+        assert header["fanout_destinations"] == ["A2", "A3"]
+    elif msg.fanout is not None:
+        assert "fan-out offer ignored" in caplog.text
+
+
+async def test_the_shared_stream_subscribes_once_granted_and_leaves_at_the_end() -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def subscribe(topic: str) -> bool:
+        calls.append(("sub", topic))
+        return True
+
+    async def unsubscribe(topic: str) -> None:
+        calls.append(("unsub", topic))
+
+    ctx = SimpleNamespace(topics=T, subscribe=subscribe, unsubscribe=unsubscribe)
+    rec = SimpleNamespace(peer="A1", transfer_id=TID, header={"fanout_key": base64.b64encode(G).decode()})
+    stream = SharedStream(ctx, rec)  # type: ignore[arg-type]
+    assert stream.topic == "SYSTEM.FTE/Fanout/A1/" + TID and await stream.join()
+    stream.leave()
+    stream.leave()  # once
+    await asyncio.sleep(0)
+    assert calls == [("sub", stream.topic), ("unsub", stream.topic)]
+
+
+async def test_a_subscription_not_granted_is_undone_so_that_no_reconnection_makes_it() -> None:
+    calls: list[str] = []
+
+    async def subscribe(topic: str) -> bool:
+        return False
+
+    async def unsubscribe(topic: str) -> None:
+        calls.append(topic)
+
+    ctx = SimpleNamespace(topics=T, subscribe=subscribe, unsubscribe=unsubscribe)
+    rec = SimpleNamespace(peer="A1", transfer_id=TID, header={"fanout_key": base64.b64encode(G).decode()})
+    stream = SharedStream(ctx, rec)  # type: ignore[arg-type]
+    assert not await stream.join()
+    await asyncio.sleep(0)
+    assert calls == [stream.topic]
+    stream.leave()  # never joined: nothing more
+    await asyncio.sleep(0)
+    assert calls == [stream.topic]
+
+
+# --------------------------------------------------------------------------- the router, on a shared topic
+
+
+class _World:
+    def __init__(self, dest: Any) -> None:
+        self.metrics = Metrics("A2")
+        self.dropped: list[str] = []
+        drops = SimpleNamespace(drop=lambda topic, reason: self.dropped.append(reason))
+        ctx = SimpleNamespace(name="A2", topics=T, verify_peers=False, peer_key=lambda a: None, settings=None,
+                              identity=None)
+        transfers = _Transfers()
+        transfers.destination = lambda tid: dest if tid == TID else None  # type: ignore[method-assign]
+        self.router = Router(ctx, self.metrics, drops, commands=SimpleNamespace(), peers=SimpleNamespace(),  # type: ignore[arg-type]
+                             transfers=transfers, watchdog=SimpleNamespace())  # type: ignore[arg-type]
+
+    async def send(self, source: str, payload: bytes, tid: str = TID) -> None:
+        await self.router.message(SimpleNamespace(topic=T.fanout(source, tid), payload=payload))
+
+
+def _sealed(frame: bytes, key: bytes = G) -> bytes:
+    raw = bytearray(frame)
+    raw[5] |= FLAG_AEAD
+    return bytes(encrypt_frame(raw, key))
+
+
+def _dest(got: list[Any], key: bytes | None = G) -> Any:
+    async def on_shared(c: Any) -> None:
+        got.append((c.epoch, c.index, c.offset, bytes(c.data)))
+
+    return SimpleNamespace(source_agent="A1", stream=SimpleNamespace(key=key), on_shared=on_shared)
+
+
+async def test_a_sealed_shared_chunk_from_the_transfers_source_reaches_its_session() -> None:
+    got: list[Any] = []
+    w = _World(_dest(got))
+    await w.send("A1", _sealed(encode_chunk(7, 0, 4, b"data", crc=False)))
+    assert got == [(7, 0, 4, b"data")] and w.dropped == []
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("unknown transfer", "not receiving"),
+    ("another source", "not its source"),
+    ("unicast transfer", "not a fan-out transfer"),
+    ("another key", "does not open"),
+    ("in the clear", "does not open"),
+    ("bundle", "bundles are never shared"),
+    ("too big", "exceeds the limit"),
+])
+async def test_what_the_router_drops_on_a_shared_topic(case: str, reason: str) -> None:
+    got: list[Any] = []
+    w = _World(_dest(got, key=None if case == "unicast transfer" else G))
+    good = _sealed(encode_chunk(1, 0, 0, b"x", crc=False))
+    payload, source, tid = good, "A1", TID
+    if case == "unknown transfer":
+        tid = "ef" * 24
+    elif case == "another source":
+        source = "A3"
+    elif case == "another key":
+        payload = _sealed(encode_chunk(1, 0, 0, b"x", crc=False), os.urandom(32))
+    elif case == "in the clear":
+        payload = encode_chunk(1, 0, 0, b"x")
+    elif case == "bundle":
+        payload = _sealed(encode_bundle(1, [(0, None, b"x")]))
+    elif case == "too big":
+        payload = good + bytes(MAX_SHARED_FRAME)
+    await w.send(source, payload, tid)
+    assert got == [] and len(w.dropped) == 1 and reason in w.dropped[0], w.dropped
+    assert w.metrics.rejected_messages == 1
