@@ -66,6 +66,15 @@ class SendOrder:
         self._first = 0  # the send frontier may have moved back
         return resent
 
+    def next_position(self) -> tuple[int, int] | None:
+        """(file index, offset) of the next chunk this order would send, window room aside (None: no chunk left
+        to send); a fan-out leg's expected position (agent.core.fanout_credits)."""
+        for idx in self._order[self._first:]:
+            w = self.windows.get(idx)
+            if w is not None and self.ready(idx) and w.next_offset < w.size:
+                return idx, w.next_offset
+        return None
+
     # ------------------------------------------------------------------ a round of sends
 
     def window_left(self) -> int:

@@ -30,6 +30,13 @@ class SendWindow:
         # End offsets of chunks sent and not yet wholly acknowledged. A chunk counts against the
         # window until the destination holds all of it, so a partial ack frees nothing.
         self._in_flight: deque[int] = deque()
+        # An ack beyond what this window sent (a fan-out destination may ack a chunk of the shared stream before
+        # its leg took the credit for it: docs/protocol.md#fan-out), applied when take() passes it.
+        self._early = 0
+
+    @property
+    def early_ack(self) -> int:
+        return self._early
 
     @property
     def acked(self) -> int:
@@ -66,14 +73,21 @@ class SendWindow:
         length = min(self.chunk_size, self.size - offset)
         self._next = offset + length
         self._in_flight.append(self._next)
+        if self._early and self._early <= self._next:
+            early, self._early = self._early, 0
+            self.on_ack(early)
         return offset, length
 
     def on_ack(self, offset: int) -> bool:
         """Record that the destination holds bytes [0, offset). True if that is progress.
 
         Acks are monotonic: a stale or duplicate ack (<= acked), e.g. reordered by the broker, is
-        ignored; so is one beyond what was sent, which only a confused or hostile peer sends.
+        ignored. One beyond what was sent (but within the file) is remembered as an early ack and applied
+        when take() passes it: a fan-out destination can hold a shared chunk before this leg counted it sent.
         """
+        if offset > self._next and offset <= self.size:
+            self._early = max(self._early, offset)
+            return False
         if offset <= self._acked or offset > self._next:
             return False
         self._acked = offset
@@ -90,6 +104,7 @@ class SendWindow:
             raise ValueError(f"rewind offset {offset} is outside the file (0..{self.size})")
         self._acked = self._next = offset
         self._in_flight.clear()
+        self._early = 0
 
     def __repr__(self) -> str:
         return (

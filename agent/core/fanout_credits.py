@@ -1,0 +1,91 @@
+"""Publishing once for many destinations (a fan-out transfer, docs/protocol.md#fan-out): the group head and
+each leg's credits. No IO: the source's shared stream (agent/fanout_stream.py) asks and tells.
+
+A chunk is (file index, offset, length); its position is (index, offset), compared lexicographically. The head
+is the furthest chunk published on the shared topic. When a member leg publishes a chunk beyond the head, every
+other member leg whose expected position is that chunk (its next send position, advanced past the chunks it is
+already credited with), that has no unicast chunk of that file unacknowledged, and that holds fewer than its
+bound of credits (2 x window_chunks), is credited with it: when that leg comes to send the chunk, it counts it
+sent and publishes nothing. A leg further behind gets no credits and is served by unicast, within its own send
+window, so a slow destination never holds the others back; it re-joins when it catches up with the head.
+A rewind or a resync of a leg clears its credits (what it holds is the destination's word again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+Pos = tuple[int, int]
+Chunk = tuple[int, int, int]
+
+
+class FanoutCredits:
+    def __init__(self, legs: Iterable[str], window_chunks: int, sizes: Mapping[int, int]) -> None:
+        """`sizes`: each file's size by index (the files are sent in index order)."""
+        if window_chunks <= 0:
+            raise ValueError(f"window_chunks {window_chunks} is invalid: must be > 0")
+        self.bound = 2 * window_chunks
+        self.head: Pos | None = None
+        self.members: set[str] = set()
+        self.credits: dict[str, dict[Pos, int]] = {leg: {} for leg in legs}
+        self._sizes = dict(sizes)
+        order = sorted(self._sizes)
+        self._after = {a: b for a, b in zip(order, order[1:])}  # the next file in sending order
+
+    # ------------------------------------------------------------------ membership
+
+    def join(self, leg: str, member: bool) -> None:
+        """The leg's last resync reply said `fanout: true` (member) or not; either way its credits go."""
+        (self.members.add if member else self.members.discard)(leg)
+        self.clear(leg)
+
+    def leave(self, leg: str) -> None:
+        """The leg entered recovery (or ended): unicast only until its next resync reply."""
+        self.members.discard(leg)
+        self.clear(leg)
+
+    def clear(self, leg: str) -> None:
+        """A rewind or resync of the leg: its credits are no longer true."""
+        self.credits[leg].clear()
+
+    # ------------------------------------------------------------------ a leg about to send a chunk
+
+    def take(self, leg: str, chunk: Chunk) -> bool:
+        """True: `leg` holds a credit for `chunk` (now spent): count it sent, publish nothing."""
+        length = self.credits[leg].pop(chunk[:2], None)
+        return length is not None and length == chunk[2]
+
+    def publishes(self, leg: str, chunk: Chunk) -> bool:
+        """Should `leg` publish `chunk` on the shared topic (it is a member and the chunk is beyond the head)?"""
+        return leg in self.members and (self.head is None or chunk[:2] > self.head)
+
+    def published(self, leg: str, chunk: Chunk, next_positions: Mapping[str, Pos | None],
+                  busy: Mapping[str, set[int]]) -> list[str]:
+        """`leg` published `chunk` on the shared topic: it is the head, and the legs credited with it are
+        returned. `next_positions`: each leg's next send position (agent.core.send_order); `busy`: the files
+        each leg has unicast chunks of unacknowledged."""
+        self.head = chunk[:2]
+        credited = []
+        for other in sorted(self.members):
+            if other == leg or chunk[0] in busy.get(other, ()):
+                continue
+            mine = self.credits[other]
+            if len(mine) >= self.bound or self.expected(other, next_positions.get(other)) != self.head:
+                continue
+            mine[self.head] = chunk[2]
+            credited.append(other)
+        return credited
+
+    def expected(self, leg: str, next_pos: Pos | None) -> Pos | None:
+        """Where `leg` will be once it has taken its credits: its next send position advanced past them."""
+        pos, mine = next_pos, self.credits[leg]
+        while pos is not None and pos in mine:
+            pos = self._advance(pos, mine[pos])
+        return pos
+
+    def _advance(self, pos: Pos, length: int) -> Pos | None:
+        idx, offset = pos[0], pos[1] + length
+        if offset < self._sizes.get(idx, 0):
+            return idx, offset
+        nxt = self._after.get(idx)
+        return None if nxt is None else (nxt, 0)

@@ -1,0 +1,119 @@
+"""The fan-out source's pure rules (agent.core.fanout_credits, the early acks of agent.core.window, the next
+send position of agent.core.send_order): publishing once, credits, their bound, rewinds (docs/protocol.md#fan-out)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from agent.core.fanout_credits import FanoutCredits
+from agent.core.send_order import SendOrder
+from agent.core.statuses import FileStatus
+from agent.core.window import SendWindow
+
+C = 10  # chunk size of these tables
+
+
+def _credits(*members: str, window: int = 2, sizes: dict[int, int] | None = None) -> FanoutCredits:
+    c = FanoutCredits(["A2", "A3", "A4"], window, sizes or {0: 100, 1: 30})
+    for m in members:
+        c.join(m, True)
+    return c
+
+
+def test_a_member_publishes_beyond_the_head_and_the_others_at_its_position_are_credited() -> None:
+    c = _credits("A2", "A3", "A4")
+    assert c.publishes("A2", (0, 0, C))
+    assert c.published("A2", (0, 0, C), {"A2": (0, 10), "A3": (0, 0), "A4": (0, 0)}, {}) == ["A3", "A4"]
+    assert c.head == (0, 0)
+    assert not c.publishes("A3", (0, 0, C))  # not beyond the head
+    assert c.take("A3", (0, 0, C)) and not c.take("A3", (0, 0, C))  # a credit is spent once
+
+
+@pytest.mark.parametrize("why, members, chunk, positions, busy, credited", [
+    ("a non-member gets no credit", ("A2", "A3"), (0, 0, C), {"A3": (0, 0), "A4": (0, 0)}, {}, ["A3"]),
+    ("a leg behind the chunk gets none (served by unicast)", ("A2", "A3", "A4"), (0, 10, C),
+     {"A3": (0, 0), "A4": (0, 10)}, {}, ["A4"]),
+    ("a leg with unicast chunks of that file unacknowledged gets none", ("A2", "A3", "A4"), (0, 10, C),
+     {"A3": (0, 10), "A4": (0, 10)}, {"A4": {0}}, ["A3"]),
+    ("a leg done with everything gets none", ("A2", "A3"), (0, 0, C), {"A3": None}, {}, []),
+])
+def test_who_is_credited(why: str, members: tuple[str, ...], chunk: tuple[int, int, int], positions: dict,
+                         busy: dict, credited: list) -> None:
+    assert _credits(*members).published("A2", chunk, positions, busy) == credited, why
+
+
+def test_expected_position_runs_past_the_credits_and_across_files() -> None:
+    c = _credits("A2", "A3", window=8)
+    pos = {"A3": (0, 0)}
+    for off in range(0, 100, C):
+        assert c.published("A2", (0, off, C), pos, {}) == ["A3"]
+    assert c.expected("A3", (0, 0)) == (1, 0)  # file 0 ends at 100: the next file in order
+    assert c.published("A2", (1, 0, C), pos, {}) == ["A3"]
+    assert c.expected("A3", (0, 0)) == (1, 10)
+
+
+def test_credits_are_bounded_to_twice_the_window() -> None:
+    c = _credits("A2", "A3", window=2)
+    got = [c.published("A2", (0, off, C), {"A3": (0, 0)}, {}) for off in range(0, 60, C)]
+    assert got == [["A3"]] * 4 + [[]] * 2  # bound 2 x 2: the slow leg is then served by its own leg
+    assert len(c.credits["A3"]) == c.bound == 4
+
+
+@pytest.mark.parametrize("event", ["rewind", "resync_member", "resync_unicast", "recovery"])
+def test_a_rewind_or_resync_or_recovery_clears_the_credits(event: str) -> None:
+    c = _credits("A2", "A3")
+    c.published("A2", (0, 0, C), {"A3": (0, 0)}, {})
+    {"rewind": lambda: c.clear("A3"), "resync_member": lambda: c.join("A3", True),
+     "resync_unicast": lambda: c.join("A3", False), "recovery": lambda: c.leave("A3")}[event]()
+    assert not c.take("A3", (0, 0, C))
+    assert ("A3" in c.members) == (event in ("rewind", "resync_member"))
+
+
+def test_a_credit_of_another_length_is_not_taken() -> None:
+    c = _credits("A2", "A3")
+    c.published("A2", (0, 0, C), {"A3": (0, 0)}, {})
+    assert not c.take("A3", (0, 0, 5))  # the chunk size changed (broker probe): unicast
+
+
+# --------------------------------------------------------------------------- early acks (agent.core.window)
+
+@pytest.mark.parametrize("acks, takes, acked, in_flight", [
+    ([25], 1, 0, 1),   # an ack beyond what was sent: remembered, not applied yet
+    ([25], 3, 25, 1),  # applied when take() passes it (chunks 0-10, 10-20 freed; 20-30 still in flight)
+    ([20], 2, 20, 0),
+    ([101], 3, 0, 3),  # beyond the file: never
+    ([25, 15], 3, 25, 1),  # the larger early ack wins
+])
+def test_early_acks(acks: list[int], takes: int, acked: int, in_flight: int) -> None:
+    w = SendWindow(100, C, 8)
+    w.take()
+    for a in acks:
+        w.on_ack(a)
+    for _ in range(takes - 1):
+        w.take()
+    assert (w.acked, w.in_flight_chunks) == (acked, in_flight)
+
+
+def test_a_rewind_forgets_an_early_ack() -> None:
+    w = SendWindow(100, C, 8)
+    w.take()
+    w.on_ack(40)
+    w.rewind(0)
+    for _ in range(4):
+        w.take()
+    assert w.acked == 0 and w.early_ack == 0
+
+
+# --------------------------------------------------------------------------- next send position (send_order)
+
+def test_next_position_is_the_first_file_with_bytes_left() -> None:
+    files = {i: SimpleNamespace(index=i, size=s, offset=0, status=FileStatus.READY) for i, s in [(0, 20), (1, 30)]}
+    order = SendOrder(files, SimpleNamespace(chunk_size=C, window_chunks=4), 16, 100)
+    assert order.next_position() == (0, 0)
+    order.windows[0].take()
+    order.windows[0].take()
+    assert order.next_position() == (1, 0)
+    files[1].status = FileStatus.FAILED
+    assert order.next_position() is None
