@@ -25,7 +25,8 @@ from typing import Any, Awaitable, Callable
 
 import aiomqtt
 
-from .wire.binding import agent_requester, check_chunk_mac, check_message_mac, derive_key, seal, verify_signed
+from .wire.binding import (agent_requester, check_chunk_mac, check_message_mac, derive_key, seal, transfer_key,
+                           verify_signed)
 from .wire.encryption import CONTROL, OFFER, REPLY, Envelope, is_envelope
 from .command_lane import CommandLane
 from .context import AgentContext
@@ -40,6 +41,7 @@ from .wire.encryption import OVERHEAD
 from .wire.protocol import (CHUNK_HEADER, MAX_CHUNK_BYTES, Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd,
                             FileHolding, FileResult, FileResults, ProtocolError, RequestRecovery, Resync, ResyncReply,
                             Topics, decode_chunk, parse_control)
+from .fanout import FanoutTransfer, leg_id, running_leg, stored_legs
 from .transfers import Transfers
 from .watchdog import Watchdog
 
@@ -178,6 +180,7 @@ class Router:
                 await self._data(address.transfer_id, _payload(message))
             elif kind == Topics.CONTROL:
                 payload = _payload(message)
+                self._transfers.via = None  # the leg of a fan-out it comes from: found by its key (_open, _authentic)
                 if is_envelope(payload):
                     await self._sealed(address.transfer_id, payload)
                 else:
@@ -243,20 +246,33 @@ class Router:
             return envelope.open_offer(identity, tid) if identity is not None else None
         if envelope.kind == REPLY:
             session = self._transfers.source(tid)
-            private = session.rec.header.get("kx_private") if session is not None else None
-            if not private or envelope.kx is None:
-                return None
-            try:
-                key = derive_key(base64.b64decode(private), envelope.kx, tid)
-            except ValueError:
-                return None
-            return envelope.open_control(key, tid)
+            # a fan-out transfer's legs each have their own key exchange: the one that opens it is the sender's
+            legs = list(session.legs.values()) if isinstance(session, FanoutTransfer) else [session]
+            for leg in legs:
+                private = leg.rec.header.get("kx_private") if leg is not None else None
+                if not private or envelope.kx is None:
+                    continue
+                try:
+                    key = derive_key(base64.b64decode(private), envelope.kx, tid)
+                except ValueError:
+                    return None
+                inner = envelope.open_control(key, tid)
+                if inner is not None:
+                    self._transfers.via = leg.dest if leg is not session else None
+                    return inner
+            return None
         # one agent may be both ends of a transfer; the role with a live session first (no store read per ack)
         roles = ("source", "destination") if self._transfers.source(tid) is not None else ("destination", "source")
         for role in roles:
             key = self._transfers.key_of(tid, role)
             inner = envelope.open_control(key, tid) if key is not None else None
             if inner is not None:
+                return inner
+        # a fan-out transfer this agent sends (running or finished): the leg whose key opens it is the sender's
+        for dest, key in self._leg_keys(tid):
+            inner = envelope.open_control(key, tid)
+            if inner is not None:
+                self._transfers.via = dest
                 return inner
         return None
 
@@ -287,7 +303,15 @@ class Router:
         check = self._signed.get(type(msg))
         if check is not None:
             return await check(tid, msg, raw)
-        key = self._transfers.key_of(tid, _MAC_ROLE[type(msg)])
+        role = _MAC_ROLE[type(msg)]
+        legs = self._leg_keys(tid) if role == "source" else []
+        if legs and self._transfers.via is None:  # a fan-out's, in the clear: the leg whose key made its MAC
+            found = next((dest for dest, key in legs if check_message_mac(raw, raw.get("mac"), key)), None)
+            if found is None:
+                raise ProtocolError(f"{msg.kind} for transfer {tid} without a valid MAC of any of its legs")
+            self._transfers.via = found
+            return True
+        key = None if legs else self._transfers.key_of(tid, role)
         if key is not None and not check_message_mac(raw, raw.get("mac"), key):
             raise ProtocolError(f"{msg.kind} for transfer {tid} without a valid MAC (not from its peer)")
         return True
@@ -305,8 +329,31 @@ class Router:
             return False
         return True
 
+    def _leg_keys(self, tid: str) -> list[tuple[str, bytes]]:
+        """(destination, transfer key) of each bound leg of fan-out transfer `tid` (empty: not a fan-out here)."""
+        session = self._transfers.source(tid)
+        if isinstance(session, FanoutTransfer):
+            legs = [leg.rec for leg in session.legs.values()]
+        else:  # an ordinary transfer running: none (no store read per ack); else a finished fan-out's rows
+            legs = [] if session is not None else stored_legs(self._ctx.store, tid)
+        return [(leg.peer, key) for leg in legs if (key := transfer_key(leg.header)) is not None]
+
+    def _clear_leg(self, tid: str, raw: dict[str, Any]) -> None:
+        """A fan-out's negotiation message in the clear: the leg whose destination signed it (with authority
+        off, the first leg not yet bound: docs/protocol.md#fan-out)."""
+        session = self._transfers.source(tid)
+        if self._transfers.via is not None or not isinstance(session, FanoutTransfer):
+            return
+        legs = list(session.legs.values())
+        signed = [leg for leg in legs if self._ctx.verify_peers and self._peer_signed(leg.dest, raw)]
+        unbound = [leg for leg in legs if leg.key is None]
+        pick = signed or unbound
+        self._transfers.via = pick[0].dest if pick else None
+
     async def _reply_signed(self, tid: str, msg: ResyncReply, raw: dict[str, Any]) -> bool:
-        session, peer = self._transfers.source(tid), self._transfers.peer_of(tid)
+        self._clear_leg(tid, raw)
+        session = running_leg(self._transfers.source(tid), self._transfers.via)
+        peer = session.dest if session is not None else None
         if session is None or peer is None:
             return False
         if not self._peer_signed(peer, raw):
@@ -322,7 +369,9 @@ class Router:
         return True
 
     async def _program_done_signed(self, tid: str, msg: ProgramDone, raw: dict[str, Any]) -> bool:
-        peer = self._transfers.peer_of(tid)
+        self._clear_leg(tid, raw)
+        session = running_leg(self._transfers.source(tid), self._transfers.via)
+        peer = session.dest if session is not None else None
         if peer is None:
             return False
         if not self._peer_signed(peer, raw):
@@ -359,8 +408,9 @@ class Router:
     async def _recovery_request(self, msg: RequestRecovery) -> None:
         if self._transfers.source(msg.transfer_id) is not None:
             self._transfers.to_source(msg)
-        else:
-            await self._watchdog.answer_finished(msg.transfer_id)
+        else:  # (of a fan-out: its leg's row, agent/fanout.py)
+            via = self._transfers.via
+            await self._watchdog.answer_finished(msg.transfer_id if via is None else leg_id(msg.transfer_id, via))
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

@@ -35,8 +35,8 @@ from .link import MessageTooLarge
 from .programs import ProgramCaller
 from .source_files import SourceChanged, SourceFiles
 from .metrics import Metrics
-from .wire.protocol import (BUNDLE_ENTRY, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync, TextConversion,
-                            encode_bundle)
+from .wire.protocol import (BUNDLE_ENTRY, MAX_BUNDLE_FILES, Complete, FanoutOffer, FileEnd, FileOffer, Resync,
+                            TextConversion, encode_bundle)
 from .store import TransferRecord
 
 log = logging.getLogger("fte.source")
@@ -77,8 +77,10 @@ class SourceTransfer:
     def __init__(self, ctx: AgentContext, rec: TransferRecord, restarted: bool = False) -> None:
         self.ctx = ctx
         self.rec = rec
-        self.tid = rec.transfer_id
+        self.tid = wire_id(rec)  # a fan-out leg's row is f"{tid}/{dest}" (agent/fanout.py); the wire has the tid
         self.dest = rec.peer
+        self.fanout: Any = None  # the fan-out transfer this session is a leg of (agent/fanout.py), or None
+        self.completed: dict[str, Any] | None = None  # a leg's completed fields, for its fan-out's event
         self.restarted = restarted
         self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         now = time.monotonic()
@@ -86,7 +88,7 @@ class SourceTransfer:
         if rec.recovering_since is not None and S(rec.state).is_recovery:
             since = now - max(0.0, time.time() - rec.recovering_since)
         self.session = SourceSession(
-            rec.transfer_id, rec.peer, rec.files, ctx, now=now, bundle_entry_bytes=BUNDLE_ENTRY.size,
+            self.tid, rec.peer, rec.files, ctx, now=now, bundle_entry_bytes=BUNDLE_ENTRY.size,
             max_bundle_files=MAX_BUNDLE_FILES, state=S(rec.state), epoch=rec.epoch,
             recovery_timeout=rec.recovery_timeout, recovering_since=since, recoveries=rec.recoveries,
             last_stall=rec.last_stall, checksum=rec.header.get("checksum", "sha256"),
@@ -185,6 +187,8 @@ class SourceTransfer:
     def _handle(self, item: tuple[Any, ...]) -> None:
         s, now, kind = self.session, time.monotonic(), item[0]
         if kind == "control":
+            if self.fanout is not None:  # a fan-out leg: membership of the shared stream, credits (agent/fanout_stream.py)
+                self.fanout.stream.control(self, item[1])
             actions = s.receive(item[1], now)
         elif kind in ("link_down", "link_up"):
             actions = s.link_changed(kind == "link_up", now)
@@ -206,7 +210,7 @@ class SourceTransfer:
                 case PersistState():
                     self._persist()
                 case SaveFiles():
-                    self.ctx.store.save_files(self.tid, "source", list(a.files))
+                    self.ctx.store.save_files(self.rec.transfer_id, "source", list(a.files))
                 case PublishProgress():
                     self._publish_progress()
                 case Log():
@@ -214,7 +218,7 @@ class SourceTransfer:
                 case Metric():
                     count_metric(self.ctx.metrics, a)
                 case ReleaseBudget():
-                    for tid in self.ctx.budget.release(self.tid):
+                    for tid in self.ctx.budget.release(self.rec.transfer_id):
                         self.ctx.wake(tid)
                 case CloseFile():
                     self.reads.close(a.index)
@@ -252,6 +256,7 @@ class SourceTransfer:
                    for f in (files[i] for i in a.indexes)],
             kx=h.get("kx_public"), text=TextConversion(**h["text"]) if h.get("text") else None,
             directories=h.get("directories"),
+            fanout=FanoutOffer(**h["fanout"]) if h.get("fanout") else None,  # a fan-out leg, encrypted (agent/fanout.py)
         )
         # Fire and forget, like the data (_publish_data). Awaiting the PUBACK here froze this session's loop,
         # its ack and recovery timers included, for as long as a silent broker path (hung broker, dropped
@@ -274,7 +279,7 @@ class SourceTransfer:
         s = self.session
         window_left = s.sending.window_left()
         own = s.sending.window_bytes - window_left  # in flight now
-        allowed = self.ctx.budget.allowance(self.tid, own, self.ctx.chunk_size)  # within the agent's cap
+        allowed = self.ctx.budget.allowance(self.rec.transfer_id, own, self.ctx.chunk_size)  # within the agent's cap
         budget = window_left if allowed is None else min(window_left, allowed)
         budget = self.pace.budget(budget, self.ctx.chunk_size)  # agentMaxBandwidth, --bandwidth
         s.sending.start(budget)
@@ -284,7 +289,7 @@ class SourceTransfer:
                     s.sending.stop()
         finally:
             # in flight now: what was before, plus what was sent (the rest of the reservation goes back)
-            for tid in self.ctx.budget.report(self.tid, own + budget - s.sending.budget_left):
+            for tid in self.ctx.budget.report(self.rec.transfer_id, own + budget - s.sending.budget_left):
                 self.ctx.wake(tid)
         self._do(s.sent(time.monotonic()))
 
@@ -294,6 +299,8 @@ class SourceTransfer:
             return await self._send_bundle(send.indexes)
         if isinstance(send, SendFileEnd):
             return await self._send_file_end(send.index)
+        if self.fanout is not None and (shared := self.fanout.stream.send(self, send)) is not None:
+            return shared  # a fan-out leg's chunk: published once for the legs, or a credit of it taken
         f = self.session.files[send.index]
         try:
             frame = self.reads.read_frame(send, self.session.epoch)
@@ -377,6 +384,9 @@ class SourceTransfer:
     # ------------------------------------------------------------------ the end
 
     def _publish_progress(self) -> None:
+        if self.fanout is not None:
+            self.fanout.publish_progress()  # the transfer's, summed over its legs
+            return
         if not self.ctx.link_up():
             return
         s = self.summary()
@@ -397,7 +407,7 @@ class SourceTransfer:
         actions, reason, changed = s.finish(time.monotonic())
         self._do(actions)
         st = s.state
-        if st == S.COMPLETE and self.rec.header.get("disposition") == "delete":
+        if st == S.COMPLETE and self.rec.header.get("disposition") == "delete" and self.fanout is None:
             changed = list(s.files.values())
             for f in changed:
                 try:
@@ -407,6 +417,10 @@ class SourceTransfer:
                     f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"
         fields = await self.programs.after(st, s.completed_fields(reason, time.monotonic()))  # -postdst, -postsrc
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
+        if self.fanout is not None:  # a leg: the fan-out logs one completed event for all its legs
+            self.completed = fields
+            await send_complete(self.ctx, self.rec)
+            return
         if self.ctx.metrics is not None:
             self.ctx.metrics.transfer_finished(st.value, s.result_code, fields["statistics"])
         self.ctx.log.emit(self.rec, "completed", **fields, encryption=encryption_of(self.rec.header))
@@ -417,13 +431,19 @@ class SourceTransfer:
 
 async def send_complete(ctx: AgentContext, rec: TransferRecord) -> None:
     """Tell the destination the outcome (repeated by the agent until it confirms)."""
-    msg = Complete(kind="complete", transfer_id=rec.transfer_id, source_agent=ctx.name, state=rec.state,
+    tid = wire_id(rec)
+    msg = Complete(kind="complete", transfer_id=tid, source_agent=ctx.name, state=rec.state,
                    result_code=rec.result_code if rec.result_code is not None else results.FAILED)
-    payload = envelope_for(rec.header, seal(msg, transfer_key(rec.header)), rec.transfer_id)
+    payload = envelope_for(rec.header, seal(msg, transfer_key(rec.header)), tid)
     try:
-        await ctx.publish(ctx.topics.control(rec.peer, rec.transfer_id), payload, 1, False)
+        await ctx.publish(ctx.topics.control(rec.peer, tid), payload, 1, False)
     except ConnectionError:
         pass
+
+
+def wire_id(rec: TransferRecord) -> str:
+    """The transfer id on the wire of a source row: a fan-out leg's row is f"{tid}/{destination}"."""
+    return str(rec.header.get("leg_of") or rec.transfer_id)
 
 
 def encryption_of(header: dict[str, Any]) -> str:

@@ -40,10 +40,11 @@ class TransferLog:
         The event is built and validated as its model (agent.wire.events): an action without a model, a field of
         the wrong type or one the model does not declare raises EventError here, in the emitter's tests."""
         header = rec.header
+        tid = header.get("leg_of") or rec.transfer_id  # a fan-out leg logs under its transfer's id
         event: dict[str, Any] = {
             # the same id when the event is published again (the outbox keeps the event as it was made)
             "event_id": new_event_id(),
-            "transfer_id": rec.transfer_id,
+            "transfer_id": tid,
             "action": action,
             "state": rec.state,
             "time": utc_now(),
@@ -58,8 +59,8 @@ class TransferLog:
         # Checked strictly, with no member its model lacks: the JSON of `event` is its model's, and is published
         # as made (dumping the model again would cost as much as the check, for a completed event of 10,000 files)
         build_event(event)
-        self.store.outbox_put(self.topics.log(self.agent, rec.transfer_id), json.dumps(event).encode())
-        log.info("%s %s %s%s", rec.transfer_id[:12], action, rec.state,
+        self.store.outbox_put(self.topics.log(self.agent, tid), json.dumps(event).encode())
+        log.info("%s %s %s%s", tid[:12], action, rec.state,
                  f" ({fields['message']})" if fields.get("message") else "")
         self._wake()
         for listener in self.listeners:

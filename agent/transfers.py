@@ -24,6 +24,7 @@ from .wire.encryption import encrypted
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
 from .source import SourceTransfer, _iso, encryption_of, priority_view
+from .fanout import FanoutTransfer, is_fanout, is_leg_row, leg_id, make_legs, running_leg, stored_view
 from .start_gate import StartGate
 from .store import FileRecord, TransferRecord
 
@@ -40,7 +41,10 @@ class Transfers:
     def __init__(self, ctx: AgentContext, admission: Admission, max_sources: int) -> None:
         self._ctx = ctx
         self._admission = admission
-        self.sources: dict[str, SourceTransfer] = {}
+        self.sources: dict[str, SourceTransfer | FanoutTransfer] = {}
+        # the leg (destination agent) of a fan-out transfer the control message being handled came from: set by
+        # the router when it authenticated the message with that leg's key (agent.router), read by the handlers
+        self.via: str | None = None
         self.dests: dict[str, DestinationTransfer] = {}
         self._peer: dict[str, str] = {}  # source transfer id -> its destination agent
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -55,8 +59,14 @@ class Transfers:
         if pruned:
             log.info("forgot %d transfer(s) that finished more than %d days ago", pruned, HISTORY_DAYS)
         for row in store.transfers("source", files=False):
+            if is_leg_row(row.transfer_id):
+                continue  # restored with its fan-out transfer (agent/fanout.py)
             rec = None if row.state in TERMINAL else store.load_transfer(row.transfer_id, "source")
-            if rec is not None:
+            if rec is not None and is_fanout(rec):
+                legs = [store.load_transfer(leg_id(rec.transfer_id, d), "source") for d in
+                        rec.header["destination_agents"]]
+                self._add_source(rec, restarted=True, legs=[leg for leg in legs if leg is not None])
+            elif rec is not None:
                 self._add_source(rec, restarted=True)
         for row in store.transfers("destination", files=False):
             rec = None if row.state in TERMINAL else store.load_transfer(row.transfer_id, "destination")
@@ -72,13 +82,18 @@ class Transfers:
             if tid not in self._tasks:
                 self._tasks[tid] = asyncio.create_task(self._run(tid, session))
 
-    def _add_source(self, rec: TransferRecord, restarted: bool = False) -> SourceTransfer:
-        session = SourceTransfer(self._ctx, rec, restarted=restarted)
+    def _add_source(self, rec: TransferRecord, restarted: bool = False,
+                    legs: list[TransferRecord] | None = None) -> SourceTransfer | FanoutTransfer:
+        session: SourceTransfer | FanoutTransfer
+        if legs is not None:
+            session = FanoutTransfer(self._ctx, rec, legs, restarted=restarted)
+        else:
+            session = SourceTransfer(self._ctx, rec, restarted=restarted)
         self.sources[rec.transfer_id] = session
         self._peer[rec.transfer_id] = rec.peer
         return session
 
-    async def _run(self, tid: str, session: SourceTransfer) -> None:
+    async def _run(self, tid: str, session: SourceTransfer | FanoutTransfer) -> None:
         async with self._slots.slot(tid, int(session.rec.header.get("priority") or 0)):
             await session.run()
         self.sources.pop(tid, None)
@@ -94,15 +109,19 @@ class Transfers:
         if rec.header.get("trigger_reason") is not None:
             return self._trigger_not_met(rec)
         files = rec.files
+        legs = make_legs(rec, self._admission._offer_key) if is_fanout(rec) else None
         self._ctx.store.save_transfer(rec)
+        for leg in legs or []:
+            self._ctx.store.save_transfer(leg)
+        to = ", ".join(rec.header["destination_agents"]) if legs else rec.peer
         self._ctx.log.emit(rec, "started", recovery_timeout=rec.recovery_timeout, originator=originator,
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,
                                    "size": f.size} for f in files],
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
-                                   f"from {self._ctx.name} to {rec.peer}" + _left_out(rec.header),
+                                   f"from {self._ctx.name} to {to}" + _left_out(rec.header),
                            skipped=rec.header.get("skipped"), skipped_count=rec.header.get("skipped_count"),
                            directories=rec.header.get("directories"), encryption=encryption_of(rec.header))
-        session = self._add_source(rec)
+        session = self._add_source(rec, legs=legs)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()
         left_out = _left_out(rec.header).lstrip(",; ")
@@ -119,7 +138,7 @@ class Transfers:
         return {"transfer_id": rec.transfer_id, "files": 0, "bytes": 0, "result_code": rec.result_code,
                 "trigger_not_met": reason}
 
-    def source(self, tid: str) -> SourceTransfer | None:
+    def source(self, tid: str) -> SourceTransfer | FanoutTransfer | None:
         return self.sources.get(tid)
 
     def peer_of(self, tid: str) -> str | None:
@@ -128,7 +147,11 @@ class Transfers:
 
     def destinations_busy(self) -> set[str]:
         """The destination agents of the running source transfers."""
-        return set(self._peer.values())
+        busy = set(self._peer.values())
+        for s in self.sources.values():
+            if isinstance(s, FanoutTransfer):
+                busy.update(s.dests)
+        return busy
 
     def destination(self, tid: str) -> DestinationTransfer | None:
         return self.dests.get(tid)
@@ -165,13 +188,18 @@ class Transfers:
     def post_sources(self, *item: Any, to: str | None = None) -> None:
         """Post `item` to every source session (with `to`: those sending to that agent)."""
         for tid, s in self.sources.items():
-            if to is None or self._peer.get(tid) == to:
+            if isinstance(s, FanoutTransfer) and to is not None:
+                s.post_leg(to, *item)
+            elif to is None or self._peer.get(tid) == to:
                 s.post(*item)
 
     def wake(self, tid: str) -> None:
         """A session held back by the data-in-flight budget may send again (the sessions' ctx.wake)."""
+        tid, _, dest = tid.partition("/")  # a fan-out leg's budget is its row's (agent/fanout.py)
         session = self.sources.get(tid)
-        if session is not None:
+        if isinstance(session, FanoutTransfer) and dest:
+            session.post_leg(dest, "wake")
+        elif session is not None:
             session.post("wake")
 
     def key_of(self, tid: str, role: str) -> bytes | None:
@@ -226,13 +254,13 @@ class Transfers:
 
     def to_source(self, msg: Any) -> None:
         """A message for a running source session (a resync reply, an acknowledgement, a file's result)."""
-        session = self.sources.get(msg.transfer_id)
+        session = running_leg(self.sources.get(msg.transfer_id), self.via)
         if session is not None:
             session.post("control", msg)
 
     def program_done(self, msg: Any) -> None:
         """A destination's answer to a program call (agent.programs) of a running source transfer."""
-        session = self.sources.get(msg.transfer_id)
+        session = running_leg(self.sources.get(msg.transfer_id), self.via)
         if session is not None:
             session.programs.answered(msg)
 
@@ -256,7 +284,10 @@ class Transfers:
         self._ctx.on_state_change()
 
     def on_complete_ack(self, msg: CompleteAck) -> None:
-        rec = self._ctx.store.load_transfer(msg.transfer_id, "source", files=False)
+        tid = msg.transfer_id
+        if self.via is not None:  # of a fan-out's leg
+            tid = leg_id(tid, self.via)
+        rec = self._ctx.store.load_transfer(tid, "source", files=False)
         if rec and not rec.peer_confirmed:
             rec.peer_confirmed = True
             self._ctx.store.update_transfer(rec)  # the row only: the files are left as they are
@@ -284,7 +315,7 @@ class Transfers:
         """What this agent knows of a transfer, from the live session or the state store."""
         store = self._ctx.store
         live = None
-        if role in (None, "source") and tid in self.sources:
+        if role in (None, "source") and tid in self.sources:  # (a fan-out's: its summary sums its legs)
             live = dict(self.sources[tid].summary(), **priority_view(self.sources[tid].rec.header))
         elif role in (None, "destination") and tid in self.dests:
             live = self.dests[tid].summary()
@@ -295,6 +326,8 @@ class Transfers:
             return live
         for r in ([role] if role else ["source", "destination"]):
             rec = store.load_transfer(tid, r, files=files)
+            if rec is not None and r == "source" and is_fanout(rec):
+                return stored_view(self._ctx.store, rec, files, _file_view)
             if rec is not None:
                 files_total, files_done, bytes_total, bytes_done = store.file_totals(tid, r)
                 return {"transfer_id": tid, "role": r, "state": rec.state, "result_code": rec.result_code,
@@ -311,7 +344,7 @@ class Transfers:
 
     def listing(self) -> dict[str, Any]:
         # the most recent ones: a reply stays far below the clients' size limit, however long the history
-        recs = list(self._ctx.store.transfers(files=False))[-LIST_LIMIT:]
+        recs = [r for r in self._ctx.store.transfers(files=False) if not is_leg_row(r.transfer_id)][-LIST_LIMIT:]
         return {"transfers": [self.query(r.transfer_id, r.role) for r in recs]}
 
 

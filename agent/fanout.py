@@ -1,0 +1,252 @@
+"""A fan-out transfer at its source (`-da A2,A3,...`, docs/protocol.md#fan-out): one transfer id, one LEG per
+destination, and the shared stream the legs publish on once for all.
+
+Each leg is a whole source session (agent/source.py) with its own store row (f"{tid}/{dest}"), epoch, window,
+acks, resyncs, recovery and recovery timer, and its own transfer key with its destination. This holds the legs,
+answers for the transfer as one (state, summary, progress summed over the legs, one `completed` event whose
+`destinations` lists each leg's outcome: agent.core.fanout_outcome) and owns the parent row (transfer_id = tid,
+header with `destination_agents` and the group key G). The shared publisher (agent/fanout_stream.py) decides,
+chunk by chunk, whether a leg publishes on `<p>/Fanout/<source>/<tid>`, takes a credit, or sends unicast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from .context import AgentContext
+from .core import results
+from .core.fanout_outcome import LegOutcome, fanout_outcome
+from .core.lifecycle import TransferState as S
+from .core.statuses import FileStatus
+from .fsops import ConfinedDirs
+from .fileio import os_error_at
+from .source import SourceTransfer, _iso, encryption_of, priority_view
+from .store import TransferRecord
+from .wire import provenance
+from .wire.binding import new_ephemeral
+
+log = logging.getLogger("fte.source")
+
+GROUP_KEY_BYTES = 32
+
+
+def leg_id(tid: str, dest: str) -> str:
+    """The store row of the leg of fan-out transfer `tid` to `dest`."""
+    return f"{tid}/{dest}"
+
+
+def is_leg_row(transfer_id: str) -> bool:
+    return "/" in transfer_id
+
+
+def is_fanout(rec: TransferRecord) -> bool:
+    return bool(rec.header.get("destination_agents")) and not is_leg_row(rec.transfer_id)
+
+
+def make_legs(rec: TransferRecord, offer_key: Callable[[str], str]) -> list[TransferRecord]:
+    """The legs of the admitted fan-out transfer `rec` (its parent row), one per destination, and G in the
+    parent's header. Each leg has its own key exchange (so its own transfer key) and, encrypted, its
+    destination's offer key; its offer carries `fanout` only when it is encrypted (docs/protocol.md#fan-out)."""
+    h = rec.header
+    dests = list(h["destination_agents"])
+    group_key = base64.b64encode(os.urandom(GROUP_KEY_BYTES)).decode()
+    h["fanout_key"] = group_key
+    rec.peer_confirmed = True  # the parent row runs no session: nothing to confirm (the legs' rows are)
+    legs = []
+    for dest in dests:
+        header = {k: v for k, v in h.items() if k not in ("destination_agents", "fanout_key", "kx_private",
+                                                           "kx_public", "peer_offer_key")}
+        kx_private, kx_public = new_ephemeral()
+        header.update(destination_agent=dest, leg_of=rec.transfer_id, disposition="leave",
+                      kx_private=base64.b64encode(kx_private).decode(), kx_public=kx_public)
+        if h.get("encryption"):
+            header.update(peer_offer_key=offer_key(dest), fanout={"key": group_key, "destinations": dests})
+        legs.append(TransferRecord(leg_id(rec.transfer_id, dest), "source", rec.state, dest, header,
+                                   recovery_timeout=rec.recovery_timeout, files=copy.deepcopy(rec.files)))
+    return legs
+
+
+def running_leg(session: Any, via: str | None) -> SourceTransfer | None:
+    """The running source session a control message is for: `session` itself, or of a fan-out the leg of the
+    agent that sent it (`via`, found by the router from the leg key that authenticated it)."""
+    if isinstance(session, FanoutTransfer):
+        return session.legs.get(via) if via is not None else None
+    return session
+
+
+def stored_legs(store: Any, tid: str) -> list[TransferRecord]:
+    """The stored leg rows of fan-out transfer `tid` this agent was the source of (empty: not one)."""
+    rec = store.load_transfer(tid, "source", files=False)
+    if rec is None or not is_fanout(rec):
+        return []
+    legs = (store.load_transfer(leg_id(tid, d), "source", files=False) for d in rec.header["destination_agents"])
+    return [leg for leg in legs if leg is not None]
+
+
+class FanoutTransfer:
+    """One fan-out transfer's source: its legs by destination agent, and the transfer as one."""
+
+    def __init__(self, ctx: AgentContext, rec: TransferRecord, legs: list[TransferRecord],
+                 restarted: bool = False) -> None:
+        from .fanout_stream import SharedStream  # the shared publisher (credits): its own concept
+
+        self.ctx = ctx
+        self.rec = rec
+        self.tid = rec.transfer_id
+        self.dests: list[str] = list(rec.header["destination_agents"])
+        by_dest = {leg.peer: leg for leg in legs}
+        self.legs: dict[str, SourceTransfer] = {}
+        for dest in self.dests:
+            leg = SourceTransfer(ctx, by_dest[dest], restarted=restarted)
+            leg.fanout = self
+            self.legs[dest] = leg
+        self.stream = SharedStream(ctx, self)
+        self.started = time.monotonic()
+        self._last_progress = 0.0
+
+    # ------------------------------------------------------------------ as one transfer
+
+    @property
+    def key(self) -> bytes | None:
+        return None  # each leg has its own (agent.router tries the legs': leg_for_key)
+
+    @property
+    def state(self) -> S:
+        return S(self.outcome().state)
+
+    def outcome(self) -> Any:
+        return fanout_outcome([leg_outcome(self.legs[d]) for d in self.dests])
+
+    def post(self, *item: Any) -> None:
+        """An input for every leg (link up/down, cancel, wake); a control message goes to one leg (post_leg)."""
+        for leg in self.legs.values():
+            leg.post(*item)
+
+    def post_leg(self, dest: str, *item: Any) -> None:
+        leg = self.legs.get(dest)
+        if leg is not None:
+            leg.post(*item)
+
+    def summary(self) -> dict[str, Any]:
+        legs = [self.legs[d].summary() for d in self.dests]
+        out = self.outcome()
+        first = legs[0]
+        return dict(first, state=out.state, result_code=out.result_code, destination_agents=self.dests,
+                    destinations=out.destinations, **{k: sum(leg[k] for leg in legs) for k in
+                                                      ("bytes_total", "bytes_done", "files_total", "files_done",
+                                                       "recoveries", "bytes_resent")},
+                    seconds=round(time.monotonic() - self.started, 3))
+
+    def publish_progress(self) -> None:
+        """Live progress of the transfer (summed over its legs), at most 4 a second unless it has ended."""
+        now = time.monotonic()
+        ended = self.state.is_terminal
+        if not self.ctx.link_up() or (not ended and now - self._last_progress < 0.25):
+            return
+        self._last_progress = now
+        s = self.summary()
+        elapsed = max(1e-6, now - self.started)
+        s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed), current_file=None)
+        topic = self.ctx.topics.progress(self.ctx.name, self.tid)
+        payload = provenance.sign_payload(json.dumps(s).encode(), provenance.EVENT, topic, self.ctx.identity)
+        task = asyncio.ensure_future(self.ctx.publish(topic, payload, 0, False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        try:
+            await asyncio.gather(*(leg.run() for leg in self.legs.values()))
+        finally:
+            self.stream.close()
+        await self._finish()
+
+    async def _finish(self) -> None:
+        out = self.outcome()
+        rec = self.rec
+        rec.state, rec.result_code = out.state, out.result_code
+        first = self.legs[self.dests[0]]
+        fields = dict(first.completed or {})
+        if out.state == S.COMPLETE.value and rec.header.get("disposition") == "delete":
+            self._delete_sources(first, fields)
+        fields.update(result_code=out.result_code, result=results.describe(out.result_code),
+                      destinations=out.destinations, message=_message(out))
+        if "statistics" in fields:
+            fields["statistics"] = dict(fields["statistics"], recoveries=sum(d["recoveries"] for d in out.destinations))
+        self.ctx.store.update_transfer(rec)
+        if self.ctx.metrics is not None and "statistics" in fields:
+            self.ctx.metrics.transfer_finished(out.state, out.result_code, fields["statistics"])
+        self.ctx.log.emit(rec, "completed", **fields, encryption=encryption_of(rec.header))
+        self.publish_progress()
+        self.ctx.on_state_change()
+
+    def _delete_sources(self, first: SourceTransfer, fields: dict[str, Any]) -> None:
+        """-dd delete: once every destination has every file, not before (a leg leaves its sources)."""
+        dirs = ConfinedDirs(self.ctx.sandbox)
+        try:
+            for f in first.session.files.values():
+                try:
+                    dirs.unlink(f.source)
+                except OSError as exc:
+                    f.result_code = results.FILE_WARNING
+                    f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"
+        finally:
+            dirs.close()
+
+
+def leg_outcome(leg: SourceTransfer) -> LegOutcome:
+    s = leg.session
+    files = list(s.files.values())
+    rc = s.lifecycle.result_code if leg.state.is_terminal else None
+    if leg.state.is_terminal and rc is None:
+        rc = results.FAILED
+    supplement = None
+    if rc not in (None, results.SUCCESS):
+        supplement = (leg.completed or {}).get("message") or s.stall_reason or next(
+            (f.supplement for f in files if f.supplement), None)
+    return LegOutcome(leg.dest, leg.state.value, rc, sum(1 for f in files if f.status == FileStatus.DONE),
+                      sum(1 for f in files if f.status == FileStatus.FAILED), sum(map(s.sending.acked, files)),
+                      s.lifecycle.recoveries, supplement)
+
+
+def _message(out: Any) -> str:
+    ok = [d["agent"] for d in out.destinations if d["result_code"] == results.SUCCESS]
+    return (f"fan-out to {len(out.destinations)} destination agents: {len(ok)} succeeded"
+            + (f" ({', '.join(ok)})" if ok and len(ok) < len(out.destinations) else ""))
+
+
+def stored_view(store: Any, rec: TransferRecord, files: bool, file_view: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """A finished (or not running) fan-out transfer as one, from its parent and leg rows (agent/fanout.py)."""
+    tid = rec.transfer_id
+    legs, totals = [], [0, 0, 0, 0]
+    for dest in rec.header["destination_agents"]:
+        leg = store.load_transfer(leg_id(tid, dest), "source", files=True)
+        if leg is None:
+            continue
+        t = store.file_totals(leg.transfer_id, "source")
+        totals = [a + b for a, b in zip(totals, t)]
+        failed = [f for f in leg.files if f.status == FileStatus.FAILED]
+        rc = leg.result_code if S(leg.state).is_terminal else None
+        legs.append(LegOutcome(dest, leg.state, results.FAILED if S(leg.state).is_terminal and rc is None else rc,
+                               sum(1 for f in leg.files if f.status == FileStatus.DONE), len(failed), t[3],
+                               leg.recoveries, (failed[0].supplement if failed else leg.last_stall)
+                               if rc not in (None, results.SUCCESS) else None))
+    out = fanout_outcome(legs) if legs else None
+    view = {"transfer_id": tid, "role": "source", "state": out.state if out else rec.state,
+            "result_code": out.result_code if out else rec.result_code,
+            "source_agent": rec.header.get("source_agent"), "destination_agent": rec.header.get("destination_agent"),
+            "destination_agents": rec.header["destination_agents"], "destinations": out.destinations if out else [],
+            "bytes_total": totals[2], "bytes_done": totals[3], "files_total": totals[0], "files_done": totals[1],
+            "recoveries": sum(leg.recoveries for leg in legs), "last_stall": rec.last_stall,
+            "created": _iso(rec.created), "updated": _iso(rec.updated), "job_name": rec.header.get("job_name"),
+            **priority_view(rec.header)}
+    if files:
+        view["files"] = [file_view(f) for f in rec.files]
+    return view

@@ -1,0 +1,89 @@
+"""The shared stream of a fan-out transfer at its source (docs/protocol.md#fan-out): a chunk published once on
+`<p>/Fanout/<source>/<tid>` for every member leg, under the group key G (AES-GCM, as a unicast frame is under
+the transfer key), and the credits that tell the other legs not to send it again (agent.core.fanout_credits).
+
+A leg about to send a chunk asks `send`: it holds a credit for it (counted sent, nothing published), or it is a
+member and the chunk is beyond the head (published here, the legs at that position credited), or it sends the
+chunk unicast on its own `Data` topic as an ordinary transfer does (None). Bundles are never shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from .core.fanout_credits import FanoutCredits
+from .core.lifecycle import TransferState as S
+from .core.source_actions import SendChunk
+from .fileio import read_failed, source_changed
+from .source_files import SourceChanged
+from .wire.binding import ChunkSealer
+
+log = logging.getLogger("fte.source")
+
+DATA_QOS = 1
+
+
+class SharedStream:
+    def __init__(self, ctx: Any, fanout: Any) -> None:
+        self.ctx = ctx
+        self.fanout = fanout
+        key = fanout.rec.header.get("fanout_key")
+        self.sealer = ChunkSealer(base64.b64decode(key), False, True) if key else None
+        self.topic = ctx.topics.fanout(ctx.name, fanout.tid)
+        first = next(iter(fanout.legs.values()))
+        self.credits = FanoutCredits(fanout.legs, ctx.window_chunks,
+                                     {f.index: f.size for f in first.session.files.values()})
+        self.unicast: dict[str, dict[int, int]] = {d: {} for d in fanout.legs}  # file -> end of its last unicast
+        self.published_bytes = 0
+        self.digests: dict[int, str | None] = {}  # of a file read whole in order by one leg (for the others)
+
+    def control(self, leg: Any, msg: Any) -> None:
+        """A control message for `leg`, before its session takes it: a resync reply of its epoch makes it a
+        member iff it says `fanout: true` (and its offer carried G); a rewind clears its credits."""
+        if msg.kind == "resync_reply" and msg.epoch == leg.session.epoch:
+            member = bool(msg.fanout) and self.sealer is not None and bool(leg.rec.header.get("fanout"))
+            self.credits.join(leg.dest, member)
+        elif msg.kind == "ack" and msg.rewind:
+            self.credits.clear(leg.dest)
+
+    def send(self, leg: Any, send: SendChunk) -> bool | None:
+        """Carry out `send` of `leg` through the shared stream (True/False as SourceTransfer._send), or None:
+        send it unicast."""
+        dest, chunk = leg.dest, (send.index, send.offset, send.length)
+        if leg.state != S.IN_PROGRESS:
+            self.credits.leave(dest)
+            return None
+        if self.credits.take(dest, chunk):
+            leg.reads.skipped(*chunk)
+            return True
+        if self.sealer is None or not self.credits.publishes(dest, chunk):
+            self.unicast[dest][send.index] = send.offset + send.length
+            return None
+        f = leg.session.files[send.index]
+        try:
+            frame = leg.reads.read_frame(send, leg.session.epoch, self.sealer)
+        except SourceChanged as exc:
+            return leg._failed(send.index, str(exc))
+        except OSError as exc:
+            return leg._failed(send.index, read_failed(f.source, exc))
+        if frame is None:
+            return leg._failed(send.index, leg.reads.changed(send.index) or source_changed(f"size {f.size} -> less"))
+        if not self.ctx.link_up():
+            leg.post("send_failed")
+            return False
+        leg._publish(self.topic, frame, DATA_QOS)
+        self.published_bytes += len(frame)
+        positions, busy = {}, {}
+        for other, o in self.fanout.legs.items():
+            if other == dest:
+                continue
+            positions[other] = o.session.sending.next_position() if o.state == S.IN_PROGRESS else None
+            w, end = o.session.sending.windows.get(send.index), self.unicast[other].get(send.index, 0)
+            busy[other] = {send.index} if w is not None and w.acked < end else set()
+        self.credits.published(dest, chunk, positions, busy)
+        return True
+
+    def close(self) -> None:
+        pass
