@@ -183,3 +183,14 @@ def test_listings_show_the_route_of_a_fan_out() -> None:
     assert " A1->A2,A3,A4 " in transfer_line(row)
     assert str(top_row(row)[2]) == "A1 -> A2,A3,A4"
     assert route_of({"source_agent": "A1", "destination_agent": "A2"}) == "A1->A2"
+
+
+def test_what_is_about_to_run_names_every_destination() -> None:
+    """-tn/-td print what is submitted before it is sent (what you sign is what runs): all the destinations."""
+    from cli.templates import Template, submission_line, summary
+
+    s = spec("A2,A3")
+    assert "A1:/out/a -> A2,A3:/in/a (file)" in submission_line(s, "template T")
+    t = Template(name="T", created="2026-12-03T13:00:00.000Z",
+                 spec=TemplateSpec.model_validate(json.loads(s.model_dump_json(exclude_none=True))))
+    assert "  agents:       A1 -> A2,A3" in summary(t, "not signed")
