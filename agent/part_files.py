@@ -18,7 +18,7 @@ from typing import Any
 from .durability import GROUP, fsync_and_close
 from .fileio import write_all, write_failed
 from .fsops import ConfinedDirs, split
-from .source import hash_file
+from .source_files import hash_file
 from .store import FileRecord
 
 log = logging.getLogger("fte.destination")

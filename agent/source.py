@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .core.errors import FteError
 from .wire.binding import ChunkSealer, derive_key, seal, transfer_key
 from .wire.encryption import ENCRYPTION, encrypted, envelope_for, offer_for
 from .context import AgentContext
@@ -29,18 +26,17 @@ from .core import results
 from .core.lifecycle import TransferState as S
 from .core.ratelimit import TransferPace
 from .core.source_actions import (Action, CheckSources, CloseFile, Log, Metric, PersistState, PublishProgress,
-                                  ReleaseBudget, ResendFrom, SaveFiles, Send, SendBundle, SendChunk, SendFileEnd,
+                                  ReleaseBudget, ResendFrom, SaveFiles, Send, SendBundle, SendFileEnd,
                                   SendResync, UseFeatures)
 from .core.source_session import SourceSession
 from .core.statuses import FileStatus
-from .fileio import (SourceStat, changed_since_request, changed_while_read, os_error_at, read_failed,
-                     source_changed, stat_path)
-from .fsops import ConfinedDirs
+from .fileio import os_error_at, read_failed, source_changed
 from .link import MessageTooLarge
 from .programs import ProgramCaller
+from .source_files import SourceChanged, SourceFiles
 from .metrics import Metrics
-from .wire.protocol import (BUNDLE_ENTRY, CHUNK_HEADER, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync,
-                       TextConversion, encode_bundle, finish_chunk)
+from .wire.protocol import (BUNDLE_ENTRY, MAX_BUNDLE_FILES, Complete, FileEnd, FileOffer, Resync, TextConversion,
+                            encode_bundle)
 from .store import TransferRecord
 
 log = logging.getLogger("fte.source")
@@ -75,72 +71,6 @@ def count_metric(m: Metrics | None, a: Metric) -> None:
         m.recovery_ended(a.value)
 
 
-class SourceChanged(FteError):
-    """The source file is not (any more) the one the transfer was requested for; str() is the supplement."""
-
-
-def _open_read(path: str, dirs: ConfinedDirs) -> int:
-    """A source file opened for reading through `dirs` (no link followed inside the sandbox)."""
-    return dirs.open(path, os.O_RDONLY, follow=True)
-
-
-def read_whole_files(items: list[tuple[str, int]], algorithm: str, mtimes: list[float],
-                     dirs: ConfinedDirs) -> list[tuple[bytes | None, str | None, str | None]]:
-    """(content, hex digest, error) of each small file (path, expected size, and the mtime recorded at the
-    request); run in a worker thread. A file that is not as requested, or that changes while it is read, is
-    an error (agent.fileio), never sent. Opened through `dirs` (agent/fsops.py)."""
-    out: list[tuple[bytes | None, str | None, str | None]] = []
-    for i, (path, size) in enumerate(items):
-        try:
-            with open(_open_read(path, dirs), "rb") as fh:
-                before = SourceStat.of_fd(fh.fileno())
-                data = fh.read(size + 1)
-                changed = changed_since_request(before, size, mtimes[i]) or \
-                    changed_while_read(before, SourceStat.of_fd(fh.fileno()), stat_path(path, dirs))
-        except OSError as exc:
-            out.append((None, None, read_failed(path, exc)))
-            continue
-        if changed is None and len(data) != size:
-            changed = source_changed(f"size {size} -> {len(data) if len(data) <= size else 'more'}")
-        if changed is not None:
-            out.append((None, None, changed))
-            continue
-        out.append((data, None if algorithm == "none" else hashlib.new(algorithm, data).hexdigest(), None))
-    return out
-
-
-def read_chunk_frame(fd: int, epoch: int, index: int, offset: int, length: int, last: bool, ack: bool,
-                     hasher: Any, sealer: ChunkSealer | None, mac_no_crc: bool) -> bytes | bytearray | None:
-    """Read a chunk straight into its frame (header, data, MAC trailer of a bound transfer) and seal it; the
-    data is hashed on the way when `hasher` is given. None if the file ended early. One buffer, no copy of
-    the data: this runs for every 256 KiB of every file."""
-    size = CHUNK_HEADER.size + length
-    frame = bytearray(size + (sealer.room if sealer is not None else 0))
-    view = memoryview(frame)
-    data = view[CHUNK_HEADER.size:size]
-    if os.preadv(fd, [data], offset) != length:
-        return None
-    if hasher is not None:
-        hasher.update(data)
-    finish_chunk(frame, epoch, index, offset, length, last=last, ack=ack, crc=sealer is None or not mac_no_crc,
-                 mac_flag=sealer.flag if sealer is not None else 0)
-    if sealer is not None:
-        if sealer.aead:
-            return sealer.finish(view)  # encrypted into a new buffer
-        view[size:] = sealer.seal(view[:size])
-    return frame
-
-
-def hash_file(path: str, algorithm: str, dirs: ConfinedDirs) -> str | None:
-    if algorithm == "none":
-        return None
-    h = hashlib.new(algorithm)
-    with open(_open_read(path, dirs), "rb") as fh:
-        while block := fh.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
-
-
 class SourceTransfer:
     """One transfer's source session (agent.core.source_session) with its files, store and broker."""
 
@@ -161,16 +91,9 @@ class SourceTransfer:
             recovery_timeout=rec.recovery_timeout, recovering_since=since, recoveries=rec.recoveries,
             last_stall=rec.last_stall, checksum=rec.header.get("checksum", "sha256"),
             clock_text=lambda mono: _iso(_wall(mono)))
-        self.hashers: dict[int, tuple[Any, int]] = {}  # a digest computed on the way, and where it stands
-        self.fds: dict[int, int] = {}
-        # what each open source file was when this session opened it (agent.fileio): compared after its last
-        # read and at every resync, so that a file changed while it was sent never yields success
-        self.stats: dict[int, SourceStat] = {}
-        # every source file is opened through these (no link followed inside the sandbox: agent/fsops.py)
-        self.dirs = ConfinedDirs(ctx.sandbox)
+        # the open source files: reads, digests, and whether each is still the one requested (agent/source_files.py)
+        self.reads = SourceFiles(self.session.files, self.session.checksum, ctx.sandbox)
         self._pending: set[asyncio.Task[None]] = set()
-        self.mac_no_crc = False  # FLAG_NO_CRC on a bound transfer
-        self.sealer: ChunkSealer | None = None  # the chunks' MAC on a bound transfer (HMAC, or GMAC: "gmac")
         self.programs = ProgramCaller(ctx, rec)
         # --bandwidth under agentMaxBandwidth: data goes when both have the tokens (agent.core.ratelimit)
         self.pace = TransferPace(ctx.bandwidth, int(rec.header.get("bandwidth") or 0), ctx.chunk_size, time.monotonic)
@@ -230,13 +153,11 @@ class SourceTransfer:
             log.exception("transfer %s failed", self.tid)
             self._do(s.fail(f"internal error: {exc}", time.monotonic()))
         finally:
-            for fd in self.fds.values():
-                os.close(fd)
-            self.fds.clear()
+            self.reads.close_all()
         try:
             await self._finish()
         finally:
-            self.dirs.close()
+            self.reads.dirs.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -296,17 +217,15 @@ class SourceTransfer:
                     for tid in self.ctx.budget.release(self.tid):
                         self.ctx.wake(tid)
                 case CloseFile():
-                    self._close(a.index)
+                    self.reads.close(a.index)
                 case ResendFrom():
-                    entry = self.hashers.get(a.index)
-                    if entry and entry[1] != a.offset:
-                        self.hashers[a.index] = (entry[0], -1)  # not sequential any more
+                    self.reads.resend_from(a.index, a.offset)
                 case UseFeatures():
-                    self.mac_no_crc = "mac_no_crc" in a.features
+                    self.reads.mac_no_crc = "mac_no_crc" in a.features
                     key = self.key
-                    self.sealer = ChunkSealer(key, "gmac" in a.features, encrypted(self.rec.header)) if key else None
+                    self.reads.sealer = ChunkSealer(key, "gmac" in a.features, encrypted(self.rec.header)) if key else None
                 case CheckSources():
-                    self._do(s.sources_checked({i: self._check(i) for i in a.indexes}, time.monotonic()))
+                    self._do(s.sources_checked({i: self.reads.check(i, self.tid) for i in a.indexes}, time.monotonic()))
                 case SendResync():
                     self._do(self._send_resync(a))
 
@@ -377,21 +296,21 @@ class SourceTransfer:
             return await self._send_file_end(send.index)
         f = self.session.files[send.index]
         try:
-            frame = self._read_frame(send)
+            frame = self.reads.read_frame(send, self.session.epoch)
         except SourceChanged as exc:
             return self._failed(send.index, str(exc))
         except OSError as exc:
             return self._failed(send.index, read_failed(f.source, exc))
         if frame is None:  # it ended early
-            return self._failed(send.index, self._changed(send.index) or source_changed(f"size {f.size} -> less"))
+            return self._failed(send.index, self.reads.changed(send.index) or source_changed(f"size {f.size} -> less"))
         return self._publish_data(frame)
 
     async def _send_file_end(self, idx: int) -> bool:
         f = self.session.files[idx]
         try:
-            digest = await self._digest(idx)
+            digest = await self.reads.digest(idx)
             # after the last read (and the digest's): the bytes sent are one version of one file
-            changed = self._changed(idx)
+            changed = self.reads.changed(idx)
         except OSError as exc:
             return self._failed(idx, read_failed(f.source, exc))
         if changed is not None:
@@ -401,14 +320,13 @@ class SourceTransfer:
         if not self._publish_data(envelope_for(self.rec.header, seal(end, self.key), self.tid), control=True):
             return False
         self.session.sending.file_end_sent(idx)
-        self._close(idx)
+        self.reads.close(idx)
         return True
 
     async def _send_bundle(self, batch: tuple[int, ...]) -> bool:
         """Read, hash and send whole files in one frame."""
         s = self.session
-        items = await asyncio.to_thread(read_whole_files, [(s.files[j].source, s.files[j].size) for j in batch],
-                                        s.checksum, [s.files[j].mtime for j in batch], self.dirs)
+        items = await self.reads.read_whole(batch)
         entries = []
         for j, (data, digest, error) in zip(batch, items):
             if data is None:
@@ -418,7 +336,7 @@ class SourceTransfer:
             entries.append((j, digest, data))
         if not entries:
             return True
-        sealer = self.sealer
+        sealer = self.reads.sealer
         frame = encode_bundle(s.epoch, entries, sealer.flag if sealer is not None else 0)
         if sealer is not None:
             frame = sealer.finish(frame)
@@ -456,77 +374,6 @@ class SourceTransfer:
                 log.error("transfer %s: %s; not sent", self.tid, exc)
             self.post("send_failed")
 
-    def _read_frame(self, send: SendChunk) -> bytearray | None:
-        """The chunk of `send` as a frame ready to publish (None: short read)."""
-        idx, offset, length = send.index, send.offset, send.length
-        fd = self.fds.get(idx)
-        if fd is None:
-            fd = self.fds[idx] = _open_read(self.session.files[idx].source, self.dirs)
-            self._opened(idx, fd)
-        hasher = None
-        algo = self.session.checksum
-        if algo != "none":
-            hasher, pos = self.hashers.get(idx) or (hashlib.new(algo), 0)
-            if pos != offset:
-                hasher = None  # not sequential (a resend): the digest is computed apart at the end
-        # In the event loop, not a worker thread: on two cores shared with the broker and the destination, the
-        # hand-off to a thread and back cost more CPU than it freed (docs/performance.md, "Threads")
-        frame = read_chunk_frame(fd, self.session.epoch, idx, offset, length, send.last, send.ack, hasher,
-                                 self.sealer, self.mac_no_crc)
-        if frame is not None and hasher is not None:
-            self.hashers[idx] = (hasher, offset + length)
-        return frame
-
-    async def _digest(self, idx: int) -> str | None:
-        algo = self.session.checksum
-        if algo == "none":
-            return None
-        f = self.session.files[idx]
-        entry = self.hashers.get(idx)
-        if entry and entry[1] == f.size:
-            return str(entry[0].hexdigest())
-        digest = await asyncio.to_thread(hash_file, f.source, algo, self.dirs)
-        self.hashers[idx] = (hashlib.new(algo), -1)  # resync later: recompute, never trust a partial hash
-        return digest
-
-    # ------------------------------------------------------------------ the source files
-
-    def _close(self, idx: int) -> None:
-        fd = self.fds.pop(idx, None)
-        if fd is not None:
-            os.close(fd)
-        self.stats.pop(idx, None)
-
-    def _opened(self, idx: int, fd: int) -> None:
-        """Remember what the file just opened is; SourceChanged if it is not what the transfer was requested
-        for (its size and mtime then): after a restart, the bytes sent before were of that version."""
-        f = self.session.files[idx]
-        st = SourceStat.of_fd(fd)
-        changed = changed_since_request(st, f.size, f.mtime)
-        if changed is not None:
-            raise SourceChanged(changed)
-        self.stats[idx] = st
-
-    def _changed(self, idx: int) -> str | None:
-        """Why file `idx` is not what it was when this session first opened it (or, not open, when the
-        transfer was requested), or None."""
-        f = self.session.files[idx]
-        fd, before = self.fds.get(idx), self.stats.get(idx)
-        if fd is None or before is None:
-            now = stat_path(f.source, self.dirs)
-            return source_changed("removed") if now is None else changed_since_request(now, f.size, f.mtime)
-        return changed_while_read(before, SourceStat.of_fd(fd), stat_path(f.source, self.dirs))
-
-    def _check(self, idx: int) -> str | None:
-        """CheckSources for one file: why it is not the one requested, or None."""
-        try:
-            why = self._changed(idx)
-        except OSError as exc:
-            why = read_failed(self.session.files[idx].source, exc)
-        if why is not None:
-            log.warning("transfer %s: %s: %s", self.tid, self.session.files[idx].source, why)
-        return why
-
     # ------------------------------------------------------------------ the end
 
     def _publish_progress(self) -> None:
@@ -554,7 +401,7 @@ class SourceTransfer:
             changed = list(s.files.values())
             for f in changed:
                 try:
-                    self.dirs.unlink(f.source)
+                    self.reads.dirs.unlink(f.source)
                 except OSError as exc:
                     f.result_code = results.FILE_WARNING
                     f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"

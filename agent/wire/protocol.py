@@ -37,6 +37,7 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_FILES_PER_TRANSFER = 100_000
 MAX_PATH_CHARS = 4096
 MAX_BUNDLE_FILES = 4096
+MAX_FANOUT = 16  # destination agents of one fan-out transfer (TransferSpec.destination_agents)
 
 TRANSFER_ID_RE = re.compile(r"^[0-9a-f]{48}$")
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -286,6 +287,40 @@ class TransferSpec(Strict):
     bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None
     # -tr: the source agent runs the transfer only if this condition holds (agent.core.transfer_trigger)
     trigger: TriggerText | None = None
+    # -da A2,A3,...: a fan-out, one transfer to every agent listed, in this order (agent.core.fanout_outcome);
+    # the first is destination_agent (so an older reader still sees one destination). None: an ordinary
+    # transfer, left off the wire as priority is.
+    destination_agents: Annotated[list[AgentName], Field(min_length=2, max_length=MAX_FANOUT)] | None = None
+
+    @model_validator(mode="after")
+    def _fanout_destinations(self) -> "TransferSpec":
+        agents = self.destination_agents
+        if agents is None:
+            return self
+        problem = fanout_problem(self.source_agent, agents)
+        if problem is None and agents[0] != self.destination_agent:
+            problem = (f"the first of destination_agents ({agents[0]}) must be destination_agent "
+                       f"({self.destination_agent})")
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def fanout_problem(source_agent: str, agents: list[str]) -> str | None:
+    """What is wrong with a fan-out's list of destinations (None: nothing): 2 .. MAX_FANOUT distinct agents,
+    the source agent not among them. The model checks it, and the CLI says it before it sends anything."""
+    if len(agents) < 2:
+        return f"a fan-out needs at least 2 destination agents, not {len(agents)}"
+    if len(agents) > MAX_FANOUT:
+        return f"a fan-out has at most {MAX_FANOUT} destination agents, not {len(agents)}"
+    seen: set[str] = set()
+    for agent in agents:
+        if agent in seen:
+            return f"destination agent {agent} is listed more than once"
+        seen.add(agent)
+    if source_agent in seen:
+        return f"the source agent {source_agent} cannot also be a destination agent"
+    return None
 
 
 class CommandBase(Strict):

@@ -15,7 +15,7 @@ from agent.wire.binding import GMAC_BYTES, MAC_BYTES, ChunkSealer, check_chunk_m
 from agent.router import open_frame as _open_frame
 from agent.destination import FEATURES
 from agent.wire.protocol import Chunk, ProtocolError, decode_chunk, encode_chunk
-from agent.source import read_chunk_frame
+from agent.source_files import read_chunk_frame
 
 KEY = bytes(range(32))
 DATA = os.urandom(200_000)

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.router import open_frame
-from agent.source import read_chunk_frame
+from agent.source_files import read_chunk_frame
 from agent.wire.binding import ChunkSealer, check_chunk_mac, derive_key, new_ephemeral
 from agent.wire.encryption import (CLEAR_PREFIX, CONTROL, NONCE_BYTES, OFFER, REPLY, Envelope, decrypt_frame,
                                    encrypt_frame, envelope_for, offer_for, offer_public, seal_control, seal_reply)

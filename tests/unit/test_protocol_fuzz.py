@@ -143,7 +143,27 @@ def model_strategy(model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
                 # dump() leaves out None values: only generate None where None is the default
                 strat = strat.filter(lambda v: v is not None)
             optional[name] = strat
-    return st.fixed_dictionaries(required, optional=optional).map(lambda kw: model(**kw))
+    fix = CROSS_FIELD.get(model, lambda kw: kw)
+    return st.fixed_dictionaries(required, optional=optional).map(lambda kw: model(**fix(kw)))
+
+
+def _fanout_list(kw: dict[str, Any]) -> dict[str, Any]:
+    """TransferSpec.destination_agents depends on two other fields (the first is destination_agent, the source
+    is not among them): the generated names made consistent, as distinct as they were generated."""
+    def other(name: str, avoid: set[str]) -> str:
+        return next(c for c in (name[:27] + x for x in "xyz") if c not in avoid)
+
+    if kw.get("destination_agents") is not None:
+        first = kw["destination_agent"]
+        if kw["source_agent"] == first:
+            kw["source_agent"] = other(first, {first})
+        source = kw["source_agent"]
+        rest = [a for a in dict.fromkeys(kw["destination_agents"]) if a not in (first, source)]
+        kw["destination_agents"] = [first, *(rest or [other(first, {first, source})])]
+    return kw
+
+
+CROSS_FIELD: dict[type[BaseModel], Callable[[dict[str, Any]], dict[str, Any]]] = {p.TransferSpec: _fanout_list}
 
 
 command_models = st.one_of(*[model_strategy(m) for m in COMMANDS])
