@@ -10,6 +10,7 @@ import asyncio
 import base64
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -256,3 +257,91 @@ async def test_what_the_router_drops_on_a_shared_topic(case: str, reason: str) -
     await w.send(source, payload, tid)
     assert got == [] and len(w.dropped) == 1 and reason in w.dropped[0], w.dropped
     assert w.metrics.rejected_messages == 1
+
+
+# --------------------------------------------------------------------------- the driver, with a real store and files
+
+
+async def test_the_driver_keeps_g_subscribes_before_it_answers_writes_shared_chunks_and_leaves(tmp_path: Path) -> None:
+    from agent.context import AgentContext
+    from agent.destination import DestinationTransfer
+    from agent.sandbox import Sandbox
+    from agent.store import StateStore
+    from agent.transferlog import TransferLog
+    from agent.wire.binding import derive_key, new_ephemeral
+    from agent.wire.encryption import Envelope
+    from agent.wire.protocol import Complete, FanoutOffer, FileOffer, Resync, decode_chunk, new_transfer_id, \
+        parse_control
+
+    order: list[tuple[str, Any]] = []
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        order.append(("publish", payload))
+
+    async def subscribe(topic: str) -> bool:
+        order.append(("subscribe", topic))
+        return True
+
+    async def unsubscribe(topic: str) -> None:
+        order.append(("unsubscribe", topic))
+
+    store = StateStore(tmp_path / "state.db")
+    ctx = AgentContext(name="A2", topics=T, store=store, log=TransferLog("A2", T, store, lambda: None),
+                       sandbox=Sandbox([tmp_path]), publish=publish, link_up=lambda: True,
+                       peer_status=lambda agent: "READY", chunk_size=262144, window_chunks=16, ack_timeout=60,
+                       ack_retries=1, agent_recovery_timeout=-1, on_state_change=lambda: None,
+                       subscribe=subscribe, unsubscribe=unsubscribe)
+    tid = new_transfer_id()
+    private, public = new_ephemeral()
+    data = os.urandom(3000)
+    out = tmp_path / "out.bin"
+    offer = Resync(kind="resync", transfer_id=tid, epoch=1, source_agent="A1", destination_agent="A2",
+                   exist="overwrite", checksum="sha256", chunk_size=262144, kx=public,
+                   files=[FileOffer(index=0, source="/src/0", destination=str(out), size=len(data))],
+                   fanout=FanoutOffer(key=base64.b64encode(G).decode(), destinations=["A2", "A3"]))
+    offer._encrypted = True
+
+    def replies() -> list[Any]:
+        dest_rec = store.load_transfer(tid, "destination", files=False)
+        assert dest_rec is not None
+        key = base64.b64decode(dest_rec.header["transfer_key"])
+        got = []
+        for kind, payload in order:
+            if kind == "publish":
+                got.append(parse_control(Envelope(payload).open_control(key, tid)))
+        return got
+
+    dest = DestinationTransfer.accept(ctx, offer)
+    await dest.on_resync(offer)
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    topic = T.fanout("A1", tid)
+    assert [k for k, _ in order] == ["subscribe", "publish"] and order[0][1] == topic
+    [first] = replies()
+    assert first.kind == "resync_reply" and first.fanout is True
+    assert derive_key(private, first.kx, tid)  # a reply the source can bind
+    assert group_key(store.load_transfer(tid, "destination", files=False).header) == G  # kept in the store
+
+    # a restart: subscribed again before the next resync is answered
+    order.clear()
+    dest = DestinationTransfer(ctx, store.load_transfer(tid, "destination"))
+    again = offer.model_copy(update={"epoch": 2})
+    again._encrypted = True
+    await dest.on_resync(again)
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    assert [k for k, _ in order] == ["subscribe", "publish"] and replies()[0].fanout is True
+
+    # a shared chunk of another epoch at the held offset is written and acked in the destination's epoch
+    order.clear()
+    frame = bytearray(encode_chunk(9, 0, 0, data[:1000], crc=False))
+    await dest.on_shared(decode_chunk(bytes(frame), authenticated=True))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    [ack] = replies()
+    assert (ack.kind, ack.epoch, ack.offset) == ("ack", 2, 1000)
+
+    order.clear()
+    await dest.on_complete(Complete(kind="complete", transfer_id=tid, source_agent="A1", state="failed",
+                                    result_code=40))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    await asyncio.sleep(0)
+    assert ("unsubscribe", topic) in order
+    store.close()
