@@ -305,7 +305,7 @@ class DestinationSession:
         carries the epoch of the leg that published it); anything else is dropped silently, no rewind asked: this
         destination's own leg repairs gaps with unicast. Acked as a unicast chunk is, in this session's epoch."""
         f = self.files.get(chunk.index)
-        if (not self.active or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
+        if (self.state in TERMINAL_STATES or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
                 or chunk.offset + len(chunk.data) > f.size):
             return []  # not a sign of life either: only a chunk written holds the recovery request back
         self.last_activity = now
@@ -525,7 +525,7 @@ class DestinationSession:
             return []
         if self.cancel_requested:
             return self.request_recovery("", now)  # repeat the cancel; never resume a cancelled transfer
-        if self.shared is Shared.OFFERED:
+        if self.shared is Shared.OFFERED and self.active:
             return [Subscribe(msg)]  # a member only once the broker has the subscription: then answered
         self.epoch = msg.epoch
         self._gap_reported.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -338,10 +339,27 @@ async def test_the_driver_keeps_g_subscribes_before_it_answers_writes_shared_chu
     [ack] = replies()
     assert (ack.kind, ack.epoch, ack.offset) == ("ack", 2, 1000)
 
+    # the rest by unicast, then the file's end: every file has its result, and the shared topic is left
     order.clear()
-    await dest.on_complete(Complete(kind="complete", transfer_id=tid, source_agent="A1", state="failed",
-                                    result_code=40))
+    await dest.on_chunk(decode_chunk(encode_chunk(2, 0, 1000, data[1000:]), authenticated=False))
+    await dest.on_file_end(SimpleNamespace(kind="file_end", index=0, size=len(data),
+                                           digest=hashlib.sha256(data).hexdigest()))
     await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
     await asyncio.sleep(0)
+    assert out.read_bytes() == data
+    assert [(r.kind, getattr(r, "result_code", 0)) for r in replies()] == [("ack", 0), ("file_result", 0)]
     assert ("unsubscribe", topic) in order
+
+    order.clear()
+    await dest.on_complete(Complete(kind="complete", transfer_id=tid, source_agent="A1", state="complete",
+                                    result_code=0))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    await asyncio.sleep(0)
+    assert ("unsubscribe", topic) not in order  # once
     store.close()
+
+
+def test_a_transfer_with_nothing_left_to_receive_does_not_subscribe() -> None:
+    s = session(Row(0, 10, status=DONE), Row(1, 5, status=FAILED), shared=True)
+    actions = s.receive(resync(2, 0, 1), now=1.0)
+    assert kinds(actions) == ["SaveTransfer", "SendResyncReply"] and reply(actions).fanout is None
