@@ -32,6 +32,13 @@ T = Topics("SYSTEM.FTE")
 G = os.urandom(32)
 
 
+def joined(*rows: Row, **kw: Any) -> Any:
+    """A fan-out destination session subscribed to the shared topic (its first resync answered)."""
+    s = session(*rows, shared=True, **kw)
+    s.shared = Shared.JOINED
+    return s
+
+
 def reply(actions: list[Any]) -> SendResyncReply:
     [r] = [a for a in actions if isinstance(a, SendResyncReply)]
     return r
@@ -91,7 +98,7 @@ def test_an_old_resync_or_a_cancelled_transfer_does_not_subscribe() -> None:
     (Row(0, 10, offset=4), chunk(1, 0, b"abc"), False),             # no such file
 ])
 def test_which_shared_chunk_is_written(row: Row, frame: Any, written: bool) -> None:
-    s = session(row, shared=True)
+    s = joined(row)
     actions = s.receive_shared(frame, now=5.0)
     if not written:
         assert actions == [] and s.last_activity == 0.0  # silent, and no sign of life: the timer runs on
@@ -102,23 +109,29 @@ def test_which_shared_chunk_is_written(row: Row, frame: Any, written: bool) -> N
 
 
 def test_a_written_shared_chunk_is_acked_in_the_destinations_own_epoch_and_counts_as_held() -> None:
-    s = session(Row(0, 10), shared=True, epoch=3)
+    s = joined(Row(0, 10), epoch=3)
     [w] = s.receive_shared(chunk(0, 0, b"abcd", epoch=7), now=1.0)
     acks = [a for a in s.chunk_written(w, now=1.0) if isinstance(a, SendAck)]
     assert [(a.epoch, a.index, a.offset, a.rewind) for a in acks] == [(3, 0, 4, False)]
     # a fresh transfer's resync measures the files this process wrote, shared chunks included
-    s.shared = Shared.JOINED
     assert kinds(s.receive(resync(4, 0), now=2.0)) == ["MeasureParts"]
 
 
 def test_a_shared_chunk_that_asks_for_no_ack_is_not_acked() -> None:
-    s = session(Row(0, 10), shared=True)
+    s = joined(Row(0, 10))
     [w] = s.receive_shared(chunk(0, 0, b"ab", ack=False), now=1.0)
     assert not any(isinstance(a, SendAck) for a in s.chunk_written(w, now=1.0))
 
 
+@pytest.mark.parametrize("state", [Shared.OFFERED, Shared.REFUSED, Shared.NONE])
+def test_no_shared_chunk_unless_subscribed_by_this_process(state: Shared) -> None:
+    s = session(Row(0, 10), shared=state is not Shared.NONE)
+    s.shared = state
+    assert s.receive_shared(chunk(0, 0, b"ab"), now=2.0) == []
+
+
 def test_no_shared_chunk_after_the_outcome() -> None:
-    s = session(Row(0, 10), shared=True)
+    s = joined(Row(0, 10))
     s.receive(SimpleNamespace(kind="complete", state="failed", result_code=40), now=1.0)
     assert s.receive_shared(chunk(0, 0, b"ab"), now=2.0) == []
 
