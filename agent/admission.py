@@ -9,6 +9,7 @@ As the destination: whether there is room for one more (maxDestinationTransfers)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import glob
 import logging
@@ -16,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from .wire.binding import agent_requester, new_ephemeral
 from .wire.encryption import ENCRYPTION
@@ -89,7 +90,8 @@ class Admission:
         if self._sources() >= room:
             raise CommandRefused(f"agent {name} has too many transfers (maxSourceTransfers + maxQueuedTransfers = "
                                  f"{room}); retry later")
-        await self._destination_known(spec.destination_agent)
+        await self._destinations_known(spec.destination_agents or [spec.destination_agent])
+        self._fanout_supported(spec)
         try:
             rt = effective_recovery_timeout(spec.recovery_timeout, settings.transferRecoveryTimeout)
         except ValueError as exc:
@@ -102,6 +104,8 @@ class Admission:
                   "metadata": dict(spec.metadata), "recovery_timeout_requested": spec.recovery_timeout,
                   "requested_at": sent_at, "originator": originator,
                   "priority": spec.priority or 0, "bandwidth": spec.bandwidth}
+        if spec.destination_agents is not None:  # a fan-out (-da A2,A3,...): destination_agent is the first
+            header["destination_agents"] = list(spec.destination_agents)
         if spec.mode == "text":  # -sce left out: this (the source) agent's platform encoding
             header["text"] = {"source_encoding": spec.source_encoding or PLATFORM_ENCODING,
                               "destination_encoding": spec.destination_encoding,
@@ -135,9 +139,23 @@ class Admission:
                 f"in the clear", results.FAILED)
         return key
 
-    async def _destination_known(self, agent: str) -> None:
-        if await self._peers.wait(agent, PEER_WAIT):
-            return
+    def _fanout_supported(self, spec: TransferSpec) -> None:
+        """A fan-out transfer (-da A2,A3,...) is refused, saying so, until the source side runs one leg per
+        destination (issue 18); refused here rather than sent to the first destination alone."""
+        if spec.destination_agents is not None:
+            raise CommandRefused(
+                f"agent {self._name} cannot run a fan-out transfer (-da {','.join(spec.destination_agents)}) "
+                f"yet: send one transfer to each destination agent", results.FAILED)
+
+    async def _destinations_known(self, agents: list[str]) -> None:
+        """Every destination agent known and trusted (all waited for at once); else refused with result 40,
+        naming the first that is not, in the order given."""
+        known = await asyncio.gather(*(self._peers.wait(agent, PEER_WAIT) for agent in agents))
+        for agent, ok in zip(agents, known):
+            if not ok:
+                self._unknown_destination(agent)
+
+    def _unknown_destination(self, agent: str) -> NoReturn:
         if self._peers.untrusted(agent):
             raise CommandRefused(
                 f"destination agent {agent!r} is on the broker, but agent {self._name} does not trust its key (its "

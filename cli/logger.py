@@ -179,6 +179,12 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
         extra = f" - {f['supplement']}" if f.get("supplement") else ""
         out.print(safe(f"  file {f.get('index')}: {f.get('source')} -> {f.get('destination')} result "
                        f"{f.get('result')} {f.get('size')} B digest {f.get('digest') or '-'}{extra}"), markup=False)
+    from .render import destination_lines
+
+    for e in events:  # a fan-out: each destination's outcome, from its completed event
+        if e.get("verified") and isinstance(e.get("event"), dict) and e["event"].get("action") == "completed":
+            for line in destination_lines(e["event"]):
+                out.print(line, markup=False)
     for e in events:
         flag = "" if e["verified"] else f" (UNVERIFIED: {e.get('problem')})"
         out.print(safe(f"  event {e.get('time')} {e.get('agent')} {e.get('action')} {e.get('state') or ''}{flag}"),

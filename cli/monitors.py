@@ -14,8 +14,8 @@ from agent.wire.programs import ProgramCall
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
 from .render import safe
-from .transfer_request import (BANDWIDTH_HELP, PRIORITY_HELP, PROGRAM_HELP, TEXT_HELP, program_calls, transfer_spec,
-                               with_programs)
+from .transfer_request import (BANDWIDTH_HELP, DESTINATION_AGENT_HELP, PRIORITY_HELP, PROGRAM_HELP, TEXT_HELP,
+                               program_calls, transfer_spec, with_programs)
 
 
 @command("create-monitor")
@@ -34,7 +34,7 @@ def create_monitor(
     exclude: Optional[str] = typer.Option(None, "-ex", "--exclude", help="Never file names matching this."),
     task_file: Optional[Path] = typer.Option(None, "-mt", "--task-file",
                                              help="Transfer request file (fte-create-transfer -gt) as the task."),
-    destination_agent: Optional[str] = typer.Option(None, "-da", help="Task: destination agent."),
+    destination_agent: Optional[str] = typer.Option(None, "-da", help="Task: d" + DESTINATION_AGENT_HELP[1:]),
     dest_file: Optional[str] = typer.Option(None, "-df", help="Task: destination file, e.g. '/in/${FileName}'."),
     dest_dir: Optional[str] = typer.Option(None, "-dd", help="Task: destination directory."),
     exist: str = typer.Option("error", "-de", help="Task: error | overwrite."),
@@ -159,7 +159,8 @@ def list_monitors(
             if task is None:  # a command task
                 target = f"command {(sp.get('command') or {}).get('name')}"
             else:
-                target = f"{task['destination_agent']}:" + ", ".join(i["destination"] for i in task["items"])
+                agents = ",".join(task.get("destination_agents") or [task["destination_agent"]])  # a fan-out: all
+                target = f"{agents}:" + ", ".join(i["destination"] for i in task["items"])
             text += f"  {sp['trigger']} in {sp['directory']} every {sp['poll_seconds']} s -> {target}"
         return text
 

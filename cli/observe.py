@@ -26,8 +26,8 @@ from agent.wire.protocol import QueryTransfer, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import (is_progress_topic, read_message, read_progress, safe, safe_markup, safe_text, status_text,
-                     status_when)
+from .render import (destination_lines, is_progress_topic, read_message, read_progress, route_of, safe, safe_markup,
+                     safe_text, status_text, status_when)
 from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 
@@ -39,7 +39,7 @@ def transfer_line(t: dict[str, Any]) -> str:
     pct = f"{100 * t['bytes_done'] / t['bytes_total']:.0f}%" if t.get("bytes_total") else "-"
     priority = t.get("priority")  # -pr, known to the source (a destination row shows "pr -")
     text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} pr {priority if priority is not None else '-'} "
-            f"{t.get('source_agent')}->{t.get('destination_agent')}"
+            f"{route_of(t)}"
             f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
     if t.get("result_code") is not None:
         text += f" result {t['result_code']}"
@@ -152,6 +152,10 @@ def show_transfer(
                     "recovery_timeout", "recovery_deadline", "bytes_resent", "created", "updated", "seconds"):
             if v.get(key) is not None:
                 out.print(safe(f"  {key:20} {v[key]}"), markup=False)
+        if v.get("destinations"):  # a fan-out: each destination's leg
+            out.print(safe(f"  {'destinations':20} {route_of(v)}"), markup=False)
+            for line in destination_lines(v, indent="    "):
+                out.print(line, markup=False)
         for f in v.get("files", []):
             extra = f" - {f['supplement']}" if f.get("supplement") else ""
             out.print(safe(f"  file {f['index']}: {f['source']} -> {f['destination']} {f['status']} "
@@ -204,7 +208,7 @@ def top_row(t: dict[str, Any]) -> list[Any]:
     note = t.get("last_stall") if state in RECOVERY else \
         (f"result {t['result_code']}" if t.get("result_code") is not None else "")
     return [safe_text(str(t["transfer_id"])[:12]), safe_text(t.get("job_name") or ""),
-            safe_text(f"{t.get('source_agent')} -> {t.get('destination_agent')}"), safe_text(file_text(t)),
+            safe_text(route_of(t, " -> ")), safe_text(file_text(t)),
             Text(safe(state), style=style), bar,
             rate_text(t["rate_bytes_per_second"]) if t.get("rate_bytes_per_second") and state not in TERMINAL else "",
             eta_text(t), safe_text(t.get("recoveries", 0)), safe_text(note or "")]
@@ -298,6 +302,8 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                 t["recoveries"] = ev.recoveries
             if isinstance(ev, Completed):
                 t["result_code"] = ev.result_code
+                if ev.destinations:  # a fan-out: the route shows every destination
+                    t["destinations"] = [d.wire() for d in ev.destinations]
 
         deadline = time.monotonic() + 2.0
         if once:

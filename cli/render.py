@@ -13,6 +13,7 @@ from rich.markup import escape as escape_markup
 from rich.text import Text
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from agent.core.fanout_outcome import route
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
 from agent.core.results import FILE_FAILED, FILE_SUCCESS
 from agent.core.statuses import AgentState
@@ -175,7 +176,8 @@ def _event_line(ev: EventModel) -> str:
         calls = [f"{CALL_FLAG.get(p.when, p.when)} {p.name} {p.outcome}"
                  + (f" (return code {p.return_code})" if p.return_code is not None else " (not run)")
                  for p in ev.programs or ()]
-        return text + ("; programs: " + ", ".join(calls) if calls else "")
+        text += ("; programs: " + ", ".join(calls)) if calls else ""
+        return text + _destinations_text(ev.wire())
     if isinstance(ev, ProgressEvent):
         parts = [f"{f.source} -> {f.destination} ({f.size} bytes, "
                  f"{'ok' if f.result_code == FILE_SUCCESS else f'result {f.result_code}'}"
@@ -204,8 +206,38 @@ def _summary_line(ev: Mapping[str, Any]) -> str:
                   and f.get("supplement")]
         counts = tuple(stats.get(k, "?") for k in ("files_succeeded", "files", "bytes", "seconds"))
         return _completed_text(head, ev.get("state"), ev.get("result_code"), counts,  # type: ignore[arg-type]
-                               ev.get("message"), failed)
+                               ev.get("message"), failed) + _destinations_text(ev)
     return f"{head} {ev.get('state', '')}" + (f": {ev['message']}" if ev.get("message") else "")
+
+
+def destination_entries(t: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A fan-out transfer's `destinations` (of a completed event or a summary), [] for an ordinary one."""
+    found = t.get("destinations")
+    return [d for d in found if isinstance(d, Mapping)] if isinstance(found, list) else []
+
+
+def route_of(t: Mapping[str, Any], arrow: str = "->") -> str:
+    """Where a transfer (an event, a summary, a history row) goes: A1->A2, or A1->A2,A3,A4 for a fan-out."""
+    names = [str(d.get("agent")) for d in destination_entries(t)] or [str(t.get("destination_agent"))]
+    return route(str(t.get("source_agent")), names).replace("->", arrow, 1)
+
+
+def destination_lines(t: Mapping[str, Any], indent: str = "  ") -> list[str]:
+    """One line per destination of a fan-out transfer (safe to print): its outcome, counts and reason."""
+    lines = []
+    for d in destination_entries(t):
+        text = (f"{indent}{d.get('agent')}: {d.get('state')} (result {d.get('result_code')}): "
+                f"{d.get('files_done')} file(s) done, {d.get('files_failed')} failed, {d.get('bytes_done')} bytes, "
+                f"{d.get('recoveries')} recoveries")
+        lines.append(safe(text + (f" - {d['supplement']}" if d.get("supplement") else "")))
+    return lines
+
+
+def _destinations_text(t: Mapping[str, Any]) -> str:
+    """The destinations of a fan-out in an event's one line: '; destinations: A2 complete, A3 failed (40)'."""
+    parts = [f"{d.get('agent')} {d.get('state')}" + (f" ({d.get('result_code')})" if d.get("result_code") else "")
+             for d in destination_entries(t)]
+    return "; destinations: " + ", ".join(parts) if parts else ""
 
 
 def is_progress_topic(topics: Topics, topic: Any) -> bool:
@@ -341,7 +373,8 @@ class TransferWatcher:
                     "statistics": {"files": d.get("files_total"), "bytes": d.get("bytes_done"),
                                    "files_succeeded": sum(1 for f in files if f.get("result_code") in (0, 2))},
                     "message": (f"{'BFGSS0081E: ' if d['state'] == 'recovery_timed_out' else ''}transfer ended "
-                                f"{d['state']} while the broker was unreachable (outcome from agent {self.agent})")}
+                                f"{d['state']} while the broker was unreachable (outcome from agent {self.agent})"),
+                    **({"destinations": d["destinations"]} if d.get("destinations") else {})}
 
     def _queued_outcome(self) -> dict[str, Any] | None:
         while not self.q.empty():

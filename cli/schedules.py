@@ -72,7 +72,8 @@ def list_scheduled(
         every = f"every {sc['frequency']} {sc['interval']}" if sc.get("interval") else "once"
         files = ", ".join(i["source"] for i in sp["items"])
         return (f"{r['schedule_id']} {r['agent']:10} next {r['next_run']}  {every}  "
-                f"{files} -> {sp['destination_agent']}  (runs so far: {r['runs']})  "
+                f"{files} -> {','.join(sp.get('destination_agents') or [sp['destination_agent']])}  "
+                f"(runs so far: {r['runs']})  "
                 f"by {r.get('requester') or '(unknown)'}")
 
     print_listing(run(_retained(broker, agent)), as_json, "No scheduled transfers.", line)

@@ -33,8 +33,8 @@ import typer
 from pydantic import Field, ValidationError, model_validator
 
 from agent.wire.programs import ProgramCalls
-from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_INT64, AgentName, Checksum, EncodingName, LineEnding,
-                            Metadata, Path_, Strict, TransferSpec, TriggerText, utc_now)
+from agent.wire.protocol import (MAX_COMMAND_BYTES, MAX_FANOUT, MAX_INT64, AgentName, Checksum, EncodingName,
+                                LineEnding, Metadata, Path_, Strict, TransferSpec, TriggerText, fanout_problem, utc_now)
 
 from agent.definitions import DefinitionTrust, DefinitionTrustError
 
@@ -42,7 +42,8 @@ from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
 from .render import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
-                               PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags, check_trigger, parse_metadata,
+                               DESTINATION_AGENT_HELP, PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags,
+                               check_trigger, destination_agents, destinations_text, parse_metadata,
                                priority_and_bandwidth, text_fields, text_flags_without_text_mode)
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 TEMPLATE_NAME_RE = re.compile(TEMPLATE_NAME_PATTERN)
@@ -113,11 +114,20 @@ class TemplateSpec(Strict):
     priority: Annotated[int, Field(ge=0, le=9)] | None = None  # -pr
     bandwidth: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None  # --bandwidth, bytes a second
     trigger: TriggerText | None = None
+    # -da A2,A3,A4: a fan-out template (destination_agent is its first)
+    destination_agents: Annotated[list[AgentName], Field(min_length=2, max_length=MAX_FANOUT)] | None = None
 
     @model_validator(mode="after")
     def _sourceless_item_alone(self) -> "TemplateSpec":
         if len(self.items) > 1 and any(i.source is None for i in self.items):
             raise ValueError("an item without a source must be the only item")
+        agents = self.destination_agents
+        if agents is not None:  # a fan-out template: as TransferSpec checks it, with what the template has
+            problem = fanout_problem(self.source_agent or "", agents)
+            if problem is None and agents[0] != self.destination_agent:
+                problem = f"the first of destination_agents ({agents[0]}) must be destination_agent"
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -163,6 +173,7 @@ class Overrides:
 
     source_agent: str | None = None
     destination_agent: str | None = None
+    destination_agents: list[str] | None = None  # -da A2,A3,A4 (destination_agent is then A2)
     dest_file: str | None = None
     dest_dir: str | None = None
     exist: str | None = None
@@ -221,6 +232,8 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
     destination_agent = ov.destination_agent or base.destination_agent
     if not destination_agent:
         raise TemplateError(f"{label} has no destination agent; give -da")
+    # -da given replaces the template's destinations, all of them (-da A5 makes a fan-out template's one transfer)
+    fanout = ov.destination_agents if ov.destination_agent else base.destination_agents
     items: list[dict[str, Any]] = []
     if ov.sources:
         dest, kind = cli_dest or _template_destination(base, label)
@@ -238,6 +251,8 @@ def merge(base: TemplateSpec | dict[str, Any] | None, ov: Overrides, label: str 
                               recursive=bool(ov.recursive) or i.recursive))
     values: dict[str, Any] = dict(source_agent=source_agent, destination_agent=destination_agent, items=items,
                                   metadata={**base.metadata, **ov.metadata})
+    if fanout is not None:
+        values["destination_agents"] = fanout
     for name in ("exist", "disposition", "checksum", "recovery_timeout", "job_name", "priority", "bandwidth",
                  "trigger"):
         value = getattr(ov, name)
@@ -274,7 +289,8 @@ def template_spec(ov: Overrides) -> TemplateSpec:
     else:
         items = []
     values: dict[str, Any] = dict(source_agent=ov.source_agent, destination_agent=ov.destination_agent,
-                                  items=items, exist=ov.exist, disposition=ov.disposition,
+                                  destination_agents=ov.destination_agents, items=items, exist=ov.exist,
+                                  disposition=ov.disposition,
                                   checksum=ov.checksum.lower() if ov.checksum else None,
                                   recovery_timeout=ov.recovery_timeout, job_name=ov.job_name, metadata=ov.metadata,
                                   **ov.text, priority=ov.priority, bandwidth=ov.bandwidth, trigger=ov.trigger)
@@ -294,8 +310,10 @@ def overrides_from(ctx: Any, **values: Any) -> Overrides:
     """Overrides holding only the values the user gave (by parameter name, as in create-transfer)."""
     kept = {k: v for k, v in values.items() if given(ctx, k)}
     priority, bandwidth = priority_and_bandwidth(kept.get("priority"), kept.get("bandwidth"))
+    first, fanout = (destination_agents(kept["destination_agent"], kept.get("source_agent"))
+                     if kept.get("destination_agent") else (None, None))
     return Overrides(
-        source_agent=kept.get("source_agent"), destination_agent=kept.get("destination_agent"),
+        source_agent=kept.get("source_agent"), destination_agent=first, destination_agents=fanout,
         dest_file=kept.get("dest_file"), dest_dir=kept.get("dest_dir"), exist=kept.get("exist"),
         disposition=kept.get("disposition"), checksum=kept.get("checksum"),
         recursive=True if kept.get("recursive") else None, recovery_timeout=kept.get("recovery_timeout"),
@@ -484,7 +502,7 @@ def submission_line(spec: TransferSpec, label: str, creator: str | None = None) 
     dests = {(i.destination, i.destination_type) for i in spec.items}
     dest = f"{first.destination} ({first.destination_type})" if len(dests) == 1 else "several destinations"
     who = f" by {creator} (signature verified)" if creator else ""
-    return (f"{label}{who}: {spec.source_agent}:{first.source}{more} -> {spec.destination_agent}:{dest}; "
+    return (f"{label}{who}: {spec.source_agent}:{first.source}{more} -> {destinations_text(spec)}:{dest}; "
             f"-sd {spec.disposition}, -de {spec.exist}")
 
 
@@ -501,7 +519,7 @@ def summary(t: Template, problem: str | None = None) -> list[str]:
         dest = "; ".join(f"{i.source} -> {i.destination} ({i.destination_type})" for i in s.items)
     lines = [t.name,
              f"  agents:       {s.source_agent or '(not set: give -sa)'} -> "
-             f"{s.destination_agent or '(not set: give -da)'}",
+             f"{destinations_text(s) if s.destination_agent else '(not set: give -da)'}",
              f"  files:        {', '.join(sources) if sources else '(not set: give them when submitting)'}",
              f"  destination:  {dest}",
              f"  recovery timeout (-rt): {s.recovery_timeout if s.recovery_timeout is not None else 'agent default'}"]
@@ -537,8 +555,7 @@ def create_template(
                                                              "agent (may be left to the submitter)."),
     name: str = typer.Option(..., "-tn", "--template-name", help="Template name: 1-64 of A-Z a-z 0-9 . _ -"),
     source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent", help="Source agent."),
-    destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
-                                                    help="Destination agent."),
+    destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent", help=DESTINATION_AGENT_HELP),
     dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
     dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory",
                                            help="Destination directory."),
@@ -570,8 +587,9 @@ def create_template(
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     pr, rate = priority_and_bandwidth(priority, bandwidth)
     check_trigger(trigger)
+    first, fanout = destination_agents(destination_agent, source_agent) if destination_agent else (None, None)
     spec = template_spec(Overrides(
-        source_agent=source_agent, destination_agent=destination_agent, dest_file=dest_file,
+        source_agent=source_agent, destination_agent=first, destination_agents=fanout, dest_file=dest_file,
         dest_dir=dest_dir, exist=exist, disposition=disposition, checksum=checksum,
         recursive=recursive or None, recovery_timeout=recovery_timeout, job_name=job_name,
         metadata=parse_metadata(metadata), sources=list(sources or []), text=text, priority=pr, bandwidth=rate,
@@ -604,7 +622,8 @@ def create_template(
     replaced, url = run(go())
     files = sum(1 for i in spec.items if i.source is not None)
     say(f"{'Replaced' if replaced else 'Created'} template {name} "
-        f"({spec.source_agent or '?'} -> {spec.destination_agent or '?'}, {files} source(s)) "
+        f"({spec.source_agent or '?'} -> {destinations_text(spec) if spec.destination_agent else '?'}, "
+        f"{files} source(s)) "
         f"on the broker at {url}. Submit it with: fte-create-transfer -tn {name}")
 
 @command("list-templates")

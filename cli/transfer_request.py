@@ -1,7 +1,6 @@
-"""The transfer-request flags, checked once: -de, -sd, -cs, -rt, -md, -t/-sce/-dce/-dle, -pr, --bandwidth and -tr, and a
-TransferSpec built from them
-with an error that names the flag. fte-create-transfer, fte-create-template and fte-create-monitor (its
-task) take the same flags and use these, so a value is refused with the same words by all three.
+"""The transfer-request flags, checked once: -da (one agent or a fan-out's list), -de, -sd, -cs, -rt, -md,
+-t/-sce/-dce/-dle, -pr, --bandwidth and -tr, and a TransferSpec built from them with an error that names the
+flag. fte-create-transfer, fte-create-template and fte-create-monitor (its task) take the same flags and use these, so a value is refused with the same words by all three.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from agent.wire.programs import ProgramCall, ProgramCalls
 from agent.core.start_order import check_priority
 from agent.core.units import parse_rate
 from agent.core.transfer_trigger import TransferTrigger, TransferTriggerError
-from agent.wire.protocol import TransferItem, TransferSpec
+from agent.wire.protocol import MAX_FANOUT, TransferItem, TransferSpec, fanout_problem
 
 from .client import ClientError
 
@@ -44,7 +43,7 @@ PRIORITY_HELP = ("Priority 0 (lowest, the default) to 9 (highest): queued transf
 BANDWIDTH_HELP = ("Bytes a second this transfer sends at most: digits with an optional K, M or G (powers of "
                   "1000), e.g. 20M; the source agent's agentMaxBandwidth applies too (the lower wins).")
 
-FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "job_name": "-jn", "metadata": "-md",
+FLAG_OF_FIELD = {"source_agent": "-sa", "destination_agent": "-da", "destination_agents": "-da", "job_name": "-jn", "metadata": "-md",
                  "recovery_timeout": "-rt", "priority": "-pr", "bandwidth": "--bandwidth", "items": "the sources or -df/-dd",
                  "source": "source", "programs": "-presrc/-postsrc/-predst/-postdst", "trigger": "-tr"}
 
@@ -132,6 +131,30 @@ def check_trigger(trigger: Optional[str]) -> None:
             raise TransferRequestError(str(exc)) from None
 
 
+DESTINATION_AGENT_HELP = (f"Destination agent; or a comma list (A2,A3,A4: 2 to {MAX_FANOUT} distinct agents, not the "
+                          "source agent) for a fan-out, one transfer delivered to each of them.")
+
+
+def destination_agents(value: str, source_agent: Optional[str] = None) -> tuple[str, Optional[list[str]]]:
+    """-da A2 (one destination: (A2, None)) or -da A2,A3,A4 (a fan-out: (A2, [A2, A3, A4])); the list checked
+    here, in the words of TransferSpec's own check, so that nothing wrong is sent: TransferRequestError naming
+    the flag and what is wrong (an empty name, a name twice, more than 16, the source agent among them)."""
+    if "," not in value:
+        return value, None
+    names = [n.strip() for n in value.split(",")]
+    if any(not n for n in names):
+        raise TransferRequestError(f"-da {value!r}: an agent name is empty (write the list as -da A2,A3,A4)")
+    problem = fanout_problem(source_agent or "", names)
+    if problem is not None:
+        raise TransferRequestError(f"-da {value!r}: {problem}")
+    return names[0], names
+
+
+def destinations_text(spec: Any) -> str:
+    """A spec's destination agents as shown: A2, or A2,A3,A4 for a fan-out."""
+    return ",".join(spec.destination_agents or [spec.destination_agent])
+
+
 def parse_metadata(values: Optional[List[str]]) -> dict[str, str]:
     """-md key=value[,key=value], repeatable, as a dict (a key given twice keeps its last value)."""
     md: dict[str, str] = {}
@@ -177,6 +200,7 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
     md = parse_metadata(metadata)
     text = text_fields(mode, source_encoding, destination_encoding, destination_line_ending)
     pr, rate = priority_and_bandwidth(priority, bandwidth)
+    destination_agent, fanout = destination_agents(destination_agent, source_agent)
     try:
         items = [TransferItem(source=s, destination=dest_file or dest_dir or "",
                               destination_type="file" if dest_file else "directory", recursive=recursive)
@@ -184,7 +208,7 @@ def transfer_spec(source_agent: str, destination_agent: str, sources: List[str],
         spec = TransferSpec(source_agent=source_agent, destination_agent=destination_agent, items=items,
                             exist=exist, disposition=disposition, checksum=checksum.lower(),
                             recovery_timeout=recovery_timeout, job_name=job_name, metadata=md, **text,
-                            priority=pr, bandwidth=rate, trigger=trigger)
+                            priority=pr, bandwidth=rate, trigger=trigger, destination_agents=fanout)
     except ValueError as exc:
         raise TransferRequestError(f"invalid transfer request: {validation_text(exc)}") from None
     problem = text_flags_without_text_mode(spec)

@@ -16,10 +16,11 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, format_event, safe
-from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
-                               PRIORITY_HELP, PROGRAM_HELP, SOURCE_ENCODING_OPTION, check_flags, priority_and_bandwidth,
-                               program_calls, text_fields, transfer_spec, with_programs)
+from .render import TransferWatcher, destination_lines, format_event, route_of, safe
+from .transfer_request import (BANDWIDTH_HELP, DESTINATION_AGENT_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION,
+                               MODE_OPTION, PRIORITY_HELP, PROGRAM_HELP, SOURCE_ENCODING_OPTION, check_flags,
+                               destinations_text, priority_and_bandwidth, program_calls, text_fields, transfer_spec,
+                               with_programs)
 from .transfer_ids import check_transfer_id, resolve_transfer_id
 
 
@@ -53,7 +54,8 @@ def create_transfer(
     source_agent: Optional[str] = typer.Option(None, "-sa", "--source-agent",
                                                help="Source agent (required unless -tn or -td gives it)."),
     destination_agent: Optional[str] = typer.Option(None, "-da", "--destination-agent",
-                                                    help="Destination agent (required unless -tn or -td gives it)."),
+                                                    help=DESTINATION_AGENT_HELP + " Required unless -tn or -td "
+                                                                                  "gives it."),
     dest_file: Optional[str] = typer.Option(None, "-df", "--destination-file", help="Destination file."),
     dest_dir: Optional[str] = typer.Option(None, "-dd", "--destination-directory", help="Destination directory."),
     exist: str = typer.Option("error", "-de", "--destination-exists", help="error | overwrite"),
@@ -79,7 +81,8 @@ def create_transfer(
              "here override its values."),
     wait: Optional[float] = typer.Option(None, "-w", "--wait",
                                          help="Wait for the outcome (optionally at most SECONDS); exit code = "
-                                              "result code (0, 20, 40, 41, 69), 2 if the wait ran out."),
+                                              "result code (0, 20, 40, 41, 69; a fan-out: 0 when every "
+                                              "destination succeeded, 20 some, 40 none), 2 if the wait ran out."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the agent to accept the request."),
@@ -174,7 +177,7 @@ def create_transfer(
             out.print(json.dumps({"request_file": str(path), **templates.request_document(spec)}), markup=False,
                       emoji=False)
         else:
-            out.print(f"Wrote the transfer request ({spec.source_agent} -> {spec.destination_agent}, "
+            out.print(f"Wrote the transfer request ({spec.source_agent} -> {destinations_text(spec)}, "
                       f"{len(spec.items)} source(s)) to {path}; submit it with: fte-create-transfer -td {path}",
                       markup=False, emoji=False)
         raise typer.Exit(0)
@@ -247,13 +250,19 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
             return 2
         rc = int(final.get("result_code", 40))
         if as_json:
-            out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
-                                  "files": final.get("files"), "message": final.get("message"),
-                                  **({"programs": final["programs"]} if final.get("programs") else {})}),
-                      markup=False)
+            out.print(json.dumps(outcome_json(tid, final, rc)), markup=False)
         else:
             out.print(format_event(final), markup=False)
+            for line in destination_lines(final):  # a fan-out: each destination's outcome, one line each
+                out.print(line, markup=False)
         return rc
+
+
+def outcome_json(tid: str, final: dict[str, Any], rc: int) -> dict[str, Any]:
+    """-w --json's object: the outcome of the transfer, and each destination's of a fan-out (`destinations`)."""
+    return {"transfer_id": tid, "state": final.get("state"), "result_code": rc, "files": final.get("files"),
+            "message": final.get("message"), **({"programs": final["programs"]} if final.get("programs") else {}),
+            **({"destinations": final["destinations"]} if final.get("destinations") else {})}
 
 
 @command("cancel-transfer")
@@ -320,7 +329,7 @@ async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_
                     out.print(json.dumps(t), soft_wrap=True, markup=False)
                 else:
                     out.print(safe(f"{t['transfer_id']} {t['role']:11} {t['state']:18} "
-                                   f"{t.get('source_agent')}->{t.get('destination_agent')} "
+                                   f"{route_of(t)} "
                                    f"{t.get('bytes_done')}/{t.get('bytes_total')} bytes"
                                    + (f" result {t['result_code']}" if t.get("result_code") is not None else "")),
                               soft_wrap=True, markup=False)

@@ -157,6 +157,20 @@ class Statistics(EventModel):
     bytes_resent: Count
 
 
+class DestinationOutcome(EventModel):
+    """One destination of a fan-out transfer (-da A2,A3,...) in `completed`'s `destinations`, in the order the
+    request listed them (agent.core.fanout_outcome makes it; DESTINATION_FIELDS are these members)."""
+
+    agent: AgentName
+    state: TerminalState
+    result_code: TransferResultCode
+    files_done: Count
+    files_failed: Count
+    bytes_done: Count
+    recoveries: Count
+    supplement: str | None
+
+
 # --------------------------------------------------------------------------- transfer events
 
 
@@ -246,6 +260,7 @@ class Completed(TransferEventBase):
     statistics: Statistics
     programs: list[ProgramReport] | None = None  # only when the transfer has program calls
     encryption: Encryption | None = None
+    destinations: Annotated[list[DestinationOutcome], Field(min_length=2)] | None = None  # only of a fan-out
 
 
 class TriggerNotMet(TransferEventBase):

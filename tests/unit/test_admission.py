@@ -162,3 +162,28 @@ async def test_an_encrypting_source_takes_the_destinations_offer_key_or_refuses_
     refused = await _refused(w, w.spec(("a", "/out/a", "file"), destination="OLD"),
                              "cannot receive encrypted transfers")
     assert "agentEncryption=false" in str(refused) and refused.code == results.FAILED
+
+
+# --------------------------------------------------------------------------- a fan-out (-da A2,A3,A4)
+
+
+def _fanout(w: _World, *agents: str) -> TransferSpec:
+    plain = w.spec(("a", "/out/a", "file"), destination=agents[0])
+    return TransferSpec.model_validate({**plain.model_dump(), "destination_agents": list(agents)})
+
+
+async def test_every_destination_of_a_fan_out_must_be_known_and_is_named(tmp_path: Path) -> None:
+    w = _World(tmp_path, peers=_Peers({"A2", "A4"}, untrusted={"A5"}))
+    w.file("a")
+    refusal = await _refused(w, _fanout(w, "A2", "A3", "A4"), r"destination agent 'A3' is not known on this broker")
+    assert refusal.code == results.FAILED
+    assert sorted(a for a, _ in w.peers.waited) == ["A2", "A3", "A4"]  # every one waited for (at once)
+    refusal = await _refused(w, _fanout(w, "A2", "A5"), r"destination agent 'A5' is on the broker, but")
+    assert refusal.code == results.FAILED
+
+
+async def test_a_fan_out_to_known_agents_is_refused_cleanly_until_the_source_can_run_one(tmp_path: Path) -> None:
+    w = _World(tmp_path, peers=_Peers({"A2", "A3"}))
+    w.file("a")
+    refusal = await _refused(w, _fanout(w, "A2", "A3"), r"cannot run a fan-out transfer \(-da A2,A3\) yet")
+    assert refusal.code == results.FAILED
