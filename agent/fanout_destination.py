@@ -59,7 +59,8 @@ def take_offer(header: dict[str, Any], msg: Any, agent: str) -> None:
 
 
 class SharedStream:
-    """The shared topic of one destination transfer: subscribed at most once per process, left at its end."""
+    """The shared topic of one destination transfer: subscribed at most once per process, left when every file
+    has its result or the source's outcome comes."""
 
     __slots__ = ("_ctx", "key", "topic", "_joined")
 
@@ -84,6 +85,10 @@ class SharedStream:
             return False
         self._joined = True
         return True
+
+    @property
+    def joined(self) -> bool:
+        return self._joined
 
     def leave(self) -> None:
         """The transfer ended here: unsubscribe (not waited for)."""

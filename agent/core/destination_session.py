@@ -302,10 +302,11 @@ class DestinationSession:
     def receive_shared(self, chunk: Any, now: float) -> list[Action]:
         """A chunk from the shared topic of a fan-out transfer (opened with the group key by the shell). Written
         iff its file is ready and it continues exactly what is held, whatever its epoch (the shared stream
-        carries the epoch of the leg that published it); anything else is dropped silently, no rewind asked: this
-        destination's own leg repairs gaps with unicast. Acked as a unicast chunk is, in this session's epoch."""
+        carries the epoch of the leg that published it), and only while subscribed by this process; anything else
+        is dropped silently, no rewind asked: this destination's own leg repairs gaps with unicast. Acked as a
+        unicast chunk is, in this session's epoch."""
         f = self.files.get(chunk.index)
-        if (not self.active or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
+        if (self.shared is not Shared.JOINED or self.state in TERMINAL_STATES or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
                 or chunk.offset + len(chunk.data) > f.size):
             return []  # not a sign of life either: only a chunk written holds the recovery request back
         self.last_activity = now
@@ -525,7 +526,7 @@ class DestinationSession:
             return []
         if self.cancel_requested:
             return self.request_recovery("", now)  # repeat the cancel; never resume a cancelled transfer
-        if self.shared is Shared.OFFERED:
+        if self.shared is Shared.OFFERED and self.active:
             return [Subscribe(msg)]  # a member only once the broker has the subscription: then answered
         self.epoch = msg.epoch
         self._gap_reported.clear()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +30,13 @@ from .test_destination_session import DONE, FAILED, Row, chunk, kinds, resync, s
 TID = "cd" * 24
 T = Topics("SYSTEM.FTE")
 G = os.urandom(32)
+
+
+def joined(*rows: Row, **kw: Any) -> Any:
+    """A fan-out destination session subscribed to the shared topic (its first resync answered)."""
+    s = session(*rows, shared=True, **kw)
+    s.shared = Shared.JOINED
+    return s
 
 
 def reply(actions: list[Any]) -> SendResyncReply:
@@ -89,7 +98,7 @@ def test_an_old_resync_or_a_cancelled_transfer_does_not_subscribe() -> None:
     (Row(0, 10, offset=4), chunk(1, 0, b"abc"), False),             # no such file
 ])
 def test_which_shared_chunk_is_written(row: Row, frame: Any, written: bool) -> None:
-    s = session(row, shared=True)
+    s = joined(row)
     actions = s.receive_shared(frame, now=5.0)
     if not written:
         assert actions == [] and s.last_activity == 0.0  # silent, and no sign of life: the timer runs on
@@ -100,23 +109,29 @@ def test_which_shared_chunk_is_written(row: Row, frame: Any, written: bool) -> N
 
 
 def test_a_written_shared_chunk_is_acked_in_the_destinations_own_epoch_and_counts_as_held() -> None:
-    s = session(Row(0, 10), shared=True, epoch=3)
+    s = joined(Row(0, 10), epoch=3)
     [w] = s.receive_shared(chunk(0, 0, b"abcd", epoch=7), now=1.0)
     acks = [a for a in s.chunk_written(w, now=1.0) if isinstance(a, SendAck)]
     assert [(a.epoch, a.index, a.offset, a.rewind) for a in acks] == [(3, 0, 4, False)]
     # a fresh transfer's resync measures the files this process wrote, shared chunks included
-    s.shared = Shared.JOINED
     assert kinds(s.receive(resync(4, 0), now=2.0)) == ["MeasureParts"]
 
 
 def test_a_shared_chunk_that_asks_for_no_ack_is_not_acked() -> None:
-    s = session(Row(0, 10), shared=True)
+    s = joined(Row(0, 10))
     [w] = s.receive_shared(chunk(0, 0, b"ab", ack=False), now=1.0)
     assert not any(isinstance(a, SendAck) for a in s.chunk_written(w, now=1.0))
 
 
+@pytest.mark.parametrize("state", [Shared.OFFERED, Shared.REFUSED, Shared.NONE])
+def test_no_shared_chunk_unless_subscribed_by_this_process(state: Shared) -> None:
+    s = session(Row(0, 10), shared=state is not Shared.NONE)
+    s.shared = state
+    assert s.receive_shared(chunk(0, 0, b"ab"), now=2.0) == []
+
+
 def test_no_shared_chunk_after_the_outcome() -> None:
-    s = session(Row(0, 10), shared=True)
+    s = joined(Row(0, 10))
     s.receive(SimpleNamespace(kind="complete", state="failed", result_code=40), now=1.0)
     assert s.receive_shared(chunk(0, 0, b"ab"), now=2.0) == []
 
@@ -256,3 +271,108 @@ async def test_what_the_router_drops_on_a_shared_topic(case: str, reason: str) -
     await w.send(source, payload, tid)
     assert got == [] and len(w.dropped) == 1 and reason in w.dropped[0], w.dropped
     assert w.metrics.rejected_messages == 1
+
+
+# --------------------------------------------------------------------------- the driver, with a real store and files
+
+
+async def test_the_driver_keeps_g_subscribes_before_it_answers_writes_shared_chunks_and_leaves(tmp_path: Path) -> None:
+    from agent.context import AgentContext
+    from agent.destination import DestinationTransfer
+    from agent.sandbox import Sandbox
+    from agent.store import StateStore
+    from agent.transferlog import TransferLog
+    from agent.wire.binding import derive_key, new_ephemeral
+    from agent.wire.encryption import Envelope
+    from agent.wire.protocol import Complete, FanoutOffer, FileOffer, Resync, decode_chunk, new_transfer_id, \
+        parse_control
+
+    order: list[tuple[str, Any]] = []
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        order.append(("publish", payload))
+
+    async def subscribe(topic: str) -> bool:
+        order.append(("subscribe", topic))
+        return True
+
+    async def unsubscribe(topic: str) -> None:
+        order.append(("unsubscribe", topic))
+
+    store = StateStore(tmp_path / "state.db")
+    ctx = AgentContext(name="A2", topics=T, store=store, log=TransferLog("A2", T, store, lambda: None),
+                       sandbox=Sandbox([tmp_path]), publish=publish, link_up=lambda: True,
+                       peer_status=lambda agent: "READY", chunk_size=262144, window_chunks=16, ack_timeout=60,
+                       ack_retries=1, agent_recovery_timeout=-1, on_state_change=lambda: None,
+                       subscribe=subscribe, unsubscribe=unsubscribe)
+    tid = new_transfer_id()
+    private, public = new_ephemeral()
+    data = os.urandom(3000)
+    out = tmp_path / "out.bin"
+    offer = Resync(kind="resync", transfer_id=tid, epoch=1, source_agent="A1", destination_agent="A2",
+                   exist="overwrite", checksum="sha256", chunk_size=262144, kx=public,
+                   files=[FileOffer(index=0, source="/src/0", destination=str(out), size=len(data))],
+                   fanout=FanoutOffer(key=base64.b64encode(G).decode(), destinations=["A2", "A3"]))
+    offer._encrypted = True
+
+    def replies() -> list[Any]:
+        dest_rec = store.load_transfer(tid, "destination", files=False)
+        assert dest_rec is not None
+        key = base64.b64decode(dest_rec.header["transfer_key"])
+        got = []
+        for kind, payload in order:
+            if kind == "publish":
+                got.append(parse_control(Envelope(payload).open_control(key, tid)))
+        return got
+
+    dest = DestinationTransfer.accept(ctx, offer)
+    await dest.on_resync(offer)
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    topic = T.fanout("A1", tid)
+    assert [k for k, _ in order] == ["subscribe", "publish"] and order[0][1] == topic
+    [first] = replies()
+    assert first.kind == "resync_reply" and first.fanout is True
+    assert derive_key(private, first.kx, tid)  # a reply the source can bind
+    assert group_key(store.load_transfer(tid, "destination", files=False).header) == G  # kept in the store
+
+    # a restart: subscribed again before the next resync is answered
+    order.clear()
+    dest = DestinationTransfer(ctx, store.load_transfer(tid, "destination"))
+    again = offer.model_copy(update={"epoch": 2})
+    again._encrypted = True
+    await dest.on_resync(again)
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    assert [k for k, _ in order] == ["subscribe", "publish"] and replies()[0].fanout is True
+
+    # a shared chunk of another epoch at the held offset is written and acked in the destination's epoch
+    order.clear()
+    frame = bytearray(encode_chunk(9, 0, 0, data[:1000], crc=False))
+    await dest.on_shared(decode_chunk(bytes(frame), authenticated=True))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    [ack] = replies()
+    assert (ack.kind, ack.epoch, ack.offset) == ("ack", 2, 1000)
+
+    # the rest by unicast, then the file's end: every file has its result, and the shared topic is left
+    order.clear()
+    await dest.on_chunk(decode_chunk(encode_chunk(2, 0, 1000, data[1000:]), authenticated=False))
+    await dest.on_file_end(SimpleNamespace(kind="file_end", index=0, size=len(data),
+                                           digest=hashlib.sha256(data).hexdigest()))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    await asyncio.sleep(0)
+    assert out.read_bytes() == data
+    assert [(r.kind, getattr(r, "result_code", 0)) for r in replies()] == [("ack", 0), ("file_result", 0)]
+    assert ("unsubscribe", topic) in order
+
+    order.clear()
+    await dest.on_complete(Complete(kind="complete", transfer_id=tid, source_agent="A1", state="complete",
+                                    result_code=0))
+    await asyncio.wait_for(asyncio.gather(*list(dest._pending)), 5)
+    await asyncio.sleep(0)
+    assert ("unsubscribe", topic) not in order  # once
+    store.close()
+
+
+def test_a_transfer_with_nothing_left_to_receive_does_not_subscribe() -> None:
+    s = session(Row(0, 10, status=DONE), Row(1, 5, status=FAILED), shared=True)
+    actions = s.receive(resync(2, 0, 1), now=1.0)
+    assert kinds(actions) == ["SaveTransfer", "SendResyncReply"] and reply(actions).fanout is None

@@ -1,0 +1,108 @@
+"""Fan-out under faults: a destination killed (SIGKILL) mid-transfer recovers alone while the others complete;
+one gone for good times out alone (-rt), and the transfer ends partly successful (20).
+
+Real agent processes on the test's own Mosquitto (tests/fault/conftest.py). The transfer is paced with
+--bandwidth so that it is surely mid-way when the fault comes; every wait is for an event or a part file's
+size, bounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.core import results
+from tests.support.brokers import wait_for
+
+from .helpers import MiB, FaultEnv, finish, make_file, part_files, part_size, sha256, tid_from_json_stdout, wait_part
+
+pytestmark = pytest.mark.timeout(180)
+
+DESTINATIONS = ("A2", "A3", "A4")
+REL = "out/big.fan"  # relative: resolved against each destination's transferRoot
+
+
+def _agents(env: FaultEnv, root: Path) -> dict[str, Path]:
+    """A1 and the destinations, each destination with its own sandbox and transferRoot (holding out/)."""
+    roots = {"A1": root / "src"}
+    roots["A1"].mkdir(parents=True)
+    env.add_agent("A1", roots["A1"])
+    for name in DESTINATIONS:
+        roots[name] = root / name.lower()
+        (roots[name] / "out").mkdir(parents=True)
+        env.add_agent(name, roots[name], transferRoot=roots[name])
+    for name in ("A1", *DESTINATIONS):
+        env.start_agent(name)
+    return roots
+
+
+def _entry(completed: dict, agent: str) -> dict:
+    [entry] = [e for e in completed["destinations"] if e["agent"] == agent]
+    return entry
+
+
+def test_a_destination_killed_mid_fanout_recovers_alone_while_the_others_complete(env: FaultEnv,
+                                                                                   tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data")
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 32 * MiB)
+
+    # about 6 s at 6 MiB/s: A3 is killed a quarter of the way, the others go on at the same pace
+    client = env.popen("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL,
+                       "--bandwidth", "6M", "-w", "--json", str(src))
+    tid = watcher.wait_any("started", 30)["transfer_id"]
+    victim = roots["A3"] / REL
+    wait_part(victim, 8 * MiB, 60, env)
+    env.agents["A3"].kill()
+    held_at_kill = part_size(victim)
+
+    # the others complete while A3 is down: their files are renamed into place, A3's part file waits
+    for name in ("A2", "A4"):
+        done = roots[name] / REL
+        wait_for(lambda p=done: p.exists() and p.stat().st_size == 32 * MiB, 60, interval=0.05,
+                 message=lambda: f"{name} did not complete while A3 was down\n{env.logs()}")
+    assert not victim.exists() and part_size(victim) >= held_at_kill > 0
+    recovering = watcher.wait(tid, "recovering", 30, where=lambda e: e.get("destination_agent") == "A3",
+                              context=env.logs)
+    assert recovering["destination_agent"] == "A3"
+
+    env.start_agent("A3")
+    r = finish(client, 90, env)
+    assert r.returncode == 0, f"{r}\n{env.logs()}"
+    for name in DESTINATIONS:
+        assert sha256(roots[name] / REL) == digest, name
+        assert part_files(roots[name]) == [], name
+    completed = watcher.wait(tid, "completed", 10)
+    assert completed["result_code"] == 0, completed
+    assert [e["result_code"] for e in completed["destinations"]] == [0, 0, 0], completed["destinations"]
+    assert _entry(completed, "A3")["recoveries"] >= 1
+    assert _entry(completed, "A2")["recoveries"] == 0 and _entry(completed, "A4")["recoveries"] == 0
+    assert tid_from_json_stdout(r.stdout)["transfer_id"] == tid
+
+
+def test_a_destination_gone_for_good_times_out_alone_and_the_transfer_is_partly_successful(env: FaultEnv,
+                                                                                          tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data")
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 24 * MiB)
+
+    client = env.popen("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL,
+                       "--bandwidth", "6M", "-rt", "5", "-w", "--json", str(src))
+    tid = watcher.wait_any("started", 30)["transfer_id"]
+    wait_part(roots["A3"] / REL, 4 * MiB, 60, env)
+    env.agents["A3"].kill()  # and never started again
+
+    r = finish(client, 120, env)
+    assert r.returncode == 20, f"{r}\n{env.logs()}"
+    for name in ("A2", "A4"):
+        assert sha256(roots[name] / REL) == digest, name
+    assert not (roots["A3"] / REL).exists()
+    completed = watcher.wait(tid, "completed", 10)
+    assert completed["result_code"] == 20, completed
+    gone = _entry(completed, "A3")
+    assert gone["result_code"] == results.RECOVERY_TIMED_OUT, gone
+    for name in ("A2", "A4"):
+        assert _entry(completed, name)["result_code"] == 0, completed["destinations"]
