@@ -91,7 +91,6 @@ class Admission:
             raise CommandRefused(f"agent {name} has too many transfers (maxSourceTransfers + maxQueuedTransfers = "
                                  f"{room}); retry later")
         await self._destinations_known(spec.destination_agents or [spec.destination_agent])
-        self._fanout_supported(spec)
         try:
             rt = effective_recovery_timeout(spec.recovery_timeout, settings.transferRecoveryTimeout)
         except ValueError as exc:
@@ -138,14 +137,6 @@ class Admission:
                 f"key: an older version); upgrade it, or set agentEncryption=false on agent {self._name} to send "
                 f"in the clear", results.FAILED)
         return key
-
-    def _fanout_supported(self, spec: TransferSpec) -> None:
-        """A fan-out transfer (-da A2,A3,...) is refused, saying so, until the source side runs one leg per
-        destination (issue 18); refused here rather than sent to the first destination alone."""
-        if spec.destination_agents is not None:
-            raise CommandRefused(
-                f"agent {self._name} cannot run a fan-out transfer (-da {','.join(spec.destination_agents)}) "
-                f"yet: send one transfer to each destination agent", results.FAILED)
 
     async def _destinations_known(self, agents: list[str]) -> None:
         """Every destination agent known and trusted (all waited for at once); else refused with result 40,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Any
 
 from .core.fanout_credits import FanoutCredits
@@ -23,6 +24,9 @@ from .wire.binding import ChunkSealer
 log = logging.getLogger("fte.source")
 
 DATA_QOS = 1
+# At the start, a member leg waits (at most this long) for the other legs offered the shared stream to finish
+# their negotiation, so that the first chunks are published once for all rather than raced by the first leg
+START_GRACE = 5.0
 
 
 class SharedStream:
@@ -37,7 +41,7 @@ class SharedStream:
                                      {f.index: f.size for f in first.session.files.values()})
         self.unicast: dict[str, dict[int, int]] = {d: {} for d in fanout.legs}  # file -> end of its last unicast
         self.published_bytes = 0
-        self.digests: dict[int, str | None] = {}  # of a file read whole in order by one leg (for the others)
+        self.started = time.monotonic()
 
     def control(self, leg: Any, msg: Any) -> None:
         """A control message for `leg`, before its session takes it: a resync reply of its epoch makes it a
@@ -45,8 +49,19 @@ class SharedStream:
         if msg.kind == "resync_reply" and msg.epoch == leg.session.epoch:
             member = bool(msg.fanout) and self.sealer is not None and bool(leg.rec.header.get("fanout"))
             self.credits.join(leg.dest, member)
+            for other in self.fanout.legs.values():
+                if other is not leg:
+                    other.post("wake")  # a leg held at the start (holding) may go
         elif msg.kind == "ack" and msg.rewind:
             self.credits.clear(leg.dest)
+
+    def holding(self, leg: Any) -> bool:
+        """Should member `leg` wait before it sends (another leg offered the stream is still negotiating, and
+        the start grace has not run out)? Bounded: START_GRACE."""
+        if leg.dest not in self.credits.members or time.monotonic() - self.started > START_GRACE:
+            return False
+        return any(o is not leg and o.rec.header.get("fanout") and o.state in (S.QUEUED, S.NEGOTIATING)
+                   for o in self.fanout.legs.values())
 
     def send(self, leg: Any, send: SendChunk) -> bool | None:
         """Carry out `send` of `leg` through the shared stream (True/False as SourceTransfer._send), or None:

@@ -277,6 +277,8 @@ class SourceTransfer:
 
     async def _pump(self) -> None:
         s = self.session
+        if self.fanout is not None and self.fanout.stream.holding(self):
+            return  # a fan-out leg waits a moment for the others to join the shared stream (agent/fanout_stream.py)
         window_left = s.sending.window_left()
         own = s.sending.window_bytes - window_left  # in flight now
         allowed = self.ctx.budget.allowance(self.rec.transfer_id, own, self.ctx.chunk_size)  # within the agent's cap

@@ -182,8 +182,22 @@ async def test_every_destination_of_a_fan_out_must_be_known_and_is_named(tmp_pat
     assert refusal.code == results.FAILED
 
 
-async def test_a_fan_out_to_known_agents_is_refused_cleanly_until_the_source_can_run_one(tmp_path: Path) -> None:
+async def test_a_fan_out_to_known_agents_is_admitted_with_its_destinations_and_made_into_legs(tmp_path: Path) -> None:
+    from agent.fanout import is_fanout, leg_id, make_legs
+
     w = _World(tmp_path, peers=_Peers({"A2", "A3"}))
     w.file("a")
-    refusal = await _refused(w, _fanout(w, "A2", "A3"), r"cannot run a fan-out transfer \(-da A2,A3\) yet")
-    assert refusal.code == results.FAILED
+    rec = await w.admission.admit(_fanout(w, "A2", "A3"))
+    assert isinstance(rec, TransferRecord) and is_fanout(rec)
+    assert rec.header["destination_agents"] == ["A2", "A3"] and rec.peer == "A2"
+    legs = make_legs(rec, lambda agent: f"offer-key-of-{agent}")
+    assert [leg.transfer_id for leg in legs] == [leg_id(rec.transfer_id, d) for d in ("A2", "A3")]
+    assert [leg.peer for leg in legs] == ["A2", "A3"] and rec.peer_confirmed
+    assert len({leg.header["kx_private"] for leg in legs}) == 2  # a transfer key each
+    assert all(leg.header["leg_of"] == rec.transfer_id and "destination_agents" not in leg.header for leg in legs)
+    assert all(len(leg.files) == len(rec.files) and leg.header["disposition"] == "leave" for leg in legs)
+    if rec.header.get("encryption"):  # the offer of an encrypted leg carries G and every destination
+        assert [leg.header["peer_offer_key"] for leg in legs] == ["offer-key-of-A2", "offer-key-of-A3"]
+        assert {leg.header["fanout"]["key"] for leg in legs} == {rec.header["fanout_key"]}
+    else:
+        assert not any("fanout" in leg.header for leg in legs)
