@@ -139,6 +139,8 @@ def test_a_sniffer_reads_nothing_of_a_fanout_and_each_chunk_is_published_about_o
     assert controls and all(p[:4] == ENVELOPE_MAGIC for p in controls)
     published = sum(len(p) for p in shared + unicast)
     ratio = published / len(body)
+    print(f"fan-out to 3: {published} bytes of data published for {len(body)} ({ratio:.2f}x; shared "
+          f"{sum(map(len, shared))}, unicast {sum(map(len, unicast))})")
     # three separate transfers would publish 3x the file; publish-once is about 1x (plus what one leg repairs)
     assert ratio < 2.0, f"{published} bytes of data published for a {len(body)}-byte file to 3 destinations " \
                         f"({ratio:.2f}x; shared {sum(map(len, shared))}, unicast {sum(map(len, unicast))})"
