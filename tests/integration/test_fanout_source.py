@@ -160,3 +160,27 @@ def test_the_source_killed_mid_fanout_resumes_every_leg(tmp_path: Path, mosquitt
             assert (roots[name] / REL).read_bytes() == body, name
     finally:
         env.stop_all()
+
+
+def test_a_cancel_cancels_every_leg(tmp_path: Path, mosquitto) -> None:
+    env, roots = _fan(tmp_path, mosquitto.ensure_running().url, agentMaxBandwidth=500_000)
+    try:
+        src = roots["A1"] / "cancel.bin"
+        src.write_bytes(os.urandom(8 * 1024 * 1024))
+        tap = Bytes()
+        with _sub(env, tap):
+            r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "--json",
+                        str(src), timeout=60)
+            assert r.returncode == 0, str(r)
+            tid = r.json()["transfer_id"]
+            wait_until(lambda: tap.published(tid, "Fanout") + tap.published(tid, "Data") > 0, 30, "data on the wire")
+            c = env.run("cancel-transfer", "-a", "A1", tid)
+            assert c.returncode == 0, str(c)
+            completed = wait_until(lambda: tap.event(tid, "completed"), 60, f"the completed event\n{_logs(env)}")
+        assert completed["result_code"] == 41 and completed["state"] == "cancelled", completed
+        assert [d["state"] for d in completed["destinations"]] == ["cancelled"] * 3, completed
+        for name in DESTINATIONS:
+            wait_until(lambda: not list((roots[name] / "out").glob("*.part")), 30, f"{name}'s part file removed")
+            assert not (roots[name] / REL).exists(), name
+    finally:
+        env.stop_all()
