@@ -107,6 +107,9 @@ class FanoutTransfer:
             leg = SourceTransfer(ctx, by_dest[dest], restarted=restarted)
             leg.fanout = self
             self.legs[dest] = leg
+        hashers: dict[int, tuple[Any, int]] = {}
+        for leg in self.legs.values():
+            leg.reads.share_hashers(hashers)
         self.stream = SharedStream(ctx, self)
         self.started = time.monotonic()
         self._last_progress = 0.0

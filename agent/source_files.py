@@ -99,7 +99,9 @@ class SourceFiles:
     def __init__(self, files: dict[int, Any], checksum: str, sandbox: Any) -> None:
         self.files = files
         self.checksum = checksum
-        self.hashers: dict[int, tuple[Any, int]] = {}  # a digest computed on the way, and where it stands
+        # a digest computed on the way, and where it stands; the legs of a fan-out share theirs (`share_hashers`)
+        self.hashers: dict[int, tuple[Any, int]] = {}
+        self.shared_hashers = False
         self.fds: dict[int, int] = {}
         # what each open source file was when this session opened it (agent.fileio): compared after its last
         # read and at every resync, so that a file changed while it was sent never yields success
@@ -109,6 +111,8 @@ class SourceFiles:
         self.sealer: ChunkSealer | None = None  # the chunks' MAC on a bound transfer (HMAC, or GMAC: "gmac")
 
     def resend_from(self, idx: int, offset: int) -> None:
+        if self.shared_hashers:
+            return  # a fan-out leg resends: the shared digest covers the bytes read in order by any leg
         entry = self.hashers.get(idx)
         if entry and entry[1] != offset:
             self.hashers[idx] = (entry[0], -1)  # not sequential any more
@@ -137,10 +141,18 @@ class SourceFiles:
 
     def skipped(self, idx: int, offset: int, length: int) -> None:
         """The chunk at `offset` of file `idx` went without this session reading it (a fan-out credit,
-        agent/fanout.py): the digest is computed apart at the end unless it was already past."""
+        agent/fanout.py): the digest is computed apart at the end unless it was already past, or the legs share
+        their digests (the leg that read it fed the shared one)."""
+        if self.shared_hashers:
+            return
         entry = self.hashers.get(idx)
         if entry is None or entry[1] <= offset:
             self.hashers[idx] = (None, -1)
+
+    def share_hashers(self, hashers: dict[int, tuple[Any, int]]) -> None:
+        """Hash with the other legs of a fan-out: a file read in order by any of them (each chunk read once, by
+        the leg that published it) is hashed once, not re-read at its end by every leg that took credits."""
+        self.hashers, self.shared_hashers = hashers, True
 
     async def read_whole(self, batch: tuple[int, ...]) -> list[tuple[bytes | None, str | None, str | None]]:
         f = self.files
