@@ -333,14 +333,17 @@ async def _convert(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action
     return t.session.converted(a, await asyncio.to_thread(_conversions, t, a), time.monotonic())
 
 
-async def _subscribe(t: DestinationTransfer, a: ds.Subscribe) -> list[ds.Action]:
-    """Fan-out: the shared topic subscribed (SUBACK awaited, bounded) before the resync is answered."""
-    return t.session.subscribed(a, await t.stream.join(), time.monotonic())
-
-
 def _convert_now(t: DestinationTransfer, a: ds.ConvertParts) -> list[ds.Action]:
     """A restart's conversions (the transfer is loaded outside a task): done before the agent goes on."""
     return t.session.converted(a, _conversions(t, a), time.monotonic())
+
+
+# ------------------------------------------------------------------ fan-out (agent/fanout_destination.py)
+
+
+async def _subscribe(t: DestinationTransfer, a: ds.Subscribe) -> list[ds.Action]:
+    """Fan-out: the shared topic subscribed (SUBACK awaited, bounded) before the resync is answered."""
+    return t.session.subscribed(a, await t.stream.join(), time.monotonic())
 
 
 # ------------------------------------------------------------------ the session's replies as messages

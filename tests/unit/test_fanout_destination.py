@@ -203,6 +203,27 @@ async def test_a_subscription_not_granted_is_undone_so_that_no_reconnection_make
     assert calls == [stream.topic]
 
 
+async def test_a_suback_that_never_comes_is_waited_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.fanout_destination as fd
+
+    monkeypatch.setattr(fd, "FANOUT_SUBSCRIBE_WAIT", 0.05)
+    left: list[str] = []
+
+    async def subscribe(topic: str) -> bool:
+        await asyncio.Event().wait()  # a broker that never answers
+        return True
+
+    async def unsubscribe(topic: str) -> None:
+        left.append(topic)
+
+    ctx = SimpleNamespace(topics=T, subscribe=subscribe, unsubscribe=unsubscribe)
+    rec = SimpleNamespace(peer="A1", transfer_id=TID, header={"fanout_key": base64.b64encode(G).decode()})
+    stream = SharedStream(ctx, rec)  # type: ignore[arg-type]
+    assert not await asyncio.wait_for(stream.join(), 5)
+    await asyncio.sleep(0)
+    assert left == [stream.topic] and not stream.joined
+
+
 # --------------------------------------------------------------------------- the router, on a shared topic
 
 
