@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,17 @@ def test_unencrypted_legs_are_unicast_and_the_transfer_lists_three_outcomes_once
     [mine] = [t for t in rows if t.get("transfer_id") == tid]
     assert mine["result_code"] == 0 and [d["agent"] for d in mine["destinations"]] == list(DESTINATIONS), mine
     assert mine["bytes_done"] == 3 * len(body), mine  # summed over the legs
+
+
+    def confirmed() -> list[tuple[str, int]]:  # every leg's complete answered by its destination (agent/watchdog.py)
+        db = sqlite3.connect(str(env.agent_dir("A1") / "state" / "state.db"))
+        try:
+            return db.execute("SELECT transfer_id, peer_confirmed FROM transfers WHERE role='source' AND "
+                              "transfer_id LIKE ?", (f"{tid}%",)).fetchall()
+        finally:
+            db.close()
+    rows_now = wait_until(lambda: (r := confirmed()) and all(c for _, c in r) and r, 30, "every complete_ack")
+    assert sorted(t for t, _ in rows_now) == sorted([tid] + [f"{tid}/{d}" for d in DESTINATIONS])
 
 
 def test_the_source_publishes_each_chunk_about_once_for_three_destinations(enc_fan) -> None:
