@@ -106,6 +106,7 @@ class FanoutTransfer:
         for dest in self.dests:
             leg = SourceTransfer(ctx, by_dest[dest], restarted=restarted)
             leg.fanout = self
+            leg.session.sending.take_early_acks()
             self.legs[dest] = leg
         hashers: dict[int, tuple[Any, int]] = {}
         for leg in self.legs.values():

@@ -60,11 +60,18 @@ class SendOrder:
         if w.chunk_size != self.limits.chunk_size:
             # the broker probe (agent.broker_probe) changed the chunk size of this broker connection: offsets
             # are byte offsets, so resuming at `offset` with another chunk size is fine
-            w = self.windows[idx] = SendWindow(w.size, self.limits.chunk_size, w.window_chunks, start_offset=offset)
+            w = self.windows[idx] = SendWindow(w.size, self.limits.chunk_size, w.window_chunks, start_offset=offset,
+                                               early_acks=w.early_acks)
         w.rewind(offset)
         self.end_sent.discard(idx)
         self._first = 0  # the send frontier may have moved back
         return resent
+
+    def take_early_acks(self) -> None:
+        """A fan-out leg's: its destination may ack a chunk of the shared stream before this order sent it
+        (agent.core.window, early acks)."""
+        for w in self.windows.values():
+            w.early_acks = True
 
     def next_position(self) -> tuple[int, int] | None:
         """(file index, offset) of the next chunk this order would send, window room aside (None: no chunk left

@@ -12,7 +12,7 @@ from collections import deque
 
 class SendWindow:
     def __init__(
-        self, size: int, chunk_size: int, window_chunks: int, start_offset: int = 0
+        self, size: int, chunk_size: int, window_chunks: int, start_offset: int = 0, early_acks: bool = False
     ) -> None:
         if size < 0:
             raise ValueError(f"size {size} is invalid: must be >= 0")
@@ -33,6 +33,7 @@ class SendWindow:
         # An ack beyond what this window sent (a fan-out destination may ack a chunk of the shared stream before
         # its leg took the credit for it: docs/protocol.md#fan-out), applied when take() passes it.
         self._early = 0
+        self.early_acks = early_acks  # only a fan-out leg's window takes them; for the others such an ack is refused
 
     @property
     def early_ack(self) -> int:
@@ -82,12 +83,15 @@ class SendWindow:
         """Record that the destination holds bytes [0, offset). True if that is progress.
 
         Acks are monotonic: a stale or duplicate ack (<= acked), e.g. reordered by the broker, is
-        ignored. One beyond what was sent (but within the file) is remembered as an early ack and applied
-        when take() passes it: a fan-out destination can hold a shared chunk before this leg counted it sent.
+        ignored; so is one beyond what was sent, which only a confused or hostile peer sends, except with
+        `early_acks` (a fan-out leg: its destination can hold a shared chunk before the leg counted it sent):
+        then it acknowledges everything sent, and the rest is remembered, applied when take() passes it.
         """
-        if offset > self._next and offset <= self.size:
+        if self.early_acks and self._next < offset <= self.size:
+            # the destination holds all this window sent, and more: everything sent is acked now, the rest when
+            # take() passes it (else a full window of credited chunks would wait for an ack that came already)
             self._early = max(self._early, offset)
-            return False
+            offset = self._next
         if offset <= self._acked or offset > self._next:
             return False
         self._acked = offset

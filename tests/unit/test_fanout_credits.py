@@ -80,14 +80,14 @@ def test_a_credit_of_another_length_is_not_taken() -> None:
 # --------------------------------------------------------------------------- early acks (agent.core.window)
 
 @pytest.mark.parametrize("acks, takes, acked, in_flight", [
-    ([25], 1, 0, 1),   # an ack beyond what was sent: remembered, not applied yet
+    ([25], 1, 10, 0),  # an ack beyond what was sent: all that was sent is acked, the rest remembered
     ([25], 3, 25, 1),  # applied when take() passes it (chunks 0-10, 10-20 freed; 20-30 still in flight)
     ([20], 2, 20, 0),
-    ([101], 3, 0, 3),  # beyond the file: never
+    ([101], 3, 0, 3),  # beyond the file: never (a confused or hostile peer)
     ([25, 15], 3, 25, 1),  # the larger early ack wins
 ])
 def test_early_acks(acks: list[int], takes: int, acked: int, in_flight: int) -> None:
-    w = SendWindow(100, C, 8)
+    w = SendWindow(100, C, 8, early_acks=True)
     w.take()
     for a in acks:
         w.on_ack(a)
@@ -96,8 +96,14 @@ def test_early_acks(acks: list[int], takes: int, acked: int, in_flight: int) -> 
     assert (w.acked, w.in_flight_chunks) == (acked, in_flight)
 
 
-def test_a_rewind_forgets_an_early_ack() -> None:
+def test_an_ordinary_window_refuses_an_ack_beyond_what_it_sent() -> None:
     w = SendWindow(100, C, 8)
+    w.take()
+    assert not w.on_ack(25) and w.acked == 0 and w.early_ack == 0
+
+
+def test_a_rewind_forgets_an_early_ack() -> None:
+    w = SendWindow(100, C, 8, early_acks=True)
     w.take()
     w.on_ack(40)
     w.rewind(0)
@@ -117,3 +123,6 @@ def test_next_position_is_the_first_file_with_bytes_left() -> None:
     assert order.next_position() == (1, 0)
     files[1].status = FileStatus.FAILED
     assert order.next_position() is None
+    order.take_early_acks()
+    order.rewind(0, 0)
+    assert order.windows[0].early_acks and order.next_position() == (0, 0)  # kept by a rewind
