@@ -155,6 +155,8 @@ class FanoutTransfer:
             return
         self._last_progress = now
         s = self.summary()
+        for key in ("destinations", "destination_agents"):  # (in query_transfer; live progress is the sum)
+            s.pop(key)
         elapsed = max(1e-6, now - self.started)
         s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed), current_file=None)
         topic = self.ctx.topics.progress(self.ctx.name, self.tid)
@@ -165,8 +167,13 @@ class FanoutTransfer:
     # ------------------------------------------------------------------ the run
 
     async def run(self) -> None:
+        # a leg that ended before a restart is not run again (its programs, its complete: done); its outcome is
+        # its row's, and its files' for the completed event
+        ended = [leg for leg in self.legs.values() if leg.state.is_terminal]
+        for leg in ended:
+            leg.completed = leg.session.completed_fields(leg.rec.last_stall, time.monotonic())
         try:
-            await asyncio.gather(*(leg.run() for leg in self.legs.values()))
+            await asyncio.gather(*(leg.run() for leg in self.legs.values() if leg not in ended))
         finally:
             self.stream.close()
         await self._finish()

@@ -109,6 +109,10 @@ class Transfers:
         if rec.header.get("trigger_reason") is not None:
             return self._trigger_not_met(rec)
         files = rec.files
+        if is_fanout(rec) and not rec.header.get("encryption") and not self._ctx.verify_peers:
+            # in the clear and unsigned, the legs' answers on the one control topic cannot be told apart
+            raise CommandRefused(f"agent {self._ctx.name} cannot run a fan-out transfer with neither agentEncryption "
+                                 f"nor authority on: set agentEncryption=true (or turn authority on)", results.FAILED)
         legs = make_legs(rec, self._admission._offer_key) if is_fanout(rec) else None
         self._ctx.store.save_transfer(rec)
         for leg in legs or []:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,17 @@ def test_unencrypted_legs_are_unicast_and_the_transfer_lists_three_outcomes_once
     assert mine["bytes_done"] == 3 * len(body), mine  # summed over the legs
 
 
+    def confirmed() -> list[tuple[str, int]]:  # every leg's complete answered by its destination (agent/watchdog.py)
+        db = sqlite3.connect(str(env.agent_dir("A1") / "state" / "state.db"))
+        try:
+            return db.execute("SELECT transfer_id, peer_confirmed FROM transfers WHERE role='source' AND "
+                              "transfer_id LIKE ?", (f"{tid}%",)).fetchall()
+        finally:
+            db.close()
+    rows_now = wait_until(lambda: (r := confirmed()) and all(c for _, c in r) and r, 30, "every complete_ack")
+    assert sorted(t for t, _ in rows_now) == sorted([tid] + [f"{tid}/{d}" for d in DESTINATIONS])
+
+
 def test_the_source_publishes_each_chunk_about_once_for_three_destinations(enc_fan) -> None:
     env, roots = enc_fan
     body = os.urandom(4 * 1024 * 1024)
@@ -158,5 +170,29 @@ def test_the_source_killed_mid_fanout_resumes_every_leg(tmp_path: Path, mosquitt
         assert [d["result_code"] for d in completed["destinations"]] == [0, 0, 0], completed
         for name in DESTINATIONS:
             assert (roots[name] / REL).read_bytes() == body, name
+    finally:
+        env.stop_all()
+
+
+def test_a_cancel_cancels_every_leg(tmp_path: Path, mosquitto) -> None:
+    env, roots = _fan(tmp_path, mosquitto.ensure_running().url, agentMaxBandwidth=500_000)
+    try:
+        src = roots["A1"] / "cancel.bin"
+        src.write_bytes(os.urandom(8 * 1024 * 1024))
+        tap = Bytes()
+        with _sub(env, tap):
+            r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "--json",
+                        str(src), timeout=60)
+            assert r.returncode == 0, str(r)
+            tid = r.json()["transfer_id"]
+            wait_until(lambda: tap.published(tid, "Fanout") + tap.published(tid, "Data") > 0, 30, "data on the wire")
+            c = env.run("cancel-transfer", "-a", "A1", tid)
+            assert c.returncode == 0, str(c)
+            completed = wait_until(lambda: tap.event(tid, "completed"), 60, f"the completed event\n{_logs(env)}")
+        assert completed["result_code"] == 41 and completed["state"] == "cancelled", completed
+        assert [d["state"] for d in completed["destinations"]] == ["cancelled"] * 3, completed
+        for name in DESTINATIONS:
+            wait_until(lambda: not list((roots[name] / "out").glob("*.part")), 30, f"{name}'s part file removed")
+            assert not (roots[name] / REL).exists(), name
     finally:
         env.stop_all()

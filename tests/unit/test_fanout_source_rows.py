@@ -1,0 +1,48 @@
+"""A fan-out transfer's rows at its source (agent/fanout.py) on a real state store: the parent and one row per
+leg, shown as one transfer (its destinations aggregated by agent.core.fanout_outcome)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.fanout import is_fanout, is_leg_row, leg_id, make_legs, stored_legs, stored_view
+from agent.store import FileRecord, StateStore, TransferRecord
+
+TID = "ab" * 24
+
+
+def _parent() -> TransferRecord:
+    header = {"source_agent": "A1", "destination_agent": "A2", "destination_agents": ["A2", "A3"],
+              "disposition": "delete", "kx_private": "x", "kx_public": "y", "priority": 0}
+    return TransferRecord(TID, "source", "queued", "A2", header, files=[FileRecord(0, "/s/a", "/d/a", 100)])
+
+
+@pytest.mark.parametrize("states, codes, state, code", [
+    (("complete", "complete"), (0, 0), "complete", 0),
+    (("complete", "recovery_timed_out"), (0, 69), "partial", 20),
+    (("failed", "recovery_timed_out"), (40, 69), "failed", 40),
+])
+def test_the_stored_transfer_is_shown_once_with_each_destination(tmp_path: Path, states: tuple[str, str],
+                                                                 codes: tuple[int, int], state: str, code: int) -> None:
+    store = StateStore(tmp_path / "state.db")
+    parent = _parent()
+    legs = make_legs(parent, lambda agent: "unused")
+    store.save_transfer(parent)
+    for leg, st, rc in zip(legs, states, codes):
+        leg.state, leg.result_code = st, rc
+        leg.files[0].status = "done" if rc == 0 else "failed"
+        leg.files[0].supplement = None if rc == 0 else "gone"
+        store.save_transfer(leg)
+    assert is_fanout(parent) and not any(is_fanout(leg) for leg in legs)
+    assert [is_leg_row(r.transfer_id) for r in store.transfers()] == [False, True, True]
+    assert [leg.transfer_id for leg in stored_legs(store, TID)] == [leg_id(TID, "A2"), leg_id(TID, "A3")]
+    view = stored_view(store, store.load_transfer(TID, "source"), False, lambda f: {})
+    assert (view["state"], view["result_code"]) == (state, code)
+    assert [d["agent"] for d in view["destinations"]] == ["A2", "A3"]
+    assert [d["result_code"] for d in view["destinations"]] == list(codes)
+    assert view["files_total"] == 2 and view["bytes_total"] == 200  # summed over the legs
+    assert all(leg.header["disposition"] == "leave" for leg in legs)  # -dd: the fan-out deletes, once, at the end
+    store.close()
+
