@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (MB, MiB, ROOT, BenchError, fmt, human_bytes, machine_info, make_random_file,  # noqa: E402
+from harness import (MB, MiB, ROOT, BenchError, CpuMeter, fmt, human_bytes, machine_info, make_random_file,  # noqa: E402
                      median, ratio, remove, sha256_file, table)
 from ssh_baseline import PrivateSshd, ensure_sshd, timed_copy_with_fsync  # noqa: E402
 from stock_broker import StockMosquitto  # noqa: E402
@@ -234,11 +234,18 @@ class FanoutBench:
     def __init__(self, cfg: FanoutConfig, workdir: Path, src: Path, digest: str) -> None:
         self.cfg, self.w, self.src, self.digest = cfg, workdir, src, digest
         self.samples: dict[tuple[int, str], list[tuple[float, int | None]]] = {}
+        self.cpu: dict[tuple[int, str], list[dict[str, float]]] = {}  # CPU s of the source, destinations, broker
+        self.broker_pid: int | None = None
         self.fanout_missing: str | None = None  # why the fan-out rows are "not available"
         self.no_ssh: str | None = None
         self.group: Group | None = None
         self.counter: PublishedBytes | None = None
         self.sshd: PrivateSshd | None = None
+
+    def pids(self, n: int) -> dict[str, int | None]:
+        assert self.group is not None and self.group.env is not None
+        agents = self.group.env.agents
+        return {"broker": self.broker_pid, "A1": agents["A1"].pid, **{k: agents[k].pid for k in self.group.names[:n]}}
 
     def outputs(self, n: int) -> list[Path]:
         assert self.group is not None
@@ -306,6 +313,7 @@ class FanoutBench:
         broker_cls = SysStockMosquitto if cfg.broker == "stock" else SysMosquitto
         broker = broker_cls(workdir=self.w / f"mosquitto-fanout-{cfg.broker}")
         broker.start()
+        self.broker_pid = broker.pid
         self.no_ssh = ensure_sshd()
         try:
             self.counter = PublishedBytes(broker.host, broker.port).start()
@@ -327,10 +335,16 @@ class FanoutBench:
                             continue
                         log(f"fanout: run {r + 1}/{cfg.runs}: {human_bytes(cfg.size)} to {n}: {mode}")
                         self.clean(n)
+                        meter = CpuMeter(self.pids(n)).start()
                         got = getattr(self, mode)(n)
+                        used = meter.stop()
                         self.clean(n)
                         if got is not None:
                             self.samples.setdefault((n, mode), []).append(got)
+                            if mode != "scp":  # scp's work is in sshd's children, not measured
+                                self.cpu.setdefault((n, mode), []).append({
+                                    "source": used["A1"] or 0.0, "broker": used["broker"] or 0.0,
+                                    "destinations": sum(v or 0.0 for k, v in used.items() if k not in ("A1", "broker"))})
         finally:
             if self.group is not None:
                 self.group.stop()
@@ -352,6 +366,7 @@ class FanoutBench:
         return {"seconds": {f"{n}/{m}": self.seconds(n, m) for n in self.cfg.counts for m in MODES},
                 "published": {f"{n}/{m}": self.published(n, m) for n in self.cfg.counts for m in MODES},
                 "runs": {f"{n}/{m}": v for (n, m), v in self.samples.items()},
+                "cpu": {f"{n}/{m}": v for (n, m), v in self.cpu.items()},
                 "fanout_missing": self.fanout_missing, "no_ssh": self.no_ssh}
 
     def markdown(self) -> str:
@@ -422,6 +437,13 @@ class FanoutBench:
                          f"`{self.fanout_missing}`.")
         if self.no_ssh:
             lines.append(f"- scp not measured: {self.no_ssh}.")
+        cpu_text = []
+        for (n, m), v in sorted(self.cpu.items()):
+            part = {k: median(x[k] for x in v) for k in ("source", "destinations", "broker")}
+            cpu_text.append(f"{'fan-out' if m == 'fanout' else m} to {n}: source {fmt(part['source'], 1)}, "
+                            f"destinations {fmt(part['destinations'], 1)}, broker {fmt(part['broker'], 1)}")
+        if cpu_text:
+            lines.append(f"- CPU seconds used (medians; {info['nproc']} cores): " + "; ".join(cpu_text) + ".")
         if runs_text:
             lines.append(f"- Runs (s): {runs_text}.")
         return "\n".join(lines)
