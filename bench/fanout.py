@@ -381,7 +381,7 @@ class FanoutBench:
 
         def cell_s(n: int, mode: str) -> str:
             if mode == "fanout" and n == 1:
-                mode = "separate"
+                return "= separate"
             if mode == "fanout" and self.fanout_missing:
                 return "not available"
             if mode == "fanout" and n in self.failures:
@@ -392,7 +392,7 @@ class FanoutBench:
 
         def cell_b(n: int, mode: str) -> str:
             if mode == "fanout" and n == 1:
-                mode = "separate"
+                return "= separate"
             b = self.published(n, mode)
             if b is None:
                 return "n/a"
@@ -436,7 +436,7 @@ class FanoutBench:
             "time from the first command started to the last one exited (their start-ups included); every "
             "copy's sha256 checked afterwards. Bytes published: the broker's `$SYS/broker/publish/bytes/received` "
             "difference (every client's PUBLISH payloads: the source's chunks and all agents' acks and events). "
-            "N = 1: a fan-out to one destination is the ordinary transfer.",
+            "N = 1: a fan-out to one destination is the ordinary transfer (\"= separate\").",
             f"- Machine: {info['nproc']} cores ({info['cpu']}), load average {info['load']} at the end; "
             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC; code at {info['commit']}.",
         ]
