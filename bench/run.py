@@ -15,6 +15,8 @@ Sections (docs/performance.md explains each one and how it is measured):
   recovery     kill -9 the broker mid-transfer, restart it: broker back → first new byte, bytes re-sent
   amqtt        the 1 GiB transfer and the raw ceiling on the embedded amqtt broker
   sweep        chunk size × window for a 256 MiB file (→ docs/performance-chunks.png with matplotlib)
+  fanout       the big file to 1, 4 and 8 destination agents: N transfers, one fan-out transfer, N × scp
+               (bench/fanout.py; also runs alone)
 
 Everything runs as real processes: the broker (tests.support.brokers), the agents (`fte-start-agent -F`
 via tests.support.agents.FteEnv), the submitting client (bench/submit.py), the raw ceiling
@@ -46,11 +48,12 @@ from harness import (BENCH, KiB, MB, MiB, ROOT, BenchError, CpuMeter, Pair, chec
 
 from tests.support.brokers import AmqttProcess, MosquittoProcess, find_mosquitto  # noqa: E402
 from stock_broker import measure_stock_and_tuned  # noqa: E402
+from fanout import measure_fanout  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
 CHART = ROOT / "docs" / "performance-chunks.png"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-SECTIONS = ("big", "stock", "small", "rss", "concurrency", "recovery", "amqtt", "sweep")
+SECTIONS = ("big", "stock", "small", "rss", "concurrency", "recovery", "amqtt", "sweep", "fanout")
 
 
 def log(msg: str) -> None:
@@ -76,6 +79,8 @@ class Config:
     window: int
     workdir: Path
     sections: tuple[str, ...]
+    fanout_counts: tuple[int, ...] = (1, 4, 8)  # destinations of the fanout section
+    fanout_size: int = 0  # its file; 0: the big file
 
     @classmethod
     def from_args(cls, a: argparse.Namespace, workdir: Path) -> "Config":
@@ -85,7 +90,8 @@ class Config:
             return cls(quick=True, runs=a.runs or 1, big=big, sweep_size=min(4 * MiB, big), small_count=200,
                        small_size=4 * KiB, rss_small=1 * MiB, conc_total=min(8 * MiB, big), conc_counts=(8, 64),
                        rec_size=max(32 * MiB, big), rec_down=1.0, chunks=(64 * KiB, 256 * KiB), windows=(4, 16),
-                       chunk=chunk, window=window, workdir=workdir, sections=a.sections)
+                       chunk=chunk, window=window, workdir=workdir, sections=a.sections, fanout_counts=(1, 2),
+                       fanout_size=min(4 * MiB, big))
         big = (a.size_mib or 1024) * MiB
         return cls(quick=False, runs=a.runs or 3, big=big, sweep_size=min(256 * MiB, big), small_count=10_000,
                    small_size=4 * KiB, rss_small=1 * MiB, conc_total=min(512 * MiB, big), conc_counts=(8, 64),
@@ -599,6 +605,11 @@ class Bench:
         ])
         s.data["chart_grid"] = grid
 
+    # ---------------------------------------------------------------- fanout
+
+    def sec_fanout(self, s: Section) -> None:
+        measure_fanout(self, s)
+
     # ---------------------------------------------------------------- driver
 
     def run(self) -> list[Section]:
@@ -612,6 +623,8 @@ class Bench:
             "recovery": "Recovery: broker killed (SIGKILL) mid-transfer and restarted",
             "amqtt": "The embedded amqtt broker, for reference",
             "sweep": "Throughput against chunk size and window",
+            "fanout": (f"Fan-out: {human_bytes(self.cfg.fanout_size or self.cfg.big)} to "
+                       f"{', '.join(map(str, self.cfg.fanout_counts))} destinations, against N transfers and N × scp"),
         }
         sections = []
         order = [n for n in SECTIONS if n in self.cfg.sections]

@@ -54,6 +54,11 @@ EXPECTED = [
     "| raw MQTT QoS 1 through amqtt |",
     "| chunk 64 KiB |",
     "| chunk 256 KiB |",
+    "### Fan-out: 4 MiB to 1, 2 destinations, against N transfers and N × scp",
+    "| destinations N | N separate transfers (s) | bytes published | one fan-out transfer (s) |",
+    "| 1 | ",
+    "| 2 | ",
+    "scp ÷ fan-out to 2 = ",
     "Machine: ",
     "`python bench/run.py --quick --no-write",
 ]
@@ -63,7 +68,7 @@ def _digest_docs() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in DOCS.glob("performance*") if p.is_file()}
 
 
-@pytest.mark.timeout(320)
+@pytest.mark.timeout(440)
 def test_quick_benchmark_prints_every_table(tmp_path: Path) -> None:
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed (apt install mosquitto)")
@@ -71,13 +76,44 @@ def test_quick_benchmark_prints_every_table(tmp_path: Path) -> None:
     try:
         p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-write",
                             "--workdir", str(tmp_path / "bench")],
-                           cwd=str(ROOT), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                           cwd=str(ROOT), capture_output=True, text=True, timeout=420, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-        pytest.fail(f"the quick benchmark did not finish in 300 s; its last steps:\n{err[-4000:]}")
+        pytest.fail(f"the quick benchmark did not finish in 420 s; its last steps:\n{err[-4000:]}")
     report = f"exit {p.returncode}\n--- stdout ---\n{p.stdout}\n--- stderr (tail) ---\n{p.stderr[-4000:]}"
     assert p.returncode == 0, report
     missing = [row for row in EXPECTED if row not in p.stdout]
     assert not missing, f"rows missing from the benchmark output: {missing}\n{report}"
     assert "ERROR" not in p.stdout, report
     assert _digest_docs() == before, "--no-write must leave docs/performance* alone"
+
+
+@pytest.mark.timeout(200)
+def test_fanout_bench_alone_measures_every_way(tmp_path: Path) -> None:
+    """bench/fanout.py on its own: 2 destinations, each of the three ways measured, every copy verified (the
+    script exits non-zero otherwise); the fan-out column is a time, or "not available" where the code has
+    no fan-out, never an error."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt install mosquitto)")
+    before = _digest_docs()
+    try:
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "fanout.py"), "--quick", "--counts", "2",
+                            "--size-mib", "1", "--workdir", str(tmp_path / "fanout")],
+                           cwd=str(ROOT), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"bench/fanout.py --quick did not finish in 180 s; its last steps:\n{err[-4000:]}")
+    report = f"exit {p.returncode}\n--- stdout ---\n{p.stdout}\n--- stderr (tail) ---\n{p.stderr[-4000:]}"
+    assert p.returncode == 0, report
+    row = next((line for line in p.stdout.splitlines() if line.startswith("| 2 | ")), None)
+    assert row is not None, report
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 6, report
+    assert float(cells[1]) > 0, report  # 2 separate transfers: seconds
+    # their bytes published (the broker's $SYS counter): each copy once, plus the acks and events
+    times_file = float(cells[2].split("(")[1].split("×")[0])
+    assert 2.0 <= times_file < 2.5, report
+    assert cells[3] == "not available" or float(cells[3]) > 0, report
+    assert cells[5] == "not measured" or float(cells[5]) > 0, report  # scp (no sshd: says so)
+    assert "- Machine: " in p.stdout and " cores (" in p.stdout, report
+    assert _digest_docs() == before, "--quick must leave docs/performance* alone"
