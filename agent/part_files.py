@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .durability import GROUP, fsync_and_close
+from .durability import each_in_workers
 from .fileio import write_all, write_failed
 from .fsops import ConfinedDirs, split
 from .source_files import hash_file
@@ -131,52 +131,29 @@ class PartFiles:
         return actual, None
 
     async def write_whole(self, entries: Sequence[tuple[FileRecord, Any, Any]]) -> list[tuple[str | None, str | None]]:
-        """A bundle's files, each written whole to its part file and hashed; the part files fsynced together
-        (agent/durability.py, GROUP at most open at once) and closed. (digest, error or None) for each."""
-        outcomes: list[tuple[str | None, str | None]] = []
-        unsynced: list[tuple[int, int]] = []  # (entry, descriptor): written, still open
+        """A bundle's files, each written whole to its part file, hashed, made durable and closed, several at
+        once in worker threads (agent/durability.py: one file's creation overlaps the others' fsyncs); every
+        one is done when this returns. (digest, error or None) for each."""
+        for f, _, _ in entries:
+            self.close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
+            self.hashers.pop(f.index, None)
+        return await each_in_workers(entries, self._write_whole)
+
+    def _write_whole(self, entry: tuple[FileRecord, Any, Any]) -> tuple[str | None, str | None]:
+        """In a worker thread: create, write, hash, fsync (durable before it is renamed and reported done)."""
+        f, data, _ = entry
         try:
-            for f, data, _ in entries:
-                self.close(f.index)  # a partial part file of an earlier epoch, written chunk by chunk
-                self.hashers.pop(f.index, None)
-                try:
-                    fd = self._write_whole(f, data)
-                    outcomes.append((None if self.checksum == "none" else hashlib.new(self.checksum, data).hexdigest(),
-                                     None))
-                    if self.fsync:
-                        unsynced.append((len(outcomes) - 1, fd))
-                    else:
-                        os.close(fd)
-                except OSError as exc:
-                    outcomes.append((None, self._failure(exc, "write to", f)))
-                if len(unsynced) >= GROUP:
-                    await self._sync_group(entries, unsynced, outcomes)
-        except BaseException:
-            for _, fd in unsynced:  # an unexpected error: not left open
+            fd = self.dirs.open(part_path(f.destination), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644,
+                                create_dirs=True)
+            try:
+                write_all(fd, data, 0)  # every byte, or the OSError (a full disk writes short first)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
                 os.close(fd)
-            raise
-        await self._sync_group(entries, unsynced, outcomes)
-        return outcomes
-
-    def _write_whole(self, f: FileRecord, data: Any) -> int:
-        fd = self.dirs.open(part_path(f.destination), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, create_dirs=True)
-        try:
-            write_all(fd, data, 0)  # every byte, or the OSError (a full disk writes short first)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    async def _sync_group(self, entries: Sequence[tuple[FileRecord, Any, Any]], unsynced: list[tuple[int, int]],
-                          outcomes: list[tuple[str | None, str | None]]) -> None:
-        """fsync these written part files together, and close them; one that fails says so in its outcome."""
-        if not unsynced:
-            return
-        group, unsynced[:] = unsynced[:], []  # handed over: fsync_and_close closes them, even if cancelled
-        errors = await fsync_and_close([fd for _, fd in group])  # durable before renamed and reported done
-        for (i, _), error in zip(group, errors):
-            if error is not None:
-                outcomes[i] = (None, self._failure(error, "write to", entries[i][0]))
+        except OSError as exc:
+            return None, self._failure(exc, "write to", f)
+        return (None if self.checksum == "none" else hashlib.new(self.checksum, data).hexdigest()), None
 
     def rename(self, files: Sequence[FileRecord], noreplace: bool, restart: bool,
                converted: bool = False) -> list[str | None]:

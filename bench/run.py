@@ -784,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print the tables; do not write docs/")
     ap.add_argument("--only", default=None, help=f"comma-separated sections ({','.join(SECTIONS)}); implies "
                                                  "--no-write")
+    ap.add_argument("--small-count", type=int, default=None, help="files of the small-files section (default "
+                                                                  "10,000; --quick: 200)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = ap.parse_args(argv)
@@ -803,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="fte-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = Config.from_args(a, workdir)
+    if a.small_count:
+        cfg.small_count = a.small_count
     command = "python bench/run.py" + "".join(" " + shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     info = machine_info()
     started = datetime.now(timezone.utc)
