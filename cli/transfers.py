@@ -249,6 +249,7 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         if as_json:
             out.print(json.dumps({"transfer_id": tid, "state": final.get("state"), "result_code": rc,
                                   "files": final.get("files"), "message": final.get("message"),
+                                  **({"encryption": final["encryption"]} if final.get("encryption") else {}),
                                   **({"programs": final["programs"]} if final.get("programs") else {})}),
                       markup=False)
         else:
