@@ -176,7 +176,8 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
     out.print(f"  {'verified':20} {'yes' if t.get('verified') else 'NO: some events are not signed by a trusted key'}",
               markup=False)
     for f in t.get("files", []):
-        extra = f" - {f['supplement']}" if f.get("supplement") else ""
+        extra = f" written {f['written_digest']}" if f.get("written_digest") else ""  # -t text: as converted
+        extra += f" - {f['supplement']}" if f.get("supplement") else ""
         out.print(safe(f"  file {f.get('index')}: {f.get('source')} -> {f.get('destination')} result "
                        f"{f.get('result')} {f.get('size')} B digest {f.get('digest') or '-'}{extra}"), markup=False)
     for e in events:
