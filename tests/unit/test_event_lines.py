@@ -126,6 +126,9 @@ LISTED = {"transfer_id": "ab" * 24, "role": "source", "state": "complete", "prio
     ({"result_code": 40, "job_name": "nightly"}, " result 40 job nightly"),
 ])
 def test_the_live_and_the_history_listing_end_with_the_same_result_and_job(extra: dict, suffix: str) -> None:
+    # cli.main first: importing the command modules registers the commands, and in cli.main's order (commands.md)
+    from cli.main import GROUPS
+    assert GROUPS
     from cli.logger import history_line
     from cli.observe import transfer_line
 
