@@ -14,7 +14,6 @@ import os
 import signal
 import stat
 import time
-from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 from .context import AgentContext
@@ -30,7 +29,9 @@ from .wire.protocol import ProtocolError
 
 log = logging.getLogger("fte.programs")
 
-_REMEMBERED = 1000  # outcomes a destination keeps, to answer a repeated ProgramRun without running it again
+# a destination keeps the outcome of each call it ran (its state store, table program_runs) this long, to
+# answer a repeated or replayed ProgramRun from the record, restarts included, without running it again
+PROGRAM_RUN_DAYS = 90
 RESEND_RUN = 10.0  # seconds between sends of an unanswered ProgramRun (lost with the broker, peer away)
 
 
@@ -140,9 +141,9 @@ class ProgramHost:
     """A destination agent's side: runs the pre_destination / post_destination calls its transfers' sources
     ask for, once each (a repeated request is answered with the outcome it had), and answers signed."""
 
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, clock: Callable[[], float] = time.time) -> None:
         self._ctx = ctx
-        self._done: OrderedDict[tuple[str, str], ProgramOutcome] = OrderedDict()
+        self._clock = clock
         self._running: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -159,9 +160,16 @@ class ProgramHost:
         key = (msg.transfer_id, msg.when)
         if key in self._running:
             return
-        if key in self._done:
-            self._answer(msg, self._done[key])
+        store, now = self._ctx.store, self._clock()
+        first, recorded = store.claim_program_run(msg.transfer_id, msg.when, msg.source_agent, now)
+        if not first:
+            # asked again (a resend, or a replay, maybe after a restart): answered from the record, never rerun
+            outcome = ProgramOutcome.model_validate_json(recorded) if recorded else self._interrupted(msg)
+            log.info("program_run %s for transfer %s answered from the record (%s): a call runs once only",
+                     msg.when, msg.transfer_id, outcome.outcome)
+            self._answer(msg, outcome)
             return
+        store.prune_program_runs(now - PROGRAM_RUN_DAYS * 86400)
         self._running.add(key)
         task = asyncio.create_task(self._run(msg, key))
         self._tasks.add(task)
@@ -173,12 +181,19 @@ class ProgramHost:
                               list(msg.destinations), msg.when)
             outcome = outcome_model(await run_call(msg.call.call(), msg.when, command_path_of(self._ctx),
                                                    timeout_of(self._ctx), env))
+            self._ctx.store.save_program_outcome(msg.transfer_id, msg.when, outcome.model_dump_json())
         finally:
             self._running.discard(key)
-        self._done[key] = outcome
-        while len(self._done) > _REMEMBERED:
-            self._done.popitem(last=False)
         self._answer(msg, outcome)
+
+    def _interrupted(self, msg: ProgramRun) -> ProgramOutcome:
+        """The outcome of a call that was started and never finished here (the agent stopped while it ran):
+        a failure, recorded, rather than a second run."""
+        outcome = ProgramOutcome(when=msg.when, name=msg.call.name, args=list(msg.call.args), outcome="failure",
+                                 message=f"agent {self._ctx.name} stopped while the program ran; it is not run "
+                                         "again (its outcome is unknown)")
+        self._ctx.store.save_program_outcome(msg.transfer_id, msg.when, outcome.model_dump_json())
+        return outcome
 
     def _answer(self, msg: ProgramRun, outcome: ProgramOutcome) -> None:
         done = ProgramDone(kind="program_done", transfer_id=msg.transfer_id, when=msg.when, outcome=outcome)

@@ -2,8 +2,10 @@
 
 An agent killed with SIGKILL finds here, at restart, every transfer it was part of with the last
 checkpoint of each file, the outcomes its peers have not yet confirmed, the log events it
-produced while the broker was unreachable (published in order, with their original times), and the
-nonces of the signed commands it accepted (so that a captured command replayed after a restart is refused).
+produced while the broker was unreachable (published in order, with their original times), the
+nonces of the signed commands it accepted (so that a captured command replayed after a restart is refused),
+and the program calls it ran for its sources with their outcomes (so that a replayed program_run is answered
+from the record and never runs the program again).
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ CREATE TABLE IF NOT EXISTS nonces (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires);
+CREATE TABLE IF NOT EXISTS program_runs (
+    transfer_id TEXT NOT NULL,
+    call_when TEXT NOT NULL,
+    source_agent TEXT NOT NULL,
+    outcome TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (transfer_id, call_when)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -316,6 +326,30 @@ class StateStore:
             self._db.execute("DELETE FROM nonces WHERE expires <= ?", (now,))
             cur = self._db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?,?)", (nonce, expires))
             return cur.rowcount == 1
+
+    # ---- program calls a destination ran for its sources (agent.programs.ProgramHost)
+
+    def claim_program_run(self, transfer_id: str, when: str, source_agent: str,
+                          now: float) -> tuple[bool, str | None]:
+        """Note that the call `when` of `transfer_id` is about to run, committed before it runs: (True, None)
+        the first time; (False, its outcome's JSON, or None if it never finished: the agent stopped while it
+        ran) ever after, restarts included. A call runs at most once, however often it is asked for."""
+        with self._transaction():
+            cur = self._db.execute("INSERT INTO program_runs (transfer_id, call_when, source_agent, outcome, created)"
+                                   " VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
+                                   (transfer_id, when, source_agent, now))
+            if cur.rowcount == 1:
+                return True, None
+            row = self._db.execute("SELECT outcome FROM program_runs WHERE transfer_id=? AND call_when=?",
+                                   (transfer_id, when)).fetchone()
+            return False, (row[0] if row else None)
+
+    def save_program_outcome(self, transfer_id: str, when: str, outcome: str) -> None:
+        self._db.execute("UPDATE program_runs SET outcome=? WHERE transfer_id=? AND call_when=?",
+                         (outcome, transfer_id, when))
+
+    def prune_program_runs(self, older_than: float) -> int:
+        return int(self._db.execute("DELETE FROM program_runs WHERE created < ?", (older_than,)).rowcount)
 
     # ---- outbox: log events waiting for the broker
 

@@ -109,12 +109,10 @@ def _since(text: Optional[str]):  # type: ignore[no-untyped-def]
 
 
 def history_line(t: dict) -> str:  # type: ignore[type-arg]
+    from .render import result_and_job
+
     text = (f"{t['transfer_id']} {t.get('state') or '?':18} {t.get('source_agent')}->{t.get('destination_agent')}"
-            f" started {t.get('started_at') or '?'} ended {t.get('ended_at') or '-'}")
-    if t.get("result_code") is not None:
-        text += f" result {t['result_code']}"
-    if t.get("job_name"):
-        text += f" job {t['job_name']}"
+            f" started {t.get('started_at') or '?'} ended {t.get('ended_at') or '-'}") + result_and_job(t)
     if t.get("recoveries"):
         text += f" recoveries {t['recoveries']}"
     if not t.get("verified"):
@@ -176,7 +174,8 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
     out.print(f"  {'verified':20} {'yes' if t.get('verified') else 'NO: some events are not signed by a trusted key'}",
               markup=False)
     for f in t.get("files", []):
-        extra = f" - {f['supplement']}" if f.get("supplement") else ""
+        extra = f" written {f['written_digest']}" if f.get("written_digest") else ""  # -t text: as converted
+        extra += f" - {f['supplement']}" if f.get("supplement") else ""
         out.print(safe(f"  file {f.get('index')}: {f.get('source')} -> {f.get('destination')} result "
                        f"{f.get('result')} {f.get('size')} B digest {f.get('digest') or '-'}{extra}"), markup=False)
     from .render import destination_lines

@@ -26,8 +26,8 @@ from agent.wire.protocol import QueryTransfer, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import (destination_lines, is_progress_topic, read_message, read_progress, route_of, safe, safe_markup,
-                     safe_text, status_text, status_when)
+from .render import (destination_lines, is_progress_topic, read_message, read_progress, result_and_job, route_of, safe,
+                     safe_markup, safe_text, status_text, status_when)
 from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 
@@ -40,11 +40,7 @@ def transfer_line(t: dict[str, Any]) -> str:
     priority = t.get("priority")  # -pr, known to the source (a destination row shows "pr -")
     text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} pr {priority if priority is not None else '-'} "
             f"{route_of(t)}"
-            f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})")
-    if t.get("result_code") is not None:
-        text += f" result {t['result_code']}"
-    if t.get("job_name"):
-        text += f" job {t['job_name']}"
+            f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})") + result_and_job(t)
     if t.get("state") in RECOVERY and t.get("last_stall"):
         text += f" - {t['last_stall']}"
     return text

@@ -145,6 +145,13 @@ def _job(name: Any) -> str:
     return f" [job {name}]" if name else ""
 
 
+def result_and_job(t: Mapping[str, Any]) -> str:
+    """The " result N job NAME" part of a transfer's listing line (fte-list-transfers, live and --history);
+    each part only when the row has it."""
+    text = f" result {t['result_code']}" if t.get("result_code") is not None else ""
+    return text + (f" job {t['job_name']}" if t.get("job_name") else "")
+
+
 def _completed_text(head: str, state: Any, rc: Any, counts: tuple[Any, Any, Any, Any], message: Any,
                     failed: list[tuple[Any, Any]]) -> str:
     """(files_succeeded, files, bytes, seconds) in `counts`; `failed`: (source, supplement) of failed files."""

@@ -261,7 +261,8 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
 def outcome_json(tid: str, final: dict[str, Any], rc: int) -> dict[str, Any]:
     """-w --json's object: the outcome of the transfer, and each destination's of a fan-out (`destinations`)."""
     return {"transfer_id": tid, "state": final.get("state"), "result_code": rc, "files": final.get("files"),
-            "message": final.get("message"), **({"programs": final["programs"]} if final.get("programs") else {}),
+            "message": final.get("message"), **({"encryption": final["encryption"]} if final.get("encryption") else {}),
+            **({"programs": final["programs"]} if final.get("programs") else {}),
             **({"destinations": final["destinations"]} if final.get("destinations") else {})}
 
 

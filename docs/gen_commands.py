@@ -47,7 +47,12 @@ NOTES: dict[str, str] = {
     "create-transfer": (
         "`-w` takes an optional number: a bare `-w` (not followed by a number) waits without limit, "
         "`-w 300` at most 300 seconds. The sources come last; quote wildcards (`'/data/out/*.csv'`) so that "
-        "the source agent, not your shell, expands them."
+        "the source agent, not your shell, expands them. With `-w`, `--json` prints one object when the transfer "
+        "ends: `transfer_id`, `state`, `result_code`, `files`, `message`, and, from the completed event "
+        "([log-events.md](log-events.md)), `encryption` (`aes-256-gcm` or `none`; absent when the source agent "
+        "is of an older version or the outcome came from its status after a broker outage) and `programs` (when "
+        "the transfer ran any); `{\"transfer_id\", \"state\": \"waiting\", \"result_code\": 2}` when the "
+        "wait ran out."
     ),
 }
 

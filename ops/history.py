@@ -94,7 +94,9 @@ def _file_item(item: Any) -> dict[str, Any]:
     d = item.model_dump(mode="json") if hasattr(item, "model_dump") else dict(item)
     return {"index": d.get("index"), "source": d.get("source"), "destination": d.get("destination"),
             "size": d.get("size"), "checksum_method": d.get("checksum_method"), "digest": d.get("digest"),
-            "result": d.get("result_code"), "supplement": d.get("supplement")}
+            "result": d.get("result_code"), "supplement": d.get("supplement"),
+            # -t text: the digest of the converted file the destination wrote (a binary file has none)
+            **({"written_digest": d["written_digest"]} if d.get("written_digest") else {})}
 
 
 def new_transfer(transfer_id: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+CHECKSUMS = ["sha256", "md5", "none"]
+WHEN = ["pre_source", "post_source", "pre_destination", "post_destination"]
 ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
@@ -77,16 +79,96 @@ def openapi_document() -> dict[str, Any]:
                     "result_code": {"type": "integer", "nullable": True},
                     "source_agent": {"type": "string"}, "destination_agent": {"type": "string"},
                     "job_name": {"type": "string", "nullable": True},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "files": {"type": "array", "items": {"$ref": "#/components/schemas/TransferFile"}},
+                    "message": {"type": "string", "nullable": True},
                     "bytes_total": {"type": "integer"}, "bytes_done": {"type": "integer"},
                     "rate_bytes_per_second": {"type": "integer"}, "recoveries": {"type": "integer"},
                     "last_stall": {"type": "string", "nullable": True}, "verified": {"type": "boolean"},
                     "live": {"type": "boolean"},
-                    "events": {"type": "array", "items": {"type": "object"}}}},
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
+                "TransferFile": {"type": "object", "description": "A file of a transfer (the history's row: "
+                                 "`result`; the events' file reports: `result_code`)", "properties": {
+                    "index": {"type": "integer"}, "source": {"type": "string"}, "destination": {"type": "string"},
+                    "size": {"type": "integer"}, "checksum_method": {"type": "string", "enum": CHECKSUMS},
+                    "digest": {"type": "string", "nullable": True,
+                               "description": "over the bytes the destination received (hex)"},
+                    "written_digest": {"type": "string", "nullable": True,
+                                       "description": "-t text only: of the converted file the destination wrote"},
+                    "result": {"type": "integer", "nullable": True}, "result_code": {"type": "integer"},
+                    "supplement": {"type": "string", "nullable": True}}},
+                "Event": {"type": "object", "additionalProperties": True,
+                          "description": "A log event (docs/log-events.md, docs/log-event.schema.json) with "
+                                         "`verified` and, when not verified, `problem`", "properties": {
+                    "event_id": {"type": "string"}, "transfer_id": {"type": "string"},
+                    "action": {"type": "string"}, "state": {"type": "string"}, "time": {"type": "string"},
+                    "agent": {"type": "string"}, "agent_role": {"type": "string", "enum": ["source", "destination"]},
+                    "source_agent": {"type": "string"}, "destination_agent": {"type": "string"},
+                    "job_name": {"type": "string", "nullable": True},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "message": {"type": "string", "nullable": True}, "message_id": {"type": "string"},
+                    "result_code": {"type": "integer"},
+                    "result": {"type": "string"}, "originator": {"type": "string", "nullable": True},
+                    "recovery_timeout": {"type": "integer"},
+                    "files": {"type": "array", "items": {"$ref": "#/components/schemas/TransferFile"}},
+                    "files_omitted": {"type": "integer"},
+                    "skipped": {"type": "array", "description": "started: sources the walk left out",
+                                "items": {"type": "object", "properties": {"source": {"type": "string"},
+                                                                           "reason": {"type": "string"}}}},
+                    "skipped_count": {"type": "integer"},
+                    "directories": {"type": "array", "items": {"type": "string"},
+                                    "description": "started: the (empty) directories created at the destination"},
+                    "encryption": {"type": "string", "enum": ["aes-256-gcm", "none"],
+                                   "description": "started, completed: absent in the events of older agents"},
+                    "programs": {"type": "array", "items": {"$ref": "#/components/schemas/ProgramReport"},
+                                 "description": "completed: only when the transfer has program calls"},
+                    "statistics": {"type": "object", "properties": {n: {"type": "integer"} for n in (
+                        "files", "files_succeeded", "files_failed", "bytes", "recoveries", "bytes_resent")} | {
+                        "seconds": {"type": "number"}}},
+                    "verified": {"type": "boolean"}, "problem": {"type": "string"}}},
+                "ProgramReport": {"type": "object", "properties": {
+                    "when": {"type": "string", "enum": [*WHEN, "monitor"]}, "name": {"type": "string"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "outcome": {"type": "string", "enum": ["success", "failure", "refused", "timed_out"]},
+                    "return_code": {"type": "integer", "nullable": True}, "attempts": {"type": "integer"},
+                    "output": {"type": "string"}, "message": {"type": "string"}}},
                 "TransferRequest": {"type": "object", "required": ["spec"], "properties": {
                     "version": {"type": "integer", "enum": [1]},
-                    "spec": {"type": "object", "description": "source_agent, destination_agent, items "
-                             "[{source, destination, destination_type, recursive}], exist, disposition, "
-                             "checksum, recovery_timeout, job_name, metadata"}}},
+                    "spec": {"$ref": "#/components/schemas/TransferSpec"}}},
+                "TransferSpec": {"type": "object", "additionalProperties": False,
+                                 "required": ["source_agent", "destination_agent", "items"], "properties": {
+                    "source_agent": {"type": "string"}, "destination_agent": {"type": "string"},
+                    "items": {"type": "array", "minItems": 1, "maxItems": 10000,
+                              "items": {"$ref": "#/components/schemas/TransferItem"}},
+                    "exist": {"type": "string", "enum": ["error", "overwrite"], "default": "error"},
+                    "disposition": {"type": "string", "enum": ["leave", "delete"], "default": "leave"},
+                    "checksum": {"type": "string", "enum": CHECKSUMS, "default": "sha256"},
+                    "recovery_timeout": {"type": "integer", "minimum": -1, "nullable": True},
+                    "job_name": {"type": "string", "maxLength": 256, "nullable": True},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "mode": {"type": "string", "enum": ["binary", "text"], "default": "binary"},
+                    "source_encoding": {"type": "string", "nullable": True, "description": "-t text: e.g. utf-8"},
+                    "destination_encoding": {"type": "string", "nullable": True},
+                    "destination_line_ending": {"type": "string", "enum": ["LF", "CRLF"], "nullable": True},
+                    "programs": {"type": "object", "nullable": True, "additionalProperties": False,
+                                 "properties": {w: {"$ref": "#/components/schemas/ProgramCall"} for w in WHEN}},
+                    "priority": {"type": "integer", "minimum": 0, "maximum": 9, "nullable": True},
+                    "bandwidth": {"type": "integer", "minimum": 1, "nullable": True,
+                                  "description": "bytes a second at most"},
+                    "trigger": {"type": "string", "nullable": True,
+                                "description": "file=exist,PATH[,...] | file!=exist,PATH[,...] | "
+                                               "filesize>=SIZE,PATH[,...]"}}},
+                "TransferItem": {"type": "object", "additionalProperties": False,
+                                 "required": ["source", "destination", "destination_type"], "properties": {
+                    "source": {"type": "string"}, "destination": {"type": "string"},
+                    "destination_type": {"type": "string", "enum": ["file", "directory"]},
+                    "recursive": {"type": "boolean", "default": False}}},
+                "ProgramCall": {"type": "object", "additionalProperties": False, "required": ["name"],
+                                "properties": {
+                    "type": {"type": "string", "enum": ["executable"]}, "name": {"type": "string"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "retry_count": {"type": "integer", "minimum": 0}, "retry_wait": {"type": "integer", "minimum": 0},
+                    "success_rc": {"type": "string", "default": "0"}}},
             },
         },
     }

@@ -99,6 +99,7 @@ def test_a_sniffer_on_every_topic_reads_nothing_of_the_file_and_a_tampered_frame
         r = env.run("create-transfer", "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", "90", "--json", str(src))
         assert r.returncode == 0, str(r)
         tid = r.json()["transfer_id"]
+        assert r.json()["encryption"] == "aes-256-gcm", r.stdout  # the -w --json summary says it too
         # the sniffer has every event once the completed one arrived (the agent publishes them in order)
         wait_until(lambda: any(t.startswith("SYSTEM.FTE/Log/A1/") and b'"completed"' in p
                                for t, p in operator.payloads()), 30, "the completed event on the sniffer")
@@ -171,6 +172,7 @@ def test_with_encryption_off_on_both_the_transfer_is_authenticated_and_says_so(t
                         "60", "--json", str(data / "in" / "f.bin"))
             assert r.returncode == 0, str(r)
             tid = r.json()["transfer_id"]
+            assert r.json()["encryption"] == "none", r.stdout
             wait_until(lambda: "completed" in _events(operator.payloads(), tid), 30, "the completed event")
         assert (data / "out" / "f.bin").read_bytes() == MARKER * 100
         frames = [p for t, p in operator.payloads() if t.startswith("SYSTEM.FTE/Data/A2/")]

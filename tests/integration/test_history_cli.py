@@ -19,7 +19,9 @@ def db_url(request: pytest.FixtureRequest, fte_home: Path) -> str:
         str(request.getfixturevalue("postgres_url"))
     with History.open(url) as h:
         h.record(ev.started(time="2025-03-14T09:00:00.000Z"), verified=True)
-        h.record(ev.completed(), verified=True)
+        text = ev.completed()  # a text transfer (-t text): its file has the digest of the converted file too
+        text["files"][0]["written_digest"] = "cd" * 32
+        h.record(text, verified=True)
         h.record(ev.started(tid=ev.TID2, job_name="other", time="2025-03-15T09:00:00.000Z"), verified=True)
     return url
 
@@ -57,8 +59,10 @@ def test_show_transfer_falls_back_to_the_history(db_url: str, fte_home: Path, mo
     r = run(env, db_url, "show-transfer", ev.TID)
     assert r.returncode == 0, r.stderr
     assert "from the history at" in r.stdout and "complete" in r.stdout and "nightly" in r.stdout
+    assert f"digest {'ab' * 32} written {'cd' * 32}" in r.stdout, r.stdout
     j = run(env, db_url, "show-transfer", ev.TID, "--json")
     [view] = json.loads(j.stdout)
     assert view["state"] == "complete" and [e["action"] for e in view["events"]] == ["started", "completed"]
+    assert view["files"][0]["written_digest"] == "cd" * 32
     unknown = run(env, db_url, "show-transfer", "ab" * 24)
     assert unknown.returncode != 0 and "no running agent knows transfer" in unknown.stderr

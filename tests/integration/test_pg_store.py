@@ -40,6 +40,11 @@ def test_the_store_keeps_what_sqlite_keeps(postgres_url: str) -> None:
     store.outbox_put("t/x", b"\x00payload", retain=True)
     assert [(t, p, r) for _, t, p, r in store.outbox_peek()] == [("t/x", b"\x00payload", True)]
     assert store.outbox_size() == 1
+    assert store.claim_program_run("t1", "pre_destination", "A1", 1e9) == (True, None)  # a -predst runs once
+    assert store.claim_program_run("t1", "pre_destination", "A1", 1e9 + 1) == (False, None)
+    store.save_program_outcome("t1", "pre_destination", '{"outcome": "success"}')
+    assert store.claim_program_run("t1", "pre_destination", "A1", 1e9 + 2) == (False, '{"outcome": "success"}')
+    assert store.prune_program_runs(1e9 + 1) == 1
     store.close()
     assert lost == []
 

@@ -186,3 +186,49 @@ def test_a_monitor_command_task_runs_the_program_with_the_monitor_variables(env:
     bad = ran["evil"]
     assert bad["result_code"] == 108 and bad["program"]["outcome"] == "refused", bad
     assert not marker.exists(), "a monitor ran a program outside commandPath"
+
+
+def _publish(url: str, topic: str, payload: bytes) -> None:
+    import asyncio
+
+    import aiomqtt
+
+    from tests.support.brokers import split_url
+
+    host, port = split_url(url)
+
+    async def once() -> None:
+        async with aiomqtt.Client(host, port, timeout=10) as c:
+            await c.publish(topic, payload, qos=1)
+
+    asyncio.run(asyncio.wait_for(once(), 20))
+
+
+def test_a_program_run_replayed_after_the_destination_restarts_never_runs_the_program_again(
+        tmp_path: Path, amqtt_broker: AmqttProcess, bin_dir: Path) -> None:
+    """The signed program_run of a -predst call, captured on the broker and sent again after A2 was killed and
+    started again: A2 answers it from its state store (program_done on A1's control topic) and the program
+    does not run a second time (program_run is signed, not encrypted: docs/security.md)."""
+    marker = tmp_path / "runs.txt"
+    _program(bin_dir / "count.sh", f'echo ran >> "{marker}"\n')
+    runs: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
+    with running_agents(tmp_path / "fte_home", amqtt_broker.ensure_running().url, sandbox_dir(tmp_path, "out", "in"),
+                        commandPath=str(bin_dir), **AGENT_PROPERTIES) as env:
+        with Subscription(env.broker_url, "SYSTEM.FTE/Control/A2/#",
+                          lambda t, p: runs.put((t, p)) if b'"program_run"' in p else None):
+            code, done = _transfer(env, tmp_path / "data", "-predst", "count.sh")
+        assert code == 0 and done["programs"][0]["outcome"] == "success", done
+        assert marker.read_text() == "ran\n"
+        topic, payload = runs.get(timeout=5)
+        assert topic == f"SYSTEM.FTE/Control/A2/{done['transfer_id']}"
+
+        env.agents["A2"].kill()  # SIGKILL: what it remembered only in memory is gone
+        env.start_agent("A2")
+        answers: "queue.Queue[bytes]" = queue.Queue()
+        with Subscription(env.broker_url, f"SYSTEM.FTE/Control/A1/{done['transfer_id']}",
+                          lambda t, p: answers.put(p)):
+            _publish(env.broker_url, topic, payload)  # the replay
+            answer = json.loads(answers.get(timeout=30))
+        assert answer["kind"] == "program_done" and answer["outcome"]["outcome"] == "success", answer
+        assert marker.read_text() == "ran\n", "the replayed program_run ran the program again"
+        assert "answered from the record" in env.agents["A2"].log_tail(200)

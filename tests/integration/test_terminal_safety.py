@@ -124,7 +124,8 @@ def test_file_names_job_names_and_status_fields_are_escaped(env: tuple[FteEnv, P
             r = e.run("create-transfer", "-sa", "A1", "-da", "A2", "-dd", str(data / "out"), "-de", "overwrite",
                       "-w", "30", "--json", str(data / "in" / "plain.txt"))
             assert r.returncode == 0, str(r)
-            return follower.wait_for(r.json()["transfer_id"][:12], 5)
+            # a line that comes later is read by the next attempt's wait (which looks for its own transfer)
+            return follower.wait_for(r.json()["transfer_id"][:12], 2)
 
         wait_until(followed, 60, "fte-logs --follow never showed a transfer")
 
@@ -184,8 +185,9 @@ def test_file_names_job_names_and_status_fields_are_escaped(env: tuple[FteEnv, P
                            "the schedule is not listed"), "\\x1b[2J")
     assert_safe(e.run("list-scheduled-transfers", "--json"))
 
-    # a status field with ESC (anyone on the broker can retain one for a name nobody runs)
-    status = {"agent": FAKE_AGENT, "status": "READY", "time": "2026-01-01T00:00:00Z", "host": EVIL_HOST,
+    # a status field with ESC (anyone on the broker can retain one for a name nobody runs); STOPPED, so that
+    # the commands that ask the running agents (fte top) do not wait 5 s for an answer from nobody
+    status = {"agent": FAKE_AGENT, "status": "STOPPED", "time": "2026-01-01T00:00:00Z", "host": EVIL_HOST,
               "version": "1\x1b[2J", "broker_check": "ok\x1b]0;t\x07", "source_transfers": {}}
     _publish(e.broker_url, f"SYSTEM.FTE/Agents/{FAKE_AGENT}", json.dumps(status).encode())
     assert_safe(e.run("show-agent-details", FAKE_AGENT), "host\\x1b[2J", "[blink]x[/]")

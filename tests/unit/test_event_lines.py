@@ -112,3 +112,27 @@ def test_read_progress_gives_the_snapshot() -> None:
     got = read_progress(c, _message(json.dumps(snapshot).encode(), f"SYSTEM.FTE/Transfers/A1/{TID}"))  # type: ignore[arg-type]
     assert isinstance(got, TransferProgress) and got.bytes_done == snapshot["bytes_done"]
     assert read_progress(c, _message(b"[]")) is None and "a progress message is a JSON object" in c.notes[0]  # type: ignore[arg-type]
+
+
+LISTED = {"transfer_id": "ab" * 24, "role": "source", "state": "complete", "priority": 3, "source_agent": "A1",
+          "destination_agent": "A2", "bytes_done": 2048, "bytes_total": 2048, "started_at": "2025-03-14T09:00:00.000Z",
+          "ended_at": "2025-03-14T09:00:01.000Z", "verified": True}
+
+
+@pytest.mark.parametrize("extra, suffix", [
+    ({}, ""),
+    ({"result_code": 0}, " result 0"),
+    ({"job_name": "nightly"}, " job nightly"),
+    ({"result_code": 40, "job_name": "nightly"}, " result 40 job nightly"),
+])
+def test_the_live_and_the_history_listing_end_with_the_same_result_and_job(extra: dict, suffix: str) -> None:
+    # cli.main first: importing the command modules registers the commands, and in cli.main's order (commands.md)
+    from cli.main import GROUPS
+    assert GROUPS
+    from cli.logger import history_line
+    from cli.observe import transfer_line
+
+    row = {**LISTED, **extra}
+    assert transfer_line(row) == f"{'ab' * 24} source      complete           pr 3 A1->A2 2.0 kB/2.0 kB (100%){suffix}"
+    assert history_line(row) == (f"{'ab' * 24} complete           A1->A2 started 2025-03-14T09:00:00.000Z "
+                                 f"ended 2025-03-14T09:00:01.000Z{suffix}")

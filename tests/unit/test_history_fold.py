@@ -64,6 +64,17 @@ def test_files_carry_digests_and_results() -> None:
                              "checksum_method": "sha256", "digest": "ab" * 32, "result": 0, "supplement": None}]
 
 
+def test_a_text_file_keeps_its_written_digest() -> None:
+    """-t text: `digest` is over what the source sent, `written_digest` over the converted file written."""
+    text = ev.completed()
+    text["files"][0]["written_digest"] = "cd" * 32
+    row = fold_all(ev.started(), ev.progress(), text)
+    assert row is not None
+    assert row["files"][0]["digest"] == "ab" * 32 and row["files"][0]["written_digest"] == "cd" * 32
+    later = fold_event(row, ev.progress(time="2025-03-14T09:26:56.000Z"), True)  # a late item without one
+    assert later is not None and later["files"][0]["written_digest"] == "cd" * 32
+
+
 def test_started_after_progress_does_not_erase_the_result() -> None:
     row = fold_all(ev.progress(), ev.started())
     assert row is not None and row["files"][0]["digest"] == "ab" * 32 and row["files"][0]["result"] == 0
