@@ -122,6 +122,14 @@ def openapi_document() -> dict[str, Any]:
                                    "description": "started, completed: absent in the events of older agents"},
                     "programs": {"type": "array", "items": {"$ref": "#/components/schemas/ProgramReport"},
                                  "description": "completed: only when the transfer has program calls"},
+                    "destinations": {"type": "array", "description": "completed: a fan-out's outcome at each "
+                                     "destination, in the order of the request (docs/log-events.md)",
+                                     "items": {"type": "object", "properties": {
+                                         "agent": {"type": "string"}, "state": {"type": "string"},
+                                         "result_code": {"type": "integer", "nullable": True},
+                                         "files_done": {"type": "integer"}, "files_failed": {"type": "integer"},
+                                         "bytes_done": {"type": "integer"}, "recoveries": {"type": "integer"},
+                                         "supplement": {"type": "string", "nullable": True}}}},
                     "statistics": {"type": "object", "properties": {n: {"type": "integer"} for n in (
                         "files", "files_succeeded", "files_failed", "bytes", "recoveries", "bytes_resent")} | {
                         "seconds": {"type": "number"}}},
@@ -138,6 +146,9 @@ def openapi_document() -> dict[str, Any]:
                 "TransferSpec": {"type": "object", "additionalProperties": False,
                                  "required": ["source_agent", "destination_agent", "items"], "properties": {
                     "source_agent": {"type": "string"}, "destination_agent": {"type": "string"},
+                    "destination_agents": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 16,
+                                           "nullable": True, "description": "a fan-out: every destination, the "
+                                           "first being destination_agent (docs/protocol.md#fan-out)"},
                     "items": {"type": "array", "minItems": 1, "maxItems": 10000,
                               "items": {"$ref": "#/components/schemas/TransferItem"}},
                     "exist": {"type": "string", "enum": ["error", "overwrite"], "default": "error"},
