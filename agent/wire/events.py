@@ -145,6 +145,7 @@ class ProgramReport(EventModel):
     attempts: Count
     output: str
     message: str
+    agent: AgentName | None = None  # only of a fan-out transfer: the agent that ran it
 
 
 class Statistics(EventModel):

@@ -139,7 +139,9 @@ def openapi_document() -> dict[str, Any]:
                     "args": {"type": "array", "items": {"type": "string"}},
                     "outcome": {"type": "string", "enum": ["success", "failure", "refused", "timed_out"]},
                     "return_code": {"type": "integer", "nullable": True}, "attempts": {"type": "integer"},
-                    "output": {"type": "string"}, "message": {"type": "string"}}},
+                    "output": {"type": "string"}, "message": {"type": "string"},
+                    "agent": {"type": "string", "description": "only of a fan-out transfer: the agent that ran "
+                                                               "the call (docs/configuration.md#program-calls)"}}},
                 "TransferRequest": {"type": "object", "required": ["spec"], "properties": {
                     "version": {"type": "integer", "enum": [1]},
                     "spec": {"$ref": "#/components/schemas/TransferSpec"}}},
