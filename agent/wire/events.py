@@ -212,6 +212,7 @@ class Started(TransferEventBase):
     skipped_count: Annotated[int, Field(ge=1)] | None = None
     directories: list[str] | None = None
     encryption: Encryption | None = None  # absent in the events of older agents
+    destination_agents: list[AgentName] | None = None  # only of a fan-out: every destination, the first first
 
 
 class Progress(TransferEventBase):

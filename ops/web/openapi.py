@@ -116,6 +116,10 @@ def openapi_document() -> dict[str, Any]:
                                 "items": {"type": "object", "properties": {"source": {"type": "string"},
                                                                            "reason": {"type": "string"}}}},
                     "skipped_count": {"type": "integer"},
+                    "destination_agents": {"type": "array", "items": {"type": "string"},
+                                           "description": "started: only of a fan-out, every destination agent "
+                                                          "in the order of the request (the first is "
+                                                          "destination_agent)"},
                     "directories": {"type": "array", "items": {"type": "string"},
                                     "description": "started: the (empty) directories created at the destination"},
                     "encryption": {"type": "string", "enum": ["aes-256-gcm", "none"],
