@@ -86,6 +86,10 @@ def openapi_document() -> dict[str, Any]:
                     "rate_bytes_per_second": {"type": "integer"}, "recoveries": {"type": "integer"},
                     "last_stall": {"type": "string", "nullable": True}, "verified": {"type": "boolean"},
                     "live": {"type": "boolean"},
+                    "destinations": {"type": "array", "nullable": True, "items": {"type": "object"},
+                                     "description": "only of a fan-out: each destination ({agent} from the started "
+                                                    "event, its outcome, as the completed event's destinations "
+                                                    "items, once it ended); null otherwise"},
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
                 "TransferFile": {"type": "object", "description": "A file of a transfer (the history's row: "
                                  "`result`; the events' file reports: `result_code`)", "properties": {
