@@ -21,12 +21,14 @@ import time
 from typing import Any, Callable
 
 from .context import AgentContext
+from .core import program_call as pc
 from .core import results
 from .core.fanout_outcome import LegOutcome, fanout_outcome
 from .core.lifecycle import TransferState as S
 from .core.statuses import FileStatus
 from .fsops import ConfinedDirs
 from .fileio import os_error_at
+from .programs import ProgramCaller
 from .source import SourceTransfer, _iso, encryption_of, priority_view
 from .store import TransferRecord
 from .wire import provenance
@@ -35,6 +37,8 @@ from .wire.binding import new_ephemeral
 log = logging.getLogger("fte.source")
 
 GROUP_KEY_BYTES = 32
+SOURCE_CALLS = ("pre_source", "post_source")  # run once for a fan-out transfer, by its source agent
+DESTINATION_CALLS = ("pre_destination", "post_destination")  # run once by each destination agent (its leg)
 
 
 def leg_id(tid: str, dest: str) -> str:
@@ -106,12 +110,14 @@ class FanoutTransfer:
         for dest in self.dests:
             leg = SourceTransfer(ctx, by_dest[dest], restarted=restarted)
             leg.fanout = self
+            leg.programs = ProgramCaller(ctx, leg.rec, only=DESTINATION_CALLS)  # each destination runs its own
             leg.session.sending.take_early_acks()
             self.legs[dest] = leg
         hashers: dict[int, tuple[Any, int]] = {}
         for leg in self.legs.values():
             leg.reads.share_hashers(hashers)
         self.stream = SharedStream(ctx, self)
+        self.programs = ProgramCaller(ctx, rec, only=SOURCE_CALLS)  # -presrc, -postsrc: once for the transfer
         self.started = time.monotonic()
         self._last_progress = 0.0
 
@@ -173,6 +179,12 @@ class FanoutTransfer:
         ended = [leg for leg in self.legs.values() if leg.state.is_terminal]
         for leg in ended:
             leg.completed = leg.session.completed_fields(leg.rec.last_stall, time.monotonic())
+        if self.programs and all(leg.session.state == S.QUEUED for leg in self.legs.values()):
+            # -presrc once, before any leg offers the transfer: a failure fails every leg, nothing has moved
+            outcome = await self.programs.run("pre_source")
+            if outcome is not None and not outcome.ok:
+                for leg in self.legs.values():
+                    leg.programs.failed_before = pc.describe_failure(outcome)
         try:
             await asyncio.gather(*(leg.run() for leg in self.legs.values() if leg not in ended))
         finally:
@@ -189,6 +201,8 @@ class FanoutTransfer:
             self._delete_sources(first, fields)
         fields.update(result_code=out.result_code, result=results.describe(out.result_code),
                       destinations=out.destinations, message=_message(out))
+        fields.pop("programs", None)
+        fields = await self._programs_after(fields)
         if "statistics" in fields:
             fields["statistics"] = dict(fields["statistics"], recoveries=sum(d["recoveries"] for d in out.destinations))
         self.ctx.store.update_transfer(rec)
@@ -197,6 +211,23 @@ class FanoutTransfer:
         self.ctx.log.emit(rec, "completed", **fields, encryption=encryption_of(rec.header))
         self.publish_progress()
         self.ctx.on_state_change()
+
+    async def _programs_after(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """-postsrc once, after every leg ended, when some destination got the files (a failure makes a
+        success 40); `programs`: every call that ran, each with the `agent` that ran it (source's pre, the
+        destinations' own, source's post)."""
+        before = [dict(o.to_json(), agent=self.ctx.name) for o in self.programs.outcomes]
+        legs = [dict(p, agent=d) for d in self.dests for p in (self.legs[d].completed or {}).get("programs") or []]
+        fields = await self.programs.after(S(self.rec.state), fields)  # (post- calls: when state is complete)
+        fields.pop("programs", None)
+        after = [dict(o.to_json(), agent=self.ctx.name) for o in self.programs.outcomes[len(before):]]
+        if before or legs or after:
+            fields["programs"] = before + legs + after
+        failed = [pc.describe_failure(o) for o in self.programs.outcomes if not o.ok]
+        if failed:
+            fields["message"] = "; ".join([_message(self.outcome()), *failed])
+        self.rec.result_code = fields["result_code"]
+        return fields
 
     def _delete_sources(self, first: SourceTransfer, fields: dict[str, Any]) -> None:
         """-dd delete: once every destination has every file, not before (a leg leaves its sources)."""
@@ -216,6 +247,8 @@ def leg_outcome(leg: SourceTransfer) -> LegOutcome:
     s = leg.session
     files = list(s.files.values())
     rc = s.lifecycle.result_code if leg.state.is_terminal else None
+    if leg.state.is_terminal and leg.completed is not None:
+        rc = leg.completed.get("result_code", rc)  # its -postdst failed: 40 (agent.programs.ProgramCaller.after)
     if leg.state.is_terminal and rc is None:
         rc = results.FAILED
     supplement = None

@@ -109,8 +109,9 @@ async def run_call(call: pc.Call, when: str, command_path: str | None, timeout: 
 
 
 def environment(transfer_id: str, source: str, destination: str, job_name: str | None,
-                destinations: list[str], when: str) -> dict[str, str]:
-    return pc.program_environment(transfer_id, source, destination, job_name, destinations, when, os.environ)
+                destinations: list[str], when: str, destination_agents: list[str] | None = None) -> dict[str, str]:
+    return pc.program_environment(transfer_id, source, destination, job_name, destinations, when, os.environ,
+                                  destination_agents or ())
 
 
 def timeout_of(ctx: AgentContext) -> float:
@@ -196,7 +197,8 @@ class ProgramHost:
         return outcome
 
     def _answer(self, msg: ProgramRun, outcome: ProgramOutcome) -> None:
-        done = ProgramDone(kind="program_done", transfer_id=msg.transfer_id, when=msg.when, outcome=outcome)
+        done = ProgramDone(kind="program_done", transfer_id=msg.transfer_id, when=msg.when, outcome=outcome,
+                           destination_agent=self._ctx.name)
         task = asyncio.ensure_future(self._ctx.publish(self._ctx.topics.control(msg.source_agent, msg.transfer_id),
                                                        seal(done, None, self._ctx.identity), 1, False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -209,16 +211,22 @@ class ProgramHost:
 
 
 class ProgramCaller:
-    """A source transfer's side: runs its source calls here and has its destination run the others."""
+    """A source transfer's side: runs its source calls here and has its destination run the others.
 
-    def __init__(self, ctx: AgentContext, rec: TransferRecord) -> None:
-        self._ctx, self._rec, self._tid, self._dest = ctx, rec, rec.transfer_id, rec.peer
+    Of a fan-out transfer (agent/fanout.py) the parent's caller has only the source calls (`only`: run once
+    for the transfer), each leg's only the destination calls (run by each destination agent)."""
+
+    def __init__(self, ctx: AgentContext, rec: TransferRecord, only: tuple[str, ...] | None = None) -> None:
         header = rec.header
+        # a fan-out leg's row is f"{tid}/{dest}": its calls are of the transfer, tid (agent/fanout.py)
+        self._ctx, self._rec, self._tid, self._dest = ctx, rec, header.get("leg_of") or rec.transfer_id, rec.peer
         self._job = header.get("job_name")
         self._destinations = [f.destination for f in rec.files]
+        self._agents = list(header.get("destination_agents") or [])
         self.calls: dict[str, ProgramCall] = {k: ProgramCall(**v) for k, v in (header.get("programs") or {}).items()
-                                              if v}
+                                              if v and (only is None or k in only)}
         self.outcomes: list[pc.Outcome] = []
+        self.failed_before: str | None = None  # a fan-out's -presrc failed: every leg fails before it starts
         self._answers: dict[str, asyncio.Future[ProgramOutcome]] = {}
 
     def __bool__(self) -> bool:
@@ -230,7 +238,8 @@ class ProgramCaller:
         if call is None:
             return None
         if when.endswith("_source"):
-            env = environment(self._tid, self._ctx.name, self._dest, self._job, self._destinations, when)
+            env = environment(self._tid, self._ctx.name, self._dest, self._job, self._destinations, when,
+                              self._agents)
             outcome = await run_call(call.call(), when, command_path_of(self._ctx), timeout_of(self._ctx), env)
         else:
             outcome = await self._remote(when, call)
@@ -241,6 +250,8 @@ class ProgramCaller:
         """-presrc here, then -predst on the destination, when `session` is about to start (not after a
         restart of a transfer that had started): the session's actions to fail it if one failed. Nothing has
         moved then: the destination has not even been offered the transfer."""
+        if self.failed_before is not None and session.state == TransferState.QUEUED:
+            return session.fail(self.failed_before, time.monotonic())
         if not self.calls or session.state != TransferState.QUEUED:
             return []
         for when in ("pre_source", "pre_destination"):

@@ -347,7 +347,8 @@ class Router:
         legs = list(session.legs.values())
         signed = [leg for leg in legs if self._ctx.verify_peers and self._peer_signed(leg.dest, raw)]
         unbound = [leg for leg in legs if leg.key is None]
-        pick = signed or unbound
+        named = [leg for leg in legs if raw.get("kind") == "program_done" and leg.dest == raw.get("destination_agent")]
+        pick = signed or named or unbound  # (named, authority on: its signature is checked against that leg's agent)
         self._transfers.via = pick[0].dest if pick else None
 
     async def _reply_signed(self, tid: str, msg: ResyncReply, raw: dict[str, Any]) -> bool:

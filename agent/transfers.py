@@ -124,7 +124,8 @@ class Transfers:
                            message=f"transfer of {len(files)} file(s), {sum(f.size for f in files)} bytes, "
                                    f"from {self._ctx.name} to {to}" + _left_out(rec.header),
                            skipped=rec.header.get("skipped"), skipped_count=rec.header.get("skipped_count"),
-                           directories=rec.header.get("directories"), encryption=encryption_of(rec.header))
+                           directories=rec.header.get("directories"), encryption=encryption_of(rec.header),
+                           destination_agents=rec.header["destination_agents"] if legs else None)
         session = self._add_source(rec, legs=legs)
         self._tasks[rec.transfer_id] = asyncio.create_task(self._run(rec.transfer_id, session))
         self._ctx.on_state_change()

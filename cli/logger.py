@@ -109,9 +109,9 @@ def _since(text: Optional[str]):  # type: ignore[no-untyped-def]
 
 
 def history_line(t: dict) -> str:  # type: ignore[type-arg]
-    from .render import result_and_job
+    from .render import result_and_job, route_of
 
-    text = (f"{t['transfer_id']} {t.get('state') or '?':18} {t.get('source_agent')}->{t.get('destination_agent')}"
+    text = (f"{t['transfer_id']} {t.get('state') or '?':18} {route_of(t)}"
             f" started {t.get('started_at') or '?'} ended {t.get('ended_at') or '-'}") + result_and_job(t)
     if t.get("recoveries"):
         text += f" recoveries {t['recoveries']}"
@@ -145,7 +145,7 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
     from ops.history import History, HistoryError
 
     from .app import err
-    from .render import safe
+    from .render import destination_lines, route_of, safe
 
     url = history_url(None)
     if not _history_exists(url):
@@ -171,6 +171,10 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
             out.print(safe(f"  {key:20} {t[key]}"), markup=False)
     if t.get("metadata"):
         out.print(safe(f"  {'metadata':20} {json.dumps(t['metadata'])}"), markup=False)
+    if t.get("destinations"):  # a fan-out: every destination, with its outcome once it ended
+        out.print(safe(f"  {'destinations':20} {route_of(t)}"), markup=False)
+        for line in destination_lines({"destinations": [d for d in t["destinations"] if "state" in d]}, "    "):
+            out.print(line, markup=False)
     out.print(f"  {'verified':20} {'yes' if t.get('verified') else 'NO: some events are not signed by a trusted key'}",
               markup=False)
     for f in t.get("files", []):

@@ -293,6 +293,8 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
             if isinstance(ev, Started) and ev.files:
                 t["first_file"] = ev.files[0].source
                 t.setdefault("files_total", len(ev.files) + (ev.files_omitted or 0))
+            if isinstance(ev, Started) and ev.destination_agents:  # a fan-out: the route names every destination
+                t["destination_agents"] = list(ev.destination_agents)
             if isinstance(ev, Recovering):
                 t["last_stall"] = ev.reason
                 t["recoveries"] = ev.recoveries

@@ -225,7 +225,9 @@ def destination_entries(t: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def route_of(t: Mapping[str, Any], arrow: str = "->") -> str:
     """Where a transfer (an event, a summary, a history row) goes: A1->A2, or A1->A2,A3,A4 for a fan-out."""
-    names = [str(d.get("agent")) for d in destination_entries(t)] or [str(t.get("destination_agent"))]
+    listed = t.get("destination_agents")  # a fan-out's started event, a summary: before any outcome is known
+    names = [str(d.get("agent")) for d in destination_entries(t)] or (
+        [str(a) for a in listed] if isinstance(listed, list) and listed else [str(t.get("destination_agent"))])
     return route(str(t.get("source_agent")), names).replace("->", arrow, 1)
 
 

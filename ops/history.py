@@ -103,7 +103,8 @@ def new_transfer(transfer_id: str) -> dict[str, Any]:
     return {"transfer_id": transfer_id, "state": None, "result_code": None, "source_agent": None,
             "destination_agent": None, "job_name": None, "metadata": {}, "files": [], "started_at": None,
             "ended_at": None, "updated_at": None, "recoveries": 0, "verified": True, "last_event": None,
-            "originator": None, "message": None, "statistics": None, "events": 0, "unverified_events": 0}
+            "originator": None, "message": None, "statistics": None, "events": 0, "unverified_events": 0,
+            "destinations": None}
 
 
 def fold_event(row: dict[str, Any] | None, event: dict[str, Any], verified: bool) -> dict[str, Any] | None:
@@ -154,6 +155,10 @@ def fold_event(row: dict[str, Any] | None, event: dict[str, Any], verified: bool
             t["state"] = ev.state
     elif not ended:
         t["state"] = ev.state
+    if isinstance(ev, Started) and ev.destination_agents and not t.get("destinations"):
+        t["destinations"] = [{"agent": a} for a in ev.destination_agents]  # a fan-out: its outcomes come later
+    if isinstance(ev, Completed) and ev.destinations:
+        t["destinations"] = [d.wire() for d in ev.destinations]  # each destination's outcome
     if isinstance(ev, Started):
         t["started_at"] = when
         t["originator"] = ev.originator
@@ -189,8 +194,11 @@ class ChainReport:
 
 _TRANSFER_COLUMNS = ("transfer_id", "state", "result_code", "source_agent", "destination_agent", "job_name",
                      "metadata", "files", "started_at", "ended_at", "updated_at", "recoveries", "verified",
-                     "last_event", "originator", "message", "statistics", "events", "unverified_events")
-_JSON_COLUMNS = ("metadata", "files", "statistics")
+                     "last_event", "originator", "message", "statistics", "events", "unverified_events",
+                     "destinations")
+# destinations: a fan-out's (null otherwise): [{"agent"}] from its started event, each destination's outcome
+# (the completed event's `destinations` items) once it ended; added to older databases when they are opened
+_JSON_COLUMNS = ("metadata", "files", "statistics", "destinations")
 _EVENT_COLUMNS = ("id", "event_id", "topic", "agent", "transfer_id", "action", "time", "received_at", "verified",
                   "problem", "body", "prev_hash", "hash")
 
@@ -209,7 +217,7 @@ def _schema(serial: str) -> list[str]:
             destination_agent TEXT, job_name TEXT, metadata TEXT NOT NULL, files TEXT NOT NULL, started_at TEXT,
             ended_at TEXT, updated_at TEXT, recoveries INTEGER NOT NULL, verified INTEGER NOT NULL,
             last_event TEXT, originator TEXT, message TEXT, statistics TEXT, events INTEGER NOT NULL,
-            unverified_events INTEGER NOT NULL)""",
+            unverified_events INTEGER NOT NULL, destinations TEXT)""",
         "CREATE INDEX IF NOT EXISTS transfers_updated ON transfers (updated_at)",
     ]
 
@@ -327,6 +335,7 @@ class History:
         with self._lock, self._transaction():
             for stmt in _schema(serial):
                 self._execute(stmt)
+            self._add_destinations_column()
             found = self._execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if found is None:
                 self._execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -334,6 +343,15 @@ class History:
             elif found[0] != str(SCHEMA_VERSION):
                 raise HistoryError(f"the history database {self.url} has schema version {found[0]}, this version "
                                    f"of mqtt-fte knows {SCHEMA_VERSION}; upgrade mqtt-fte or use another database")
+
+    def _add_destinations_column(self) -> None:
+        """A database made before fan-out has no `destinations` column: added (nullable, so its rows stay)."""
+        if self.kind == "postgresql":
+            self._execute("ALTER TABLE transfers ADD COLUMN IF NOT EXISTS destinations TEXT")
+            return
+        columns = [r[1] for r in self._execute("PRAGMA table_info(transfers)").fetchall()]
+        if "destinations" not in columns:
+            self._execute("ALTER TABLE transfers ADD COLUMN destinations TEXT")
 
     # ---- writing
 
@@ -405,8 +423,9 @@ class History:
         fte-list-transfers counts it."""
         where, params = [], []  # type: ignore[var-annotated]
         if agent is not None:
-            where.append("(source_agent = ? OR destination_agent = ?)")
-            params += [agent, agent]
+            # (a fan-out's other destinations: in its destinations JSON, as json.dumps writes it)
+            where.append("(source_agent = ? OR destination_agent = ? OR destinations LIKE ?)")
+            params += [agent, agent, "%" + json.dumps({"agent": agent})[:-1] + "%"]
         if since is not None:
             where.append("COALESCE(started_at, updated_at) >= ?")
             params.append(iso_utc(since))

@@ -275,11 +275,17 @@ def result_after_post(result_code: int, outcomes: Iterable[Outcome], failed_code
 
 
 def program_environment(transfer_id: str, source_agent: str, destination_agent: str, job_name: str | None,
-                        destinations: Iterable[str], when: str, base: Mapping[str, str]) -> dict[str, str]:
+                        destinations: Iterable[str], when: str, base: Mapping[str, str],
+                        destination_agents: Iterable[str] = ()) -> dict[str, str]:
     """The environment of a program call (docs/configuration.md, Program calls): `base` (PATH, HOME, LANG
-    of the agent) and the transfer's facts. Destination paths are separated by newlines."""
+    of the agent) and the transfer's facts. Destination paths are separated by newlines. A fan-out
+    transfer's source calls also get FTE_DESTINATION_AGENTS, every destination agent, comma-separated
+    (FTE_DESTINATION_AGENT is the first)."""
     env = {k: v for k, v in base.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")}
     env.update(FTE_TRANSFER_ID=transfer_id, FTE_SOURCE_AGENT=source_agent, FTE_DESTINATION_AGENT=destination_agent,
                FTE_JOB_NAME=job_name or "", FTE_PROGRAM_CALL=when,
                FTE_DESTINATION_FILES="\n".join(destinations))
+    agents = list(destination_agents)
+    if agents:
+        env["FTE_DESTINATION_AGENTS"] = ",".join(agents)
     return env

@@ -145,6 +145,7 @@ class ProgramReport(EventModel):
     attempts: Count
     output: str
     message: str
+    agent: AgentName | None = None  # only of a fan-out transfer: the agent that ran it
 
 
 class Statistics(EventModel):
@@ -211,6 +212,7 @@ class Started(TransferEventBase):
     skipped_count: Annotated[int, Field(ge=1)] | None = None
     directories: list[str] | None = None
     encryption: Encryption | None = None  # absent in the events of older agents
+    destination_agents: list[AgentName] | None = None  # only of a fan-out: every destination, the first first
 
 
 class Progress(TransferEventBase):

@@ -92,5 +92,7 @@ class ProgramDone(_Strict):
     transfer_id: Annotated[str, Field(pattern=r"^[0-9a-f]{48}$")]
     when: AtDestination
     outcome: ProgramOutcome
+    # the answering agent (a fan-out's source gives the answer to that destination's leg); absent from older agents
+    destination_agent: Annotated[str, Field(max_length=64)] | None = None
     mac: Annotated[str, Field(max_length=64)] | None = None
     signature: Annotated[str, Field(max_length=256)] | None = None

@@ -154,9 +154,11 @@ class Live:
                 self.events.setdefault(tid, deque(maxlen=MAX_EVENTS_PER_TRANSFER)).append(ev)
                 row = self._transfer(tid)
                 for k in ("state", "source_agent", "destination_agent", "job_name", "metadata", "result_code",
-                          "result", "message", "files"):
+                          "result", "message", "files", "destinations"):
                     if k in data and (data.get("agent_role") == "source" or k not in row):
                         row[k] = data[k]
+                if data.get("destination_agents") and not row.get("destinations"):  # a fan-out's started
+                    row["destinations"] = [{"agent": a} for a in data["destination_agents"]]
                 row["last_event"] = data.get("action")
                 row["updated"] = data.get("time")
                 if not ok:

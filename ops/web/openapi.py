@@ -86,6 +86,10 @@ def openapi_document() -> dict[str, Any]:
                     "rate_bytes_per_second": {"type": "integer"}, "recoveries": {"type": "integer"},
                     "last_stall": {"type": "string", "nullable": True}, "verified": {"type": "boolean"},
                     "live": {"type": "boolean"},
+                    "destinations": {"type": "array", "nullable": True, "items": {"type": "object"},
+                                     "description": "only of a fan-out: each destination ({agent} from the started "
+                                                    "event, its outcome, as the completed event's destinations "
+                                                    "items, once it ended); null otherwise"},
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
                 "TransferFile": {"type": "object", "description": "A file of a transfer (the history's row: "
                                  "`result`; the events' file reports: `result_code`)", "properties": {
@@ -116,6 +120,10 @@ def openapi_document() -> dict[str, Any]:
                                 "items": {"type": "object", "properties": {"source": {"type": "string"},
                                                                            "reason": {"type": "string"}}}},
                     "skipped_count": {"type": "integer"},
+                    "destination_agents": {"type": "array", "items": {"type": "string"},
+                                           "description": "started: only of a fan-out, every destination agent "
+                                                          "in the order of the request (the first is "
+                                                          "destination_agent)"},
                     "directories": {"type": "array", "items": {"type": "string"},
                                     "description": "started: the (empty) directories created at the destination"},
                     "encryption": {"type": "string", "enum": ["aes-256-gcm", "none"],
@@ -139,7 +147,9 @@ def openapi_document() -> dict[str, Any]:
                     "args": {"type": "array", "items": {"type": "string"}},
                     "outcome": {"type": "string", "enum": ["success", "failure", "refused", "timed_out"]},
                     "return_code": {"type": "integer", "nullable": True}, "attempts": {"type": "integer"},
-                    "output": {"type": "string"}, "message": {"type": "string"}}},
+                    "output": {"type": "string"}, "message": {"type": "string"},
+                    "agent": {"type": "string", "description": "only of a fan-out transfer: the agent that ran "
+                                                               "the call (docs/configuration.md#program-calls)"}}},
                 "TransferRequest": {"type": "object", "required": ["spec"], "properties": {
                     "version": {"type": "integer", "enum": [1]},
                     "spec": {"$ref": "#/components/schemas/TransferSpec"}}},

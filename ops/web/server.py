@@ -137,7 +137,8 @@ async def agents(request: web.Request) -> web.Response:
 
 def _matches(row: dict[str, Any], agent: str | None, since: datetime | None, state: str | None,
              job: str | None) -> bool:
-    if agent and agent not in (row.get("source_agent"), row.get("destination_agent")):
+    fanout = [d.get("agent") for d in row.get("destinations") or [] if isinstance(d, dict)]
+    if agent and agent not in (row.get("source_agent"), row.get("destination_agent"), *fanout):
         return False
     if state and row.get("state") != state:
         return False

@@ -109,6 +109,7 @@ def test_one_transfer_delivers_identical_files_to_three_destinations(fan) -> Non
         assert e["bytes_done"] == src.stat().st_size, e
     started = tap.event(tid, "started")
     assert started is not None  # one started event for the transfer, and one completed
+    assert started["destination_agent"] == "A2" and started["destination_agents"] == list(DESTINATIONS), started
     assert sum(1 for t, p in tap.payloads() if t == f"SYSTEM.FTE/Log/A1/{tid}" and b'"completed"' in p) == 1
 
 

@@ -66,3 +66,19 @@ def test_show_transfer_falls_back_to_the_history(db_url: str, fte_home: Path, mo
     assert view["files"][0]["written_digest"] == "cd" * 32
     unknown = run(env, db_url, "show-transfer", "ab" * 24)
     assert unknown.returncode != 0 and "no running agent knows transfer" in unknown.stderr
+
+
+def test_show_transfer_of_a_fan_out_from_the_history_names_every_destination(fte_home: Path, mosquitto) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite://{fte_home}/logger/fanout.db"
+    with History.open(url) as h:
+        h.record(ev.fanout_started(), verified=True)
+        h.record(ev.fanout_completed(), verified=True)
+    env = FteEnv(fte_home, mosquitto.ensure_running().url)
+    r = run(env, url, "show-transfer", ev.TID3)
+    assert r.returncode == 0, r.stderr
+    assert "destinations         A1->A2,A3" in r.stdout, r.stdout
+    assert "A3: failed (result 40)" in r.stdout and "BFGIO0006E: exists" in r.stdout, r.stdout
+    listed = env.run("list-transfers", "--history", "--db", url)
+    assert f"{ev.TID3} complete" in listed.stdout and "A1->A2,A3" in listed.stdout, listed.stdout
+    by_a3 = env.run("list-transfers", "--history", "--db", url, "-a", "A3")  # the second destination finds it
+    assert ev.TID3 in by_a3.stdout, by_a3.stdout

@@ -149,3 +149,17 @@ def test_unwritable_sqlite(tmp_path: Path) -> None:
 
 def test_default_url(fte_home: Path) -> None:
     assert default_history_url() == f"sqlite://{fte_home.resolve()}/logger/history.db"
+
+
+def test_a_fan_out_keeps_its_destinations_and_an_older_database_gets_the_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old/history.db"
+    with History.open(url) as h:
+        h.record(ev.started(), verified=True)
+        _raw(h, "ALTER TABLE transfers DROP COLUMN destinations")  # as a database made before fan-out
+    with History.open(url) as h:  # opened again: the column is added, the old row kept
+        assert h.transfer(ev.TID)["destinations"] is None  # type: ignore[index]
+        h.record(ev.fanout_started(), verified=True)
+        h.record(ev.fanout_completed(), verified=True)
+        row = h.transfer(ev.TID3)
+    assert row is not None and [d["agent"] for d in row["destinations"]] == ["A2", "A3"]
+    assert row["destinations"][1]["result_code"] == 40

@@ -320,3 +320,23 @@ def test_history_from_the_logger(stack, tmp_path: Path) -> None:
         assert code == 200 and any(e.get("received_at") and e["action"] == "completed" for e in t["events"]), t
     finally:
         later.stop()
+
+
+def test_a_fan_out_in_the_history_names_every_destination(stack, tmp_path: Path) -> None:
+    """A fan-out (-da A2,A3) from the history: its destinations in the transfer view, found by either agent."""
+    from ops.history import History
+    from tests.support import history_events as hev
+
+    env, _, _ = stack
+    db = f"sqlite:///{tmp_path}/fanout.db"
+    with History.open(db) as h:
+        h.record(hev.fanout_started(), verified=True)
+        h.record(hev.fanout_completed(), verified=True)
+    later = Web(env, {"FTE_WEB_TOKEN": TOKEN}, "--db", db)
+    try:
+        code, rows = call(later, "GET", "/api/v1/transfers?agent=A3")
+        assert code == 200 and [r["transfer_id"] for r in rows] == [hev.TID3], rows
+        code, t = call(later, "GET", f"/api/v1/transfers/{hev.TID3}")
+        assert code == 200 and [(d["agent"], d["result_code"]) for d in t["destinations"]] == [("A2", 0), ("A3", 40)], t
+    finally:
+        later.stop()

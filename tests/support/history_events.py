@@ -63,3 +63,21 @@ def refusal() -> dict[str, Any]:
     return {"action": "not_authorized", "time": "2025-03-14T11:00:00.000Z", "agent": "A1",
             "command": "cancel_transfer", "request_id": "9f1c2b7e44d0a3e1", "requester": "mallory",
             "transfer_id": TID, "result_code": 53, "message": "refused", "suppressed": 0, "dropped": 0}
+
+
+TID3 = "414d5120514d312020202020202020206a1c4f6520000d44"
+FANOUT = ["A2", "A3"]
+
+
+def fanout_started(**kw: Any) -> dict[str, Any]:
+    """A fan-out's started event (-da A2,A3): destination_agent is the first, destination_agents the list."""
+    return started(tid=TID3, destination_agents=FANOUT, **kw)
+
+
+def fanout_completed(**kw: Any) -> dict[str, Any]:
+    """A fan-out that reached A2 and not A3 (result 20)."""
+    entries = [{"agent": "A2", "state": "complete", "result_code": 0, "files_done": 1, "files_failed": 0,
+                "bytes_done": 10, "recoveries": 0, "supplement": None},
+               {"agent": "A3", "state": "failed", "result_code": 40, "files_done": 0, "files_failed": 1,
+                "bytes_done": 0, "recoveries": 0, "supplement": "BFGIO0006E: exists"}]
+    return completed(tid=TID3, code=20, destinations=entries, **kw)

@@ -185,6 +185,18 @@ def test_listings_show_the_route_of_a_fan_out() -> None:
     assert route_of({"source_agent": "A1", "destination_agent": "A2"}) == "A1->A2"
 
 
+def test_a_started_event_names_every_destination_of_a_fan_out() -> None:
+    base = {"event_id": new_event_id(), "transfer_id": TID, "action": "started", "state": "queued",
+            "time": "2026-12-03T14:00:00.000Z", "agent": "A1", "agent_role": "source", "source_agent": "A1",
+            "destination_agent": "A2", "job_name": None, "metadata": {}, "recovery_timeout": -1, "files": [],
+            "message": "transfer of 0 file(s)"}
+    ev = build_event(dict(base, destination_agents=["A2", "A3", "A4"]))
+    assert ev.destination_agents == ["A2", "A3", "A4"]
+    assert route_of(ev.wire()) == "A1->A2,A3,A4"  # fte top's route, before the completed event's destinations
+    assert "destination_agents" not in build_event(base).wire()  # an ordinary transfer: left off
+    assert route_of(base) == "A1->A2"
+
+
 def test_what_is_about_to_run_names_every_destination() -> None:
     """-tn/-td print what is submitted before it is sent (what you sign is what runs): all the destinations."""
     from cli.templates import Template, submission_line, summary

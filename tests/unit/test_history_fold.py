@@ -107,3 +107,13 @@ def test_canonical_json_and_ids() -> None:
 def test_iso_utc() -> None:
     assert iso_utc(datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)) == "2025-03-14T09:26:53.589Z"
     assert iso_utc(datetime(2025, 3, 14, 9, 26, 53)) == "2025-03-14T09:26:53.000Z"
+
+
+def test_a_fan_out_keeps_every_destination() -> None:
+    row = fold_all(ev.fanout_started())
+    assert row is not None and row["destination_agent"] == "A2"
+    assert row["destinations"] == [{"agent": "A2"}, {"agent": "A3"}]
+    row = fold_all(ev.fanout_started(), ev.fanout_completed())
+    assert row is not None and row["result_code"] == 20
+    assert [(d["agent"], d["result_code"]) for d in row["destinations"]] == [("A2", 0), ("A3", 40)]
+    assert fold_all(ev.started(), ev.completed())["destinations"] is None  # type: ignore[index]  # an ordinary one

@@ -35,7 +35,7 @@ def test_the_event_schema_names_every_field_of_the_started_and_completed_events(
     assert fields(Started, Completed) <= props("Event"), fields(Started, Completed) - props("Event")
     assert fields(FileReport) <= props("TransferFile"), fields(FileReport) - props("TransferFile")
     assert fields(ProgramReport) <= props("ProgramReport")
-    assert {"encryption", "programs", "skipped", "directories"} <= props("Event")
+    assert {"encryption", "programs", "skipped", "directories", "destination_agents"} <= props("Event")
 
 
 def test_a_history_row_is_described() -> None:

@@ -41,6 +41,12 @@ function result(t) {
   if (t.result_code == null) return "";
   return `<span class="pill ${t.result_code === 0 ? "ok" : "bad"}" title="${esc(t.message || "")}">${esc(t.result_code)}</span> ${esc(t.result || "")}`;
 }
+function destinationsOf(t) {  // a fan-out's every destination (its outcomes, else the list); else the one
+  const names = (t.destinations || []).map((d) => d.agent);
+  return names.length ? names : (t.destination_agents && t.destination_agents.length ? t.destination_agents
+    : [t.destination_agent || "?"]);
+}
+function route(t) { return `${esc(t.source_agent || "?")} → ${destinationsOf(t).map(esc).join(", ")}`; }
 function flag(t) { return t.verified === false ? ` <span class="pill bad" title="${esc(t.problem)}">unverified</span>` : ""; }
 
 function renderLive() {
@@ -48,7 +54,7 @@ function renderLive() {
     .sort((a, b) => String(b.created || b.updated || "").localeCompare(String(a.created || a.updated || "")));
   $("#live tbody").innerHTML = rows.map((t) => `<tr class="row" data-id="${esc(t.transfer_id)}">
     <td>${short(t.transfer_id)}${flag(t)}</td><td>${esc(t.job_name || "")}</td>
-    <td>${esc(t.source_agent || "?")} → ${esc(t.destination_agent || "?")}</td><td>${pill(t.state)}</td>
+    <td>${route(t)}</td><td>${pill(t.state)}</td>
     <td>${progress(t)}</td><td>${TERMINAL.has(t.state) ? "" : rate(t.rate_bytes_per_second)}</td><td>${esc(t.recoveries ?? "")}</td>
     <td>${esc(t.last_stall || "")}</td><td>${result(t)}</td>
     <td>${TERMINAL.has(t.state) ? "" : `<button data-cancel="${esc(t.transfer_id)}">Cancel</button>`}</td></tr>`).join("");
@@ -58,7 +64,7 @@ function renderLive() {
 function renderHistory(list) {
   $("#history tbody").innerHTML = list.map((t) => `<tr class="row" data-id="${esc(t.transfer_id)}">
     <td>${short(t.transfer_id)}</td><td>${esc(t.job_name || "")}</td>
-    <td>${esc(t.source_agent || "?")} → ${esc(t.destination_agent || "?")}</td><td>${pill(t.state)}</td>
+    <td>${route(t)}</td><td>${pill(t.state)}</td>
     <td>${result(t)}</td><td>${when(t.started_at || t.created)}</td><td>${when(t.ended_at || (TERMINAL.has(t.state) ? t.updated : ""))}</td>
     <td>${t.verified === false ? '<span class="pill bad">no</span>' : "yes"}</td></tr>`).join("")
     || '<tr><td colspan="8" class="muted">nothing found</td></tr>';
@@ -77,8 +83,11 @@ async function showDetail(id) {
   try { t = await api("/transfers/" + encodeURIComponent(id)); } catch (e) { $("#detail-note").textContent = e.message; return; }
   $("#detail").hidden = false;
   $("#detail-id").textContent = id;
-  $("#detail-summary").innerHTML = `${pill(t.state)}${flag(t)} ${esc(t.source_agent)} → ${esc(t.destination_agent)}
+  $("#detail-summary").innerHTML = `${pill(t.state)}${flag(t)} ${route(t)}
     ${t.job_name ? " · job " + esc(t.job_name) : ""} · ${progress(t)} · result ${result(t) || "—"}
+    ${(t.destinations || []).filter((d) => d.state).map((d) => `<div>${esc(d.agent)}: ${pill(d.state)} result
+      ${esc(d.result_code)} · ${esc(d.files_done)} file(s) done, ${esc(d.files_failed)} failed${d.supplement
+      ? " · " + esc(d.supplement) : ""}</div>`).join("")}
     <div class="muted">${(t.files || []).map((f) => esc(f.source) + " → " + esc(f.destination)).join("<br>")}</div>`;
   $("#cancel").disabled = TERMINAL.has(t.state);
   $("#resubmit").disabled = !(t.files && t.files.length && t.source_agent && t.destination_agent);
@@ -96,7 +105,9 @@ async function cancel(id) {
 }
 
 async function resubmit(t) {
+  const dests = destinationsOf(t);
   const spec = {source_agent: t.source_agent, destination_agent: t.destination_agent,
+    ...(dests.length > 1 ? {destination_agents: dests} : {}),
     items: t.files.map((f) => ({source: f.source, destination: f.destination, destination_type: "file"})),
     exist: "overwrite", job_name: t.job_name || undefined, metadata: t.metadata || undefined};
   try {
