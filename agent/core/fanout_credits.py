@@ -28,6 +28,8 @@ class FanoutCredits:
         self.head: Pos | None = None
         self.members: set[str] = set()
         self.credits: dict[str, dict[Pos, int]] = {leg: {} for leg in legs}
+        # why a member leg was not credited with a published chunk, counted by leg (instrumentation)
+        self.missed: dict[str, dict[str, int]] = {leg: {} for leg in self.credits}
         self._sizes = dict(sizes)
         order = sorted(self._sizes)
         self._after = {a: b for a, b in zip(order, order[1:])}  # the next file in sending order
@@ -67,14 +69,28 @@ class FanoutCredits:
         self.head = chunk[:2]
         credited = []
         for other in sorted(self.members):
-            if other == leg or chunk[0] in busy.get(other, ()):
+            if other == leg:
                 continue
             mine = self.credits[other]
-            if len(mine) >= self.bound or self.expected(other, next_positions.get(other)) != self.head:
+            why = self._why_not(other, chunk, next_positions.get(other), busy)
+            if why is not None:
+                self.missed[other][why] = self.missed[other].get(why, 0) + 1
                 continue
             mine[self.head] = chunk[2]
             credited.append(other)
         return credited
+
+    def _why_not(self, other: str, chunk: Chunk, next_pos: Pos | None, busy: Mapping[str, set[int]]) -> str | None:
+        if chunk[0] in busy.get(other, ()):
+            return "busy"
+        if len(self.credits[other]) >= self.bound:
+            return "bound"
+        exp = self.expected(other, next_pos)
+        if exp is None:
+            return "idle"
+        if exp != chunk[:2]:
+            return "behind" if exp < chunk[:2] else "ahead"
+        return None
 
     def expected(self, leg: str, next_pos: Pos | None) -> Pos | None:
         """Where `leg` will be once it has taken its credits: its next send position advanced past them."""
