@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from .core.fanout_ahead import AHEAD_CHUNKS
 from .core.fanout_credits import FanoutCredits
 from .core.lifecycle import TransferState as S
 from .core.source_actions import SendChunk
@@ -38,7 +39,8 @@ class SharedStream:
         self.topic = ctx.topics.fanout(ctx.name, fanout.tid)
         first = next(iter(fanout.legs.values()))
         self.credits = FanoutCredits(fanout.legs, ctx.window_chunks,
-                                     {f.index: f.size for f in first.session.files.values()})
+                                     {f.index: f.size for f in first.session.files.values()},
+                                     reach=AHEAD_CHUNKS * ctx.chunk_size)  # what a destination holds ahead
         self.unicast: dict[str, dict[int, int]] = {d: {} for d in fanout.legs}  # file -> end of its last unicast
         self.published_bytes = 0
         # per leg: chunks whose credit it took, it published, it sent unicast (as a member / not), for the log
@@ -97,14 +99,17 @@ class SharedStream:
         leg._publish(self.topic, frame, DATA_QOS)
         self.published_bytes += len(frame)
         counts["published"] += 1
-        positions, busy = {}, {}
+        positions, busy, acked = {}, {}, {}
         for other, o in self.fanout.legs.items():
             if other == dest:
                 continue
             positions[other] = o.session.sending.next_position() if o.state == S.IN_PROGRESS else None
             w, end = o.session.sending.windows.get(send.index), self.unicast[other].get(send.index, 0)
             busy[other] = {send.index} if w is not None and w.acked < end else set()
-        self.credits.published(dest, chunk, positions, busy)
+            if w is not None:
+                acked[other] = max(w.acked, w.early_ack)
+        for other in self.credits.published(dest, chunk, positions, busy, acked):
+            self.fanout.legs[other].post("wake")  # it may take the credit now (its window permitting)
         return True
 
     def close(self) -> None:

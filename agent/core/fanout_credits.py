@@ -20,11 +20,13 @@ Chunk = tuple[int, int, int]
 
 
 class FanoutCredits:
-    def __init__(self, legs: Iterable[str], window_chunks: int, sizes: Mapping[int, int]) -> None:
-        """`sizes`: each file's size by index (the files are sent in index order)."""
+    def __init__(self, legs: Iterable[str], window_chunks: int, sizes: Mapping[int, int], reach: int = 0) -> None:
+        """`sizes`: each file's size by index (the files are sent in index order). `reach`: bytes beyond what a
+        leg's destination acknowledged that it holds a shared chunk ahead (AHEAD_CHUNKS x chunk size); 0: none."""
         if window_chunks <= 0:
             raise ValueError(f"window_chunks {window_chunks} is invalid: must be > 0")
         self.bound = 2 * window_chunks
+        self.reach = reach
         self.head: Pos | None = None
         self.members: set[str] = set()
         self.credits: dict[str, dict[Pos, int]] = {leg: {} for leg in legs}
@@ -62,17 +64,20 @@ class FanoutCredits:
         return leg in self.members and (self.head is None or chunk[:2] > self.head)
 
     def published(self, leg: str, chunk: Chunk, next_positions: Mapping[str, Pos | None],
-                  busy: Mapping[str, set[int]]) -> list[str]:
+                  busy: Mapping[str, set[int]], acked: Mapping[str, int] | None = None) -> list[str]:
         """`leg` published `chunk` on the shared topic: it is the head, and the legs credited with it are
         returned. `next_positions`: each leg's next send position (agent.core.send_order); `busy`: the files
-        each leg has unicast chunks of unacknowledged."""
+        each leg has unicast chunks of unacknowledged; `acked`: each leg's acknowledged offset in the chunk's file.
+        A leg at the head is credited if it is not busy, or if the chunk ends within `reach` of what it acked (its
+        destination holds it until the unicast before it is written); a leg behind the head in the same file,
+        if the chunk ends within `reach` (it re-joins: it sends the gap unicast, then takes the credits)."""
         self.head = chunk[:2]
         credited = []
         for other in sorted(self.members):
             if other == leg:
                 continue
             mine = self.credits[other]
-            why = self._why_not(other, chunk, next_positions.get(other), busy)
+            why = self._why_not(other, chunk, next_positions.get(other), busy, (acked or {}).get(other))
             if why is not None:
                 self.missed[other][why] = self.missed[other].get(why, 0) + 1
                 continue
@@ -80,17 +85,19 @@ class FanoutCredits:
             credited.append(other)
         return credited
 
-    def _why_not(self, other: str, chunk: Chunk, next_pos: Pos | None, busy: Mapping[str, set[int]]) -> str | None:
-        if chunk[0] in busy.get(other, ()):
-            return "busy"
+    def _why_not(self, other: str, chunk: Chunk, next_pos: Pos | None, busy: Mapping[str, set[int]],
+                 acked: int | None) -> str | None:
         if len(self.credits[other]) >= self.bound:
             return "bound"
         exp = self.expected(other, next_pos)
         if exp is None:
             return "idle"
-        if exp != chunk[:2]:
-            return "behind" if exp < chunk[:2] else "ahead"
-        return None
+        within = acked is not None and exp[0] == chunk[0] and chunk[1] + chunk[2] - acked <= self.reach
+        if exp == chunk[:2]:
+            return None if within or chunk[0] not in busy.get(other, ()) else "busy"
+        if exp > chunk[:2]:
+            return "ahead"
+        return None if within else "behind"
 
     def expected(self, leg: str, next_pos: Pos | None) -> Pos | None:
         """Where `leg` will be once it has taken its credits: its next send position advanced past them."""
