@@ -304,9 +304,10 @@ class DestinationSession:
     def receive_shared(self, chunk: Any, now: float) -> list[Action]:
         """A chunk from the shared topic of a fan-out transfer (opened with the group key by the shell). Written
         iff its file is ready and it continues exactly what is held, whatever its epoch (the shared stream
-        carries the epoch of the leg that published it), and only while subscribed by this process; anything else
-        is dropped silently, no rewind asked: this destination's own leg repairs gaps with unicast. Acked as a
-        unicast chunk is, in this session's epoch."""
+        carries the epoch of the leg that published it), and only while subscribed by this process; one beyond
+        what is held is kept (bounded: agent.core.fanout_ahead) and written once this destination's own leg has
+        filled the gap with unicast; anything else is dropped silently, no rewind asked. Acked as a unicast chunk
+        is, in this session's epoch."""
         f = self.files.get(chunk.index)
         if (self.shared is not Shared.JOINED or self.state in TERMINAL_STATES or f is None or f.status != FileStatus.READY
                 or chunk.offset + len(chunk.data) > f.size):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-AHEAD_CHUNKS = 32  # memory: at most this many chunks (x agentChunkSize) per fan-out destination transfer
+AHEAD_CHUNKS = 64  # memory: at most this many chunks (x agentChunkSize) per fan-out destination transfer
 
 
 class AheadChunks:
