@@ -4,10 +4,13 @@ each leg's credits. No IO: the source's shared stream (agent/fanout_stream.py) a
 A chunk is (file index, offset, length); its position is (index, offset), compared lexicographically. The head
 is the furthest chunk published on the shared topic. When a member leg publishes a chunk beyond the head, every
 other member leg whose expected position is that chunk (its next send position, advanced past the chunks it is
-already credited with), that has no unicast chunk of that file unacknowledged, and that holds fewer than its
-bound of credits (2 x window_chunks), is credited with it: when that leg comes to send the chunk, it counts it
-sent and publishes nothing. A leg further behind gets no credits and is served by unicast, within its own send
-window, so a slow destination never holds the others back; it re-joins when it catches up with the head.
+already credited with), that holds fewer than its bound of credits (2 x window_chunks), and that has no
+unicast chunk of that file unacknowledged or whose destination acknowledged the file to within `reach` of the
+chunk's end, is credited with it: when that leg comes to send the chunk, it counts it sent and publishes
+nothing. A leg behind the head in the same file is credited too when the chunk ends within `reach` of what its
+destination acknowledged (which holds it ahead, agent.core.fanout_ahead): it re-joins, sending the gap unicast
+itself. A leg further behind gets no credits and is served by unicast, within its own send window, so a slow
+destination never holds the others back.
 A rewind or a resync of a leg clears its credits (what it holds is the destination's word again).
 """
 
