@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from .core.fanout_ahead import AHEAD_CHUNKS
 from .core.fanout_credits import FanoutCredits
 from .core.lifecycle import TransferState as S
 from .core.source_actions import SendChunk
@@ -38,9 +39,13 @@ class SharedStream:
         self.topic = ctx.topics.fanout(ctx.name, fanout.tid)
         first = next(iter(fanout.legs.values()))
         self.credits = FanoutCredits(fanout.legs, ctx.window_chunks,
-                                     {f.index: f.size for f in first.session.files.values()})
+                                     {f.index: f.size for f in first.session.files.values()},
+                                     reach=AHEAD_CHUNKS * ctx.chunk_size)  # what a destination holds ahead
         self.unicast: dict[str, dict[int, int]] = {d: {} for d in fanout.legs}  # file -> end of its last unicast
         self.published_bytes = 0
+        # per leg: chunks whose credit it took, it published, it sent unicast (as a member / not), for the log
+        self.counts: dict[str, dict[str, int]] = {d: dict.fromkeys(("taken", "published", "unicast_member",
+                                                                    "unicast_other"), 0) for d in fanout.legs}
         self.started = time.monotonic()
 
     def control(self, leg: Any, msg: Any) -> None:
@@ -70,11 +75,14 @@ class SharedStream:
         if leg.state != S.IN_PROGRESS:
             self.credits.leave(dest)
             return None
+        counts = self.counts[dest]
         if self.credits.take(dest, chunk):
             leg.reads.skipped(*chunk)
+            counts["taken"] += 1
             return True
         if self.sealer is None or not self.credits.publishes(dest, chunk):
             self.unicast[dest][send.index] = send.offset + send.length
+            counts["unicast_member" if dest in self.credits.members else "unicast_other"] += 1
             return None
         f = leg.session.files[send.index]
         try:
@@ -90,15 +98,23 @@ class SharedStream:
             return False
         leg._publish(self.topic, frame, DATA_QOS)
         self.published_bytes += len(frame)
-        positions, busy = {}, {}
+        counts["published"] += 1
+        positions, busy, acked = {}, {}, {}
         for other, o in self.fanout.legs.items():
             if other == dest:
                 continue
             positions[other] = o.session.sending.next_position() if o.state == S.IN_PROGRESS else None
             w, end = o.session.sending.windows.get(send.index), self.unicast[other].get(send.index, 0)
             busy[other] = {send.index} if w is not None and w.acked < end else set()
-        self.credits.published(dest, chunk, positions, busy)
+            if w is not None:
+                acked[other] = max(w.acked, w.early_ack)
+        for other in self.credits.published(dest, chunk, positions, busy, acked):
+            self.fanout.legs[other].post("wake")  # it may take the credit now (its window permitting)
         return True
 
     def close(self) -> None:
-        pass
+        """The transfer ended: one line saying how each leg was served (what a fan-out saved, and why not)."""
+        legs = "; ".join(f"{d}: " + " ".join(f"{k}={v}" for k, v in c.items()) + (" missed " + ",".join(
+            f"{k}={v}" for k, v in sorted(self.credits.missed[d].items())) if self.credits.missed[d] else "")
+                         for d, c in self.counts.items())
+        log.info("fan-out %s: %d bytes published on the shared topic; %s", self.fanout.tid, self.published_bytes, legs)

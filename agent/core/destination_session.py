@@ -29,6 +29,7 @@ from . import results
 from .errors import FteError
 from .file_status import FileEvent, next_file_status
 from .lifecycle import TERMINAL_STATES, TransferState
+from .fanout_ahead import AheadChunks
 from .policy import CHECKPOINT_INTERVAL
 from .statuses import FileStatus
 
@@ -285,6 +286,7 @@ class DestinationSession:
         self._renamed: list[FileRow] = []
         # fan-out: a group key is kept (`shared`); subscribed by this process only once a resync asks
         self.shared = Shared.OFFERED if shared else Shared.NONE
+        self.ahead = AheadChunks()  # shared chunks beyond what is written, until the gap is filled (fan-out)
 
     # ------------------------------------------------------------------ inputs
 
@@ -302,13 +304,17 @@ class DestinationSession:
     def receive_shared(self, chunk: Any, now: float) -> list[Action]:
         """A chunk from the shared topic of a fan-out transfer (opened with the group key by the shell). Written
         iff its file is ready and it continues exactly what is held, whatever its epoch (the shared stream
-        carries the epoch of the leg that published it), and only while subscribed by this process; anything else
-        is dropped silently, no rewind asked: this destination's own leg repairs gaps with unicast. Acked as a
-        unicast chunk is, in this session's epoch."""
+        carries the epoch of the leg that published it), and only while subscribed by this process; one beyond
+        what is held is kept (bounded: agent.core.fanout_ahead) and written once this destination's own leg has
+        filled the gap with unicast; anything else is dropped silently, no rewind asked. Acked as a unicast chunk
+        is, in this session's epoch."""
         f = self.files.get(chunk.index)
-        if (self.shared is not Shared.JOINED or self.state in TERMINAL_STATES or f is None or f.status != FileStatus.READY or chunk.offset != f.offset
+        if (self.shared is not Shared.JOINED or self.state in TERMINAL_STATES or f is None or f.status != FileStatus.READY
                 or chunk.offset + len(chunk.data) > f.size):
             return []  # not a sign of life either: only a chunk written holds the recovery request back
+        if chunk.offset != f.offset:
+            self.ahead.hold(chunk, f.offset)  # beyond: kept (bounded) until the leg's unicast fills the gap
+            return []
         self.last_activity = now
         self._written.add(f.index)
         return [WriteChunk(f, chunk.offset, chunk.data, chunk.ack)]
@@ -388,7 +394,10 @@ class DestinationSession:
         if f.offset == f.size and f.digest is not None:  # the FileEnd came first
             return [SealPart(f)]
         actions: list[Action] = []
-        if action.ack:  # else a later chunk asks (FLAG_NO_ACK), and its ack covers this one too
+        held = self.ahead.next(f.index, f.offset) if len(self.ahead) else None
+        if held is not None:  # a shared chunk held ahead continues it: written now, acked (agent.core.fanout_ahead)
+            actions.append(WriteChunk(f, held.offset, held.data, True))
+        elif action.ack:  # else a later chunk asks (FLAG_NO_ACK), and its ack covers this one too
             actions.append(SendAck(self.epoch, f.index, f.offset))
         if now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
             self._last_checkpoint = now
@@ -530,6 +539,7 @@ class DestinationSession:
             return [Subscribe(msg)]  # a member only once the broker has the subscription: then answered
         self.epoch = msg.epoch
         self._gap_reported.clear()
+        self.ahead.clear()
         moved: list[FileRow] = []
         measure: list[FileRow] = []
         for offer in msg.files:  # files the source had not yet seen a result for

@@ -126,3 +126,40 @@ def test_next_position_is_the_first_file_with_bytes_left() -> None:
     order.take_early_acks()
     order.rewind(0, 0)
     assert order.windows[0].early_acks and order.next_position() == (0, 0)  # kept by a rewind
+
+
+def _reach(*members: str, window: int = 4) -> FanoutCredits:
+    c = FanoutCredits(["A2", "A3", "A4"], window, {0: 100, 1: 30}, reach=3 * C)  # a destination holds 3 ahead
+    for m in members:
+        c.join(m, True)
+    return c
+
+
+@pytest.mark.parametrize("why, chunk, positions, busy, acked, credited", [
+    ("behind the head, the chunk within reach of what it acked: credited (it re-joins)",
+     (0, 40, C), {"A3": (0, 30)}, {"A3": {0}}, {"A3": 20}, ["A3"]),
+    ("behind, the chunk beyond its reach: none (its destination would not hold it)",
+     (0, 40, C), {"A3": (0, 30)}, {}, {"A3": 10}, []),
+    ("behind in an earlier file: none (a destination holds ahead within a file)",
+     (1, 0, C), {"A3": (0, 90)}, {}, {"A3": 90}, []),
+    ("at the head with unicast unacknowledged, within reach: credited (held until the unicast is written)",
+     (0, 40, C), {"A3": (0, 40)}, {"A3": {0}}, {"A3": 30}, ["A3"]),
+    ("at the head with unicast unacknowledged, beyond reach: none", (0, 40, C), {"A3": (0, 40)}, {"A3": {0}},
+     {"A3": 0}, []),
+    ("at the head, nothing unacknowledged, beyond reach: credited (everything comes in order)",
+     (0, 40, C), {"A3": (0, 40)}, {}, {"A3": 0}, ["A3"]),
+    ("no acked offset known: behind gets none", (0, 40, C), {"A3": (0, 30)}, {}, {}, []),
+])
+def test_who_is_credited_with_a_reach(why: str, chunk: tuple[int, int, int], positions: dict, busy: dict,
+                                      acked: dict, credited: list) -> None:
+    assert _reach("A2", "A3").published("A2", chunk, positions, busy, acked) == credited, why
+
+
+def test_a_leg_behind_re_joins_sends_the_gap_unicast_then_takes_its_credits() -> None:
+    c = _reach("A2", "A3")
+    assert c.published("A2", (0, 30, C), {"A3": (0, 20)}, {}, {"A3": 20}) == ["A3"]  # 20..30 it sends itself
+    assert c.published("A2", (0, 40, C), {"A3": (0, 20)}, {}, {"A3": 20}) == ["A3"]
+    assert c.published("A2", (0, 50, C), {"A3": (0, 20)}, {}, {"A3": 20}) == []  # 60 - 20 > reach: not yet
+    assert not c.take("A3", (0, 20, C)) and not c.publishes("A3", (0, 20, C))  # unicast
+    assert c.take("A3", (0, 30, C)) and c.take("A3", (0, 40, C))
+    assert c.missed["A3"] == {"behind": 1}

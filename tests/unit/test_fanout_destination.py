@@ -90,7 +90,7 @@ def test_an_old_resync_or_a_cancelled_transfer_does_not_subscribe() -> None:
     (Row(0, 10, offset=4), chunk(0, 4, b"abc"), True),              # continues what is held
     (Row(0, 10, offset=4), chunk(0, 4, b"abc", epoch=9), True),     # whatever its epoch
     (Row(0, 10, offset=4), chunk(0, 4, b"abc", epoch=0), True),
-    (Row(0, 10, offset=4), chunk(0, 7, b"abc"), False),             # ahead: dropped, no rewind asked
+    (Row(0, 10, offset=4), chunk(0, 7, b"abc"), False),             # ahead: held (not written yet), no rewind
     (Row(0, 10, offset=4), chunk(0, 1, b"abc"), False),             # behind: a duplicate
     (Row(0, 10, offset=8), chunk(0, 8, b"abc"), False),             # beyond the announced size
     (Row(0, 10, offset=4, status=DONE), chunk(0, 4, b"abc"), False),
@@ -397,3 +397,42 @@ def test_a_transfer_with_nothing_left_to_receive_does_not_subscribe() -> None:
     s = session(Row(0, 10, status=DONE), Row(1, 5, status=FAILED), shared=True)
     actions = s.receive(resync(2, 0, 1), now=1.0)
     assert kinds(actions) == ["SaveTransfer", "SendResyncReply"] and reply(actions).fanout is None
+
+
+# --------------------------------------------------------------------------- shared chunks held ahead (re-join)
+
+
+def _write_all(s: Any, actions: list[Any]) -> list[tuple[int, bool]]:
+    """Carry out the WriteChunks as the shell does (chunk_written after each): (offset, acked) written, in order."""
+    out = []
+    while (w := next((a for a in actions if isinstance(a, WriteChunk)), None)) is not None:
+        actions = s.chunk_written(w, now=1.0)
+        out.append((w.offset, any(isinstance(a, SendAck) for a in actions)))
+    return out
+
+
+def test_a_shared_chunk_ahead_is_held_until_the_unicast_fills_the_gap_then_written_in_order_and_acked() -> None:
+    s2 = joined(Row(0, 12, offset=0), epoch=3)
+    assert s2.receive_shared(chunk(0, 6, b"ghi", ack=False), now=1.0) == []  # beyond what is written: held
+    assert s2.receive_shared(chunk(0, 9, b"jkl", ack=False), now=1.0) == []
+    first = s2.receive(chunk(0, 0, b"abc", epoch=3), now=1.0)  # the leg's unicast
+    assert _write_all(s2, first) == [(0, True)]  # a gap (3..6) remains: the held ones wait
+    second = s2.receive(chunk(0, 3, b"def", epoch=3, ack=False), now=1.0)
+    # the unicast that fills the gap, then the held chunks in order, and the last of them acked (whatever its
+    # flag): the ack covers the run
+    assert _write_all(s2, second) == [(3, False), (6, False), (9, True)]
+    assert s2.files[0].offset == 12 and len(s2.ahead) == 0
+
+
+def test_held_chunks_are_bounded_and_dropped_once_passed_or_at_a_resync() -> None:
+    from agent.core.fanout_ahead import AHEAD_CHUNKS, AheadChunks
+
+    a = AheadChunks()
+    held = [a.hold(SimpleNamespace(index=0, offset=o, data=b"x"), 0) for o in range(1, AHEAD_CHUNKS + 2)]
+    assert held == [True] * AHEAD_CHUNKS + [False]  # bounded: the rest is dropped (the leg resends it)
+    assert not a.hold(SimpleNamespace(index=0, offset=0, data=b"x"), 0)  # not beyond what is written
+    assert a.next(0, 5).offset == 5 and len(a) == AHEAD_CHUNKS - 5  # 1..4 passed: gone
+    s = joined(Row(0, 12, offset=0), epoch=3)
+    s.receive_shared(chunk(0, 6, b"ghi"), now=1.0)
+    s.receive(resync(4, 0), now=2.0)
+    assert len(s.ahead) == 0  # a resync: what is held is the destination's word again
