@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from .core.fanout_ahead import AHEAD_CHUNKS
+from .core.fanout_ahead import ahead_reach
 from .core.fanout_credits import FanoutCredits
 from .core.lifecycle import TransferState as S
 from .core.source_actions import SendChunk
@@ -40,7 +40,7 @@ class SharedStream:
         first = next(iter(fanout.legs.values()))
         self.credits = FanoutCredits(fanout.legs, ctx.window_chunks,
                                      {f.index: f.size for f in first.session.files.values()},
-                                     reach=AHEAD_CHUNKS * ctx.chunk_size)  # what a destination holds ahead
+                                     reach=ahead_reach(ctx.chunk_size))  # what a destination holds ahead
         self.unicast: dict[str, dict[int, int]] = {d: {} for d in fanout.legs}  # file -> end of its last unicast
         self.published_bytes = 0
         # per leg: chunks whose credit it took, it published, it sent unicast (as a member / not), for the log

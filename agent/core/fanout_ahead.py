@@ -12,14 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-AHEAD_CHUNKS = 64  # memory: at most this many chunks (x agentChunkSize) per fan-out destination transfer
+AHEAD_CHUNKS = 64  # at most this many chunks per fan-out destination transfer...
+AHEAD_BYTES = 16 * 1024 * 1024  # ...and this many bytes: 64 chunks of a 16 MiB agentChunkSize would be 1 GiB
+
+
+def ahead_reach(chunk_size: int) -> int:
+    """How far beyond what a destination acknowledged it holds shared chunks: what the source may credit."""
+    return min(AHEAD_CHUNKS * chunk_size, AHEAD_BYTES)
 
 
 class AheadChunks:
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "_bytes")
 
     def __init__(self) -> None:
         self._held: dict[tuple[int, int], Any] = {}  # (file index, offset) -> the chunk
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -29,19 +36,25 @@ class AheadChunks:
         if chunk.offset <= written:
             return False
         self.drop_before(chunk.index, written)
-        if len(self._held) >= AHEAD_CHUNKS:
+        key = (chunk.index, chunk.offset)
+        if len(self._held) >= AHEAD_CHUNKS or self._bytes + len(chunk.data) > AHEAD_BYTES or key in self._held:
             return False
-        self._held[(chunk.index, chunk.offset)] = chunk
+        self._held[key] = chunk
+        self._bytes += len(chunk.data)
         return True
 
     def next(self, index: int, written: int) -> Any:
         """The held chunk that continues file `index` at `written` (now taken out), or None; older ones go."""
         self.drop_before(index, written)
-        return self._held.pop((index, written), None)
+        chunk = self._held.pop((index, written), None)
+        if chunk is not None:
+            self._bytes -= len(chunk.data)
+        return chunk
 
     def drop_before(self, index: int, written: int) -> None:
         for key in [k for k in self._held if k[0] == index and k[1] < written]:
-            del self._held[key]
+            self._bytes -= len(self._held.pop(key).data)
 
     def clear(self) -> None:
         self._held.clear()
+        self._bytes = 0

@@ -436,3 +436,15 @@ def test_held_chunks_are_bounded_and_dropped_once_passed_or_at_a_resync() -> Non
     s.receive_shared(chunk(0, 6, b"ghi"), now=1.0)
     s.receive(resync(4, 0), now=2.0)
     assert len(s.ahead) == 0  # a resync: what is held is the destination's word again
+
+
+def test_held_chunks_are_bounded_in_bytes_too() -> None:
+    # 64 chunks of a 16 MiB agentChunkSize would be 1 GiB held: the bytes are bounded as well, and the source's
+    # reach (what it credits beyond an ack) is no further than what a destination holds
+    from agent.core.fanout_ahead import AHEAD_BYTES, AheadChunks, ahead_reach
+    a = AheadChunks()
+    big = 4 * 1024 * 1024
+    held = [a.hold(SimpleNamespace(index=0, offset=(o + 1) * big, data=b"x" * big), 0) for o in range(6)]
+    assert held == [True] * (AHEAD_BYTES // big) + [False] * (6 - AHEAD_BYTES // big)
+    assert a.next(0, big) is not None and a.hold(SimpleNamespace(index=0, offset=9 * big, data=b"x" * big), big)
+    assert ahead_reach(256 * 1024) == 64 * 256 * 1024 and ahead_reach(16 * 1024 * 1024) == AHEAD_BYTES
