@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (KiB, MiB, ROOT, Pair, fmt, human_bytes, machine_info, make_random_file, mbps,  # noqa: E402
+from harness import (replace_between, KiB, MiB, ROOT, Pair, fmt, human_bytes, machine_info, make_random_file, mbps,  # noqa: E402
                      median, remove, sha256_file, table, file_transfer, check_results)
 
 from agent.wire.binding import ChunkSealer, check_chunk_mac  # noqa: E402
@@ -148,13 +148,6 @@ def render(frame_rows: list[list[str]], transfer_rows: list[list[str]], size: in
     return "\n".join(lines)
 
 
-def write_doc(block: str) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{block}{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/crypto.py", description="AES-GCM against AES-GMAC, in one run.")
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 run, print only")
@@ -172,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     block = render(frame_rows, transfer_rows, size, runs, total, med)
     print(block)
     if not (a.quick or a.no_write):
-        write_doc(block)
+        replace_between(DOC, START, END, block)
         log(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

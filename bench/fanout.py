@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (MB, MiB, ROOT, BenchError, CpuMeter, fmt, human_bytes, machine_info, make_random_file,  # noqa: E402
+from harness import (replace_between, MB, MiB, ROOT, BenchError, CpuMeter, fmt, human_bytes, machine_info, make_random_file,  # noqa: E402
                      median, ratio, remove, sha256_file, table)
 from ssh_baseline import PrivateSshd, ensure_sshd, timed_copy_with_fsync  # noqa: E402
 from stock_broker import StockMosquitto  # noqa: E402
@@ -475,13 +475,6 @@ def measure_fanout(bench: Any, s: Any) -> None:
 # ------------------------------------------------------------------------------------------ alone
 
 
-def write_doc(block: str) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{block}{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/fanout.py",
                                  description="One file to N destinations: fan-out, N transfers, N scp, one run.")
@@ -520,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"start {load0}._", "", fb.markdown(), ""])
     print(block)
     if not (a.quick or a.no_write):
-        write_doc(block)
+        replace_between(DOC, START, END, block)
         log(f"wrote {DOC.relative_to(ROOT)}")
     return 1 if fb.failures else 0
 

@@ -384,3 +384,12 @@ def settings_default(name: str) -> Any:
     from agent.settings import AgentSettings
 
     return AgentSettings.model_fields[name].default
+
+
+def replace_between(doc: Path, start: str, end: str, block: str) -> None:
+    """Rewrite the part of `doc` between the markers `start` and `end` (kept) with `block`: a section of
+    docs/performance.md that one benchmark owns."""
+    text = doc.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{block}{end}{tail}")
