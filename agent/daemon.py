@@ -291,7 +291,8 @@ class Agent:
 
     async def _heartbeat(self) -> None:
         """While connected, every HEARD_INTERVAL: the retained, signed {agent, time, interval, keepalive} on
-        <prefix>/Agents/<agent>/heard, so that clients can say when an UNREACHABLE agent was last heard from."""
+        <prefix>/Agents/<agent>/heard, so that clients can say when an UNREACHABLE agent was last heard from;
+        and the agent's status again, retained."""
         topic = self.topics.heard(self.name)
         while True:
             await self.link.up.wait()
@@ -303,6 +304,13 @@ class Agent:
             except (ConnectionError, aiomqtt.MqttError):
                 pass  # the link is going; the next connection publishes it again
             await asyncio.sleep(HEARD_INTERVAL)
+            # A late last will of a connection abandoned while failing over can be retained on a cluster node
+            # at any time, and the agent does not read every node's copy (seen on a NATS 2.9 cluster, later
+            # than STATUS_REASSERT_AFTER_CONNECT): republished here, a wrong status lasts one interval at most.
+            try:
+                await self.own_status.republish()
+            except aiomqtt.MqttError:
+                pass  # the link is going; the next connection publishes the status again
 
     async def _run_scheduler(self) -> None:
         # the first occurrences wait for the broker: a transfer needs to know its destination agent
