@@ -423,9 +423,11 @@ class History:
         fte-list-transfers counts it."""
         where, params = [], []  # type: ignore[var-annotated]
         if agent is not None:
-            # (a fan-out's other destinations: in its destinations JSON, as json.dumps writes it)
-            where.append("(source_agent = ? OR destination_agent = ? OR destinations LIKE ?)")
-            params += [agent, agent, "%" + json.dumps({"agent": agent})[:-1] + "%"]
+            # (a fan-out's other destinations: in its destinations JSON, as json.dumps writes it; '_' is a
+            # name character and LIKE's any-character, so it is escaped: -a A_2 must not find AX2)
+            where.append("(source_agent = ? OR destination_agent = ? OR destinations LIKE ? ESCAPE '!')")
+            quoted = json.dumps({"agent": agent})[:-1]
+            params += [agent, agent, "%" + "".join("!" + c if c in "!%_" else c for c in quoted) + "%"]
         if since is not None:
             where.append("COALESCE(started_at, updated_at) >= ?")
             params.append(iso_utc(since))

@@ -163,3 +163,12 @@ def test_a_fan_out_keeps_its_destinations_and_an_older_database_gets_the_column(
         row = h.transfer(ev.TID3)
     assert row is not None and [d["agent"] for d in row["destinations"]] == ["A2", "A3"]
     assert row["destinations"][1]["result_code"] == 40
+
+
+def test_the_agent_filter_finds_a_fan_outs_destination_by_its_exact_name(history: History) -> None:
+    # '_' is a character of agent names and LIKE's wildcard: -a A_3 must not find a fan-out to AX3
+    history.record(ev.started(tid=ev.TID3, destination_agents=["A2", "AX3"]), verified=True)
+    assert [t["transfer_id"] for t in history.transfers(agent="AX3")] == [ev.TID3]
+    assert history.transfers(agent="A_3") == [] and history.transfers(agent="AX") == []
+    history.record(ev.started(tid=ev.TID, destination_agents=["A2", "A_3"]), verified=True)
+    assert [t["transfer_id"] for t in history.transfers(agent="A_3")] == [ev.TID]
