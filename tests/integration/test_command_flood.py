@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import aiomqtt
 import pytest
@@ -60,10 +60,14 @@ def forgeries(n: int) -> list[bytes]:
 
 
 class Flood:
-    """Publishes `payloads` (cycling) on `topic` as fast as one client can, for `seconds`, on a thread."""
+    """Publishes `payloads` (cycling) on `topic` as fast as one client can, on a thread: for `seconds`, and
+    until it sent `at_least` and `until()` holds (on a loaded machine one client may take longer than
+    `seconds` for them, and a transfer longer to start), but for `seconds` + 60 at most."""
 
-    def __init__(self, url: str, topic: str, payloads: list[bytes], seconds: float) -> None:
+    def __init__(self, url: str, topic: str, payloads: list[bytes], seconds: float, at_least: int = 0,
+                 until: Callable[[], bool] = lambda: True) -> None:
         self.url, self.topic, self.payloads, self.seconds = url, topic, payloads, seconds
+        self.at_least, self.until = at_least, until
         self.sent = 0
         self.started = threading.Event()
         self.error: BaseException | None = None
@@ -81,7 +85,7 @@ class Flood:
         return self._thread.is_alive()
 
     def join(self) -> None:
-        self._thread.join(self.seconds + 60)
+        self._thread.join(self.seconds + 120)
         assert not self._thread.is_alive(), "the flood did not end"
         if self.error is not None:
             raise self.error
@@ -98,9 +102,9 @@ class Flood:
         async with aiomqtt.Client(host, port, identifier=f"attacker-{os.getpid()}", timeout=30,
                                   max_inflight_messages=1000) as c:
             c.pending_calls_threshold = 1 << 20
-            end = time.monotonic() + self.seconds
+            end, cap = time.monotonic() + self.seconds, time.monotonic() + self.seconds + 60
             i = 0
-            while time.monotonic() < end:
+            while time.monotonic() < end or ((i < self.at_least or not self.until()) and time.monotonic() < cap):
                 batch = [self.payloads[(i + k) % len(self.payloads)] for k in range(200)]
                 await asyncio.gather(*(c.publish(self.topic, p, qos=1) for p in batch))
                 i += len(batch)
@@ -142,7 +146,8 @@ def test_forged_command_flood_leaves_pings_and_transfers_working(pair: tuple[Fte
             Subscription(env.broker_url, f"{PREFIX}/Log/A2/+", on_event), \
             Subscription(env.broker_url, f"{PREFIX}/Log/A1/+", on_transfer):
         t0 = time.monotonic()
-        with Flood(env.broker_url, f"{PREFIX}/Commands/A2", forgeries(3000), FLOOD_SECONDS) as flood:
+        with Flood(env.broker_url, f"{PREFIX}/Commands/A2", forgeries(3000), FLOOD_SECONDS,
+                   at_least=3000, until=lambda: bool(started)) as flood:
             assert flood is not None
             transfer = env.popen("create-transfer", "-sa", "A1", "-da", "A2", "-df",
                                  str(data / "out" / "during_flood.bin"), "-w", "120", "--json", str(src))
