@@ -134,7 +134,11 @@ class Live:
                 return
             ok, why = self._verify(payload, topic, levels[1])
             row = self._transfer(levels[2])
-            row.update({k: v for k, v in data.items() if k != "signature"})
+            fresh = data.get("destinations")
+            row.update({k: v for k, v in data.items() if k not in ("signature", "destinations")})
+            if isinstance(fresh, list):  # a fan-out's each destination: its figures merged into what is known
+                known = {d.get("agent"): d for d in row.get("destinations") or [] if isinstance(d, dict)}
+                row["destinations"] = [{**known.get(d.get("agent"), {}), **d} for d in fresh if isinstance(d, dict)]
             row["verified"] = ok
             if why:
                 row["problem"] = why

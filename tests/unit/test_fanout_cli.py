@@ -206,3 +206,25 @@ def test_what_is_about_to_run_names_every_destination() -> None:
     t = Template(name="T", created="2026-12-03T13:00:00.000Z",
                  spec=TemplateSpec.model_validate(json.loads(s.model_dump_json(exclude_none=True))))
     assert "  agents:       A1 -> A2,A3" in summary(t, "not signed")
+
+
+def test_fte_top_shows_a_line_per_destination_of_a_fanout_from_its_live_progress() -> None:
+    from cli.observe import destination_rows, merge_destinations
+
+    row: dict = {"transfer_id": "f" * 48, "state": "in_progress", "source_agent": "A1", "destination_agent": "A2",
+                 "bytes_total": 300, "bytes_done": 150, "destinations": [{"agent": "A2"}, {"agent": "A3"}, {"agent": "A4"}]}
+    assert destination_rows(row) == []  # the started event's names only: nothing to show yet
+    merge_destinations(row, [
+        {"agent": "A2", "state": "complete", "bytes_done": 100, "files_done": 1, "recoveries": 0, "bytes_resent": 0},
+        {"agent": "A3", "state": "recovering", "bytes_done": 10, "files_done": 0, "recoveries": 2, "bytes_resent": 4},
+        {"agent": "A4", "state": "in_progress", "bytes_done": 40, "files_done": 0, "recoveries": 0, "bytes_resent": 0}])
+    shown = [[str(c) for c in r] for r in destination_rows(row)]
+    assert [r[2] for r in shown] == ["  └ A2", "  └ A3", "  └ A4"]
+    assert [r[4] for r in shown] == ["complete", "recovering", "in_progress"]
+    assert [r[5].rsplit(" ", 1)[-1] for r in shown] == ["100%", "10%", "40%"]  # of the 100 bytes each gets
+    assert shown[1][8] == "2" and shown[1][9] == "4 bytes resent"
+    # the outcome of the completed event is kept when later figures come
+    row["destinations"][0]["result_code"] = 0
+    merge_destinations(row, [{k: v for k, v in d.items() if k != "result_code"} for d in row["destinations"]])
+    assert row["destinations"][0]["result_code"] == 0 and str(destination_rows(row)[0][9]) == "result 0"
+    assert destination_rows({"transfer_id": "x", "state": "in_progress"}) == []  # an ordinary transfer
