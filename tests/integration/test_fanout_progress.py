@@ -147,3 +147,34 @@ def test_a_killed_destination_shows_recovering_in_the_progress_while_the_others_
     assert [(d.agent, d.state, d.bytes_done) for d in final.destinations or []] == [
         (n, "complete", size) for n in DESTINATIONS], final.destinations
     assert _figures(final)["A3"].recoveries >= 1
+
+
+def test_the_web_console_shows_each_destinations_progress_and_outcome(fan) -> None:
+    from tests.integration.test_web import TOKEN, Web, call
+
+    env, roots = fan
+    web = Web(env, {"FTE_WEB_TOKEN": TOKEN})
+    try:
+        wait_until(lambda: {"A1", *DESTINATIONS} <= {a["name"] for a in call(web, "GET", "/api/v1/agents")[1]}, 30,
+                   "fte web to see every agent")
+        src = roots["A1"] / "web.bin"
+        src.write_bytes(_contents() * 2)
+        size = src.stat().st_size
+        r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
+                    "--json", str(src), timeout=180)
+        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        tid = r.json()["transfer_id"]
+        last: dict[str, Any] = {}
+
+        def merged() -> bool:
+            code, t = call(web, "GET", f"/api/v1/transfers/{tid}")
+            last.update(t)
+            ds = t.get("destinations") or []
+            # the live progress's figures (bytes_resent is only there) and the completed event's outcome, in one
+            return code == 200 and [d.get("agent") for d in ds] == list(DESTINATIONS) and all(
+                d.get("result_code") == 0 and d.get("bytes_done") == size and d.get("bytes_resent") == 0
+                and d.get("state") == "complete" for d in ds)
+
+        wait_until(merged, 30, f"each destination's progress and outcome in GET /api/v1/transfers/{{id}}: {last}")
+    finally:
+        web.stop()
