@@ -114,4 +114,6 @@ class FanoutCredits:
         if offset < self._sizes.get(idx, 0):
             return idx, offset
         nxt = self._after.get(idx)
+        while nxt is not None and self._sizes[nxt] == 0:  # an empty file has no chunk to be expected at
+            nxt = self._after.get(nxt)
         return None if nxt is None else (nxt, 0)

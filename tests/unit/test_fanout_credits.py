@@ -163,3 +163,24 @@ def test_a_leg_behind_re_joins_sends_the_gap_unicast_then_takes_its_credits() ->
     assert not c.take("A3", (0, 20, C)) and not c.publishes("A3", (0, 20, C))  # unicast
     assert c.take("A3", (0, 30, C)) and c.take("A3", (0, 40, C))
     assert c.missed["A3"] == {"behind": 1}
+
+
+@pytest.mark.parametrize("sizes", [{0: 20, 1: 0, 2: 30}, {0: 20, 1: 0, 2: 0, 3: 30}])
+def test_expected_position_runs_past_an_empty_file(sizes: dict[int, int]) -> None:
+    """An empty file has no chunk (agent.core.send_order never sends one): a leg credited to the end of the file
+    before it is expected at the first chunk of the next file with bytes, and credited with it."""
+    c = _credits("A2", "A3", window=8, sizes=sizes)
+    pos = {"A3": (0, 0)}
+    assert c.published("A2", (0, 0, C), pos, {}) == ["A3"]
+    assert c.published("A2", (0, 10, C), pos, {}) == ["A3"]
+    last = max(sizes)
+    assert c.expected("A3", (0, 0)) == (last, 0)
+    assert c.published("A2", (last, 0, C), pos, {}) == ["A3"], c.missed["A3"]
+    assert c.expected("A3", (0, 0)) == (last, 10)
+    assert c.missed["A3"] == {}
+
+
+def test_expected_position_past_the_last_file_is_none_even_after_empty_ones() -> None:
+    c = _credits("A2", "A3", window=8, sizes={0: 10, 1: 0})
+    assert c.published("A2", (0, 0, C), {"A3": (0, 0)}, {}) == ["A3"]
+    assert c.expected("A3", (0, 0)) is None  # nothing left to send: idle, as agent.core.send_order says
