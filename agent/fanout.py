@@ -97,6 +97,19 @@ def stored_legs(store: Any, tid: str) -> list[TransferRecord]:
     return [leg for leg in legs if leg is not None]
 
 
+def fail_unresumable(store: Any, rec: TransferRecord, legs: list[TransferRecord], missing: list[str]) -> None:
+    """A running fan-out `rec` whose leg rows are not all in the store (`missing`: those destinations; written
+    by an earlier version, or cut by a crash between the parent's row and its legs'): it cannot be rebuilt, so
+    it ends failed, saying why, rather than stopping the agent at every start (agent.transfers.load)."""
+    reason = (f"fan-out transfer could not be resumed: the state store has no row of its destination(s) "
+              f"{', '.join(missing)}")
+    log.error("transfer %s: %s", rec.transfer_id, reason)
+    for r in (*legs, rec):
+        if not S(r.state).is_terminal:
+            r.state, r.result_code, r.last_stall = S.FAILED.value, results.FAILED, reason
+            store.update_transfer(r)
+
+
 class FanoutTransfer:
     """One fan-out transfer's source: its legs by destination agent, and the transfer as one."""
 

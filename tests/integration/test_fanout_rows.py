@@ -8,6 +8,7 @@ the restart forgets finished transfers older than a week.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -85,5 +86,47 @@ def test_a_leg_finished_long_ago_is_kept_and_the_restarted_source_completes_the_
             ("A2", 0, size), ("A3", 0, size)], completed["destinations"]
         for name in DESTS:
             assert (roots[name] / REL).read_bytes() == src.read_bytes(), name
+    finally:
+        env.stop_all()
+
+
+def _delete(env: FteEnv, transfer_id: str) -> None:
+    db = sqlite3.connect(str(env.agent_dir("A1") / "state" / "state.db"))
+    try:
+        with db:
+            db.execute("DELETE FROM transfers WHERE transfer_id = ? AND role = 'source'", (transfer_id,))
+            db.execute("DELETE FROM files WHERE transfer_id = ? AND role = 'source'", (transfer_id,))
+    finally:
+        db.close()
+
+
+def test_a_running_fanout_whose_leg_row_is_missing_fails_and_the_source_starts(tmp_path: Path, mosquitto) -> None:
+    """A store without one of a running fan-out's leg rows (written by an earlier version, or cut by a crash
+    between the parent's row and its legs'): the agent starts, and the transfer ends failed, saying why."""
+    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+    try:
+        roots = create_fanout_agents(env, tmp_path / "data", DESTS)
+        for name in ("A1", *DESTS):
+            env.start_agent(name)
+        src = roots["A1"] / "lost.bin"
+        src.write_bytes(_contents() * 6)
+        snapshots = Snapshots()
+        with Subscription(env.broker_url, "SYSTEM.FTE/Transfers/A1/#", snapshots.handle):
+            r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTS), "-df", REL, "--bandwidth", "2M",
+                        "--json", str(src), timeout=60)
+            assert r.returncode == 0, str(r)
+            tid = r.json()["transfer_id"]
+            wait_until(lambda: snapshots.last_where(tid, lambda s: _figures(s)["A3"].bytes_done > 0), 30,
+                       f"the fan-out under way\n{_logs(env)}")
+        env.agents["A1"].kill()
+        _delete(env, f"{tid}/A3")
+
+        env.start_agent("A1")  # READY, or the test fails here with the agent's log
+        shown = env.run("show-transfer", "-a", "A1", "--json", tid)
+        assert shown.returncode == 0, str(shown)
+        [t] = [v for v in json.loads(shown.stdout) if v.get("role") == "source"]
+        assert t["state"] == "failed" and t["result_code"] == 40, t
+        assert "A3" in (t.get("last_stall") or ""), t
+        assert _rows(env, tid)[f"{tid}/A2"][0] == "failed", _rows(env, tid)
     finally:
         env.stop_all()
