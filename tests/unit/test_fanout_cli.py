@@ -228,3 +228,28 @@ def test_fte_top_shows_a_line_per_destination_of_a_fanout_from_its_live_progress
     merge_destinations(row, [{k: v for k, v in d.items() if k != "result_code"} for d in row["destinations"]])
     assert row["destinations"][0]["result_code"] == 0 and str(destination_rows(row)[0][9]) == "result 0"
     assert destination_rows({"transfer_id": "x", "state": "in_progress"}) == []  # an ordinary transfer
+
+
+def test_the_wait_progress_of_a_fanout_has_a_bar_per_destination() -> None:
+    import io
+    import json as _json
+    import re as _re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from agent.wire.events import parse_progress
+    from cli.render import _destination_bars
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "log-events.md").read_text(encoding="utf-8")
+    blocks = [_json.loads(m.group(1)) for m in _re.finditer(r"^```json\n(.*?)^```", text, _re.S | _re.M)]
+    snapshot = parse_progress(_json.dumps(next(b for b in blocks if "destinations" in b and "bytes_total" in b)).encode())
+    progress = Progress(console=Console(file=io.StringIO()))
+    legs: dict = {}
+    _destination_bars(progress, legs, snapshot)
+    _destination_bars(progress, legs, snapshot)  # again: the same bars, updated
+    tasks = {t.id: t for t in progress.tasks}
+    assert list(legs) == ["A2", "A3"] and len(tasks) == 2
+    a2, a3 = tasks[legs["A2"]], tasks[legs["A3"]]
+    assert (a2.description, a2.completed, a2.total) == ("  A2 in_progress", 20971520, 25165824)
+    assert (a3.description, a3.completed) == ("  A3 recovering", 8388608)
