@@ -337,7 +337,7 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
             if isinstance(ev, Completed):
                 t["result_code"] = ev.result_code
                 if ev.destinations:  # a fan-out: the route shows every destination
-                    t["destinations"] = [d.wire() for d in ev.destinations]
+                    merge_destinations(t, [d.wire() for d in ev.destinations])
 
         deadline = time.monotonic() + 2.0
         if once:

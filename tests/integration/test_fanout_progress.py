@@ -175,6 +175,9 @@ def test_the_web_console_shows_each_destinations_progress_and_outcome(fan) -> No
                 d.get("result_code") == 0 and d.get("bytes_done") == size and d.get("bytes_resent") == 0
                 and d.get("state") == "complete" for d in ds)
 
-        wait_until(merged, 30, f"each destination's progress and outcome in GET /api/v1/transfers/{{id}}: {last}")
+        try:
+            wait_until(merged, 30, "each destination's progress and outcome in GET /api/v1/transfers/{id}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: the last answer {last}") from None
     finally:
         web.stop()
