@@ -33,12 +33,15 @@ from .source import SourceTransfer, _iso, encryption_of, priority_view
 from .store import TransferRecord
 from .wire import provenance
 from .wire.binding import new_ephemeral
+from .wire.events import build_progress
 
 log = logging.getLogger("fte.source")
 
 GROUP_KEY_BYTES = 32
 SOURCE_CALLS = ("pre_source", "post_source")  # run once for a fan-out transfer, by its source agent
 DESTINATION_CALLS = ("pre_destination", "post_destination")  # run once by each destination agent (its leg)
+# a leg's own figures in an item of the live progress's `destinations` (with its `agent`: DestinationProgress)
+PROGRESS_FIELDS = ("state", "bytes_done", "files_done", "recoveries", "bytes_resent")
 
 
 def leg_id(tid: str, dest: str) -> str:
@@ -94,6 +97,19 @@ def stored_legs(store: Any, tid: str) -> list[TransferRecord]:
     return [leg for leg in legs if leg is not None]
 
 
+def fail_unresumable(store: Any, rec: TransferRecord, legs: list[TransferRecord], missing: list[str]) -> None:
+    """A running fan-out `rec` whose leg rows are not all in the store (`missing`: those destinations; written
+    by an earlier version, or cut by a crash between the parent's row and its legs'): it cannot be rebuilt, so
+    it ends failed, saying why, rather than stopping the agent at every start (agent.transfers.load)."""
+    reason = (f"fan-out transfer could not be resumed: the state store has no row of its destination(s) "
+              f"{', '.join(missing)}")
+    log.error("transfer %s: %s", rec.transfer_id, reason)
+    for r in (*legs, rec):
+        if not S(r.state).is_terminal:
+            r.state, r.result_code, r.last_stall = S.FAILED.value, results.FAILED, reason
+            store.update_transfer(r)
+
+
 class FanoutTransfer:
     """One fan-out transfer's source: its legs by destination agent, and the transfer as one."""
 
@@ -120,6 +136,7 @@ class FanoutTransfer:
         self.programs = ProgramCaller(ctx, rec, only=SOURCE_CALLS)  # -presrc, -postsrc: once for the transfer
         self.started = time.monotonic()
         self._last_progress = 0.0
+        self._last_states: tuple[S, ...] = ()  # the legs' states in the last progress published
 
     # ------------------------------------------------------------------ as one transfer
 
@@ -144,8 +161,10 @@ class FanoutTransfer:
         if leg is not None:
             leg.post(*item)
 
-    def summary(self) -> dict[str, Any]:
-        legs = [self.legs[d].summary() for d in self.dests]
+    def summary(self, legs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The transfer as one (query_transfer), from its legs' summaries (`legs`, in -da order: made here
+        when not given)."""
+        legs = legs if legs is not None else [self.legs[d].summary() for d in self.dests]
         out = self.outcome()
         first = legs[0]
         return dict(first, state=out.state, result_code=out.result_code, destination_agents=self.dests,
@@ -155,17 +174,21 @@ class FanoutTransfer:
                     seconds=round(time.monotonic() - self.started, 3))
 
     def publish_progress(self) -> None:
-        """Live progress of the transfer (summed over its legs), at most 4 a second unless it has ended."""
+        """Live progress of the transfer (summed over its legs, and each leg's own figures in `destinations`),
+        at most 4 a second unless it has ended or a leg's state changed (a destination recovering, done)."""
         now = time.monotonic()
         ended = self.state.is_terminal
-        if not self.ctx.link_up() or (not ended and now - self._last_progress < 0.25):
+        states = tuple(self.legs[d].state for d in self.dests)
+        if not self.ctx.link_up() or (not ended and states == self._last_states and now - self._last_progress < 0.25):
             return
-        self._last_progress = now
-        s = self.summary()
-        for key in ("destinations", "destination_agents"):  # (in query_transfer; live progress is the sum)
-            s.pop(key)
+        self._last_progress, self._last_states = now, states
+        legs = [self.legs[d].summary() for d in self.dests]
+        s = self.summary(legs)
+        s.pop("destination_agents")  # (in query_transfer; live progress names them in its destinations)
+        s["destinations"] = [{"agent": d, **{k: leg[k] for k in PROGRESS_FIELDS}} for d, leg in zip(self.dests, legs)]
         elapsed = max(1e-6, now - self.started)
         s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed), current_file=None)
+        build_progress(s)  # strictly its model (docs/log-events.md#live-progress), as the log's events are
         topic = self.ctx.topics.progress(self.ctx.name, self.tid)
         payload = provenance.sign_payload(json.dumps(s).encode(), provenance.EVENT, topic, self.ctx.identity)
         task = asyncio.ensure_future(self.ctx.publish(topic, payload, 0, False))

@@ -20,6 +20,7 @@ from typing import Any
 
 from .wire.binding import ChunkSealer, derive_key, seal, transfer_key
 from .wire.encryption import ENCRYPTION, encrypted, envelope_for, offer_for
+from .wire.events import build_progress
 from .context import AgentContext
 from .wire import provenance
 from .core import results
@@ -396,6 +397,7 @@ class SourceTransfer:
         current = next((f for f in self.session.files.values() if f.status == FileStatus.READY), None)
         s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed),
                  current_file=current.source if current else None)
+        build_progress(s)  # strictly its model (docs/log-events.md#live-progress), as the log's events are
         topic = self.ctx.topics.progress(self.ctx.name, self.tid)
         payload = provenance.sign_payload(json.dumps(s).encode(), provenance.EVENT, topic, self.ctx.identity)
         task = asyncio.ensure_future(self.ctx.publish(topic, payload, 0, False))
@@ -421,6 +423,7 @@ class SourceTransfer:
         self.ctx.store.update_transfer(self.rec, header=True, files=changed)
         if self.fanout is not None:  # a leg: the fan-out logs one completed event for all its legs
             self.completed = fields
+            self.fanout.publish_progress()  # this destination is done (or failed): its line in the progress
             await send_complete(self.ctx, self.rec)
             return
         if self.ctx.metrics is not None:

@@ -246,11 +246,17 @@ class StateStore:
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     def prune(self, older_than: float, terminal: AbstractSet[str]) -> int:
-        """Forget finished transfers last changed before `older_than` (the peer has confirmed the outcome)."""
+        """Forget finished transfers last changed before `older_than` (the peer has confirmed the outcome). A
+        fan-out's leg row (`<tid>/<destination>`, agent/fanout.py) stays while its parent row `<tid>` has not
+        finished: the running transfer is rebuilt from all its legs."""
         marks = ",".join("?" * len(terminal))
         rows = self._db.execute(
-            f"SELECT transfer_id, role FROM transfers WHERE updated < ? AND state IN ({marks}) "
-            "AND (peer_confirmed = 1 OR role = 'destination')", (older_than, *sorted(terminal))).fetchall()
+            f"SELECT transfer_id, role FROM transfers t WHERE updated < ? AND state IN ({marks}) "
+            "AND (peer_confirmed = 1 OR role = 'destination') AND NOT (role = 'source' AND EXISTS ("
+            "SELECT 1 FROM transfers p WHERE p.role = 'source' AND p.transfer_id <> t.transfer_id "
+            f"AND p.state NOT IN ({marks}) "  # (SQL that SQLite and PostgreSQL share: agent/standby.py)
+            "AND substr(t.transfer_id, 1, length(p.transfer_id) + 1) = p.transfer_id || '/'))",
+            (older_than, *sorted(terminal), *sorted(terminal))).fetchall()
         for tid, role in rows:
             self.delete_transfer(tid, role)
         return len(rows)

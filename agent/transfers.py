@@ -24,7 +24,7 @@ from .wire.encryption import encrypted
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
 from .source import SourceTransfer, _iso, encryption_of, priority_view
-from .fanout import FanoutTransfer, is_fanout, is_leg_row, leg_id, make_legs, running_leg, stored_view
+from .fanout import FanoutTransfer, fail_unresumable, is_fanout, is_leg_row, leg_id, make_legs, running_leg, stored_view
 from .start_gate import StartGate
 from .store import FileRecord, TransferRecord
 
@@ -63,9 +63,13 @@ class Transfers:
                 continue  # restored with its fan-out transfer (agent/fanout.py)
             rec = None if row.state in TERMINAL else store.load_transfer(row.transfer_id, "source")
             if rec is not None and is_fanout(rec):
-                legs = [store.load_transfer(leg_id(rec.transfer_id, d), "source") for d in
-                        rec.header["destination_agents"]]
-                self._add_source(rec, restarted=True, legs=[leg for leg in legs if leg is not None])
+                dests = rec.header["destination_agents"]
+                legs = [store.load_transfer(leg_id(rec.transfer_id, d), "source") for d in dests]
+                missing = [d for d, leg in zip(dests, legs) if leg is None]
+                if missing:
+                    fail_unresumable(store, rec, [leg for leg in legs if leg is not None], missing)
+                else:
+                    self._add_source(rec, restarted=True, legs=[leg for leg in legs if leg is not None])
             elif rec is not None:
                 self._add_source(rec, restarted=True)
         for row in store.transfers("destination", files=False):

@@ -26,8 +26,8 @@ from agent.wire.protocol import QueryTransfer, utc_now
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import (destination_lines, is_progress_topic, read_message, read_progress, result_and_job, route_of, safe,
-                     safe_markup, safe_text, status_text, status_when)
+from .render import (destination_entries, destination_lines, is_progress_topic, read_message, read_progress,
+                     result_and_job, route_of, safe, safe_markup, safe_text, status_text, status_when)
 from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 
@@ -192,22 +192,54 @@ def file_text(t: dict[str, Any], width: int = 32) -> str:
     return f"{text} +{more}" if isinstance(more, int) and more > 0 else text
 
 
+def bar_text(done: Any, total: Any, width: int = 20) -> str:
+    """A progress bar of `done` out of `total` bytes, with its percentage (no percentage without a total)."""
+    done = done if isinstance(done, int) else 0
+    total = total if isinstance(total, int) else 0
+    filled = min(width, int(width * done / total)) if total > 0 else 0
+    return "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total > 0 else "")
+
+
+def _state_text(state: Any) -> Text:
+    style = "yellow" if state in RECOVERY else "green" if state == "complete" else "red" if state in TERMINAL else ""
+    return Text(safe(state), style=style)
+
+
 def top_row(t: dict[str, Any]) -> list[Any]:
     """One row of fte top's transfer table: Transfer, Job, From -> To, File, State, Progress, Rate, ETA,
     Recoveries, Note."""
-    total, done = t.get("bytes_total") or 0, t.get("bytes_done") or 0
-    width = 20
-    filled = int(width * done / total) if total else 0
-    bar = "█" * filled + "░" * (width - filled) + (f" {100 * done / total:3.0f}%" if total else "")
     state = t.get("state", "?")
-    style = "yellow" if state in RECOVERY else "green" if state == "complete" else "red" if state in TERMINAL else ""
     note = t.get("last_stall") if state in RECOVERY else \
         (f"result {t['result_code']}" if t.get("result_code") is not None else "")
     return [safe_text(str(t["transfer_id"])[:12]), safe_text(t.get("job_name") or ""),
             safe_text(route_of(t, " -> ")), safe_text(file_text(t)),
-            Text(safe(state), style=style), bar,
+            _state_text(state), bar_text(t.get("bytes_done"), t.get("bytes_total")),
             rate_text(t["rate_bytes_per_second"]) if t.get("rate_bytes_per_second") and state not in TERMINAL else "",
             eta_text(t), safe_text(t.get("recoveries", 0)), safe_text(note or "")]
+
+
+def destination_rows(t: dict[str, Any]) -> list[list[Any]]:
+    """The rows under a fan-out transfer's row in fte top, one per destination with a state (from its live
+    progress's or its summary's `destinations`): which one is behind or recovering. [] for an ordinary one."""
+    entries = [d for d in destination_entries(t) if d.get("state")]
+    total = t.get("bytes_total")
+    each = total // len(entries) if isinstance(total, int) and entries else 0  # every destination gets every byte
+    rows = []
+    for d in entries:
+        resent = d.get("bytes_resent")
+        note = (f"result {d['result_code']}" if d.get("result_code") is not None else
+                f"{resent} bytes resent" if isinstance(resent, int) and resent > 0 else "")
+        rows.append(["", "", safe_text(f"  └ {d.get('agent')}"), "", _state_text(d.get("state", "?")),
+                     bar_text(d.get("bytes_done"), each), "", "", safe_text(d.get("recoveries", "")),
+                     safe_text(d.get("supplement") or note)])
+    return rows
+
+
+def merge_destinations(t: dict[str, Any], fresh: list[dict[str, Any]]) -> None:
+    """A fan-out's live progress figures (`fresh`, each destination's) into `t`'s `destinations`, by agent:
+    what only an outcome has (result_code, supplement) is kept."""
+    known = {d.get("agent"): d for d in destination_entries(t)}
+    t["destinations"] = [{**known.get(d.get("agent"), {}), **d} for d in fresh]
 
 
 @command("top")
@@ -250,6 +282,8 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                        "Note", title="Transfers", title_justify="left")
             for t in top_order(list(transfers.values())):
                 tt.add_row(*top_row(t))
+                for sub in destination_rows(t):  # a fan-out: a line per destination
+                    tt.add_row(*sub)
             return Group(at, tt)
 
         def row(tid: str) -> dict[str, Any]:
@@ -280,6 +314,8 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
                         "state", "bytes_total", "bytes_done", "rate_bytes_per_second", "recoveries", "last_stall",
                         "source_agent", "destination_agent", "result_code", "current_file", "files_total",
                         "job_name"}, exclude_none=True))
+                    if snapshot.destinations:  # a fan-out: each destination's own figures
+                        merge_destinations(t, [d.wire() for d in snapshot.destinations])
                     t["at"] = snapshot.time
                 return
             ev = read_message(c, m)  # None unless signed by the agent its topic names
@@ -301,7 +337,7 @@ async def _top(url: str, once: bool, console: Any, on_ignored: Any = None) -> No
             if isinstance(ev, Completed):
                 t["result_code"] = ev.result_code
                 if ev.destinations:  # a fan-out: the route shows every destination
-                    t["destinations"] = [d.wire() for d in ev.destinations]
+                    merge_destinations(t, [d.wire() for d in ev.destinations])
 
         deadline = time.monotonic() + 2.0
         if once:

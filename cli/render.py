@@ -276,6 +276,17 @@ def _read_signed(c: FteClient, message: Any, parse: Callable[[bytes], Any]) -> A
         return None
 
 
+def _destination_bars(progress: Progress, legs: dict[str, Any], snapshot: TransferProgress) -> None:
+    """A fan-out's live progress: a bar per destination under the transfer's (its state, its bytes out of
+    the file bytes every destination gets), so that one behind or recovering shows."""
+    dests = snapshot.destinations or []
+    for d in dests:
+        if d.agent not in legs:
+            legs[d.agent] = progress.add_task(d.agent, total=None)
+        progress.update(legs[d.agent], total=snapshot.bytes_total // len(dests), completed=d.bytes_done,
+                        description=f"  {safe_markup(d.agent)} {safe_markup(d.state)}")
+
+
 class TransferWatcher:
     """Follows one transfer until its outcome, riding out broker outages (it asks the agent on reconnect)."""
 
@@ -308,6 +319,7 @@ class TransferWatcher:
                                 TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
             progress.start()
             task = progress.add_task(self.tid[:12], total=None)
+        legs: dict[str, Any] = {}  # a fan-out: each destination's bar, by agent
         try:
             while True:
                 get = asyncio.ensure_future(self.q.get())
@@ -326,6 +338,7 @@ class TransferWatcher:
                     if snapshot is not None and progress is not None and task is not None:
                         progress.update(task, total=snapshot.bytes_total, completed=snapshot.bytes_done,
                                         description=f"{self.tid[:12]} {safe_markup(snapshot.state)}")
+                        _destination_bars(progress, legs, snapshot)
                     continue
                 ev = read_message(self.c, m)  # None unless signed by the agent for this topic
                 if ev is None:

@@ -11,7 +11,8 @@ nothing. A leg behind the head in the same file is credited too when the chunk e
 destination acknowledged (which holds it ahead, agent.core.fanout_ahead): it re-joins, sending the gap unicast
 itself. A leg further behind gets no credits and is served by unicast, within its own send window, so a slow
 destination never holds the others back.
-A rewind or a resync of a leg clears its credits (what it holds is the destination's word again).
+A rewind or a resync of a leg clears its credits (what it holds is the destination's word again); a credit
+before the leg's next send position (of a file its destination refused or failed) is forgotten.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class FanoutCredits:
 
     def _why_not(self, other: str, chunk: Chunk, next_pos: Pos | None, busy: Mapping[str, set[int]],
                  acked: int | None) -> str | None:
+        self._forget_passed(other, next_pos)
         if len(self.credits[other]) >= self.bound:
             return "bound"
         exp = self.expected(other, next_pos)
@@ -101,6 +103,14 @@ class FanoutCredits:
         if exp > chunk[:2]:
             return "ahead"
         return None if within else "behind"
+
+    def _forget_passed(self, leg: str, next_pos: Pos | None) -> None:
+        """Credits before the leg's next send position will never be taken (a file its destination refused or
+        failed, which its send order skips): they go, rather than hold its bound."""
+        mine = self.credits[leg]
+        if next_pos is not None and mine and min(mine) < next_pos:
+            for pos in [p for p in mine if p < next_pos]:
+                del mine[pos]
 
     def expected(self, leg: str, next_pos: Pos | None) -> Pos | None:
         """Where `leg` will be once it has taken its credits: its next send position advanced past them."""
@@ -114,4 +124,6 @@ class FanoutCredits:
         if offset < self._sizes.get(idx, 0):
             return idx, offset
         nxt = self._after.get(idx)
+        while nxt is not None and self._sizes[nxt] == 0:  # an empty file has no chunk to be expected at
+            nxt = self._after.get(nxt)
         return None if nxt is None else (nxt, 0)

@@ -513,9 +513,21 @@ def refusal(agent: str, time: str, command: str, request_id: str, requester: str
 # --------------------------------------------------------------------------- live progress (not a log event)
 
 
+class DestinationProgress(EventModel):
+    """One destination of a fan-out transfer in its live progress (`destinations`): its leg's own figures."""
+
+    agent: AgentName
+    state: AnyState
+    bytes_done: Count
+    files_done: Count
+    recoveries: Count
+    bytes_resent: Count
+
+
 class TransferProgress(EventModel):
     """The snapshot on <prefix>/Transfers/<source agent>/<transfer id> (docs/log-events.md#live-progress):
-    what a progress bar is drawn from. Read leniently like the events."""
+    what a progress bar is drawn from. Read leniently like the events; the agent builds it strictly
+    (build_progress)."""
 
     transfer_id: TransferId
     role: Literal["source"]
@@ -540,7 +552,15 @@ class TransferProgress(EventModel):
     seconds: Annotated[float, Field(ge=0)] | None = None
     bytes_resent: Count | None = None
     job_name: str | None = None
+    # only of a fan-out: each destination's leg, in the order of its destination_agents (absent otherwise)
+    destinations: Annotated[list[DestinationProgress], Field(min_length=2)] | None = None
     signature: Signature | None = None
+
+
+def build_progress(data: Mapping[str, Any]) -> TransferProgress:
+    """A progress snapshot the agent is about to publish, validated strictly (as build_event: a missing or
+    wrongly typed field, or a member the model does not declare, at any depth, is an EventError)."""
+    return _validate(TransferProgress, data, "progress message", extra="forbid")  # type: ignore[no-any-return]
 
 
 def parse_progress(payload: bytes, limit: int = 1024 * 1024) -> TransferProgress:

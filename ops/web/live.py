@@ -134,7 +134,8 @@ class Live:
                 return
             ok, why = self._verify(payload, topic, levels[1])
             row = self._transfer(levels[2])
-            row.update({k: v for k, v in data.items() if k != "signature"})
+            row.update({k: v for k, v in data.items() if k not in ("signature", "destinations")})
+            _merge_destinations(row, data.get("destinations"))  # a fan-out's each destination: its figures
             row["verified"] = ok
             if why:
                 row["problem"] = why
@@ -154,9 +155,11 @@ class Live:
                 self.events.setdefault(tid, deque(maxlen=MAX_EVENTS_PER_TRANSFER)).append(ev)
                 row = self._transfer(tid)
                 for k in ("state", "source_agent", "destination_agent", "job_name", "metadata", "result_code",
-                          "result", "message", "files", "destinations"):
+                          "result", "message", "files"):
                     if k in data and (data.get("agent_role") == "source" or k not in row):
                         row[k] = data[k]
+                if data.get("agent_role") == "source" or "destinations" not in row:
+                    _merge_destinations(row, data.get("destinations"))  # completed: each destination's outcome
                 if data.get("destination_agents") and not row.get("destinations"):  # a fan-out's started
                     row["destinations"] = [{"agent": a} for a in data["destination_agents"]]
                 row["last_event"] = data.get("action")
@@ -207,3 +210,12 @@ class Live:
                 old, _ = self.transfers.popitem(last=False)
                 self.events.pop(old, None)
         return row
+
+
+def _merge_destinations(row: dict[str, Any], fresh: Any) -> None:
+    """A fan-out's `destinations` from a message (the live progress's figures, the completed event's outcome)
+    into the row's, by agent: what one of them has and the other has not is kept, whichever comes first."""
+    if not isinstance(fresh, list):
+        return
+    known = {d.get("agent"): d for d in row.get("destinations") or [] if isinstance(d, dict)}
+    row["destinations"] = [{**known.get(d.get("agent"), {}), **d} for d in fresh if isinstance(d, dict)]

@@ -86,11 +86,23 @@ def openapi_document() -> dict[str, Any]:
                     "rate_bytes_per_second": {"type": "integer"}, "recoveries": {"type": "integer"},
                     "last_stall": {"type": "string", "nullable": True}, "verified": {"type": "boolean"},
                     "live": {"type": "boolean"},
-                    "destinations": {"type": "array", "nullable": True, "items": {"type": "object"},
+                    "destinations": {"type": "array", "nullable": True,
+                                     "items": {"$ref": "#/components/schemas/TransferDestination"},
                                      "description": "only of a fan-out: each destination ({agent} from the started "
-                                                    "event, its outcome, as the completed event's destinations "
-                                                    "items, once it ended); null otherwise"},
+                                                    "event; while it runs, its live progress figures: state, "
+                                                    "bytes_done, files_done, recoveries, bytes_resent; its "
+                                                    "outcome, as the completed event's destinations items, once "
+                                                    "it ended); null otherwise"},
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
+                "TransferDestination": {"type": "object", "required": ["agent"], "description": "One destination "
+                                        "of a fan-out: what is known of it (the started event: its agent; the "
+                                        "live progress: its figures; the completed event: its outcome)",
+                                        "properties": {
+                    "agent": {"type": "string"}, "state": {"type": "string"},
+                    "result_code": {"type": "integer", "nullable": True},
+                    "files_done": {"type": "integer"}, "files_failed": {"type": "integer"},
+                    "bytes_done": {"type": "integer"}, "recoveries": {"type": "integer"},
+                    "bytes_resent": {"type": "integer"}, "supplement": {"type": "string", "nullable": True}}},
                 "TransferFile": {"type": "object", "description": "A file of a transfer (the history's row: "
                                  "`result`; the events' file reports: `result_code`)", "properties": {
                     "index": {"type": "integer"}, "source": {"type": "string"}, "destination": {"type": "string"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -45,6 +47,13 @@ def test_the_store_keeps_what_sqlite_keeps(postgres_url: str) -> None:
     store.save_program_outcome("t1", "pre_destination", '{"outcome": "success"}')
     assert store.claim_program_run("t1", "pre_destination", "A1", 1e9 + 2) == (False, '{"outcome": "success"}')
     assert store.prune_program_runs(1e9 + 1) == 1
+    # a fan-out's finished leg stays while its transfer runs (the same SQL as sqlite's: agent.store.prune)
+    terminal = {"complete", "failed"}
+    store.save_transfer(TransferRecord("p1", "source", "in_progress", "A2", {}, peer_confirmed=True))
+    store.save_transfer(TransferRecord("p1/A2", "source", "complete", "A2", {}, peer_confirmed=True))
+    assert store.prune(time.time() + 60, terminal) == 0
+    store.save_transfer(TransferRecord("p1", "source", "complete", "A2", {}, peer_confirmed=True))
+    assert store.prune(time.time() + 60, terminal) == 2
     store.close()
     assert lost == []
 

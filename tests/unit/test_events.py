@@ -318,3 +318,28 @@ def test_the_progress_snapshot_is_read_as_its_model() -> None:
         parse_progress(json.dumps({**snapshot, "bytes_done": "1"}).encode())
     with pytest.raises(EventError, match="exceeds the limit"):
         parse_progress(b" " * (1024 * 1024 + 1))
+
+
+def test_a_fanout_progress_snapshot_is_built_strictly_and_read_leniently() -> None:
+    text = (DOCS / "log-events.md").read_text(encoding="utf-8")
+    blocks = [json.loads(m.group(1)) for m in re.finditer(r"^```json\n(.*?)^```", text, re.S | re.M)]
+    snapshot = next(b for b in blocks if "bytes_total" in b and "destinations" in b)
+    built = ev.build_progress(snapshot)
+    assert [(d.agent, d.state) for d in built.destinations or []] == [("A2", "in_progress"), ("A3", "recovering")]
+    assert sum(d.bytes_done for d in built.destinations or []) == snapshot["bytes_done"]
+    ordinary = {k: v for k, v in snapshot.items() if k != "destinations"}
+    assert ev.build_progress(ordinary).destinations is None  # absent when not a fan-out
+    newer = {**snapshot, "destinations": [{**d, "eta": 3} for d in snapshot["destinations"]]}
+    with pytest.raises(EventError, match=r"destinations\.0\.eta"):
+        ev.build_progress(newer)  # the agent writes nothing its model lacks, at any depth
+    assert parse_progress(json.dumps(newer).encode()).destinations[0].model_extra == {"eta": 3}  # type: ignore[index]
+    with pytest.raises(EventError, match=r"destinations\.1\.bytes_done"):
+        parse_progress(json.dumps({**snapshot, "destinations": [snapshot["destinations"][0], {
+            **snapshot["destinations"][1], "bytes_done": "8"}]}).encode())
+    with pytest.raises(EventError, match=r"destinations\.0\.state"):
+        ev.build_progress({**snapshot, "destinations": [{**snapshot["destinations"][0], "state": "behind"},
+                                                        snapshot["destinations"][1]]})
+    with pytest.raises(EventError, match="destinations"):
+        ev.build_progress({**snapshot, "destinations": snapshot["destinations"][:1]})  # a fan-out has 2 or more
+    with pytest.raises(EventError, match="eta"):
+        ev.build_progress({**ordinary, "eta": 3})

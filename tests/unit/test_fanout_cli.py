@@ -206,3 +206,50 @@ def test_what_is_about_to_run_names_every_destination() -> None:
     t = Template(name="T", created="2026-12-03T13:00:00.000Z",
                  spec=TemplateSpec.model_validate(json.loads(s.model_dump_json(exclude_none=True))))
     assert "  agents:       A1 -> A2,A3" in summary(t, "not signed")
+
+
+def test_fte_top_shows_a_line_per_destination_of_a_fanout_from_its_live_progress() -> None:
+    from cli.observe import destination_rows, merge_destinations
+
+    row: dict = {"transfer_id": "f" * 48, "state": "in_progress", "source_agent": "A1", "destination_agent": "A2",
+                 "bytes_total": 300, "bytes_done": 150, "destinations": [{"agent": "A2"}, {"agent": "A3"}, {"agent": "A4"}]}
+    assert destination_rows(row) == []  # the started event's names only: nothing to show yet
+    merge_destinations(row, [
+        {"agent": "A2", "state": "complete", "bytes_done": 100, "files_done": 1, "recoveries": 0, "bytes_resent": 0},
+        {"agent": "A3", "state": "recovering", "bytes_done": 10, "files_done": 0, "recoveries": 2, "bytes_resent": 4},
+        {"agent": "A4", "state": "in_progress", "bytes_done": 40, "files_done": 0, "recoveries": 0, "bytes_resent": 0}])
+    shown = [[str(c) for c in r] for r in destination_rows(row)]
+    assert [r[2] for r in shown] == ["  └ A2", "  └ A3", "  └ A4"]
+    assert [r[4] for r in shown] == ["complete", "recovering", "in_progress"]
+    assert [r[5].rsplit(" ", 1)[-1] for r in shown] == ["100%", "10%", "40%"]  # of the 100 bytes each gets
+    assert shown[1][8] == "2" and shown[1][9] == "4 bytes resent"
+    # the outcome of the completed event is kept when later figures come
+    row["destinations"][0]["result_code"] = 0
+    merge_destinations(row, [{k: v for k, v in d.items() if k != "result_code"} for d in row["destinations"]])
+    assert row["destinations"][0]["result_code"] == 0 and str(destination_rows(row)[0][9]) == "result 0"
+    assert destination_rows({"transfer_id": "x", "state": "in_progress"}) == []  # an ordinary transfer
+
+
+def test_the_wait_progress_of_a_fanout_has_a_bar_per_destination() -> None:
+    import io
+    import json as _json
+    import re as _re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from agent.wire.events import parse_progress
+    from cli.render import _destination_bars
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "log-events.md").read_text(encoding="utf-8")
+    blocks = [_json.loads(m.group(1)) for m in _re.finditer(r"^```json\n(.*?)^```", text, _re.S | _re.M)]
+    snapshot = parse_progress(_json.dumps(next(b for b in blocks if "destinations" in b and "bytes_total" in b)).encode())
+    progress = Progress(console=Console(file=io.StringIO()))
+    legs: dict = {}
+    _destination_bars(progress, legs, snapshot)
+    _destination_bars(progress, legs, snapshot)  # again: the same bars, updated
+    tasks = {t.id: t for t in progress.tasks}
+    assert list(legs) == ["A2", "A3"] and len(tasks) == 2
+    a2, a3 = tasks[legs["A2"]], tasks[legs["A3"]]
+    assert (a2.description, a2.completed, a2.total) == ("  A2 in_progress", 20971520, 25165824)
+    assert (a3.description, a3.completed) == ("  A3 recovering", 8388608)

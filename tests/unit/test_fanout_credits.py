@@ -163,3 +163,40 @@ def test_a_leg_behind_re_joins_sends_the_gap_unicast_then_takes_its_credits() ->
     assert not c.take("A3", (0, 20, C)) and not c.publishes("A3", (0, 20, C))  # unicast
     assert c.take("A3", (0, 30, C)) and c.take("A3", (0, 40, C))
     assert c.missed["A3"] == {"behind": 1}
+
+
+@pytest.mark.parametrize("sizes", [{0: 20, 1: 0, 2: 30}, {0: 20, 1: 0, 2: 0, 3: 30}])
+def test_expected_position_runs_past_an_empty_file(sizes: dict[int, int]) -> None:
+    """An empty file has no chunk (agent.core.send_order never sends one): a leg credited to the end of the file
+    before it is expected at the first chunk of the next file with bytes, and credited with it."""
+    c = _credits("A2", "A3", window=8, sizes=sizes)
+    pos = {"A3": (0, 0)}
+    assert c.published("A2", (0, 0, C), pos, {}) == ["A3"]
+    assert c.published("A2", (0, 10, C), pos, {}) == ["A3"]
+    last = max(sizes)
+    assert c.expected("A3", (0, 0)) == (last, 0)
+    assert c.published("A2", (last, 0, C), pos, {}) == ["A3"], c.missed["A3"]
+    assert c.expected("A3", (0, 0)) == (last, 10)
+    assert c.missed["A3"] == {}
+
+
+def test_expected_position_past_the_last_file_is_none_even_after_empty_ones() -> None:
+    c = _credits("A2", "A3", window=8, sizes={0: 10, 1: 0})
+    assert c.published("A2", (0, 0, C), {"A3": (0, 0)}, {}) == ["A3"]
+    assert c.expected("A3", (0, 0)) is None  # nothing left to send: idle, as agent.core.send_order says
+
+
+def test_credits_a_leg_will_never_take_do_not_hold_its_bound() -> None:
+    """A3's destination refused file 1 (it exists there, -de error) or it failed there: A3's send order skips it.
+    The credits it got for file 1 while it was still on file 0 are never taken; once A3 sends beyond them they are
+    forgotten, so that A3 is credited with the shared chunks of file 2 up to its bound again."""
+    c = _credits("A2", "A3", window=2, sizes={0: 20, 1: 30, 2: 50})  # bound 4
+    on_file_0 = {"A3": (0, 0)}
+    for chunk in ((0, 0, C), (0, 10, C), (1, 0, C), (1, 10, C)):
+        assert c.published("A2", chunk, on_file_0, {}) == ["A3"]
+    assert c.take("A3", (0, 0, C)) and c.take("A3", (0, 10, C))
+    on_file_2 = {"A3": (2, 0)}  # file 1 is not A3's to send
+    assert c.published("A2", (1, 20, C), on_file_2, {}) == []  # ahead of it
+    got = [c.published("A2", (2, off, C), on_file_2, {}) for off in range(0, 50, C)]
+    assert got == [["A3"]] * 4 + [[]], (got, c.missed["A3"])  # the bound, 4, all of it for what A3 will send
+    assert sorted(c.credits["A3"]) == [(2, 0), (2, 10), (2, 20), (2, 30)]

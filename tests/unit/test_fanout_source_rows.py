@@ -3,6 +3,7 @@ leg, shown as one transfer (its destinations aggregated by agent.core.fanout_out
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,30 @@ def test_the_stored_transfer_is_shown_once_with_each_destination(tmp_path: Path,
     assert all(leg.header["disposition"] == "leave" for leg in legs)  # -dd: the fan-out deletes, once, at the end
     store.close()
 
+
+
+def test_a_finished_leg_is_not_forgotten_while_its_fanout_transfer_runs(tmp_path: Path) -> None:
+    """A leg that ended long ago (its destination confirmed it) stays while another leg still recovers: the
+    agent rebuilds the running fan-out from every leg row when it restarts (agent.transfers.load)."""
+    from agent.core.lifecycle import TERMINAL_STATES
+
+    terminal = {s.value for s in TERMINAL_STATES}
+    store = StateStore(tmp_path / "state.db")
+    parent = _parent()
+    legs = make_legs(parent, lambda agent: "unused")
+    parent.state = "in_progress"
+    store.save_transfer(parent)
+    (done, recovering) = legs
+    done.state, done.result_code, done.peer_confirmed = "complete", 0, True
+    recovering.state = "recovering"
+    for leg in legs:
+        store.save_transfer(leg)
+    assert store.prune(time.time() + 60, terminal) == 0  # "long ago": everything finished is old enough
+    assert [leg.transfer_id for leg in stored_legs(store, TID)] == [leg_id(TID, "A2"), leg_id(TID, "A3")]
+
+    recovering.state, recovering.result_code, recovering.peer_confirmed = "recovery_timed_out", 69, True
+    store.save_transfer(recovering)
+    parent.state, parent.result_code = "partial", 20
+    store.save_transfer(parent)
+    assert store.prune(time.time() + 60, terminal) == 3  # the transfer ended: its rows go together
+    assert list(store.transfers()) == []

@@ -66,3 +66,11 @@ def test_every_reference_resolves() -> None:
     assert refs
     for ref in refs:
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in SCHEMAS, ref
+
+
+def test_a_fanout_destination_of_a_live_transfer_is_described() -> None:
+    from agent.wire.events import DestinationOutcome, DestinationProgress
+
+    items = SCHEMAS["Transfer"]["properties"]["destinations"]["items"]
+    assert items == {"$ref": "#/components/schemas/TransferDestination"}
+    assert fields(DestinationProgress, DestinationOutcome) == props("TransferDestination")

@@ -37,6 +37,13 @@ function progress(t) {
   const pct = total ? Math.min(100, Math.round(100 * done / total)) : (TERMINAL.has(t.state) ? 100 : 0);
   return `<span class="bar"><span style="width:${pct}%"></span></span> ${pct}% <span class="muted">${mb(done)} / ${mb(total)}</span>`;
 }
+function destinationsProgress(t) {  // a fan-out's live progress: a line per destination (behind, recovering)
+  const ds = (t.destinations || []).filter((d) => d.state && d.bytes_done != null);
+  if (!ds.length) return "";
+  const each = (t.bytes_total || 0) / ds.length;
+  return ds.map((d) => `<div class="muted">${esc(d.agent)} ${pill(d.state)} ${progress({bytes_total: each,
+    bytes_done: d.bytes_done, state: d.state})}${d.recoveries ? " · " + esc(d.recoveries) + " recoveries" : ""}</div>`).join("");
+}
 function result(t) {
   if (t.result_code == null) return "";
   return `<span class="pill ${t.result_code === 0 ? "ok" : "bad"}" title="${esc(t.message || "")}">${esc(t.result_code)}</span> ${esc(t.result || "")}`;
@@ -55,7 +62,7 @@ function renderLive() {
   $("#live tbody").innerHTML = rows.map((t) => `<tr class="row" data-id="${esc(t.transfer_id)}">
     <td>${short(t.transfer_id)}${flag(t)}</td><td>${esc(t.job_name || "")}</td>
     <td>${route(t)}</td><td>${pill(t.state)}</td>
-    <td>${progress(t)}</td><td>${TERMINAL.has(t.state) ? "" : rate(t.rate_bytes_per_second)}</td><td>${esc(t.recoveries ?? "")}</td>
+    <td>${progress(t)}${destinationsProgress(t)}</td><td>${TERMINAL.has(t.state) ? "" : rate(t.rate_bytes_per_second)}</td><td>${esc(t.recoveries ?? "")}</td>
     <td>${esc(t.last_stall || "")}</td><td>${result(t)}</td>
     <td>${TERMINAL.has(t.state) ? "" : `<button data-cancel="${esc(t.transfer_id)}">Cancel</button>`}</td></tr>`).join("");
   $("#live-empty").hidden = rows.length > 0;
