@@ -55,6 +55,7 @@ class Shared(Enum):
     OFFERED = "offered"  # the group key is kept, but this process has not subscribed: the next resync does first
     JOINED = "joined"  # subscribed (its SUBACK came): the resync reply says `fanout: true`, shared chunks are taken
     REFUSED = "refused"  # the broker refused the subscription or did not answer in time: unicast only, this process
+    LEFT = "left"  # a file that took shared chunks failed its digest (forged by a fellow destination?): unicast only
 
 
 class Answer(Enum):
@@ -287,6 +288,7 @@ class DestinationSession:
         # fan-out: a group key is kept (`shared`); subscribed by this process only once a resync asks
         self.shared = Shared.OFFERED if shared else Shared.NONE
         self.ahead = AheadChunks()  # shared chunks beyond what is written, until the gap is filled (fan-out)
+        self._shared_files: set[int] = set()  # files that took a shared chunk (fan-out), in this process
 
     # ------------------------------------------------------------------ inputs
 
@@ -317,6 +319,7 @@ class DestinationSession:
             return []
         self.last_activity = now
         self._written.add(f.index)
+        self._shared_files.add(f.index)
         return [WriteChunk(f, chunk.offset, chunk.data, chunk.ack)]
 
     def subscribed(self, action: Subscribe, granted: bool, now: float) -> list[Action]:
@@ -396,6 +399,7 @@ class DestinationSession:
         actions: list[Action] = []
         held = self.ahead.next(f.index, f.offset) if len(self.ahead) else None
         if held is not None:  # a shared chunk held ahead continues it: written now, acked (agent.core.fanout_ahead)
+            self._shared_files.add(f.index)
             actions.append(WriteChunk(f, held.offset, held.data, True))
         elif action.ack:  # else a later chunk asks (FLAG_NO_ACK), and its ack covers this one too
             actions.append(SendAck(self.epoch, f.index, f.offset))
@@ -413,6 +417,8 @@ class DestinationSession:
 
     def sealed(self, action: SealPart, digest: str | None, error: str | None, now: float) -> list[Action]:
         f = action.file
+        if error is None and f.index in self._shared_files and self._mismatch(f.digest, digest):
+            return self._receive_again(f, self._mismatch(f.digest, digest) or "", now)
         error = error or self._mismatch(f.digest, digest)
         if error is not None:
             self._move(f, FileEvent.FAILED, results.FILE_FAILED, error)
@@ -425,6 +431,19 @@ class DestinationSession:
             return [self._save((f,)), ConvertParts((f,), Answer.ONE)]
         self._move(f, FileEvent.VERIFIED)
         return [self._save((f,)), RenameParts((f,), self.exist_error, Answer.ONE)]
+
+    def _receive_again(self, f: FileRow, mismatch: str, now: float) -> list[Action]:
+        """Fan-out: a file that took chunks from the shared stream failed its digest. The group key is every
+        destination's, so a fellow destination may have forged them (docs/authority.md): the part file goes, the
+        shared stream is left for the rest of this transfer, and the source is asked to resynchronise, which
+        sends the file again by unicast under this destination's own key. Once: a second mismatch fails it."""
+        self._shared_files.clear()
+        self.shared = Shared.LEFT
+        self.ahead.clear()
+        f.offset = 0
+        return [DiscardPart(f), SaveFiles((f,)), LogWarning(f"file {f.index}: {mismatch} after chunks from the "
+                                                            f"shared stream; received again by unicast only"),
+                *self.request_recovery(f"file {f.index} failed its digest after shared chunks", now)]
 
     def files_written(self, action: WriteFiles, outcomes: Sequence[tuple[str | None, str | None]],
                       now: float) -> list[Action]:

@@ -1,0 +1,138 @@
+"""Fan-out attacked by a fellow participant (docs/authority.md#fan-out-transfers-one-group-key-for-all-destinations).
+
+A client that holds what a destination of the transfer holds (the group key G, read here from A2's state store)
+publishes on the shared topic `<p>/Fanout/A1/<tid>`: garbled frames, replays of the source's frames, and frames
+that open under G but carry other bytes, published ahead of the source so that they are written first. No
+destination may rename a file whose content differs from the source's; the forged bytes are found by the
+file's digest and the file is received again by unicast alone; the transfer completes for every destination.
+
+Real agent processes on the test's own Mosquitto; every wait is for an event, a store row or a file, bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import struct
+import threading
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from agent.wire.encryption import decrypt_frame, encrypt_frame
+from agent.wire.protocol import CHUNK_HEADER, decode_chunk
+from tests.support.brokers import split_url, wait_for
+
+from .helpers import MiB, PREFIX, FaultEnv, finish, make_file, part_files, sha256
+
+pytestmark = pytest.mark.timeout(180)
+
+DESTINATIONS = ("A2", "A3", "A4")
+REL = "out/big.fan"
+SIZE = 8 * MiB
+_OFFSET_AT = 16  # the offset field of a chunk header (">4sBBHIIQII")
+
+
+def _agents(env: FaultEnv, root: Path) -> dict[str, Path]:
+    roots = {"A1": root / "src"}
+    roots["A1"].mkdir(parents=True)
+    env.add_agent("A1", roots["A1"])
+    for name in DESTINATIONS:
+        roots[name] = root / name.lower()
+        (roots[name] / "out").mkdir(parents=True)
+        env.add_agent(name, roots[name], transferRoot=roots[name], transferAckTimeout=5000)
+    for name in ("A1", *DESTINATIONS):
+        env.start_agent(name)
+    return roots
+
+
+def _group_key(env: FaultEnv, agent: str, tid: str) -> bytes | None:
+    """G, as the destination `agent` keeps it (its state store): what a hostile destination holds."""
+    db = env.agent_dir(agent) / "state" / "state.db"
+    if not db.exists():
+        return None
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute("SELECT header FROM transfers WHERE transfer_id=? AND role='destination'", (tid,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        con.close()
+    key = json.loads(row[0]).get("fanout_key") if row else None
+    return base64.b64decode(key) if key else None
+
+
+class Forger:
+    """On every frame of the source seen on the shared topic: two forged frames ahead of it (other bytes, under
+    G), a garbled one, and the frame itself again (a replay)."""
+
+    def __init__(self, url: str, topic: str, key: bytes) -> None:
+        self.topic, self.key = topic, key
+        self.forged: set[int] = set()
+        self.seen = 0
+        self.lock = threading.Lock()
+        host, port = split_url(url)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fte-test-forger-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        frame = decrypt_frame(payload, self.key)
+        if frame is None:
+            return  # one of ours (the broker sends a subscriber its own messages too)
+        chunk = decode_chunk(frame, authenticated=True)
+        length = len(chunk.data)
+        with self.lock:
+            self.seen += 1
+            ahead = [chunk.offset + k * length for k in (1, 2)]
+            ahead = [o for o in ahead if o + length <= SIZE and o not in self.forged]
+            self.forged.update(ahead)
+        for offset in ahead:
+            forged = bytearray(frame)
+            struct.pack_into(">Q", forged, _OFFSET_AT, offset)
+            forged[CHUNK_HEADER.size:] = os.urandom(length)
+            client.publish(self.topic, bytes(encrypt_frame(forged, self.key)), qos=1)
+        client.publish(self.topic, os.urandom(len(payload)), qos=1)  # garbled
+        client.publish(self.topic, payload, qos=1)  # replayed
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_destination_forging_shared_frames_poisons_no_file_and_the_transfer_completes(env: FaultEnv,
+                                                                                         tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data")
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, SIZE)
+
+    # paced (about 4 s) so that the forger, who learns G from A2's store, is there for most of the file
+    client = env.popen("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL,
+                       "--bandwidth", "2M", "-w", "--json", str(src))
+    tid = watcher.wait_any("started", 30)["transfer_id"]
+    key = wait_for(lambda: _group_key(env, "A2", tid), 30, interval=0.02, message="A2 kept no group key")
+    forger = Forger(env.broker_url, f"{PREFIX}/Fanout/A1/{tid}", key)
+    try:
+        r = finish(client, 120, env)
+    finally:
+        forger.stop()
+    assert forger.seen > 0 and forger.forged, "the forger saw nothing to forge"
+    completed = watcher.wait(tid, "completed", 10)
+    assert r.returncode == 0, f"{r}\n{completed}\n{env.logs()}"
+    for name in DESTINATIONS:
+        assert sha256(roots[name] / REL) == digest, name
+        assert part_files(roots[name]) == [], name
+    assert [e["result_code"] for e in completed["destinations"]] == [0, 0, 0], completed["destinations"]
+    logs = "\n".join(a.log.read_text(errors="replace") for n, a in env.agents.items() if n != "A1")
+    assert "does not open with its group key" in logs  # the garbled frames: dropped, and said so
+    # the forged ones were written and caught by the digest, and the file received again by unicast alone
+    assert "received again by unicast only" in logs, env.logs()
+    assert sum(e["recoveries"] for e in completed["destinations"]) >= 1, completed["destinations"]
