@@ -26,6 +26,7 @@ import pytest
 from agent.wire.encryption import decrypt_frame, encrypt_frame
 from agent.wire.protocol import CHUNK_HEADER, decode_chunk
 from tests.support.brokers import split_url, wait_for
+from tests.support.subscription import Subscription
 
 from .helpers import MiB, PREFIX, FaultEnv, finish, make_file, part_files, sha256
 
@@ -136,3 +137,67 @@ def test_a_destination_forging_shared_frames_poisons_no_file_and_the_transfer_co
     # the forged ones were written and caught by the digest, and the file received again by unicast alone
     assert "received again by unicast only" in logs, env.logs()
     assert sum(e["recoveries"] for e in completed["destinations"]) >= 1, completed["destinations"]
+
+
+# --------------------------------------------------------------------------- replays
+
+
+REPLAYED = ("Commands/", "Control/", "Data/", "Fanout/")  # not the retained statuses, logs or replies
+
+
+def test_a_replayed_fanout_starts_no_second_transfer_and_rewrites_no_finished_file(env: FaultEnv,
+                                                                                  tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data")
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 2 * MiB)
+    captured: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def keep(topic: str, payload: bytes) -> None:
+        if topic.startswith(tuple(f"{PREFIX}/{k}" for k in REPLAYED)):
+            with lock:
+                captured.append((topic, payload))
+
+    with Subscription(env.broker_url, "#", keep):
+        r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "60",
+                    "--json", str(src), timeout=90)
+        assert r.returncode == 0, f"{r}\n{env.logs()}"
+        tid = r.json()["transfer_id"]
+        watcher.wait(tid, "completed", 10)
+    stats = {n: (roots[n] / REL).stat() for n in DESTINATIONS}
+    with lock:
+        replay = list(captured)
+    assert any("/Commands/" in t for t, _ in replay) and any("/Fanout/" in t for t, _ in replay)
+
+    # the whole exchange again, as a sniffer on # captured it: the request, the offers and resyncs, every frame
+    host, port = split_url(env.broker_url)
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fte-test-replay-{uuid.uuid4().hex[:8]}")
+    pub.connect(host, port, keepalive=10)
+    pub.loop_start()
+    try:
+        for topic, payload in replay:
+            pub.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+    # a barrier: a second fan-out after the replay, through the same agents, runs to its end
+    (roots["A1"] / "after.bin").write_bytes(b"after" * 1000)
+    r2 = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", "out/after.fan", "-w", "60",
+                 "--json", str(roots["A1"] / "after.bin"), timeout=90)
+    assert r2.returncode == 0, f"{r2}\n{env.logs()}"
+    tid2 = r2.json()["transfer_id"]
+    watcher.wait(tid2, "completed", 10)
+
+    started = {e["transfer_id"] for e in watcher.events if e.get("action") == "started"}
+    assert started == {tid, tid2}, f"a replay started a transfer: {started - {tid, tid2}}"
+    assert len(watcher.of(tid, "started")) == 1 and len(watcher.of(tid, "completed")) == 1, watcher.of(tid)
+    for name in DESTINATIONS:
+        now = (roots[name] / REL).stat()
+        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (stats[name].st_ino, stats[name].st_mtime_ns,
+                                                               stats[name].st_size), name
+        assert sha256(roots[name] / REL) == digest, name
+        assert part_files(roots[name]) == [], name
+    for name, agent in env.agents.items():
+        assert agent.alive(), f"{name} died\n{env.logs()}"
