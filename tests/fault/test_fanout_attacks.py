@@ -38,7 +38,7 @@ SIZE = 8 * MiB
 _OFFSET_AT = 16  # the offset field of a chunk header (">4sBBHIIQII")
 
 
-def _agents(env: FaultEnv, root: Path) -> dict[str, Path]:
+def _agents(env: FaultEnv, root: Path, fsize: dict[str, int] | None = None) -> dict[str, Path]:
     roots = {"A1": root / "src"}
     roots["A1"].mkdir(parents=True)
     env.add_agent("A1", roots["A1"])
@@ -47,7 +47,7 @@ def _agents(env: FaultEnv, root: Path) -> dict[str, Path]:
         (roots[name] / "out").mkdir(parents=True)
         env.add_agent(name, roots[name], transferRoot=roots[name], transferAckTimeout=5000)
     for name in ("A1", *DESTINATIONS):
-        env.start_agent(name)
+        env.start_agent(name, fsize=(fsize or {}).get(name))
     return roots
 
 
@@ -201,3 +201,31 @@ def test_a_replayed_fanout_starts_no_second_transfer_and_rewrites_no_finished_fi
         assert part_files(roots[name]) == [], name
     for name, agent in env.agents.items():
         assert agent.alive(), f"{name} died\n{env.logs()}"
+
+
+# --------------------------------------------------------------------------- one destination's disk full
+
+
+def test_a_full_disk_at_one_destination_of_three_fails_that_one_alone_and_leaves_no_part_file(
+        env: FaultEnv, tmp_path: Path) -> None:
+    # A3 may write no file beyond 1 MiB (RLIMIT_FSIZE: EFBIG, as ENOSPC or a quota): its part file cannot grow
+    roots = _agents(env, tmp_path / "data", fsize={"A3": 1 * MiB})
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 4 * MiB)
+    r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "60",
+                "--json", str(src), timeout=90)
+    assert r.returncode == 20, f"{r}\n{env.logs()}"
+    tid = r.json()["transfer_id"]
+    completed = watcher.wait(tid, "completed", 10)
+    assert completed["result_code"] == 20, completed
+    by_agent = {e["agent"]: e for e in completed["destinations"]}
+    for name in ("A2", "A4"):
+        assert by_agent[name]["result_code"] == 0, by_agent
+        assert sha256(roots[name] / REL) == digest, name
+    full = by_agent["A3"]
+    assert full["result_code"] != 0 and full["files_failed"] == 1, full
+    assert "FTEIO0001E" in (full["supplement"] or "") and "too large" in full["supplement"].lower(), full  # EFBIG
+    assert not (roots["A3"] / REL).exists()
+    for name in DESTINATIONS:
+        assert part_files(roots[name]) == [], name  # removed where the write failed (docs/operations.md)
