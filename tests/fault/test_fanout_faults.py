@@ -15,7 +15,8 @@ import pytest
 from agent.core import results
 from tests.support.brokers import wait_for
 
-from .helpers import MiB, FaultEnv, finish, make_file, part_files, part_size, sha256, tid_from_json_stdout, wait_part
+from .helpers import (MiB, FaultEnv, finish, make_file, part_files, part_size, restart_broker_behind_proxies, sha256,
+                      tid_from_json_stdout, wait_part)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,18 +24,19 @@ DESTINATIONS = ("A2", "A3", "A4")
 REL = "out/big.fan"  # relative: resolved against each destination's transferRoot
 
 
-def _agents(env: FaultEnv, root: Path) -> dict[str, Path]:
-    """A1 and the destinations, each destination with its own sandbox and transferRoot (holding out/)."""
+def _agents(env: FaultEnv, root: Path, proxy: bool = False) -> dict[str, Path]:
+    """A1 and the destinations, each destination with its own sandbox and transferRoot (holding out/); with
+    `proxy`, each agent reaches the broker through a proxy of its own (restart_broker_behind_proxies)."""
     roots = {"A1": root / "src"}
     roots["A1"].mkdir(parents=True)
-    env.add_agent("A1", roots["A1"])
+    env.add_agent("A1", roots["A1"], proxy=proxy)
     for name in DESTINATIONS:
         roots[name] = root / name.lower()
         (roots[name] / "out").mkdir(parents=True)
         # a destination's own "no data for transferAckTimeout" request is given 5 s, not the fault tests' 1 s: on a
         # loaded 2-core machine a destination that was not touched asked for recovery after 1 s without data
         # (the source's legs keep the 1 s: A3's death is still found at once)
-        env.add_agent(name, roots[name], transferRoot=roots[name], transferAckTimeout=5000)
+        env.add_agent(name, roots[name], proxy=proxy, transferRoot=roots[name], transferAckTimeout=5000)
     for name in ("A1", *DESTINATIONS):
         env.start_agent(name)
     return roots
@@ -160,3 +162,27 @@ def test_presrc_runs_once_when_the_source_restarts_before_the_legs_start(env: Fa
     completed = watcher.wait(tid, "completed", 10)
     pre = [p for p in completed["programs"] if p["when"] == "pre_source"]
     assert [(p["agent"], p["outcome"]) for p in pre] == [("A1", "success")], completed["programs"]
+
+
+def test_the_broker_killed_and_restarted_mid_fanout_every_destination_completes(env: FaultEnv, fresh_mosquitto,
+                                                                                tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data", proxy=True)
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 24 * MiB)
+
+    # the waiting client connects to the broker directly: it rides out the restart on its own
+    client = env.popen("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL,
+                       "--bandwidth", "6M", "-w", "--json", str(src))
+    tid = watcher.wait_any("started", 30)["transfer_id"]
+    wait_part(roots["A2"] / REL, 6 * MiB, 60, env)
+    restart_broker_behind_proxies(fresh_mosquitto, env, watcher, down=1.0)
+
+    r = finish(client, 120, env)
+    assert r.returncode == 0, f"{r}\n{env.logs()}"
+    for name in DESTINATIONS:
+        assert sha256(roots[name] / REL) == digest, name
+        assert part_files(roots[name]) == [], name
+    completed = watcher.wait(tid, "completed", 10)
+    assert [e["result_code"] for e in completed["destinations"]] == [0, 0, 0], completed["destinations"]
+    assert all(e["recoveries"] >= 1 for e in completed["destinations"]), completed["destinations"]
