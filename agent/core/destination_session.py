@@ -288,7 +288,7 @@ class DestinationSession:
         # fan-out: a group key is kept (`shared`); subscribed by this process only once a resync asks
         self.shared = Shared.OFFERED if shared else Shared.NONE
         self.ahead = AheadChunks()  # shared chunks beyond what is written, until the gap is filled (fan-out)
-        self._shared_files: set[int] = set()  # files that took a shared chunk (fan-out), in this process
+        self._received_again: set[int] = set()  # fan-out: files that failed their digest once, in this process
 
     # ------------------------------------------------------------------ inputs
 
@@ -319,7 +319,6 @@ class DestinationSession:
             return []
         self.last_activity = now
         self._written.add(f.index)
-        self._shared_files.add(f.index)
         return [WriteChunk(f, chunk.offset, chunk.data, chunk.ack)]
 
     def subscribed(self, action: Subscribe, granted: bool, now: float) -> list[Action]:
@@ -399,7 +398,6 @@ class DestinationSession:
         actions: list[Action] = []
         held = self.ahead.next(f.index, f.offset) if len(self.ahead) else None
         if held is not None:  # a shared chunk held ahead continues it: written now, acked (agent.core.fanout_ahead)
-            self._shared_files.add(f.index)
             actions.append(WriteChunk(f, held.offset, held.data, True))
         elif action.ack:  # else a later chunk asks (FLAG_NO_ACK), and its ack covers this one too
             actions.append(SendAck(self.epoch, f.index, f.offset))
@@ -417,7 +415,8 @@ class DestinationSession:
 
     def sealed(self, action: SealPart, digest: str | None, error: str | None, now: float) -> list[Action]:
         f = action.file
-        if error is None and f.index in self._shared_files and self._mismatch(f.digest, digest):
+        if (error is None and self.shared is not Shared.NONE and f.index not in self._received_again
+                and self._mismatch(f.digest, digest)):
             return self._receive_again(f, self._mismatch(f.digest, digest) or "", now)
         error = error or self._mismatch(f.digest, digest)
         if error is not None:
@@ -433,16 +432,16 @@ class DestinationSession:
         return [self._save((f,)), RenameParts((f,), self.exist_error, Answer.ONE)]
 
     def _receive_again(self, f: FileRow, mismatch: str, now: float) -> list[Action]:
-        """Fan-out: a file that took chunks from the shared stream failed its digest. The group key is every
-        destination's, so a fellow destination may have forged them (docs/authority.md): the part file goes, the
-        shared stream is left for the rest of this transfer, and the source is asked to resynchronise, which
-        sends the file again by unicast under this destination's own key. Once: a second mismatch fails it."""
-        self._shared_files.clear()
+        """Fan-out: a file failed its digest. The group key is every destination's, so a fellow destination may
+        have forged shared chunks of it (docs/authority.md): the part file goes, the shared stream is left for the
+        rest of this transfer, and the source is asked to resynchronise, which sends the file again by unicast
+        under this destination's own key. Once per file (and process): a second mismatch fails it."""
+        self._received_again.add(f.index)
         self.shared = Shared.LEFT
         self.ahead.clear()
         f.offset = 0
-        return [DiscardPart(f), SaveFiles((f,)), LogWarning(f"file {f.index}: {mismatch} after chunks from the "
-                                                            f"shared stream; received again by unicast only"),
+        return [DiscardPart(f), SaveFiles((f,)), LogWarning(f"file {f.index}: {mismatch} (shared chunks forged by "
+                                                            f"a fellow destination?); received again by unicast only"),
                 *self.request_recovery(f"file {f.index} failed its digest after shared chunks", now)]
 
     def files_written(self, action: WriteFiles, outcomes: Sequence[tuple[str | None, str | None]],

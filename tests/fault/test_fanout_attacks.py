@@ -68,8 +68,9 @@ def _group_key(env: FaultEnv, agent: str, tid: str) -> bytes | None:
 
 
 class Forger:
-    """On every frame of the source seen on the shared topic: two forged frames ahead of it (other bytes, under
-    G), a garbled one, and the frame itself again (a replay)."""
+    """On the first frame of the source seen on the shared topic: a forged frame (other bytes, under G) for every
+    chunk after it, so that they come before the source's own; on every frame: two forged ahead of it, a garbled
+    one, and the frame itself again (a replay)."""
 
     def __init__(self, url: str, topic: str, key: bytes) -> None:
         self.topic, self.key = topic, key
@@ -92,7 +93,7 @@ class Forger:
         length = len(chunk.data)
         with self.lock:
             self.seen += 1
-            ahead = [chunk.offset + k * length for k in (1, 2)]
+            ahead = [chunk.offset + k * length for k in (range(1, SIZE // length) if not self.seen - 1 else (1, 2))]
             ahead = [o for o in ahead if o + length <= SIZE and o not in self.forged]
             self.forged.update(ahead)
         for offset in ahead:

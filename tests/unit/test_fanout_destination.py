@@ -476,9 +476,9 @@ def test_a_file_that_took_shared_chunks_and_fails_its_digest_is_received_again_b
     assert s.files[0].status == FAILED
 
 
-def test_a_digest_mismatch_without_shared_chunks_or_a_seal_error_fails_the_file_as_before() -> None:
-    s = joined(Row(0, 4))
-    [w] = s.receive(chunk(0, 0, b"abcd"), now=1.0)  # unicast
+def test_a_digest_mismatch_of_a_unicast_transfer_or_a_seal_error_fails_the_file_as_before() -> None:
+    s = session(Row(0, 4))  # no group key: not a fan-out transfer here
+    [w] = s.receive(chunk(0, 0, b"abcd"), now=1.0)
     s.chunk_written(w, now=1.0)
     [_, seal] = s.receive(file_end(0, 4, digest="a" * 64), now=1.0)
     assert kinds(s.sealed(seal, "b" * 64, None, now=2.0)) == ["DiscardPart", "SaveFiles", "SendResults"]
@@ -487,3 +487,14 @@ def test_a_digest_mismatch_without_shared_chunks_or_a_seal_error_fails_the_file_
     s.chunk_written(w, now=1.0)
     [_, seal] = s.receive(file_end(0, 4, digest="a" * 64), now=1.0)
     assert kinds(s.sealed(seal, None, "EIO", now=2.0)) == ["DiscardPart", "SaveFiles", "SendResults"]
+
+
+def test_each_file_of_a_fan_out_that_fails_its_digest_is_received_again_once() -> None:
+    s = joined(Row(0, 4), Row(1, 4))
+    written = [s.receive_shared(chunk(i, 0, b"evil"), now=1.0)[0] for i in (0, 1)]  # both forged
+    for w in written:
+        s.chunk_written(w, now=1.0)
+    for i in (0, 1):  # the second file too, though the shared stream was left after the first
+        [_, seal] = s.receive(file_end(i, 4, digest="a" * 64), now=1.0)
+        assert kinds(s.sealed(seal, "b" * 64, None, now=2.0))[-1] == "SendRequestRecovery", i
+        assert s.files[i].status == READY and s.files[i].offset == 0
