@@ -28,7 +28,7 @@ from agent.wire.protocol import CHUNK_HEADER, decode_chunk
 from tests.support.brokers import split_url, wait_for
 from tests.support.subscription import Subscription
 
-from .helpers import MiB, PREFIX, FaultEnv, finish, make_file, part_files, sha256
+from .helpers import MiB, PREFIX, FaultEnv, finish, make_file, part_files, part_size, sha256
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -230,3 +230,46 @@ def test_a_full_disk_at_one_destination_of_three_fails_that_one_alone_and_leaves
     assert not (roots["A3"] / REL).exists()
     for name in DESTINATIONS:
         assert part_files(roots[name]) == [], name  # removed where the write failed (docs/operations.md)
+
+
+def test_offers_and_resyncs_replayed_mid_fanout_change_nothing(env: FaultEnv, tmp_path: Path) -> None:
+    roots = _agents(env, tmp_path / "data")
+    watcher = env.watch()
+    src = roots["A1"] / "big.bin"
+    digest = make_file(src, 12 * MiB)
+    captured: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def keep(topic: str, payload: bytes) -> None:  # what the source sent each destination: offers, resyncs
+        if topic.startswith(tuple(f"{PREFIX}/Control/{d}/" for d in DESTINATIONS)):
+            with lock:
+                captured.append((topic, payload))
+
+    with Subscription(env.broker_url, f"{PREFIX}/Control/#", keep):
+        client = env.popen("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL,
+                           "--bandwidth", "4M", "-w", "--json", str(src))
+        tid = watcher.wait_any("started", 30)["transfer_id"]
+        wait_for(lambda: part_size(roots["A3"] / REL) >= 2 * MiB, 60, interval=0.01,
+                 message=lambda: f"A3 did not get 2 MiB\n{env.logs()}")
+        with lock:
+            replay = list(captured)
+        assert len({t for t, _ in replay}) == len(DESTINATIONS), replay  # an offer (and resync) to each
+        host, port = split_url(env.broker_url)
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fte-test-replay-{uuid.uuid4().hex[:8]}")
+        pub.connect(host, port, keepalive=10)
+        pub.loop_start()
+        try:
+            for _ in range(3):
+                for topic, payload in replay:
+                    pub.publish(topic, payload, qos=1).wait_for_publish(10)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        r = finish(client, 120, env)
+    assert r.returncode == 0, f"{r}\n{env.logs()}"
+    completed = watcher.wait(tid, "completed", 10)
+    assert [e["result_code"] for e in completed["destinations"]] == [0, 0, 0], completed["destinations"]
+    assert {e["transfer_id"] for e in watcher.events if e.get("action") == "started"} == {tid}
+    for name in DESTINATIONS:
+        assert sha256(roots[name] / REL) == digest, name
+        assert part_files(roots[name]) == [], name
