@@ -284,8 +284,9 @@ class DestinationTransfer:
     def _reply(self, a: Any) -> None:
         for msg in _REPLIES[type(a)](a, self.tid, self.rec.header.get("kx_public")):
             self._send(msg)
-        if isinstance(a, ds.SendResults) and self.stream.joined and not self.session.active:
-            self.stream.leave()  # every file has its result: no shared chunk is of use any more
+        if self.stream.joined and (self.session.shared is ds.Shared.LEFT
+                                   or isinstance(a, ds.SendResults) and not self.session.active):
+            self.stream.leave()  # every file has its result, or shared chunks proved bad: none is of use any more
 
     def _log(self, a: ds.LogCleanedUp | ds.LogWarning) -> None:
         if isinstance(a, ds.LogWarning):

@@ -238,12 +238,33 @@ class ProgramCaller:
         if call is None:
             return None
         if when.endswith("_source"):
-            env = environment(self._tid, self._ctx.name, self._dest, self._job, self._destinations, when,
-                              self._agents)
-            outcome = await run_call(call.call(), when, command_path_of(self._ctx), timeout_of(self._ctx), env)
+            outcome = self._recorded(when, call)
+            if outcome is None:
+                env = environment(self._tid, self._ctx.name, self._dest, self._job, self._destinations, when,
+                                  self._agents)
+                outcome = await run_call(call.call(), when, command_path_of(self._ctx), timeout_of(self._ctx), env)
+                self._ctx.store.save_program_outcome(self._tid, when, outcome_model(outcome).model_dump_json())
         else:
             outcome = await self._remote(when, call)
         self.outcomes.append(outcome)
+        return outcome
+
+    def _recorded(self, when: str, call: ProgramCall) -> pc.Outcome | None:
+        """A source call runs once per transfer, restarts included, as a destination's does (ProgramHost): noted
+        in the store (program_runs) before it runs; None: it is the first time, run it. Else its recorded outcome,
+        or, if this agent stopped while it ran (a restart before the legs of a fan-out started), a failure."""
+        first, recorded = self._ctx.store.claim_program_run(self._tid, when, self._ctx.name, time.time())
+        if first:
+            return None
+        if recorded:
+            outcome = ProgramOutcome.model_validate_json(recorded).outcome_of()
+        else:
+            outcome = pc.Outcome(when, call.name, "failure", args=list(call.args),
+                                 message=f"agent {self._ctx.name} stopped while the program ran; it is not run "
+                                         "again (its outcome is unknown)")
+            self._ctx.store.save_program_outcome(self._tid, when, outcome_model(outcome).model_dump_json())
+        log.info("%s %s of transfer %s: ran before this agent restarted (%s), not run again",
+                 pc.FLAG_OF.get(when, when), call.name, self._tid, outcome.outcome)
         return outcome
 
     async def before(self, session: SourceSession) -> list[Action]:

@@ -333,7 +333,7 @@ class StateStore:
             cur = self._db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?,?)", (nonce, expires))
             return cur.rowcount == 1
 
-    # ---- program calls a destination ran for its sources (agent.programs.ProgramHost)
+    # ---- program calls an agent ran: a destination for its sources (agent.programs.ProgramHost), a source its own
 
     def claim_program_run(self, transfer_id: str, when: str, source_agent: str,
                           now: float) -> tuple[bool, str | None]:

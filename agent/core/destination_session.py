@@ -55,6 +55,7 @@ class Shared(Enum):
     OFFERED = "offered"  # the group key is kept, but this process has not subscribed: the next resync does first
     JOINED = "joined"  # subscribed (its SUBACK came): the resync reply says `fanout: true`, shared chunks are taken
     REFUSED = "refused"  # the broker refused the subscription or did not answer in time: unicast only, this process
+    LEFT = "left"  # a file that took shared chunks failed its digest (forged by a fellow destination?): unicast only
 
 
 class Answer(Enum):
@@ -287,6 +288,7 @@ class DestinationSession:
         # fan-out: a group key is kept (`shared`); subscribed by this process only once a resync asks
         self.shared = Shared.OFFERED if shared else Shared.NONE
         self.ahead = AheadChunks()  # shared chunks beyond what is written, until the gap is filled (fan-out)
+        self._received_again: set[int] = set()  # fan-out: files that failed their digest once, in this process
 
     # ------------------------------------------------------------------ inputs
 
@@ -413,6 +415,9 @@ class DestinationSession:
 
     def sealed(self, action: SealPart, digest: str | None, error: str | None, now: float) -> list[Action]:
         f = action.file
+        if (error is None and self.shared is not Shared.NONE and f.index not in self._received_again
+                and self._mismatch(f.digest, digest)):
+            return self._receive_again(f, self._mismatch(f.digest, digest) or "", now)
         error = error or self._mismatch(f.digest, digest)
         if error is not None:
             self._move(f, FileEvent.FAILED, results.FILE_FAILED, error)
@@ -425,6 +430,19 @@ class DestinationSession:
             return [self._save((f,)), ConvertParts((f,), Answer.ONE)]
         self._move(f, FileEvent.VERIFIED)
         return [self._save((f,)), RenameParts((f,), self.exist_error, Answer.ONE)]
+
+    def _receive_again(self, f: FileRow, mismatch: str, now: float) -> list[Action]:
+        """Fan-out: a file failed its digest. The group key is every destination's, so a fellow destination may
+        have forged shared chunks of it (docs/authority.md): the part file goes, the shared stream is left for the
+        rest of this transfer, and the source is asked to resynchronise, which sends the file again by unicast
+        under this destination's own key. Once per file (and process): a second mismatch fails it."""
+        self._received_again.add(f.index)
+        self.shared = Shared.LEFT
+        self.ahead.clear()
+        f.offset = 0
+        return [DiscardPart(f), SaveFiles((f,)), LogWarning(f"file {f.index}: {mismatch} (shared chunks forged by "
+                                                            f"a fellow destination?); received again by unicast only"),
+                *self.request_recovery(f"file {f.index} failed its digest after shared chunks", now)]
 
     def files_written(self, action: WriteFiles, outcomes: Sequence[tuple[str | None, str | None]],
                       now: float) -> list[Action]:

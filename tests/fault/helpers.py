@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -206,14 +207,18 @@ class FaultEnv(FteEnv):
         env["FTE_BROKER_URL"] = self.agent_urls.get(name, self.broker_url)
         return env
 
-    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20) -> AgentProcess:
+    def start_agent(self, name: str, wait_ready: bool = True, timeout: float = 20,
+                    fsize: int | None = None) -> AgentProcess:
+        """`fsize`: the agent may write no file beyond this many bytes (RLIMIT_FSIZE: a write past it fails with
+        EFBIG, as a full disk or a quota fails one; Python ignores SIGXFSZ)."""
         log = self.agent_dir(name) / "test-agent.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
             fh.write(f"=== start at {time.strftime('%H:%M:%S')} ===\n".encode())
             fh.flush()
+            limit = None if fsize is None else (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)))
             proc = subprocess.Popen([script("start-agent"), name, "-F"], env=self.agent_env(name), stdout=fh,
-                                    stderr=fh, stdin=subprocess.DEVNULL)
+                                    stderr=fh, stdin=subprocess.DEVNULL, preexec_fn=limit)
         agent = AgentProcess(name, proc, log)
         self.agents[name] = agent
         if wait_ready:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.core.destination_session import SendAck, SendResyncReply, Shared, Subscribe, WriteChunk
+from agent.core.destination_session import SealPart, SendAck, SendResyncReply, Shared, Subscribe, WriteChunk
 from agent.fanout_destination import SharedStream, group_key, take_offer
 from agent.metrics import Metrics
 from agent.router import MAX_SHARED_FRAME, Router
@@ -25,7 +25,7 @@ from agent.wire.encryption import encrypt_frame
 from agent.wire.protocol import FLAG_AEAD, Topics, encode_bundle, encode_chunk
 
 from .test_router import _Transfers
-from .test_destination_session import DONE, FAILED, Row, chunk, kinds, resync, session
+from .test_destination_session import DONE, FAILED, READY, Row, chunk, file_end, kinds, resync, session
 
 TID = "cd" * 24
 T = Topics("SYSTEM.FTE")
@@ -448,3 +448,53 @@ def test_held_chunks_are_bounded_in_bytes_too() -> None:
     assert held == [True] * (AHEAD_BYTES // big) + [False] * (6 - AHEAD_BYTES // big)
     assert a.next(0, big) is not None and a.hold(SimpleNamespace(index=0, offset=9 * big, data=b"x" * big), big)
     assert ahead_reach(256 * 1024) == 64 * 256 * 1024 and ahead_reach(16 * 1024 * 1024) == AHEAD_BYTES
+
+
+# --------------------------------------------------------------------------- a shared chunk forged by a fellow destination
+
+
+def _sealed_after_shared(s: Any) -> list[Any]:
+    """File 0 (4 bytes) written from the shared stream, its FileEnd come, sealed with another digest."""
+    [w] = s.receive_shared(chunk(0, 0, b"evil"), now=1.0)
+    s.chunk_written(w, now=1.0)
+    [_, seal] = s.receive(file_end(0, 4, digest="a" * 64), now=1.0)
+    return s.sealed(seal, "b" * 64, None, now=2.0)
+
+
+def test_a_file_that_took_shared_chunks_and_fails_its_digest_is_received_again_by_unicast_alone() -> None:
+    s = joined(Row(0, 4))
+    actions = _sealed_after_shared(s)
+    assert kinds(actions) == ["DiscardPart", "SaveFiles", "LogWarning", "SendRequestRecovery"]
+    assert s.files[0].status == READY and s.files[0].offset == 0 and s.shared is Shared.LEFT
+    assert s.receive_shared(chunk(0, 0, b"evil"), now=3.0) == []  # the shared stream is left for good
+    [measure] = s.receive(resync(2, 0), now=3.0)
+    assert reply(s.measured(measure, [None], now=3.0)).fanout is None  # the source: unicast only to it now
+    # a second mismatch (by unicast, under this destination's own key) fails the file, as for any transfer
+    [w] = s.receive(chunk(0, 0, b"abcd", epoch=2), now=4.0)
+    assert kinds(s.chunk_written(w, now=4.0)) == ["SealPart"]
+    assert kinds(s.sealed(SealPart(s.files[0]), "c" * 64, None, now=5.0)) == ["DiscardPart", "SaveFiles", "SendResults"]
+    assert s.files[0].status == FAILED
+
+
+def test_a_digest_mismatch_of_a_unicast_transfer_or_a_seal_error_fails_the_file_as_before() -> None:
+    s = session(Row(0, 4))  # no group key: not a fan-out transfer here
+    [w] = s.receive(chunk(0, 0, b"abcd"), now=1.0)
+    s.chunk_written(w, now=1.0)
+    [_, seal] = s.receive(file_end(0, 4, digest="a" * 64), now=1.0)
+    assert kinds(s.sealed(seal, "b" * 64, None, now=2.0)) == ["DiscardPart", "SaveFiles", "SendResults"]
+    s = joined(Row(0, 4))
+    [w] = s.receive_shared(chunk(0, 0, b"abcd"), now=1.0)
+    s.chunk_written(w, now=1.0)
+    [_, seal] = s.receive(file_end(0, 4, digest="a" * 64), now=1.0)
+    assert kinds(s.sealed(seal, None, "EIO", now=2.0)) == ["DiscardPart", "SaveFiles", "SendResults"]
+
+
+def test_each_file_of_a_fan_out_that_fails_its_digest_is_received_again_once() -> None:
+    s = joined(Row(0, 4), Row(1, 4))
+    written = [s.receive_shared(chunk(i, 0, b"evil"), now=1.0)[0] for i in (0, 1)]  # both forged
+    for w in written:
+        s.chunk_written(w, now=1.0)
+    for i in (0, 1):  # the second file too, though the shared stream was left after the first
+        [_, seal] = s.receive(file_end(i, 4, digest="a" * 64), now=1.0)
+        assert kinds(s.sealed(seal, "b" * 64, None, now=2.0))[-1] == "SendRequestRecovery", i
+        assert s.files[i].status == READY and s.files[i].offset == 0

@@ -14,8 +14,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.programs import ProgramHost
-from agent.store import StateStore
+from agent.programs import ProgramCaller, ProgramHost
+from agent.store import StateStore, TransferRecord
 from agent.wire.programs import ProgramCall, ProgramRun
 from agent.wire.protocol import Topics
 
@@ -119,3 +119,38 @@ def test_the_store_records_each_call_once(tmp_path: Path) -> None:
     assert store.prune_program_runs(101.5) == 1  # the pre_destination row, of 100.0
     assert store.claim_program_run(TID, "post_destination", "A1", 104.0) == (False, None)
     store.close()
+
+
+def _caller(store: StateStore, bin_dir: Path) -> ProgramCaller:
+    ctx = SimpleNamespace(name="A1", store=store, settings=SimpleNamespace(commandPath=str(bin_dir), commandTimeout=10))
+    rec = TransferRecord(TID, "source", "queued", "A2", {"programs": {"pre_source": {"name": "count.sh"}},
+                                                         "destination_agents": ["A2", "A3"]})
+    return ProgramCaller(ctx, rec)  # type: ignore[arg-type]
+
+
+def test_a_source_call_runs_once_per_transfer_across_a_restart_of_the_source(tmp_path: Path) -> None:
+    bin_dir, marker = _bin(tmp_path)
+    path = tmp_path / "state" / "state.db"
+
+    async def go() -> None:
+        store = StateStore(path)
+        first = await _caller(store, bin_dir).run("pre_source")
+        assert first is not None and first.outcome == "success" and "run number 1" in first.output
+        store.close()
+        store = StateStore(path)  # the source restarted (a fan-out's legs had not started): the record answers
+        again = await _caller(store, bin_dir).run("pre_source")
+        assert again is not None and (again.outcome, again.output) == ("success", first.output)
+        store.close()
+
+    asyncio.run(go())
+    assert marker.read_text().splitlines() == ["ran"]
+
+
+def test_a_source_call_running_when_the_source_stopped_fails_rather_than_run_again(tmp_path: Path) -> None:
+    bin_dir, marker = _bin(tmp_path)
+    store = StateStore(tmp_path / "state" / "state.db")
+    assert store.claim_program_run(TID, "pre_source", "A1", 1.0) == (True, None)  # started, never finished
+    outcome = asyncio.run(_caller(store, bin_dir).run("pre_source"))
+    assert outcome is not None and outcome.outcome == "failure" and "not run again" in outcome.message
+    assert not marker.exists()
+    assert json.loads(store.claim_program_run(TID, "pre_source", "A1", 2.0)[1] or "{}")["outcome"] == "failure"
