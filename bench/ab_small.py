@@ -8,7 +8,8 @@ One Mosquitto, two agent pairs: A1→A2 run the code of this checkout, B1→B2 t
 tree of 4 KiB files (100 per directory, `-dd DIR -r SRC_DIR`) with one pair, then the other (the order
 reversed every other run, so that the noise of a shared machine hits both alike), then `rsync -a` of it;
 each copy goes to a directory of its own (ext4 skips recently freed inodes: see bench/run.py). Prints the
-times of each run and the medians; exits non-zero if a copy differs.
+times of each run and the medians, and the CPU seconds the two agents of each pair used (from /proc: less
+disturbed by other work on a loaded machine than the wall time); exits non-zero if a copy differs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Pair, check_results, make_tree, tree_matches, tree_transfer  # noqa: E402
+from harness import CpuMeter, Pair, check_results, make_tree, tree_matches, tree_transfer  # noqa: E402
 
 from tests.support.agents import FteEnv  # noqa: E402
 from tests.support.brokers import MosquittoProcess  # noqa: E402
@@ -55,6 +56,8 @@ def main() -> int:
         ap.error(f"{a.old}/agent/__init__.py not found")
     work = Path(tempfile.mkdtemp(prefix="fte-ab-"))
     times: dict[str, list[float]] = {"new": [], "old": [], "rsync": []}
+    cpu: dict[str, list[float]] = {"new": [], "old": []}  # source + destination agent, per transfer
+    cpu_dst: dict[str, list[float]] = {"new": [], "old": []}  # the destination agent alone
     try:
         data = work / "data"
         tree = data / "tree"
@@ -67,7 +70,11 @@ def main() -> int:
                 for r in range(a.runs):
                     for name, pair in ((("new", new), ("old", old)) if r % 2 == 0 else (("old", old), ("new", new))):
                         dest = data / f"copy-{name}-{r}"
+                        meter = CpuMeter({"src": pair.source.pid, "dst": pair.destination.pid}).start()
                         res = pair.submit([tree_transfer(tree, dest)], timeout=600)
+                        used = meter.stop()
+                        cpu[name].append(sum(v or 0.0 for v in used.values()))
+                        cpu_dst[name].append(used["dst"] or 0.0)
                         check_results(res)
                         ok, why = tree_matches(dest / "tree", digests)
                         if not ok:
@@ -79,11 +86,17 @@ def main() -> int:
                     t0 = time.perf_counter()
                     subprocess.run(["rsync", "-a", str(tree), str(dest) + "/"], check=True)
                     times["rsync"].append(time.perf_counter() - t0)
-                    print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+                    print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()) +
+                          "; agents' CPU " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in cpu.items()), flush=True)
         m = {k: statistics.median(v) for k, v in times.items()}
         print(f"median of {a.runs} ({a.files} x 4 KiB): new {m['new']:.2f} s, old {m['old']:.2f} s "
               f"(new / old {m['new'] / m['old']:.2f}x), rsync -a {m['rsync']:.2f} s; new / rsync "
               f"{m['new'] / m['rsync']:.1f}x, old / rsync {m['old'] / m['rsync']:.1f}x")
+        c = {k: statistics.median(v) for k, v in cpu.items()}
+        d = {k: statistics.median(v) for k, v in cpu_dst.items()}
+        print(f"agents' CPU seconds per transfer (source + destination), median: new {c['new']:.2f} s, old "
+              f"{c['old']:.2f} s (new / old {c['new'] / c['old']:.2f}x); the destination's alone: new "
+              f"{d['new']:.2f} s, old {d['old']:.2f} s ({d['new'] / d['old']:.2f}x)")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
