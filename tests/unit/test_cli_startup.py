@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # what no command but its own needs: the other command groups, the agent daemon, the web console
-# (aiohttp), the history database, the embedded broker
-HEAVY = ("agent.daemon", "agent.monitor", "agent.scheduler", "aiohttp", "amqtt", "ops", "sqlite3",
+# (aiohttp), the history database, the embedded broker, the progress bar (only -w on a terminal draws it)
+HEAVY = ("agent.daemon", "agent.monitor", "agent.scheduler", "aiohttp", "amqtt", "ops", "sqlite3", "rich.progress",
          "cli.main", "cli.templates", "cli.monitors", "cli.schedules", "cli.observe", "cli.logger", "cli.web",
          "cli.keys", "cli.definitions", "cli.brokers", "cli.demo")
 
