@@ -76,13 +76,14 @@ async def _run_agent(settings: Any) -> None:
 
 
 def start_background(name: str, home: Path) -> None:
-    """fte-start-agent: agent `name` as a process of its own (python -m cli.main start-agent NAME -F), logging
-    to its logs/output0.log; returns once its verified status says it runs (or after 20 s, saying so)."""
+    """fte-start-agent: agent `name` as a process of its own (python -m cli.scripts start-agent NAME -F, which
+    imports the agent command's module only), logging to its logs/output0.log; returns once its verified
+    status says it runs (or after 20 s, saying so)."""
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     logfile = logs / "output0.log"
     with open(logfile, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "start-agent", name, "-F"], stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "cli.scripts", "start-agent", name, "-F"], stdout=fh,
                                 stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

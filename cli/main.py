@@ -1,8 +1,8 @@
 """`fte <verb>`: the command line of mqtt-fte (MFT's flag names), and `python -m cli.main`.
 
-This module puts the app together: importing each command module registers its commands on the app
-(cli/app.py), in the order `fte --help` and docs/commands.md list them. The console scripts
-`fte-<verb>` (cli/scripts.py) run the same commands.
+This module puts the whole app together: it imports every command module, which registers its commands on
+the app (cli/app.py), in the order of cli/commands.py, the order `fte --help` and docs/commands.md list
+them. The console scripts `fte-<verb>` (cli/scripts.py) run the same commands but import only their own.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-# the command groups; importing one registers its commands (keys before definitions: both fill `fte key`)
-from . import agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, logger, web
 from .app import app, invoke
+from .commands import load_all
 
 __all__ = ["app", "main"]
 
-GROUPS = (agents, keys, transfers, brokers, monitors, templates, definitions, schedules, observe, logger, web)
+# every command module (agents, keys, transfers, ...): the registry complete, in its one order, whichever
+# module was imported first
+GROUPS = load_all()
 
 
 def main() -> NoReturn:

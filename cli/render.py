@@ -11,7 +11,6 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape as escape_markup
 from rich.text import Text
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from agent.core.fanout_outcome import route
 from agent.core.lifecycle import TERMINAL_STATE_VALUES as TERMINAL
@@ -315,6 +314,9 @@ class TransferWatcher:
         progress = None
         task = None
         if self.show_progress:
+            # (here, not at the top: only a -w on a terminal draws a bar, and every command imports this module)
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
             progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                 TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
             progress.start()

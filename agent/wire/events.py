@@ -94,7 +94,7 @@ def new_event_id() -> str:
 class EventModel(BaseModel):
     """Lenient on read: members this version does not know are kept, in `model_extra` (see build_event)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False, defer_build=True)
 
     def wire(self) -> dict[str, Any]:
         """The event as its JSON object: the members it was made or read with (none added, none dropped)."""

@@ -21,7 +21,7 @@ MAX_OUTPUT_CHARS = pc.OUTPUT_TAIL_BYTES * 2  # a tail of 2048 bytes, decoded wit
 
 class _Strict(BaseModel):
     # as agent.wire.protocol.Strict (not imported: protocol imports this module)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class ProgramCall(_Strict):

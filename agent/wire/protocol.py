@@ -209,7 +209,10 @@ class Topics:
 class Strict(BaseModel):
     # allow_inf_nan=False: NaN / Infinity are not JSON, and dump() writes them as null, which parses back
     # as an error (a FileOffer.mtime of NaN made a Resync that could not round-trip).
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_PATH_CHARS, allow_inf_nan=False)
+    # defer_build: a model's validator is built when it first validates, not at import (every console script
+    # imports this module and reads two or three of its messages; docs/development.md, "Start-up cost")
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_PATH_CHARS, allow_inf_nan=False,
+                              defer_build=True)
 
 
 class Sealed(Strict):
@@ -558,9 +561,12 @@ ControlMessage = Annotated[
     Field(discriminator="kind"),
 ]
 
-_command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
-_control_adapter: TypeAdapter[Any] = TypeAdapter(ControlMessage)
-_reply_adapter = TypeAdapter(Reply)
+# built on first use, like the models (Strict): a command line that sends one kind of message does not pay
+# for the schemas of all the others at start-up
+_DEFERRED = ConfigDict(defer_build=True)
+_command_adapter: TypeAdapter[Any] = TypeAdapter(Command, config=_DEFERRED)
+_control_adapter: TypeAdapter[Any] = TypeAdapter(ControlMessage, config=_DEFERRED)
+_reply_adapter: TypeAdapter[Any] = TypeAdapter(Reply)
 
 
 def _load(payload: bytes, limit: int) -> bytes:
@@ -765,7 +771,7 @@ AgentStatusValue = Literal["STARTING", "READY", "ACTIVE", "STOPPING", "STOPPED",
 class AgentStatus(BaseModel):
     """Retained on <prefix>/Agents/<agent>. Lenient on read (extra fields allowed, for newer agents)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     agent: AgentName
     status: AgentStatusValue

@@ -120,3 +120,17 @@ def test_a_verb_registered_twice_is_refused() -> None:
 
     with pytest.raises(ValueError, match="registered twice"):
         command("create-transfer")(lambda: None)
+
+
+def test_the_verb_table_names_the_module_of_every_command() -> None:
+    # a console script imports only VERBS[verb] (cli/commands.py): a wrong or missing entry would be a
+    # script without its command
+    from cli.app import COMMANDS, app, key_app
+    from cli.commands import VERBS, load_all
+
+    load_all()
+    assert list(VERBS) == list(COMMANDS)
+    for info in app.registered_commands:
+        assert VERBS[info.name] == (info.callback.__module__.removeprefix("cli."),), info.name
+    assert {info.callback.__module__.removeprefix("cli.") for info in key_app.registered_commands} == set(VERBS["key"])
+    assert set(m for ms in VERBS.values() for m in ms) <= set(_graph()["commands"])  # load_all imports them all
