@@ -6,7 +6,7 @@ import asyncio
 import logging
 import unicodedata
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape as escape_markup
@@ -24,6 +24,9 @@ from agent.wire.events import (CleanedUp, Completed, Event, EventError, EventMod
 from agent.wire.protocol import QueryTransfer, Topics
 
 from .client import ClientError, FteClient, RecentEvents, new_request_id
+
+if TYPE_CHECKING:
+    from rich.progress import Progress  # imported when a bar is drawn (docs/development.md, start-up cost)
 
 # Characters a terminal acts on instead of showing, beyond the Unicode categories below: the bidi controls
 # (U+061C, U+200E/F, U+202A-E, U+2066-9) are format characters (Cf) too, listed for the reader.
