@@ -26,6 +26,8 @@ class SendOrder:
         self.windows = {f.index: SendWindow(f.size, limits.chunk_size, 1 << 30, start_offset=f.offset)
                         for f in files.values() if f.status == FileStatus.READY}  # a file leaves with its result
         self.end_sent: set[int] = set()  # files whose FileEnd (or bundle) went in this epoch
+        # files whose status, offset or window changed since agent.core.progress_tally counted them
+        self.touched: set[int] = set()
         self.bundles = False  # the destination takes bundles ("bundle" in its features)
         self.acks = AckRequests(limits.window_chunks)  # .sparse: FLAG_NO_ACK on the chunks that need no ack
         self._entry_bytes = bundle_entry_bytes
@@ -64,6 +66,7 @@ class SendOrder:
                                                early_acks=w.early_acks)
         w.rewind(offset)
         self.end_sent.discard(idx)
+        self.touched.add(idx)
         self._first = 0  # the send frontier may have moved back
         return resent
 
@@ -119,6 +122,7 @@ class SendOrder:
                 if self._budget > 0 and w.can_send():
                     self._current = idx
                     offset, length = w.take()
+                    self.touched.add(idx)  # a fan-out leg's early ack moves `acked` here
                     self._budget -= length
                     last = offset + length >= f.size
                     return SendChunk(idx, offset, length, last, self.acks.ask(last, self._budget))
@@ -143,6 +147,7 @@ class SendOrder:
         """File `idx` of a SendBundle was read and goes in the frame."""
         if self.files[idx].size:
             self.windows[idx].take()  # the whole file: size <= half a chunk
+            self.touched.add(idx)
         self.end_sent.add(idx)
 
     def bundle_sent(self, sent: int) -> None:
