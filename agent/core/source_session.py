@@ -485,9 +485,8 @@ class SourceSession:
         self.sending.touched.add(msg.index)
         if msg.rewind and msg.offset < w.next_offset:
             self.bytes_resent += w.next_offset - msg.offset
-            w.rewind(msg.offset)
-            self.sending.end_sent.discard(msg.index)
-        elif w.on_ack(msg.offset):
+            self.sending.rewind_in_place(msg.index, msg.offset)
+        elif self.sending.on_ack(msg.index, msg.offset):
             out.append(Metric("bytes_sent", w.acked - before))
             self.last_progress, self.ack_misses = self._now, 0
         self.files[msg.index].offset = w.acked
@@ -529,7 +528,7 @@ class SourceSession:
             f.written_digest = written_digest  # type: ignore[attr-defined]  # -t text; agent.store.FileRecord has it
         if status == FileStatus.DONE:
             f.offset = f.size
-        self.sending.windows.pop(f.index, None)
+        self.sending.drop(f.index)
         out.append(CloseFile(f.index))
         self._dirty.discard(f.index)
         self._resulted.append(f)

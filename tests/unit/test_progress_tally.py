@@ -80,3 +80,33 @@ def test_the_kept_figures_are_the_plain_sums_after_every_event(seed: int) -> Non
     s.finish(now + 1)  # the files without a result fail
     assert kept(s) == plain(s)
 
+
+def plain_window_left(o: Any) -> tuple[int, int]:
+    """SendOrder.window_left as it walked the files in flight (budget, where the round starts), changing nothing."""
+    order, first = o._order, o._first
+    while first < len(order) and order[first] not in o.windows:
+        first += 1
+    budget = o.window_bytes
+    for pos in range(first, len(order)):
+        w = o.windows.get(order[pos])
+        if w is None:
+            continue
+        budget -= w.in_flight_bytes
+        if o._needs_sending(order[pos]):
+            return budget, pos
+    return budget, len(order)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_window_left_kept_is_the_walk_over_the_files_in_flight_after_every_event(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    sizes = tuple(rng.choice((0, 1, 3, 4, 7, 12, 30)) for _ in range(rng.randint(1, 25)))
+    s = negotiated(sizes, features=("bundle",) if seed % 2 else (), chunk=8, window=rng.randint(1, 6))
+    now = 0.0
+    for _ in range(150):
+        now += rng.random()
+        step(s, rng, now)
+        if s.state.is_terminal:
+            break
+        want = plain_window_left(s.sending)
+        assert (s.sending.window_left(), s.sending._pos) == want
