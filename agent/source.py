@@ -30,7 +30,6 @@ from .core.source_actions import (Action, CheckSources, CloseFile, Log, Metric, 
                                   ReleaseBudget, ResendFrom, SaveFiles, Send, SendBundle, SendFileEnd,
                                   SendResync, UseFeatures)
 from .core.source_session import SourceSession
-from .core.statuses import FileStatus
 from .fileio import os_error_at, read_failed, source_changed
 from .link import MessageTooLarge
 from .programs import ProgramCaller
@@ -126,12 +125,13 @@ class SourceTransfer:
 
     def summary(self) -> dict[str, Any]:
         s, lc = self.session, self.session.lifecycle
-        files = s.files.values()
+        tally = s.tally
+        tally.refresh()  # the sums over the files, kept as they change (agent.core.progress_tally)
         return {
             "transfer_id": self.tid, "role": "source", "state": self.state.value,
             "source_agent": self.ctx.name, "destination_agent": self.dest,
-            "bytes_total": sum(f.size for f in files), "bytes_done": sum(map(s.sending.acked, files)),
-            "files_total": len(s.files), "files_done": sum(1 for f in files if f.status != FileStatus.READY),
+            "bytes_total": tally.bytes_total, "bytes_done": tally.bytes_done,
+            "files_total": len(s.files), "files_done": tally.files_done,
             "recoveries": lc.recoveries, "last_stall": s.stall_reason,
             "recovery_timeout": lc.recovery_timeout,
             "recovery_deadline": _iso(_wall(lc.recovery_deadline)),
@@ -394,7 +394,7 @@ class SourceTransfer:
             return
         s = self.summary()
         elapsed = max(1e-6, time.monotonic() - self.session.started)
-        current = next((f for f in self.session.files.values() if f.status == FileStatus.READY), None)
+        current = self.session.tally.current()
         s.update(time=_iso(time.time()), rate_bytes_per_second=int(s["bytes_done"] / elapsed),
                  current_file=current.source if current else None)
         build_progress(s)  # strictly its model (docs/log-events.md#live-progress), as the log's events are

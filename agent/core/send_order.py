@@ -17,6 +17,27 @@ from .window import AckRequests, SendWindow
 BUNDLE_FILE_MAX = 64 * 1024
 
 
+class _Sums:
+    """Sums of a list of numbers, each changed and any range summed in O(log n) (a Fenwick tree)."""
+
+    def __init__(self, n: int) -> None:
+        self._t = [0] * (n + 1)
+
+    def add(self, pos: int, delta: int) -> None:
+        pos += 1
+        while pos < len(self._t):
+            self._t[pos] += delta
+            pos += pos & -pos
+
+    def before(self, pos: int) -> int:
+        """The sum of the numbers at positions < pos."""
+        total = 0
+        while pos > 0:
+            total += self._t[pos]
+            pos -= pos & -pos
+        return total
+
+
 class SendOrder:
     def __init__(self, files: dict[int, Any], limits: Any, bundle_entry_bytes: int, max_bundle_files: int) -> None:
         """`files`: the transfer's SourceFile records by index; `limits`: chunk_size and window_chunks, read
@@ -26,11 +47,22 @@ class SendOrder:
         self.windows = {f.index: SendWindow(f.size, limits.chunk_size, 1 << 30, start_offset=f.offset)
                         for f in files.values() if f.status == FileStatus.READY}  # a file leaves with its result
         self.end_sent: set[int] = set()  # files whose FileEnd (or bundle) went in this epoch
+        # files whose status, offset or window changed since agent.core.progress_tally counted them
+        self.touched: set[int] = set()
         self.bundles = False  # the destination takes bundles ("bundle" in its features)
         self.acks = AckRequests(limits.window_chunks)  # .sparse: FLAG_NO_ACK on the chunks that need no ack
         self._entry_bytes = bundle_entry_bytes
         self._max_bundle_files = max_bundle_files
         self._order = sorted(self.windows)
+        self._at = {idx: pos for pos, idx in enumerate(self._order)}
+        # each window's bytes in flight by position in _order, as last counted: every change of a window's
+        # offsets goes through this order (take, on_ack, the rewinds, drop) and is counted again, so that
+        # window_left sums them in O(log files) instead of walking the files in flight
+        self._flight = _Sums(len(self._order))
+        self._counted: dict[int, int] = {}
+        # no file at a position in [_first, _scan) needs sending: a file stops needing it for good in this epoch
+        # (its windows' window_chunks are unbounded, so an ack never lets more of it go) until a rewind
+        self._scan = 0
         # Files are sent in index order, so the windows after the first one with something left to send have
         # nothing in flight: the scan stops there, and 10,000 files cost no more per chunk than one
         self._first = 0  # position in _order of the first file without a result
@@ -64,8 +96,28 @@ class SendOrder:
                                                early_acks=w.early_acks)
         w.rewind(offset)
         self.end_sent.discard(idx)
-        self._first = 0  # the send frontier may have moved back
+        self.touched.add(idx)
+        self._first = self._scan = 0  # the send frontier may have moved back
+        self._count(idx)
         return resent
+
+    def on_ack(self, idx: int, offset: int) -> bool:
+        """The destination acked file `idx` up to `offset` (agent.core.window.SendWindow.on_ack)."""
+        moved = self.windows[idx].on_ack(offset)
+        self._count(idx)
+        return moved
+
+    def rewind_in_place(self, idx: int, offset: int) -> None:
+        """A rewinding ack: send file `idx` again from `offset`, in this window."""
+        self.end_sent.discard(idx)
+        self.windows[idx].rewind(offset)
+        self._scan = min(self._scan, self._at[idx])
+        self._count(idx)
+
+    def drop(self, idx: int) -> None:
+        """File `idx` has its result: nothing more of it is sent or in flight."""
+        if self.windows.pop(idx, None) is not None:
+            self._count(idx)
 
     def take_early_acks(self) -> None:
         """A fan-out leg's: its destination may ack a chunk of the shared stream before this order sent it
@@ -85,21 +137,16 @@ class SendOrder:
     # ------------------------------------------------------------------ a round of sends
 
     def window_left(self) -> int:
-        """Bytes the window allows in flight beyond what is; where sending continues is kept for the round."""
+        """Bytes the window allows in flight beyond what is (the files from the first without a result to the
+        first with something to send); where sending continues is kept for the round."""
         order = self._order
         while self._first < len(order) and order[self._first] not in self.windows:
             self._first += 1
-        budget = self.window_bytes
-        for pos in range(self._first, len(order)):
-            w = self.windows.get(order[pos])
-            if w is None:
-                continue
-            budget -= w.in_flight_bytes
-            if self._needs_sending(order[pos]):
-                self._pos = pos
-                return budget
-        self._pos = len(order)
-        return budget
+        pos = max(self._scan, self._first)
+        while pos < len(order) and not self._needs_sending(order[pos]):
+            pos += 1
+        self._scan = self._pos = pos
+        return self.window_bytes - (self._flight.before(min(pos + 1, len(order))) - self._flight.before(self._first))
 
     def start(self, budget: int) -> None:
         """Send from where `window_left` found, at most `budget` bytes (the window within the agent's cap)."""
@@ -119,6 +166,8 @@ class SendOrder:
                 if self._budget > 0 and w.can_send():
                     self._current = idx
                     offset, length = w.take()
+                    self.touched.add(idx)  # a fan-out leg's early ack moves `acked` here
+                    self._count(idx)
                     self._budget -= length
                     last = offset + length >= f.size
                     return SendChunk(idx, offset, length, last, self.acks.ask(last, self._budget))
@@ -143,6 +192,8 @@ class SendOrder:
         """File `idx` of a SendBundle was read and goes in the frame."""
         if self.files[idx].size:
             self.windows[idx].take()  # the whole file: size <= half a chunk
+            self.touched.add(idx)
+            self._count(idx)
         self.end_sent.add(idx)
 
     def bundle_sent(self, sent: int) -> None:
@@ -152,6 +203,15 @@ class SendOrder:
         self.end_sent.add(idx)
 
     # ------------------------------------------------------------------ internals
+
+    def _count(self, idx: int) -> None:
+        """Count file `idx`'s bytes in flight again (its window changed or went)."""
+        w = self.windows.get(idx)
+        now = w.in_flight_bytes if w is not None else 0
+        delta = now - self._counted.get(idx, 0)
+        if delta:
+            self._flight.add(self._at[idx], delta)
+            self._counted[idx] = now
 
     def _needs_sending(self, idx: int) -> bool:
         w = self.windows.get(idx)

@@ -27,6 +27,7 @@ from .lifecycle import TransferLifecycle
 from .lifecycle import TransferState as S
 from .policy import (CHECKPOINT_INTERVAL, PROGRESS_INTERVAL, RESULTS_BATCH, RESULTS_INTERVAL, RESYNC_FIRST_DELAY,
                      RESYNC_WAIT, resync_delay)
+from .progress_tally import ProgressTally
 from .send_order import SendOrder
 from .source_actions import (Action, CheckSources, CloseFile, Log, Metric, PersistState, PublishProgress,
                              ReleaseBudget, ResendFrom, SaveFiles, SendResync, UseFeatures)
@@ -166,6 +167,7 @@ class SourceSession:
                                            recovering_since=recovering_since, recoveries=recoveries)
         self.files: dict[int, SourceFile] = {f.index: f for f in files}
         self.sending = SendOrder(self.files, limits, bundle_entry_bytes, max_bundle_files)
+        self.tally = ProgressTally(self.files, self.sending)  # the live progress figures, kept as files change
         self.epoch = epoch
         self.checksum = checksum
         self.stall_reason = last_stall
@@ -401,6 +403,7 @@ class SourceSession:
             reason = self.end_reason
         unfinished = [f for f in self.files.values() if f.status == FileStatus.READY]
         for f in unfinished:
+            self.sending.touched.add(f.index)
             f.status, f.result_code = FileStatus.FAILED, results.FILE_FAILED
             f.supplement = reason or f"the transfer ended {st.value}"
         return out, reason, unfinished
@@ -479,11 +482,11 @@ class SourceSession:
         if msg.epoch != self.epoch or w is None or msg.offset < w.acked:
             return
         before = w.acked
+        self.sending.touched.add(msg.index)
         if msg.rewind and msg.offset < w.next_offset:
             self.bytes_resent += w.next_offset - msg.offset
-            w.rewind(msg.offset)
-            self.sending.end_sent.discard(msg.index)
-        elif w.on_ack(msg.offset):
+            self.sending.rewind_in_place(msg.index, msg.offset)
+        elif self.sending.on_ack(msg.index, msg.offset):
             out.append(Metric("bytes_sent", w.acked - before))
             self.last_progress, self.ack_misses = self._now, 0
         self.files[msg.index].offset = w.acked
@@ -516,6 +519,7 @@ class SourceSession:
                        destination: str | None = None, digest: str | None = None,
                        written_digest: str | None = None) -> None:
         f.status, f.result_code, f.supplement = status, code, supplement
+        self.sending.touched.add(f.index)
         if destination:
             f.destination = destination
         if digest:
@@ -524,7 +528,7 @@ class SourceSession:
             f.written_digest = written_digest  # type: ignore[attr-defined]  # -t text; agent.store.FileRecord has it
         if status == FileStatus.DONE:
             f.offset = f.size
-        self.sending.windows.pop(f.index, None)
+        self.sending.drop(f.index)
         out.append(CloseFile(f.index))
         self._dirty.discard(f.index)
         self._resulted.append(f)
