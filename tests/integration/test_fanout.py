@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ def create_fanout_agents(env: FteEnv, root: Path, names: tuple[str, ...] = DESTI
     return roots
 
 
-@pytest.fixture
-def fan(tmp_path: Path, mosquitto) -> Iterator[tuple[FteEnv, dict[str, Path]]]:
-    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
+@contextmanager
+def running_fanout_agents(tmp_path: Path, url: str) -> Iterator[tuple[FteEnv, dict[str, Path]]]:
+    """A1 and DESTINATIONS (create_fanout_agents) running on the broker at `url`, stopped at the end."""
+    env = FteEnv(tmp_path / "home", url)
     try:
         roots = create_fanout_agents(env, tmp_path / "data")
         for name in ("A1", *DESTINATIONS):
@@ -79,7 +81,13 @@ def fan(tmp_path: Path, mosquitto) -> Iterator[tuple[FteEnv, dict[str, Path]]]:
         env.stop_all()
 
 
-def _logs(env: FteEnv) -> str:
+@pytest.fixture
+def fan(tmp_path: Path, mosquitto) -> Iterator[tuple[FteEnv, dict[str, Path]]]:
+    with running_fanout_agents(tmp_path, mosquitto.ensure_running().url) as running:
+        yield running
+
+
+def agent_logs(env: FteEnv) -> str:
     return "\n".join(f"--- {n} ---\n{a.log_tail(40)}" for n, a in env.agents.items())
 
 
@@ -95,7 +103,7 @@ def test_one_transfer_delivers_identical_files_to_three_destinations(fan) -> Non
     with Subscription(env.broker_url, "SYSTEM.FTE/Log/#", tap.handle):
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         completed = wait_until(lambda: tap.event(tid, "completed"), 30, "the completed event")
     for name in DESTINATIONS:
@@ -122,7 +130,7 @@ def test_a_sniffer_reads_nothing_of_a_fanout_and_each_chunk_is_published_about_o
     with Subscription(env.broker_url, "#", tap.handle):
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         wait_until(lambda: tap.event(tid, "completed"), 30, "the completed event on the sniffer")
     for name in DESTINATIONS:

@@ -17,7 +17,7 @@ import pytest
 
 from agent.wire.events import EventError, TransferProgress, parse_progress
 from tests.integration.test_encryption import _contents
-from tests.integration.test_fanout import DESTINATIONS, REL, create_fanout_agents
+from tests.integration.test_fanout import DESTINATIONS, REL, agent_logs, running_fanout_agents
 from tests.support.agents import FteEnv, run_fte, stop_command, wait_until
 from tests.support.subscription import Subscription
 
@@ -56,23 +56,13 @@ def _figures(snapshot: TransferProgress) -> dict[str, Any]:
 
 @pytest.fixture
 def fan(tmp_path: Path, mosquitto) -> Iterator[tuple[FteEnv, dict[str, Path]]]:
-    env = FteEnv(tmp_path / "home", mosquitto.ensure_running().url)
-    try:
-        roots = create_fanout_agents(env, tmp_path / "data")
-        for name in ("A1", *DESTINATIONS):
-            env.start_agent(name)
-        yield env, roots
-    finally:
-        env.stop_all()
-
-
-def _logs(env: FteEnv) -> str:
-    return "\n".join(f"--- {n} ---\n{a.log_tail(40)}" for n, a in env.agents.items())
+    with running_fanout_agents(tmp_path, mosquitto.ensure_running().url) as running:
+        yield running
 
 
 def _tid(env: FteEnv, snapshots: Snapshots) -> str:
     return wait_until(lambda: next((s.transfer_id for s in snapshots.seen), None), 30,
-                      f"a progress snapshot of the transfer\n{_logs(env)}")
+                      f"a progress snapshot of the transfer\n{agent_logs(env)}")
 
 
 def test_the_live_progress_of_a_fanout_has_each_destinations_figures_ending_at_the_files_size(fan) -> None:
@@ -84,7 +74,7 @@ def test_the_live_progress_of_a_fanout_has_each_destinations_figures_ending_at_t
     with Subscription(env.broker_url, "SYSTEM.FTE/Transfers/A1/#", snapshots.handle):
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         final = wait_until(lambda: snapshots.last_where(tid, lambda s: s.state == "complete"), 30,
                            "the snapshot published after the completed event")
@@ -115,14 +105,14 @@ def test_a_killed_destination_shows_recovering_in_the_progress_while_the_others_
         try:
             tid = _tid(env, snapshots)
             wait_until(lambda: snapshots.last_where(tid, lambda s: 0 < _figures(s)["A3"].bytes_done < size // 2),
-                       30, f"A3 under way\n{_logs(env)}")
+                       30, f"A3 under way\n{agent_logs(env)}")
             env.agents["A3"].kill()  # its will (UNREACHABLE) tells A1's leg to A3 at once
             behind = wait_until(lambda: snapshots.last_where(tid, lambda s: _figures(s)["A3"].state == "recovering"),
-                                30, f"A3's leg recovering in the live progress\n{_logs(env)}")
+                                30, f"A3's leg recovering in the live progress\n{agent_logs(env)}")
             assert behind.state == "in_progress", behind  # the transfer as one goes on
             ahead = wait_until(lambda: snapshots.last_where(tid, lambda s: _figures(s)["A3"].state == "recovering" and all(
                 _figures(s)[n].bytes_done == size for n in ("A2", "A4"))), 60,
-                f"A2 and A4 done while A3 recovers\n{_logs(env)}")
+                f"A2 and A4 done while A3 recovers\n{agent_logs(env)}")
             for n in ("A2", "A4"):
                 assert _figures(ahead)[n].bytes_done > _figures(behind)[n].bytes_done or \
                     _figures(behind)[n].bytes_done == size, (n, behind, ahead)
@@ -138,7 +128,7 @@ def test_a_killed_destination_shows_recovering_in_the_progress_while_the_others_
 
             env.start_agent("A3")
             out, err = client.communicate(timeout=120)
-            assert client.returncode == 0, f"{out}\n{err}\n{_logs(env)}"
+            assert client.returncode == 0, f"{out}\n{err}\n{agent_logs(env)}"
         finally:
             stop_command(client)
         final = wait_until(lambda: snapshots.last_where(tid, lambda s: s.state == "complete"), 30,
@@ -162,7 +152,7 @@ def test_the_web_console_shows_each_destinations_progress_and_outcome(fan) -> No
         size = src.stat().st_size
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         last: dict[str, Any] = {}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_fanout import DESTINATIONS, REL, _logs, create_fanout_agents
+from tests.integration.test_fanout import DESTINATIONS, REL, agent_logs, create_fanout_agents
 from tests.support.agents import FteEnv, wait_until
 from tests.support.subscription import Subscription
 
@@ -96,7 +96,7 @@ def test_unencrypted_legs_are_unicast_and_the_transfer_lists_three_outcomes_once
     with _sub(env, tap):
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         completed = wait_until(lambda: tap.event(tid, "completed"), 30, "the completed event")
     for name in DESTINATIONS:
@@ -138,7 +138,7 @@ def test_the_source_publishes_each_chunk_about_once_for_three_destinations(enc_f
     with _sub(env, tap):
         r = env.run("create-transfer", "-sa", "A1", "-da", ",".join(DESTINATIONS), "-df", REL, "-w", "120",
                     "--json", str(src), timeout=180)
-        assert r.returncode == 0, f"{r}\n{_logs(env)}"
+        assert r.returncode == 0, f"{r}\n{agent_logs(env)}"
         tid = r.json()["transfer_id"]
         wait_until(lambda: tap.event(tid, "completed"), 30, "the completed event")
     for name in DESTINATIONS:
@@ -165,7 +165,7 @@ def test_the_source_killed_mid_fanout_resumes_every_leg(tmp_path: Path, mosquitt
                        "a quarter of the file on the wire")
             env.agents["A1"].kill()
             env.start_agent("A1")
-            completed = wait_until(lambda: tap.event(tid, "completed"), 120, f"the completed event\n{_logs(env)}")
+            completed = wait_until(lambda: tap.event(tid, "completed"), 120, f"the completed event\n{agent_logs(env)}")
         assert completed["result_code"] == 0, completed
         assert [d["result_code"] for d in completed["destinations"]] == [0, 0, 0], completed
         for name in DESTINATIONS:
@@ -188,7 +188,7 @@ def test_a_cancel_cancels_every_leg(tmp_path: Path, mosquitto) -> None:
             wait_until(lambda: tap.published(tid, "Fanout") + tap.published(tid, "Data") > 0, 30, "data on the wire")
             c = env.run("cancel-transfer", "-a", "A1", tid)
             assert c.returncode == 0, str(c)
-            completed = wait_until(lambda: tap.event(tid, "completed"), 60, f"the completed event\n{_logs(env)}")
+            completed = wait_until(lambda: tap.event(tid, "completed"), 60, f"the completed event\n{agent_logs(env)}")
         assert completed["result_code"] == 41 and completed["state"] == "cancelled", completed
         assert [d["state"] for d in completed["destinations"]] == ["cancelled"] * 3, completed
         for name in DESTINATIONS:
