@@ -25,6 +25,7 @@ from .core import program_call as pc
 from .core import results
 from .core.fanout_outcome import LegOutcome, fanout_outcome
 from .core.lifecycle import TransferState as S
+from .core.policy import PROGRESS_INTERVAL
 from .core.statuses import FileStatus
 from .fsops import ConfinedDirs
 from .fileio import os_error_at
@@ -175,11 +176,12 @@ class FanoutTransfer:
 
     def publish_progress(self) -> None:
         """Live progress of the transfer (summed over its legs, and each leg's own figures in `destinations`),
-        at most 4 a second unless it has ended or a leg's state changed (a destination recovering, done)."""
+        every PROGRESS_INTERVAL at most (as a transfer's), unless it has ended or a leg's state changed (a
+        destination recovering, done: published at once)."""
         now = time.monotonic()
         ended = self.state.is_terminal
         states = tuple(self.legs[d].state for d in self.dests)
-        if not self.ctx.link_up() or (not ended and states == self._last_states and now - self._last_progress < 0.25):
+        if not self.ctx.link_up() or (not ended and states == self._last_states and now - self._last_progress < PROGRESS_INTERVAL):
             return
         self._last_progress, self._last_states = now, states
         legs = [self.legs[d].summary() for d in self.dests]
