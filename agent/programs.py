@@ -138,6 +138,16 @@ async def monitor_command(ctx: AgentContext, task: dict[str, Any], origin: str) 
     return json.dumps(outcome_model(outcome).model_dump())
 
 
+def interrupted(ctx: AgentContext, transfer_id: str, when: str, call: ProgramCall) -> ProgramOutcome:
+    """The outcome of a call that was started and never finished here (the agent stopped while it ran): a
+    failure, recorded, rather than a second run (a source's calls and a destination's alike)."""
+    outcome = ProgramOutcome(when=when, name=call.name, args=list(call.args), outcome="failure",
+                             message=f"agent {ctx.name} stopped while the program ran; it is not run again "
+                                     "(its outcome is unknown)")
+    ctx.store.save_program_outcome(transfer_id, when, outcome.model_dump_json())
+    return outcome
+
+
 class ProgramHost:
     """A destination agent's side: runs the pre_destination / post_destination calls its transfers' sources
     ask for, once each (a repeated request is answered with the outcome it had), and answers signed."""
@@ -165,7 +175,8 @@ class ProgramHost:
         first, recorded = store.claim_program_run(msg.transfer_id, msg.when, msg.source_agent, now)
         if not first:
             # asked again (a resend, or a replay, maybe after a restart): answered from the record, never rerun
-            outcome = ProgramOutcome.model_validate_json(recorded) if recorded else self._interrupted(msg)
+            outcome = ProgramOutcome.model_validate_json(recorded) if recorded else \
+                interrupted(self._ctx, msg.transfer_id, msg.when, msg.call)
             log.info("program_run %s for transfer %s answered from the record (%s): a call runs once only",
                      msg.when, msg.transfer_id, outcome.outcome)
             self._answer(msg, outcome)
@@ -186,15 +197,6 @@ class ProgramHost:
         finally:
             self._running.discard(key)
         self._answer(msg, outcome)
-
-    def _interrupted(self, msg: ProgramRun) -> ProgramOutcome:
-        """The outcome of a call that was started and never finished here (the agent stopped while it ran):
-        a failure, recorded, rather than a second run."""
-        outcome = ProgramOutcome(when=msg.when, name=msg.call.name, args=list(msg.call.args), outcome="failure",
-                                 message=f"agent {self._ctx.name} stopped while the program ran; it is not run "
-                                         "again (its outcome is unknown)")
-        self._ctx.store.save_program_outcome(msg.transfer_id, msg.when, outcome.model_dump_json())
-        return outcome
 
     def _answer(self, msg: ProgramRun, outcome: ProgramOutcome) -> None:
         done = ProgramDone(kind="program_done", transfer_id=msg.transfer_id, when=msg.when, outcome=outcome,
@@ -256,13 +258,8 @@ class ProgramCaller:
         first, recorded = self._ctx.store.claim_program_run(self._tid, when, self._ctx.name, time.time())
         if first:
             return None
-        if recorded:
-            outcome = ProgramOutcome.model_validate_json(recorded).outcome_of()
-        else:
-            outcome = pc.Outcome(when, call.name, "failure", args=list(call.args),
-                                 message=f"agent {self._ctx.name} stopped while the program ran; it is not run "
-                                         "again (its outcome is unknown)")
-            self._ctx.store.save_program_outcome(self._tid, when, outcome_model(outcome).model_dump_json())
+        outcome = (ProgramOutcome.model_validate_json(recorded) if recorded else
+                   interrupted(self._ctx, self._tid, when, call)).outcome_of()
         log.info("%s %s of transfer %s: ran before this agent restarted (%s), not run again",
                  pc.FLAG_OF.get(when, when), call.name, self._tid, outcome.outcome)
         return outcome

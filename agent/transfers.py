@@ -66,10 +66,11 @@ class Transfers:
                 dests = rec.header["destination_agents"]
                 legs = [store.load_transfer(leg_id(rec.transfer_id, d), "source") for d in dests]
                 missing = [d for d, leg in zip(dests, legs) if leg is None]
+                found = [leg for leg in legs if leg is not None]
                 if missing:
-                    fail_unresumable(store, rec, [leg for leg in legs if leg is not None], missing)
+                    fail_unresumable(store, rec, found, missing)
                 else:
-                    self._add_source(rec, restarted=True, legs=[leg for leg in legs if leg is not None])
+                    self._add_source(rec, restarted=True, legs=found)
             elif rec is not None:
                 self._add_source(rec, restarted=True)
         for row in store.transfers("destination", files=False):
