@@ -17,6 +17,7 @@ import aiomqtt
 from agent.core.errors import FteError
 from agent.core.brokers import BrokerListError, BrokerRotation, check_broker_list
 from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client, redact_url, subscribe_granted
+from agent.core.policy import SUBSCRIBE_ATTEMPTS
 from agent.wire import provenance
 from agent.wire.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
 
@@ -267,7 +268,12 @@ class FteClient:
         q = q if q is not None else asyncio.Queue()
         self._queues.append((topic, q))
         assert self.client is not None
-        await subscribe_granted(self.client, topic, timeout=SUBSCRIBE_TIMEOUT)
+        if not await subscribe_granted(self.client, topic, timeout=SUBSCRIBE_TIMEOUT):
+            # reading on as if subscribed would answer "not known" or "did not answer": a wrong answer
+            raise ClientError(f"the broker at {self.addr.url} refused the subscription to {topic} "
+                              f"{SUBSCRIBE_ATTEMPTS} times; check the broker's ACL for your user (docs/security.md); "
+                              "a NATS cluster short of a node refuses some for as long as the node is away "
+                              "(docs/brokers.md): try again")
         return q
 
     async def request(self, agent: str, command: Any, timeout: float = 10.0) -> Reply:
