@@ -87,7 +87,8 @@ class Sandbox:
         raw = os.path.expanduser(path)
         if ".." in raw.split("/"):
             raise SandboxError(f"path {path!r} contains '..', which is refused")
-        if not raw.startswith("/"):
+        relative = not raw.startswith("/")
+        if relative:
             raw = os.path.join(self._base_text, raw)
         raw = _as_pathlib(raw)
         try:
@@ -113,10 +114,16 @@ class Sandbox:
             real = os.path.join(real_parent, name)
         else:
             real = _realpath(raw, path)
-        self.check(real, path)
+        self.check(real, path, relative)
         return Path(real)
 
-    def check(self, real: Path | str, shown: str | None = None) -> None:
+    def _within_allowed(self, real: str) -> bool:
+        return any(_within(real, a) for a in self._allow_text)
+
+    def check(self, real: Path | str, shown: str | None = None, relative: bool = False) -> None:
+        """Refuse `real` (resolved) outside the allowed roots or inside a denied one; `relative`: `shown` was
+        a relative path, taken from transferRoot: a transferRoot outside the sandbox is named in the refusal
+        (else the user looks for a typo in the path)."""
         shown = shown or str(real)
         if not self.enabled:
             return
@@ -124,6 +131,10 @@ class Sandbox:
         text = str(real)
         if any(_within(text, d) for d in self._deny_text):
             raise SandboxError(f"{shown!r} is inside an excluded part of the agent's sandbox")
-        if not any(_within(text, a) for a in self._allow_text):
+        if not self._within_allowed(text):
             roots = ", ".join(str(a) for a in self.allow)
-            raise SandboxError(f"{shown!r} is outside the agent's sandbox ({roots})")
+            where = (f": a relative path is taken from the agent's transferRoot ({self._base_text}), which makes it "
+                     f"{real}; give an absolute path, or set transferRoot in agent.properties to a directory "
+                     f"inside the sandbox" if relative and not self._within_allowed(os.path.realpath(self._base_text))
+                     else "")
+            raise SandboxError(f"{shown!r} is outside the agent's sandbox ({roots}){where}")

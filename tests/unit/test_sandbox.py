@@ -312,3 +312,22 @@ def test_a_link_swapped_for_a_directory_while_resolving_is_refused_in_words(
         box.resolve(f"{swap_at_readlink}/{'new' if write else 'a'}.txt", write=write)
     assert "Errno" not in str(caught.value)
     assert "changed while it was checked" in str(caught.value)
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_a_relative_path_refused_because_transfer_root_is_outside_names_transfer_root(tree: Tree,
+                                                                                      write: bool) -> None:
+    """transferRoot (the base of relative paths) defaults to the user's home: with a sandbox elsewhere, a
+    relative `-dd in` is refused, and the refusal says why rather than leave the user looking for a typo."""
+    box = Sandbox(allow=[tree.root], base=tree.outside)
+    with pytest.raises(SandboxError) as info:
+        box.resolve("in/new.txt", write=write)
+    message = str(info.value)
+    assert "outside the agent's sandbox" in message and f"transferRoot ({tree.outside})" in message, message
+    assert str(tree.outside / "in" / "new.txt") in message, message
+
+
+def test_a_relative_path_leaving_through_a_link_does_not_blame_transfer_root(tree: Tree, box: Sandbox) -> None:
+    with pytest.raises(SandboxError) as info:
+        box.resolve("link_out/secret.txt", write=False)
+    assert "transferRoot" not in str(info.value), str(info.value)
