@@ -215,9 +215,15 @@ class ConfinedDirs:
             self._dir(directory, True)
 
     def fsync_dir(self, directory: str) -> None:
-        """Make the directory's entries (a rename into it) durable."""
+        """Make the directory's entries (a rename into it) durable. The fsync (milliseconds: a journal commit)
+        runs on a duplicate of the cached descriptor, outside the lock, which the worker threads creating the
+        next files' part files need meanwhile."""
         with self._lock:
-            os.fsync(self._dir(directory, False))
+            fd = os.dup(self._dir(directory, False))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def regular_files(self, top: str, recursive: bool, skipped: list[tuple[str, str]] | None = None,
                       empty: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
