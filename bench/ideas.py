@@ -386,7 +386,8 @@ def bench_negotiation(files: int, runs: int, properties: dict[str, str]) -> None
                 rows.append([str(run + 1), f"**whole transfer** (offer {offer['first_bytes'] / MB:.2f} MB, answer "
                              f"{reply['first_bytes'] / MB:.2f} MB; {data['messages']} data frames)", f"{whole:.3f}",
                              "100 %"])
-                remove(dst)
+                # kept until the end: ext4 skips recently freed inodes, so a tree deleted here would slow the
+                # next run's file creations (docs/performance.md, "The small-files benchmark measured ...")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n# negotiation of {files:,} × 4 KiB files (times as the broker's subscriber saw them), properties "
