@@ -117,3 +117,24 @@ def test_fanout_bench_alone_measures_every_way(tmp_path: Path) -> None:
     assert cells[5] == "not measured" or float(cells[5]) > 0, report  # scp (no sshd: says so)
     assert "- Machine: " in p.stdout and " cores (" in p.stdout, report
     assert _digest_docs() == before, "--quick must leave docs/performance* alone"
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("args, rows", [
+    (["paho", "--mib", "4", "--runs", "1"], ["| paho `_packet_read` (", "| paho `_packet.decode_publish` ("]),
+    (["worker", "--mib", "4", "--runs", "1"], ["| event loop | ", "| one worker thread | "]),
+    (["negotiation", "--files", "30", "--runs", "1"], ["| 1 | offer → answer (", "| 1 | **whole transfer** ("]),
+], ids=["paho", "worker", "negotiation"])
+def test_ideas_bench_runs_each_mode(tmp_path: Path, args: list[str], rows: list[str]) -> None:
+    """bench/ideas.py (issue 18's three ideas) at tiny sizes: each mode runs through and prints its rows (it
+    checks the digest of what it wrote and every copied tree itself, and exits non-zero otherwise)."""
+    if args[0] == "negotiation" and find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt install mosquitto)")
+    before = _digest_docs()
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "ideas.py"), *args], cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    report = f"exit {p.returncode}\n--- stdout ---\n{p.stdout}\n--- stderr (tail) ---\n{p.stderr[-4000:]}"
+    assert p.returncode == 0, report
+    missing = [row for row in rows if row not in p.stdout]
+    assert not missing, f"rows missing: {missing}\n{report}"
+    assert _digest_docs() == before, "bench/ideas.py must leave docs/performance* alone"
