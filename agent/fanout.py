@@ -100,8 +100,9 @@ def stored_legs(store: Any, tid: str) -> list[TransferRecord]:
 
 def fail_unresumable(store: Any, rec: TransferRecord, legs: list[TransferRecord], missing: list[str]) -> None:
     """A running fan-out `rec` whose leg rows are not all in the store (`missing`: those destinations; written
-    by an earlier version, or cut by a crash between the parent's row and its legs'): it cannot be rebuilt, so
-    it ends failed, saying why, rather than stopping the agent at every start (agent.transfers.load)."""
+    by an earlier version that saved the parent's row and its legs' in separate transactions, cut by a crash:
+    they are saved together now, agent.store.save_transfer): it cannot be rebuilt, so it ends failed, saying
+    why, rather than stopping the agent at every start (agent.transfers.load)."""
     reason = (f"fan-out transfer could not be resumed: the state store has no row of its destination(s) "
               f"{', '.join(missing)}")
     log.error("transfer %s: %s", rec.transfer_id, reason)

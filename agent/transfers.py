@@ -119,9 +119,7 @@ class Transfers:
             raise CommandRefused(f"agent {self._ctx.name} cannot run a fan-out transfer with neither agentEncryption "
                                  f"nor authority on: set agentEncryption=true (or turn authority on)", results.FAILED)
         legs = make_legs(rec, self._admission._offer_key) if is_fanout(rec) else None
-        self._ctx.store.save_transfer(rec)
-        for leg in legs or []:
-            self._ctx.store.save_transfer(leg)
+        self._ctx.store.save_transfer(rec, *(legs or []))  # one transaction: never a parent without its legs
         to = ", ".join(rec.header["destination_agents"]) if legs else rec.peer
         self._ctx.log.emit(rec, "started", recovery_timeout=rec.recovery_timeout, originator=originator,
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,

@@ -3,6 +3,7 @@ leg, shown as one transfer (its destinations aggregated by agent.core.fanout_out
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -74,3 +75,25 @@ def test_a_finished_leg_is_not_forgotten_while_its_fanout_transfer_runs(tmp_path
     store.save_transfer(parent)
     assert store.prune(time.time() + 60, terminal) == 3  # the transfer ended: its rows go together
     assert list(store.transfers()) == []
+
+
+@pytest.mark.parametrize("spoil", ["duplicate file row", "a value that cannot be stored"])
+def test_a_fanout_parent_and_its_legs_are_saved_all_or_nothing(tmp_path: Path, spoil: str) -> None:
+    # agent.transfers.start saves them with one save_transfer: a write of the second leg that fails (as a crash
+    # would cut it) leaves neither the parent nor the first leg written
+    store = StateStore(tmp_path / "state.db")
+    parent = _parent()
+    legs = make_legs(parent, lambda agent: "unused")
+    if spoil == "duplicate file row":
+        legs[1].files.append(FileRecord(0, "/s/a", "/d/a", 100))  # (transfer_id, role, idx) twice: refused
+    else:
+        legs[1].files[0].offset = object()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.Error):
+        store.save_transfer(parent, *legs)
+    assert list(store.transfers()) == [], "part of the fan-out was written"
+    legs[1].files[1:] = []
+    legs[1].files[0].offset = 0
+    store.save_transfer(parent, *legs)
+    assert [r.transfer_id for r in store.transfers()] == [TID, leg_id(TID, "A2"), leg_id(TID, "A3")]
+    assert [len(r.files) for r in store.transfers()] == [1, 1, 1]
+    store.close()
