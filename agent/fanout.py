@@ -130,6 +130,8 @@ class FanoutTransfer:
             leg.fanout = self
             leg.programs = ProgramCaller(ctx, leg.rec, only=DESTINATION_CALLS)  # each destination runs its own
             leg.session.sending.take_early_acks()
+            if self.legs:  # --bandwidth is the transfer's: one bucket for every leg, shared publishes and unicast
+                leg.pace.share(next(iter(self.legs.values())).pace)
             self.legs[dest] = leg
         hashers: dict[int, tuple[Any, int]] = {}
         for leg in self.legs.values():
