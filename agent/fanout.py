@@ -325,6 +325,27 @@ def _message(out: Any) -> str:
             + (f" ({', '.join(ok)})" if ok and len(ok) < len(out.destinations) else ""))
 
 
+def live_files(store: Any, rec: TransferRecord, file_view: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files of running fan-out `rec` as its destinations have them, from its legs' rows (the parent's rows
+    change only at its end): `ready` while some destination has not got it (`bytes_done`: what every destination
+    acknowledged), else `done` if some destination got it, else `failed`; `supplement`: each destination's
+    ("A3: ...")."""
+    legs = [(d, leg) for d in rec.header["destination_agents"]
+            if (leg := store.load_transfer(leg_id(rec.transfer_id, d), "source")) is not None]
+    out = []
+    for f in rec.files:
+        each = [(d, file_view(g)) for d, leg in legs for g in leg.files if g.index == f.index]
+        view = file_view(f)
+        if each:
+            statuses = {v["status"] for _, v in each}
+            status = next(s for s in (FileStatus.READY, FileStatus.DONE, FileStatus.FAILED, *statuses) if s in statuses)
+            notes = [f"{d}: {v['supplement']}" for d, v in each if v.get("supplement")]
+            view.update(status=status, bytes_done=min(v["bytes_done"] for _, v in each),
+                        supplement="; ".join(notes) or None)
+        out.append(view)
+    return out
+
+
 def stored_view(store: Any, rec: TransferRecord, files: bool, file_view: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """A finished (or not running) fan-out transfer as one, from its parent and leg rows (agent/fanout.py)."""
     tid = rec.transfer_id

@@ -90,6 +90,12 @@ def test_a_destination_killed_mid_fanout_recovers_alone_while_the_others_complet
     assert line.returncode == 0 and f"- {listed['last_stall']}" in line.stdout, str(line)
     shown = env.run("show-transfer", tid, "-a", "A1", timeout=60)
     assert shown.returncode == 0 and "A3: " in shown.stdout and "recovering_since" in shown.stdout, str(shown)
+    # its file as its destinations have it: not yet at A3, which holds part of it (not the parent's row: 0)
+    shown = env.run("show-transfer", tid, "-a", "A1", "--json", timeout=60)
+    assert shown.returncode == 0, str(shown)
+    [view] = [v for v in json.loads(shown.stdout) if v.get("role") == "source"]
+    [f] = view["files"]
+    assert f["status"] == "ready" and 0 < f["bytes_done"] < 32 * MiB, f
 
     env.start_agent("A3")
     r = finish(client, 90, env)
