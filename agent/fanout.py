@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .context import AgentContext
 from .core import program_call as pc
 from .core import results
-from .core.fanout_outcome import LegOutcome, fanout_outcome
+from .core.fanout_outcome import LegOutcome, fanout_files, fanout_outcome, recovery_fields
 from .core.lifecycle import TransferState as S
 from .core.policy import PROGRESS_INTERVAL
 from .core.statuses import FileStatus
@@ -100,8 +100,9 @@ def stored_legs(store: Any, tid: str) -> list[TransferRecord]:
 
 def fail_unresumable(store: Any, rec: TransferRecord, legs: list[TransferRecord], missing: list[str]) -> None:
     """A running fan-out `rec` whose leg rows are not all in the store (`missing`: those destinations; written
-    by an earlier version, or cut by a crash between the parent's row and its legs'): it cannot be rebuilt, so
-    it ends failed, saying why, rather than stopping the agent at every start (agent.transfers.load)."""
+    by an earlier version that saved the parent's row and its legs' in separate transactions, cut by a crash:
+    they are saved together now, agent.store.save_transfer): it cannot be rebuilt, so it ends failed, saying
+    why, rather than stopping the agent at every start (agent.transfers.load)."""
     reason = (f"fan-out transfer could not be resumed: the state store has no row of its destination(s) "
               f"{', '.join(missing)}")
     log.error("transfer %s: %s", rec.transfer_id, reason)
@@ -129,6 +130,8 @@ class FanoutTransfer:
             leg.fanout = self
             leg.programs = ProgramCaller(ctx, leg.rec, only=DESTINATION_CALLS)  # each destination runs its own
             leg.session.sending.take_early_acks()
+            if self.legs:  # --bandwidth is the transfer's: one bucket for every leg, shared publishes and unicast
+                leg.pace.share(next(iter(self.legs.values())).pace)
             self.legs[dest] = leg
         hashers: dict[int, tuple[Any, int]] = {}
         for leg in self.legs.values():
@@ -169,6 +172,7 @@ class FanoutTransfer:
         out = self.outcome()
         first = legs[0]
         return dict(first, state=out.state, result_code=out.result_code, destination_agents=self.dests,
+                    **recovery_fields(list(zip(self.dests, legs))),  # of the transfer as a whole, not the first's
                     destinations=out.destinations, **{k: sum(leg[k] for leg in legs) for k in
                                                       ("bytes_total", "bytes_done", "files_total", "files_done",
                                                        "recoveries", "bytes_resent")},
@@ -222,15 +226,23 @@ class FanoutTransfer:
         rec.state, rec.result_code = out.state, out.result_code
         first = self.legs[self.dests[0]]
         fields = dict(first.completed or {})
+        # each file as every destination ended it (agent.core.fanout_outcome), not as the first destination did
+        fields["files"] = fanout_files([(d, self._leg_files(self.legs[d])) for d in self.dests])
         if out.state == S.COMPLETE.value and rec.header.get("disposition") == "delete":
-            self._delete_sources(first, fields)
+            self._delete_sources(first, fields["files"])
         fields.update(result_code=out.result_code, result=results.describe(out.result_code),
+                      message_id=results.BFGSS0081E if any(d["state"] == S.RECOVERY_TIMED_OUT.value
+                                                            for d in out.destinations) else None,
                       destinations=out.destinations, message=_message(out))
         fields.pop("programs", None)
         fields = await self._programs_after(fields)
         if "statistics" in fields:
-            fields["statistics"] = dict(fields["statistics"], recoveries=sum(d["recoveries"] for d in out.destinations))
-        self.ctx.store.update_transfer(rec)
+            fields["statistics"] = self._statistics(fields["files"], out)
+        for f, view in zip(rec.files, fields["files"]):  # the parent's file rows: fte-show-transfer's files
+            f.status = FileStatus.DONE if view["result_code"] != results.FILE_FAILED else FileStatus.FAILED
+            f.result_code, f.supplement, f.digest = view["result_code"], view["supplement"], view["digest"]
+            f.offset = f.size if f.status == FileStatus.DONE else 0
+        self.ctx.store.update_transfer(rec, files=rec.files)
         if self.ctx.metrics is not None and "statistics" in fields:
             self.ctx.metrics.transfer_finished(out.state, out.result_code, fields["statistics"])
         self.ctx.log.emit(rec, "completed", **fields, encryption=encryption_of(rec.header))
@@ -254,16 +266,38 @@ class FanoutTransfer:
         self.rec.result_code = fields["result_code"]
         return fields
 
-    def _delete_sources(self, first: SourceTransfer, fields: dict[str, Any]) -> None:
-        """-dd delete: once every destination has every file, not before (a leg leaves its sources)."""
+    def _leg_files(self, leg: SourceTransfer) -> list[dict[str, Any]]:
+        """The leg's files as its completed event lists them (as they stand, if it made none)."""
+        if leg.completed is not None and "files" in leg.completed:
+            return list(leg.completed["files"])
+        return leg.session.completed_fields(leg.session.stall_reason, time.monotonic())["files"]
+
+    def _statistics(self, files: list[dict[str, Any]], out: Any) -> dict[str, Any]:
+        """The completed event's `statistics` of the transfer as a whole: its files' results as every
+        destination ended them, the bytes delivered to every destination, resends and recoveries summed over
+        its legs, its own time (docs/log-events.md, `completed`)."""
+        legs = [self.legs[d].session for d in self.dests]
+        return {"files": len(files),
+                "files_succeeded": sum(1 for f in files if f["result_code"] in (results.FILE_SUCCESS,
+                                                                                results.FILE_WARNING)),
+                "files_failed": sum(1 for f in files if f["result_code"] == results.FILE_FAILED),
+                "bytes": sum(f.size for s in legs for f in s.files.values() if f.status == FileStatus.DONE),
+                "seconds": round(time.monotonic() - self.started, 3),
+                "recoveries": sum(d["recoveries"] for d in out.destinations),
+                "bytes_resent": sum(s.bytes_resent for s in legs)}
+
+    def _delete_sources(self, first: SourceTransfer, files: list[dict[str, Any]]) -> None:
+        """-dd delete: once every destination has every file, not before (a leg leaves its sources); a source
+        not deleted is a warning on that file (result 2) in `files`, the completed event's."""
         dirs = ConfinedDirs(self.ctx.sandbox)
         try:
-            for f in first.session.files.values():
+            for f, view in zip(first.session.files.values(), files):
                 try:
                     dirs.unlink(f.source)
                 except OSError as exc:
-                    f.result_code = results.FILE_WARNING
-                    f.supplement = f"transferred, but the source was not deleted: {os_error_at(exc)}"
+                    view["result_code"] = f.result_code = results.FILE_WARNING
+                    view["supplement"] = f.supplement = \
+                        f"transferred, but the source was not deleted: {os_error_at(exc)}"
         finally:
             dirs.close()
 
@@ -291,14 +325,37 @@ def _message(out: Any) -> str:
             + (f" ({', '.join(ok)})" if ok and len(ok) < len(out.destinations) else ""))
 
 
+def live_files(store: Any, rec: TransferRecord, file_view: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files of running fan-out `rec` as its destinations have them, from its legs' rows (the parent's rows
+    change only at its end): `ready` while some destination has not got it (`bytes_done`: what every destination
+    acknowledged), else `done` if some destination got it, else `failed`; `supplement`: each destination's
+    ("A3: ...")."""
+    legs = [(d, leg) for d in rec.header["destination_agents"]
+            if (leg := store.load_transfer(leg_id(rec.transfer_id, d), "source")) is not None]
+    out = []
+    for f in rec.files:
+        each = [(d, file_view(g)) for d, leg in legs for g in leg.files if g.index == f.index]
+        view = file_view(f)
+        if each:
+            statuses = {v["status"] for _, v in each}
+            status = next(s for s in (FileStatus.READY, FileStatus.DONE, FileStatus.FAILED, *statuses) if s in statuses)
+            notes = [f"{d}: {v['supplement']}" for d, v in each if v.get("supplement")]
+            view.update(status=status, bytes_done=min(v["bytes_done"] for _, v in each),
+                        supplement="; ".join(notes) or None)
+        out.append(view)
+    return out
+
+
 def stored_view(store: Any, rec: TransferRecord, files: bool, file_view: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """A finished (or not running) fan-out transfer as one, from its parent and leg rows (agent/fanout.py)."""
     tid = rec.transfer_id
-    legs, totals = [], [0, 0, 0, 0]
+    legs, totals, rows = [], [0, 0, 0, 0], []
     for dest in rec.header["destination_agents"]:
         leg = store.load_transfer(leg_id(tid, dest), "source", files=True)
         if leg is None:
             continue
+        rows.append((dest, {"state": leg.state, "recovering_since": _iso(leg.recovering_since),
+                            "last_stall": leg.last_stall}))
         t = store.file_totals(leg.transfer_id, "source")
         totals = [a + b for a, b in zip(totals, t)]
         failed = [f for f in leg.files if f.status == FileStatus.FAILED]
@@ -308,12 +365,14 @@ def stored_view(store: Any, rec: TransferRecord, files: bool, file_view: Callabl
                                leg.recoveries, (failed[0].supplement if failed else leg.last_stall)
                                if rc not in (None, results.SUCCESS) else None))
     out = fanout_outcome(legs) if legs else None
+    stalls = recovery_fields(rows)  # of the transfer as a whole (agent.core.fanout_outcome)
     view = {"transfer_id": tid, "role": "source", "state": out.state if out else rec.state,
             "result_code": out.result_code if out else rec.result_code,
             "source_agent": rec.header.get("source_agent"), "destination_agent": rec.header.get("destination_agent"),
             "destination_agents": rec.header["destination_agents"], "destinations": out.destinations if out else [],
             "bytes_total": totals[2], "bytes_done": totals[3], "files_total": totals[0], "files_done": totals[1],
-            "recoveries": sum(leg.recoveries for leg in legs), "last_stall": rec.last_stall,
+            "recoveries": sum(leg.recoveries for leg in legs),
+            **stalls, "last_stall": rec.last_stall or stalls["last_stall"],  # (the parent's: fail_unresumable's)
             "created": _iso(rec.created), "updated": _iso(rec.updated), "job_name": rec.header.get("job_name"),
             **priority_view(rec.header)}
     if files:

@@ -68,6 +68,12 @@ class SharedStream:
         return any(o is not leg and o.rec.header.get("fanout") and o.state in (S.QUEUED, S.NEGOTIATING)
                    for o in self.fanout.legs.values())
 
+    def credited(self, leg: Any) -> int:
+        """Bytes of the credits `leg` takes first from its next send on (sent without a publish)."""
+        if leg.dest not in self.credits.members:
+            return 0
+        return self.credits.held_ahead(leg.dest, leg.session.sending.next_position())
+
     def send(self, leg: Any, send: SendChunk) -> bool | None:
         """Carry out `send` of `leg` through the shared stream (True/False as SourceTransfer._send), or None:
         send it unicast."""

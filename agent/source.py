@@ -284,7 +284,9 @@ class SourceTransfer:
         own = s.sending.window_bytes - window_left  # in flight now
         allowed = self.ctx.budget.allowance(self.rec.transfer_id, own, self.ctx.chunk_size)  # within the agent's cap
         budget = window_left if allowed is None else min(window_left, allowed)
-        budget = self.pace.budget(budget, self.ctx.chunk_size)  # agentMaxBandwidth, --bandwidth
+        # agentMaxBandwidth, --bandwidth; a fan-out leg's credits first in line publish nothing: not paced
+        free = self.fanout.stream.credited(self) if self.fanout is not None else 0
+        budget = self.pace.budget(budget, self.ctx.chunk_size, free)
         s.sending.start(budget)
         try:
             while (send := s.sending.next_send()) is not None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from .core.errors import FteError
 from .core.lease import LeaseAction, LeasePlan, active_action, may_act, standby_may_take
-from .store import SCHEMA, StateStore, TransferRecord
+from .store import SCHEMA, StateStore
 
 log = logging.getLogger("fte.agent.standby")
 
@@ -275,23 +275,12 @@ class PgStateStore(StateStore):
             finally:
                 db.in_tx = False
 
-    def save_transfer(self, rec: TransferRecord) -> None:
-        rec.updated = time.time()
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (transfer_id, role) DO UPDATE "
-                "SET state=excluded.state, peer=excluded.peer, header=excluded.header, result_code=excluded.result_code, "
-                "recovery_timeout=excluded.recovery_timeout, epoch=excluded.epoch, recoveries=excluded.recoveries, "
-                "recovering_since=excluded.recovering_since, last_stall=excluded.last_stall, "
-                "peer_confirmed=excluded.peer_confirmed, created=excluded.created, updated=excluded.updated",
-                (rec.transfer_id, rec.role, rec.state, rec.peer, json.dumps(rec.header), rec.result_code,
-                 rec.recovery_timeout, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
-                 int(rec.peer_confirmed), rec.created, rec.updated))
-            self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
-            self._db.executemany(
-                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
-                  f.status, f.result_code, f.supplement, f.digest, f.written_digest) for f in rec.files])
+    _SAVE_ROW = ("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (transfer_id, role) DO UPDATE "
+                 "SET state=excluded.state, peer=excluded.peer, header=excluded.header, "
+                 "result_code=excluded.result_code, recovery_timeout=excluded.recovery_timeout, "
+                 "epoch=excluded.epoch, recoveries=excluded.recoveries, recovering_since=excluded.recovering_since, "
+                 "last_stall=excluded.last_stall, peer_confirmed=excluded.peer_confirmed, created=excluded.created, "
+                 "updated=excluded.updated")  # save_transfer's (agent.store), an upsert where sqlite replaces
 
     def save_file(self, transfer_id: str, role: str, f: Any) -> None:
         with self._transaction():

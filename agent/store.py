@@ -126,6 +126,13 @@ class TransferRecord:
     files: list[FileRecord] = field(default_factory=list)
 
 
+def _transfer_row(rec: TransferRecord) -> tuple[Any, ...]:
+    """The values of the transfer's row, in the order of the table's columns."""
+    return (rec.transfer_id, rec.role, rec.state, rec.peer, json.dumps(rec.header), rec.result_code,
+            rec.recovery_timeout, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
+            int(rec.peer_confirmed), rec.created, rec.updated)
+
+
 class StateStore:
     """One sqlite file per agent. Calls are short and made from the event loop thread."""
 
@@ -161,21 +168,22 @@ class StateStore:
 
     # ---- transfers
 
-    def save_transfer(self, rec: TransferRecord) -> None:
-        rec.updated = time.time()
+    # the transfer row's write (agent.standby.PgStateStore: its upsert)
+    _SAVE_ROW = "INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+    def save_transfer(self, *recs: TransferRecord) -> None:
+        """Each transfer's row and all its file rows, all in one transaction: a fan-out's parent with its legs
+        (agent.transfers.start), so that a crash never leaves a parent without its legs, nor some of them."""
         with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.transfer_id, rec.role, rec.state, rec.peer, json.dumps(rec.header), rec.result_code,
-                 rec.recovery_timeout, rec.epoch, rec.recoveries, rec.recovering_since, rec.last_stall,
-                 int(rec.peer_confirmed), rec.created, rec.updated),
-            )
-            self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
-            self._db.executemany(
-                "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
-                  f.status, f.result_code, f.supplement, f.digest, f.written_digest) for f in rec.files],
-            )
+            for rec in recs:
+                rec.updated = time.time()
+                self._db.execute(self._SAVE_ROW, _transfer_row(rec))
+                self._db.execute("DELETE FROM files WHERE transfer_id=? AND role=?", (rec.transfer_id, rec.role))
+                self._db.executemany(
+                    "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(rec.transfer_id, rec.role, f.index, f.source, f.destination, f.size, f.mtime, f.offset,
+                      f.status, f.result_code, f.supplement, f.digest, f.written_digest) for f in rec.files],
+                )
 
     def update_transfer(self, rec: TransferRecord, header: bool = False,
                         files: list[FileRecord] | None = None) -> None:

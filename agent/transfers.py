@@ -24,7 +24,8 @@ from .wire.encryption import encrypted
 from .destination import DestinationTransfer
 from .wire.protocol import Complete, CompleteAck, FileEnd, ProtocolError, Resync, TransferSpec, dump
 from .source import SourceTransfer, _iso, encryption_of, priority_view
-from .fanout import FanoutTransfer, fail_unresumable, is_fanout, is_leg_row, leg_id, make_legs, running_leg, stored_view
+from .fanout import (FanoutTransfer, fail_unresumable, is_fanout, is_leg_row, leg_id, live_files, make_legs, running_leg,
+                     stored_view)
 from .start_gate import StartGate
 from .store import FileRecord, TransferRecord
 
@@ -119,9 +120,7 @@ class Transfers:
             raise CommandRefused(f"agent {self._ctx.name} cannot run a fan-out transfer with neither agentEncryption "
                                  f"nor authority on: set agentEncryption=true (or turn authority on)", results.FAILED)
         legs = make_legs(rec, self._admission._offer_key) if is_fanout(rec) else None
-        self._ctx.store.save_transfer(rec)
-        for leg in legs or []:
-            self._ctx.store.save_transfer(leg)
+        self._ctx.store.save_transfer(rec, *(legs or []))  # one transaction: never a parent without its legs
         to = ", ".join(rec.header["destination_agents"]) if legs else rec.peer
         self._ctx.log.emit(rec, "started", recovery_timeout=rec.recovery_timeout, originator=originator,
                            files=[{"index": f.index, "source": f.source, "destination": f.destination,
@@ -332,7 +331,10 @@ class Transfers:
         if live is not None:
             if files:
                 rec = store.load_transfer(tid, live["role"])
-                live["files"] = [_file_view(f) for f in rec.files] if rec else []
+                if rec is not None and live["role"] == "source" and is_fanout(rec):
+                    live["files"] = live_files(store, rec, _file_view)  # as its destinations have them
+                else:
+                    live["files"] = [_file_view(f) for f in rec.files] if rec else []
             return live
         for r in ([role] if role else ["source", "destination"]):
             rec = store.load_transfer(tid, r, files=files)

@@ -41,7 +41,8 @@ def transfer_line(t: dict[str, Any]) -> str:
     text = (f"{t['transfer_id']} {t['role']:11} {t['state']:18} pr {priority if priority is not None else '-'} "
             f"{route_of(t)}"
             f" {_size(t.get('bytes_done'))}/{_size(t.get('bytes_total'))} ({pct})") + result_and_job(t)
-    if t.get("state") in RECOVERY and t.get("last_stall"):
+    recovering = t.get("state") in RECOVERY or any(d.get("state") in RECOVERY for d in t.get("destinations") or [])
+    if recovering and t.get("last_stall"):  # (of a fan-out: any destination's, "A3: ...")
         text += f" - {t['last_stall']}"
     return text
 

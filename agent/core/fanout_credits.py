@@ -114,10 +114,19 @@ class FanoutCredits:
 
     def expected(self, leg: str, next_pos: Pos | None) -> Pos | None:
         """Where `leg` will be once it has taken its credits: its next send position advanced past them."""
-        pos, mine = next_pos, self.credits[leg]
+        return self._past_credits(leg, next_pos)[0]
+
+    def held_ahead(self, leg: str, next_pos: Pos | None) -> int:
+        """Bytes of the credits `leg` takes first, from its next send position on: it counts them sent and
+        publishes nothing, so the transfer's --bandwidth does not hold them back (agent.core.ratelimit)."""
+        return self._past_credits(leg, next_pos)[1]
+
+    def _past_credits(self, leg: str, next_pos: Pos | None) -> tuple[Pos | None, int]:
+        pos, mine, held = next_pos, self.credits[leg], 0
         while pos is not None and pos in mine:
+            held += mine[pos]
             pos = self._advance(pos, mine[pos])
-        return pos
+        return pos, held
 
     def _advance(self, pos: Pos, length: int) -> Pos | None:
         idx, offset = pos[0], pos[1] + length

@@ -148,20 +148,38 @@ class Throttle:
 class TransferPace:
     """What a source transfer's driver asks of the rates (agent/source.py): how many bytes this round of sends
     may take, how long to sleep when it was cut short, and what it published (spent from its own bucket; the
-    agent's is spent by the agent's publish, for every message it sends)."""
+    agent's is spent by the agent's publish, for every message it sends). The legs of a fan-out share one
+    --bandwidth bucket (`share`): the rate is the transfer's, for all its destinations together."""
 
     def __init__(self, agent: TokenBucket | None, rate: int, message_bytes: int, clock: Clock) -> None:
         self._agent, self._own_rate, self._message, self._clock = agent, rate, message_bytes, clock
         self.own: TokenBucket | None = None  # --bandwidth (None: not given, or not sending yet)
         self.rate = SendRate(agent)
         self.paced = False  # the last round was cut short by a rate: wake when there are tokens again
+        self._first: TransferPace | None = None  # whose --bandwidth bucket this one spends from (share)
 
-    def budget(self, budget: int, message_bytes: int) -> int:
-        if self.own is None and self._own_rate:
+    def share(self, first: "TransferPace") -> None:
+        """Spend from and wait for `first`'s --bandwidth bucket, not one of this pace's own: a fan-out's legs
+        (agent/fanout.py), whose shared publishes and unicast sends to every destination are one transfer's."""
+        self._first = first
+
+    def _bucket(self, make: bool) -> TokenBucket | None:
+        if self._first is not None:
+            return self._first._bucket(make)
+        if make and self.own is None and self._own_rate:
             # made at the first send, not when the transfer was queued: time spent queued saves up nothing
             self.own = bandwidth_bucket(self._own_rate, self._message, self._clock)
-            self.rate = SendRate(self._agent, self.own)
+        return self.own
+
+    def budget(self, budget: int, message_bytes: int, free: int = 0) -> int:
+        """`budget` cut to what the rates allow now, beyond the `free` bytes first in line that publish nothing
+        (a fan-out leg's credits: agent.core.fanout_credits.held_ahead)."""
+        own = self._bucket(True)
+        if own is not None and own not in self.rate.buckets:
+            self.rate = SendRate(self._agent, own)
         allowance = self.rate.allowance(message_bytes)
+        if allowance is not None:
+            allowance += free
         self.paced = allowance is not None and allowance < budget
         return budget if allowance is None else min(budget, allowance)
 
@@ -173,5 +191,6 @@ class TransferPace:
         return min(wait, rate_wait) if rate_wait > 0 else wait
 
     def sent(self, n: int) -> None:
-        if self.own is not None:
-            self.own.spend(n)
+        own = self._bucket(False)
+        if own is not None:
+            own.spend(n)

@@ -8,6 +8,7 @@ size, bounded.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ def _agents(env: FaultEnv, root: Path, proxy: bool = False) -> dict[str, Path]:
     return roots
 
 
+def _listed(env: FaultEnv, tid: str) -> dict:
+    """The fan-out `tid` as `fte-list-transfers -a A1 --json` shows it."""
+    r = env.run("list-transfers", "-a", "A1", "--json", timeout=60)
+    assert r.returncode == 0, str(r)
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    [mine] = [t for row in rows for t in (row.get("transfers") or [row]) if t.get("transfer_id") == tid]
+    return mine
+
+
 def _entry(completed: dict, agent: str) -> dict:
     [entry] = [e for e in completed["destinations"] if e["agent"] == agent]
     return entry
@@ -72,6 +82,20 @@ def test_a_destination_killed_mid_fanout_recovers_alone_while_the_others_complet
     recovering = watcher.wait(tid, "recovering", 30, where=lambda e: e.get("destination_agent") == "A3",
                               context=env.logs)
     assert recovering["destination_agent"] == "A3"
+    # the transfer as a whole says which destination stalled and since when (not the first destination's: none)
+    listed = _listed(env, tid)
+    assert listed["last_stall"] and listed["last_stall"].startswith("A3: "), listed
+    assert listed["recovering_since"] is not None, listed
+    line = env.run("list-transfers", "-a", "A1", timeout=60)
+    assert line.returncode == 0 and f"- {listed['last_stall']}" in line.stdout, str(line)
+    shown = env.run("show-transfer", tid, "-a", "A1", timeout=60)
+    assert shown.returncode == 0 and "A3: " in shown.stdout and "recovering_since" in shown.stdout, str(shown)
+    # its file as its destinations have it: not yet at A3, which holds part of it (not the parent's row: 0)
+    shown = env.run("show-transfer", tid, "-a", "A1", "--json", timeout=60)
+    assert shown.returncode == 0, str(shown)
+    [view] = [v for v in json.loads(shown.stdout) if v.get("role") == "source"]
+    [f] = view["files"]
+    assert f["status"] == "ready" and 0 < f["bytes_done"] < 32 * MiB, f
 
     env.start_agent("A3")
     r = finish(client, 90, env)
@@ -111,6 +135,17 @@ def test_a_destination_gone_for_good_times_out_alone_and_the_transfer_is_partly_
     assert gone["result_code"] == results.RECOVERY_TIMED_OUT, gone
     for name in ("A2", "A4"):
         assert _entry(completed, name)["result_code"] == 0, completed["destinations"]
+    # the files as every destination ended them, not as the first did: arrived at some, not at A3 (2)
+    [f] = completed["files"]
+    assert f["result_code"] == results.FILE_WARNING and f["supplement"].startswith("not transferred to A3"), f
+    assert completed["message_id"] == "BFGSS0081E", completed
+    assert completed["statistics"]["files_succeeded"] == 1 and completed["statistics"]["bytes"] == 2 * 24 * MiB
+    listed = _listed(env, tid)
+    assert listed["last_stall"] and listed["last_stall"].startswith("A3: "), listed
+    shown = env.run("show-transfer", tid, "-a", "A1", "--json", timeout=60)
+    assert shown.returncode == 0, str(shown)
+    [view] = [v for v in json.loads(shown.stdout) if v.get("role") == "source"]
+    assert [(g["result_code"], g["status"]) for g in view["files"]] == [(results.FILE_WARNING, "done")], view
 
 
 def test_presrc_runs_once_when_the_source_restarts_before_the_legs_start(env: FaultEnv, tmp_path: Path) -> None:

@@ -82,3 +82,16 @@ def test_a_failing_presrc_fails_every_destination_before_any_byte_moves(fan) -> 
     [call] = done["programs"]
     assert (call["when"], call["agent"], call["return_code"]) == ("pre_source", "A1", 3), call
     assert "-presrc fail.sh failed: return code 3" in done["message"], done
+
+
+def test_a_source_that_cannot_be_deleted_is_a_warning_in_the_completed_files(fan, tmp_path: Path) -> None:
+    # -sd delete once every destination has the file; each destination's -postdst puts a directory where the
+    # source file was first (the unlink fails): the completed event's file says so (2), as an ordinary one does
+    env, roots, calls = fan
+    src = roots["A1"] / "prog.bin"
+    _program(tmp_path / "bin" / "swap.sh", '[ -d "$1" ] || { rm -f "$1"; mkdir -p "$1/kept"; }\nexit 0\n')
+    code, done = _fanout(env, roots, "-sd", "delete", "-postdst", f"swap.sh({src})")
+    assert code == 0 and done["result_code"] == 0, json.dumps(done)
+    assert src.is_dir()
+    [f] = done["files"]
+    assert f["result_code"] == 2 and "the source was not deleted" in (f["supplement"] or ""), f

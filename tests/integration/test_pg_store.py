@@ -58,6 +58,24 @@ def test_the_store_keeps_what_sqlite_keeps(postgres_url: str) -> None:
     assert lost == []
 
 
+def test_a_fanout_parent_and_its_legs_are_saved_all_or_nothing(postgres_url: str) -> None:
+    # save_transfer(parent, *legs) (agent.transfers.start: a fan-out's parent and legs) is one transaction here too
+    lost: list[str] = []
+    store = PgStateStore(postgres_url, "P1", _lease(postgres_url, lost))
+    legs = [TransferRecord(f"f1/{d}", "source", "queued", d, {}, files=[FileRecord(0, "/a", "/b", 5)])
+            for d in ("A2", "A3")]
+    legs[1].files.append(FileRecord(0, "/a", "/b", 5))  # the same file row twice: the second leg is refused
+    parent = TransferRecord("f1", "source", "queued", "A2", {"destination_agents": ["A2", "A3"]})
+    with pytest.raises(psycopg.Error):
+        store.save_transfer(parent, *legs)
+    assert [r.transfer_id for r in store.transfers()] == [], "part of the fan-out was written"
+    del legs[1].files[1]
+    store.save_transfer(parent, *legs)
+    assert sorted(r.transfer_id for r in store.transfers()) == ["f1", "f1/A2", "f1/A3"]
+    store.close()
+    assert lost == []
+
+
 def test_writes_of_an_old_active_are_fenced_after_a_takeover(postgres_url: str) -> None:
     lost_a: list[str] = []
     lease_a = _lease(postgres_url, lost_a)

@@ -253,3 +253,17 @@ def test_the_wait_progress_of_a_fanout_has_a_bar_per_destination() -> None:
     a2, a3 = tasks[legs["A2"]], tasks[legs["A3"]]
     assert (a2.description, a2.completed, a2.total) == ("  A2 in_progress", 20971520, 25165824)
     assert (a3.description, a3.completed) == ("  A3 recovering", 8388608)
+
+
+@pytest.mark.parametrize("states, shown", [
+    (("in_progress", "recovering"), True),  # a destination other than the first recovering: said on the line
+    (("in_progress", "in_progress"), False),
+])
+def test_a_listing_line_says_why_a_destination_is_stalled(states: tuple[str, str], shown: bool) -> None:
+    from cli.observe import transfer_line
+
+    t = {"transfer_id": "ab" * 24, "role": "source", "state": "in_progress", "source_agent": "A1",
+         "destination_agent": "A2", "destination_agents": ["A2", "A3"], "bytes_done": 5, "bytes_total": 10,
+         "last_stall": "A3: lost the connection to the broker",
+         "destinations": [{"agent": a, "state": s} for a, s in zip(("A2", "A3"), states)]}
+    assert ("- A3: lost the connection to the broker" in transfer_line(t)) is shown

@@ -200,3 +200,17 @@ def test_credits_a_leg_will_never_take_do_not_hold_its_bound() -> None:
     got = [c.published("A2", (2, off, C), on_file_2, {}) for off in range(0, 50, C)]
     assert got == [["A3"]] * 4 + [[]], (got, c.missed["A3"])  # the bound, 4, all of it for what A3 will send
     assert sorted(c.credits["A3"]) == [(2, 0), (2, 10), (2, 20), (2, 30)]
+
+
+@pytest.mark.parametrize("why, next_pos, held", [
+    ("the credits from its next send on, across the end of a file", (0, 80), 2 * C + 30),
+    ("a gap before them (a chunk it sends itself first): none first in line", (0, 70), 0),
+    ("done with everything", None, 0),
+])
+def test_the_credits_a_leg_takes_first_are_what_its_rate_does_not_hold_back(why: str, next_pos: tuple[int, int] | None,
+                                                                           held: int) -> None:
+    # agent.core.ratelimit.TransferPace.budget(free=...): a credit taken publishes nothing
+    c = _credits("A2", "A3")
+    for chunk in ((0, 80, C), (0, 90, C), (1, 0, 30)):
+        assert c.published("A2", chunk, {"A3": (0, 80)}, {}) == ["A3"]  # A3 sends from (0, 80) on
+    assert c.held_ahead("A3", next_pos) == held, why

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from agent.core import results
-from agent.core.fanout_outcome import DESTINATION_FIELDS, LegOutcome, fanout_outcome, route
+from agent.core.fanout_outcome import (DESTINATION_FIELDS, LegOutcome, fanout_files, fanout_outcome, recovery_fields,
+                                       route)
 from agent.wire.protocol import TransferSpec, dump, parse_command
 
 
@@ -117,3 +118,56 @@ def test_a_wrong_destination_list_is_refused(agents: list[str], words: str) -> N
 def test_sixteen_destinations_are_allowed() -> None:
     agents = [f"B{i}" for i in range(16)]
     assert spec(destination_agent="B0", destination_agents=agents).destination_agents == agents
+
+
+T1, T2, T3 = "2026-12-07T10:00:01.000Z", "2026-12-07T10:00:02.000Z", "2026-12-07T10:00:03.000Z"
+
+
+def summary(state: str, since: str | None = None, deadline: str | None = None, stall: str | None = None) -> dict:
+    return {"state": state, "recovering_since": since, "recovery_deadline": deadline, "last_stall": stall}
+
+
+@pytest.mark.parametrize("why, legs, expected", [
+    ("a destination other than the first recovering: it, not the first's nothing",
+     [("A2", summary("in_progress")), ("A3", summary("recovering", T2, T3, "lost it"))],
+     {"recovering_since": T2, "recovery_deadline": T3, "last_stall": "A3: lost it"}),
+    ("two recovering: the earliest start and deadline, the reason of the one that began last",
+     [("A2", summary("recovering", T2, T3, "late")), ("A3", summary("resynchronising", T1, None, "early")),
+      ("A4", summary("recovering", T1, T2, "early too"))],
+     {"recovering_since": T1, "recovery_deadline": T2, "last_stall": "A2: late"}),
+    ("recovering without a deadline (-rt -1): none",
+     [("A2", summary("recovering", T1, None, "x"))], {"recovering_since": T1, "recovery_deadline": None,
+                                                       "last_stall": "A2: x"}),
+    ("none recovering: the reason of the first that has one (a failed destination's)",
+     [("A2", summary("complete")), ("A3", summary("recovery_timed_out", None, None, "gone")),
+      ("A4", summary("failed", None, None, "refused"))],
+     {"recovering_since": None, "recovery_deadline": None, "last_stall": "A3: gone"}),
+    ("no stall anywhere", [("A2", summary("complete")), ("A3", summary("in_progress"))],
+     {"recovering_since": None, "recovery_deadline": None, "last_stall": None}),
+])
+def test_recovery_fields_describe_the_transfer_as_a_whole(why: str, legs: list, expected: dict) -> None:
+    assert recovery_fields(legs) == expected, why
+
+
+def fv(rc: int | None, supplement: str | None = None, digest: str | None = "d") -> dict:
+    return {"index": 0, "source": "/s", "destination": "/d", "size": 5, "checksum_method": "sha256",
+            "digest": digest, "result_code": rc, "supplement": supplement}
+
+
+@pytest.mark.parametrize("why, legs, rc, supplement", [
+    ("arrived everywhere", [fv(0), fv(0)], 0, None),
+    ("arrived everywhere, one with a warning", [fv(0), fv(2, "w")], 2, "A3: w"),
+    ("the first failed, the second got it: arrived at some (not the first's failure)",
+     [fv(1, "full", None), fv(0)], 2, "not transferred to A2: full"),
+    ("the second failed: arrived at some (not the first's success)", [fv(0), fv(1, "gone", None)], 2,
+     "not transferred to A3: gone"),
+    ("failed everywhere, for the same reason: said once", [fv(1, "x", None), fv(1, "x", None)], 1, "x"),
+    ("failed everywhere, for different reasons: each", [fv(1, "x", None), fv(1, "y", None)], 1, "A2: x; A3: y"),
+    ("not finished (no result) counts as not arrived", [fv(0), fv(None, None, None)], 2, "not transferred to A3"),
+])
+def test_fanout_files_are_each_file_as_every_destination_ended_it(why: str, legs: list, rc: int,
+                                                                  supplement: str | None) -> None:
+    [f] = fanout_files(list(zip(("A2", "A3"), ([g] for g in legs))))
+    assert (f["result_code"], f["supplement"]) == (rc, supplement), why
+    # the digest of a destination that has one
+    assert f["digest"] == ("d" if any(g["digest"] for g in legs) else None) and f["source"] == "/s"

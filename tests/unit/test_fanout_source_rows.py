@@ -3,12 +3,13 @@ leg, shown as one transfer (its destinations aggregated by agent.core.fanout_out
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from agent.fanout import is_fanout, is_leg_row, leg_id, make_legs, stored_legs, stored_view
+from agent.fanout import is_fanout, is_leg_row, leg_id, live_files, make_legs, stored_legs, stored_view
 from agent.store import FileRecord, StateStore, TransferRecord
 
 TID = "ab" * 24
@@ -74,3 +75,50 @@ def test_a_finished_leg_is_not_forgotten_while_its_fanout_transfer_runs(tmp_path
     store.save_transfer(parent)
     assert store.prune(time.time() + 60, terminal) == 3  # the transfer ended: its rows go together
     assert list(store.transfers()) == []
+
+
+@pytest.mark.parametrize("spoil", ["duplicate file row", "a value that cannot be stored"])
+def test_a_fanout_parent_and_its_legs_are_saved_all_or_nothing(tmp_path: Path, spoil: str) -> None:
+    # agent.transfers.start saves them with one save_transfer: a write of the second leg that fails (as a crash
+    # would cut it) leaves neither the parent nor the first leg written
+    store = StateStore(tmp_path / "state.db")
+    parent = _parent()
+    legs = make_legs(parent, lambda agent: "unused")
+    if spoil == "duplicate file row":
+        legs[1].files.append(FileRecord(0, "/s/a", "/d/a", 100))  # (transfer_id, role, idx) twice: refused
+    else:
+        legs[1].files[0].offset = object()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.Error):
+        store.save_transfer(parent, *legs)
+    assert list(store.transfers()) == [], "part of the fan-out was written"
+    legs[1].files[1:] = []
+    legs[1].files[0].offset = 0
+    store.save_transfer(parent, *legs)
+    assert [r.transfer_id for r in store.transfers()] == [TID, leg_id(TID, "A2"), leg_id(TID, "A3")]
+    assert [len(r.files) for r in store.transfers()] == [1, 1, 1]
+    store.close()
+
+
+def _view(f: FileRecord) -> dict:  # as agent.transfers._file_view
+    return {"index": f.index, "status": f.status, "bytes_done": f.size if f.status == "done" else f.offset,
+            "supplement": f.supplement}
+
+
+@pytest.mark.parametrize("second, status, done, supplement", [
+    (("ready", 40, None), "ready", 40, None),  # the second destination behind: what both have
+    (("failed", 0, "gone"), "done", 0, "A3: gone"),  # arrived at the first, not the second (its reason)
+    (("done", 100, None), "done", 100, None),
+])
+def test_a_running_fanouts_files_are_as_its_destinations_have_them(tmp_path: Path, second: tuple, status: str,
+                                                                  done: int, supplement: str | None) -> None:
+    # fte-show-transfer of a running fan-out: its files from its legs' rows, not the parent's (never updated
+    # while it runs: every file showed "ready 0")
+    store = StateStore(tmp_path / "state.db")
+    parent = _parent()
+    legs = make_legs(parent, lambda agent: "unused")
+    legs[0].files[0].status = "done"
+    legs[1].files[0].status, legs[1].files[0].offset, legs[1].files[0].supplement = second
+    store.save_transfer(parent, *legs)
+    [f] = live_files(store, store.load_transfer(TID, "source"), _view)
+    assert (f["status"], f["bytes_done"], f["supplement"]) == (status, done, supplement)
+    store.close()

@@ -196,3 +196,26 @@ def test_transfer_pace_starts_its_bucket_at_the_first_send_and_wakes_only_when_p
     assert pace.budget(5000, 100) == 401 and pace.paced and pace.wait(0.7, 100) == 0.7  # holds 500
     unlimited = TransferPace(None, 0, 100, clock)
     assert unlimited.budget(5000, 100) == 5000 and not unlimited.paced and unlimited.wait(0.7, 100) == 0.7
+
+
+def test_the_legs_of_a_fanout_share_one_bandwidth_bucket() -> None:
+    # --bandwidth of a fan-out is the transfer's: what one leg sent (a shared publish, a unicast resend) is gone
+    # for every leg, and they wait for the same tokens; the bucket is made at the first send of any of them
+    clock = Clock()
+    first, second, alone = (TransferPace(None, 1000, 100, clock) for _ in range(3))
+    second.share(first)
+    second.sent(50)  # a resync before any send: no bucket yet, nothing to spend from
+    assert second.budget(5000, 100) == 0 and first.own is not None and alone.own is None
+    clock.now += 0.5  # 500 came, once for both legs (the bucket holds 500)
+    assert first.budget(5000, 100) == 401 and second.budget(5000, 100) == 401
+    second.sent(400)
+    assert first.budget(5000, 100) == 1 and second.budget(5000, 100) == 1
+    first.sent(100)
+    assert first.budget(5000, 100) == 0 and second.budget(5000, 100) == 0 and second.paced
+    assert first.wait(1.0, 100) == pytest.approx(0.1) and second.wait(1.0, 100) == pytest.approx(0.1)
+    assert alone.budget(5000, 100) == 0  # a transfer of its own has its own bucket (empty at its first send)
+    clock.now += 0.5
+    assert alone.budget(5000, 100) == 401 and first.budget(5000, 100) == 401
+    # a fan-out leg's credits first in line (free) are not held back by the rate: they publish nothing
+    assert second.budget(5000, 100, free=300) == 701 and first.budget(5000, 100, free=0) == 401
+    assert first.budget(300, 100, free=300) == 300 and not first.paced
