@@ -287,7 +287,7 @@ class FanoutTransfer:
                 "bytes_resent": sum(s.bytes_resent for s in legs)}
 
     def _delete_sources(self, first: SourceTransfer, files: list[dict[str, Any]]) -> None:
-        """-dd delete: once every destination has every file, not before (a leg leaves its sources); a source
+        """-sd delete: once every destination has every file, not before (a leg leaves its sources); a source
         not deleted is a warning on that file (result 2) in `files`, the completed event's."""
         dirs = ConfinedDirs(self.ctx.sandbox)
         try:
