@@ -249,23 +249,6 @@ async def subscribe_granted(client: aiomqtt.Client, topic: str, timeout: float |
     return False
 
 
-async def subscribe_all(client: aiomqtt.Client, topics: list[str], timeout: float | None = None) -> list[bool]:
-    """subscribe_granted for every topic of `topics`, all under way at once (a refusal's retries delay no other
-    topic's); whether each was granted, in the order of `topics`. When one raises (the connection is gone),
-    the others are cancelled and the error is raised."""
-    tasks = [asyncio.ensure_future(subscribe_granted(client, topic, timeout)) for topic in topics]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _log_refused(topic: str) -> None:
-    log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this agent; "
-              "check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
-
-
 def _refused(granted: object) -> bool:
     """True if a SUBACK refused the subscription (MQTT 3.1.1: 0x80; MQTT 5: a failure reason code)."""
     for code in granted if isinstance(granted, (tuple, list)) else ():
@@ -383,15 +366,12 @@ class BrokerLink:
                 self._lost = asyncio.Event()
                 if self._before_up is not None:
                     await self._before_up()
-                # topics added while these subscribe (add_subscription before the link is up) are taken too;
-                # all at once, not one after another: on a NATS cluster short of a node each refusal takes 4 s,
-                # and one after another they added up (docs/brokers.md, "A NATS cluster")
+                # topics added while these subscribe (add_subscription before the link is up) are taken too
                 done: set[str] = set()
                 while pending := [t for t in self.subscriptions if t not in done]:
-                    done.update(pending)
-                    for topic, granted in zip(pending, await subscribe_all(client, pending)):
-                        if not granted:
-                            _log_refused(topic)
+                    for topic in pending:
+                        done.add(topic)
+                        await self._subscribe(client, topic)
                 self.connects += 1
                 self._up_since = time.monotonic()
                 self.up.set()
@@ -426,6 +406,12 @@ class BrokerLink:
             if was_up and not self._stopping:
                 await self._on_down()
 
+    @staticmethod
+    async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
+        if not await subscribe_granted(client, topic):
+            log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this "
+                      "agent; check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
+
     async def add_subscription(self, topic: str) -> bool:
         """Subscribe to `topic` from now on: on the live connection at once (returns once the broker has
         answered), and again at every reconnection. While the link is down it only notes the topic: the
@@ -443,7 +429,8 @@ class BrokerLink:
             log.debug("subscription to %s not made now (%s); it is made at the next connection", topic, exc)
             return False
         if not granted:
-            _log_refused(topic)
+            log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this "
+                      "agent; check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
         return granted
 
     async def remove_subscription(self, topic: str) -> None:

@@ -16,8 +16,7 @@ import aiomqtt
 
 from agent.core.errors import FteError
 from agent.core.brokers import BrokerListError, BrokerRotation, check_broker_list
-from agent.link import (BrokerAddress, BrokerConfigError, connect_error, make_client, redact_url, subscribe_all,
-                        subscribe_granted)
+from agent.link import BrokerAddress, BrokerConfigError, connect_error, make_client, redact_url, subscribe_granted
 from agent.core.policy import SUBSCRIBE_ATTEMPTS
 from agent.wire import provenance
 from agent.wire.protocol import AgentStatus, ProtocolError, Reply, Topics, dump, parse_agent_status, parse_reply
@@ -175,10 +174,10 @@ class FteClient:
         self.client = client
         try:
             # 30 s, not aiomqtt's 10: a loaded broker (the embedded one under a big transfer) can be that slow
-            # a refused subscription is asked for again (a NATS 2.9 cluster short of a node refuses some),
-            # all of them at once (agent.link.subscribe_all)
-            await subscribe_all(client, [self.topics.replies(self.client_id), *(t for t, _ in self._queues)],
-                                timeout=SUBSCRIBE_TIMEOUT)
+            # a refused subscription is asked for again (a NATS 2.9 cluster short of a node refuses some)
+            await subscribe_granted(client, self.topics.replies(self.client_id), timeout=SUBSCRIBE_TIMEOUT)
+            for topic, _ in self._queues:
+                await subscribe_granted(client, topic, timeout=SUBSCRIBE_TIMEOUT)
         except aiomqtt.MqttError as exc:
             # connected, but the broker did not confirm a subscription (overloaded, or an ACL refused it)
             raise ClientError(f"the broker at {self.addr.url} accepted the connection but did not confirm a "
