@@ -138,6 +138,15 @@ class FteEnv:
                              process=agent)
         return agent
 
+    def start_agents(self, names: list[str], timeout: float = 20) -> list[AgentProcess]:
+        """`start_agent` for each of `names`, the processes started together, then each waited for (READY or
+        ACTIVE within `timeout` s of the wait for it): agents whose start is spent waiting on the broker (a NATS
+        cluster: 4-5 s each) start side by side instead of one after another."""
+        started = [self.start_agent(name, wait_ready=False) for name in names]
+        for agent in started:
+            self.wait_status(agent.name, {"READY", "ACTIVE"}, timeout=timeout, pid=agent.proc.pid, process=agent)
+        return started
+
     def status(self, name: str) -> dict[str, Any] | None:
         """The agent's retained status, read in-process (fast enough to poll)."""
         import asyncio
