@@ -27,7 +27,7 @@ from .core import results
 from .core.destination_session import DestinationSession
 from .core.file_status import FileEvent, next_file_status
 from .fanout_destination import SharedStream, take_offer
-from .fsops import ConfinedDirs
+from .fsops import ConfinedDirs, split
 from .link import MessageTooLarge
 from .part_files import NAME_MAX, PART_SUFFIX, PartFiles, part_name, part_path
 from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileHolding, FileOutcome, FileResult,
@@ -118,23 +118,23 @@ class DestinationTransfer:
         parents: dict[str, str] = {}
         dirs = ConfinedDirs(ctx.sandbox)
         blocked: dict[str, str | None] = {}  # parent directory -> why it cannot be one (a file in the way)
+        absent: set[str] = set()  # parent directories not there (yet): nothing in them exists
         for offer in msg.files:
             f = FileRecord(offer.index, offer.source, offer.destination, offer.size, offer.mtime)
             try:
-                real = ctx.sandbox.resolve(offer.destination, write=True, parents=parents)
-                f.destination = str(real)
-                problem = not_a_directory(str(real.parent), blocked)
+                real = f.destination = ctx.sandbox.resolve_text(offer.destination, write=True, parents=parents)
+                problem = not_a_directory(split(real)[0], blocked)
                 if problem:
                     raise NotADirectoryError(problem)
-                there = dirs.lstat(f.destination)
+                there = dirs.lstat(f.destination, absent)
                 if msg.exist == "error" and there is not None:
                     raise FileExistsError(f'BFGIO0006E: File "{real}" already exists.')
                 if there is not None and stat.S_ISDIR(there.st_mode):
                     raise IsADirectoryError(f'destination "{real}" is a directory')
-                if busy and str(real) in busy:
+                if busy and real in busy:
                     # two transfers writing one part file would interleave their data
                     raise FileExistsError(f'destination "{real}" already exists as the part file of transfer '
-                                          f'{busy[str(real)]}, which is writing it')
+                                          f'{busy[real]}, which is writing it')
             except (SandboxError, OSError) as exc:
                 f.status = next_file_status(f.status, FileEvent.FAILED)
                 f.result_code, f.supplement = results.FILE_FAILED, str(exc)

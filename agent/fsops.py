@@ -181,11 +181,25 @@ class ConfinedDirs:
             raise
         return fd
 
-    def lstat(self, path: str) -> os.stat_result | None:
-        """What is at `path` (a link itself, not its target), or None if nothing (or no directory) is there."""
+    def lstat(self, path: str, absent: set[str] | None = None) -> os.stat_result | None:
+        """What is at `path` (a link itself, not its target), or None if nothing (or no directory) is there.
+
+        `absent`: for many paths at once (the check of an offer), the directories found missing so far; a path
+        in one of them is None without another walk (a failed walk is not kept in the descriptors, and 10,000
+        files in directories still to be made cost a failed walk each, up to the first existing ancestor)."""
         with self._lock:
+            parent = split(path)[0]
             try:
+                if absent is not None and parent in absent:
+                    if self.sandbox.enabled:
+                        self.sandbox.check(path)
+                    return None
                 d, name = self._leaf(path)
+            except (FileNotFoundError, NotADirectoryError):
+                if absent is not None:
+                    absent.add(parent)
+                return None
+            try:
                 return os.stat(name, dir_fd=d, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return None

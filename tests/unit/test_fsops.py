@@ -114,6 +114,27 @@ def test_missing_directories_are_made_without_following_links(dirs: ConfinedDirs
     assert not (root / "n3").exists()
 
 
+def test_lstat_remembers_missing_directories_and_still_checks_each_path(dirs: ConfinedDirs,
+                                                                       layout: tuple[Path, Path]) -> None:
+    """The check of an offer: a directory found missing is not walked again for its next files; a file that is
+    there, in a directory that is, is still seen; the sandbox is still asked for every path."""
+    root, outside = layout
+    (root / "d" / "f").write_text("there")
+    absent: set[str] = set()
+    assert dirs.lstat(str(root / "new" / "a"), absent) is None
+    assert absent == {str(root / "new")}
+    assert dirs.lstat(str(root / "new" / "b"), absent) is None
+    assert dirs.lstat(str(root / "d" / "nothing"), absent) is None  # the file is missing, not its directory
+    assert absent == {str(root / "new")}
+    st = dirs.lstat(str(root / "d" / "f"), absent)
+    assert st is not None and st.st_size == 5
+    absent |= {str(root / "private"), str(outside)}  # even a directory remembered as missing is checked
+    with pytest.raises(SandboxError, match="excluded"):
+        dirs.lstat(str(root / "private" / "p.txt"), absent)
+    with pytest.raises(SandboxError, match="outside"):
+        dirs.lstat(str(outside / "secret.txt"), absent)
+
+
 def test_the_walk_lists_regular_files_and_does_not_enter_links(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "a" / "b").mkdir(parents=True)

@@ -83,6 +83,8 @@ def test_allowed(tree: Tree, box: Sandbox, spec: str, write: bool, expected: str
     real = box.resolve(_path(tree, spec), write=write)
     assert real == tree.root.parent / expected
     assert real.is_absolute()
+    # the string form (the check of an offer): exactly str() of the Path, which file records and messages hold
+    assert box.resolve_text(_path(tree, spec), write=write, parents={}) == str(real)
 
 
 # ----------------------------------------------------------------------------------------- refused
