@@ -220,9 +220,13 @@ def transfer_key(header: Mapping[str, Any]) -> bytes | None:
 def seal(msg: Any, key: bytes | None, identity: Ed25519PrivateKey | None = None) -> bytes:
     """The bytes of a control message: with its MAC under the transfer key, or signed by the agent's
     identity (negotiation), or plain when the peer has no binding."""
+    return seal_body(msg.model_dump(mode="json", exclude_none=True), key, identity)
+
+
+def seal_body(body: Mapping[str, Any], key: bytes | None, identity: Ed25519PrivateKey | None = None) -> bytes:
+    """`seal` of a message already in its JSON form (what model_dump(mode="json", exclude_none=True) gives)."""
     import json
 
-    body = msg.model_dump(mode="json", exclude_none=True)
     if identity is None and key is None:
         return json.dumps(body, separators=(",", ":")).encode()
     # The canonical form (what the signature or MAC covers) is sent as it is, with the seal added as its last
