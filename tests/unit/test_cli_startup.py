@@ -58,6 +58,32 @@ def test_the_agent_command_imports_no_other_command_group() -> None:
     assert _heavy(modules) == []
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, own", [(["list-agents", "A1"], ()), (["ping-agent", "A1"], ()),
+                                       (["show-agent-details", "A1"], ()), (["list-transfers", "-a", "A1"], ("cli.observe",))])
+def test_a_broker_command_runs_without_the_agent_settings(argv: list[str], own: tuple[str, ...]) -> None:
+    # run, not only imported: the command checks its names and opens its client (the agent name rule and
+    # the config home, agent.names / agent.home) without pydantic-settings; nothing listens on the port,
+    # so it ends there, at "cannot connect", and exits 1
+    port = _free_port()
+    code = ("import os, runpy, sys\n"
+            f"os.environ['FTE_BROKER_URL'] = 'mqtt://127.0.0.1:{port}'\n"
+            f"sys.argv = ['cli.scripts', *{argv!r}]\n"
+            "try:\n    runpy.run_module('cli.scripts', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('exit', e.code, file=sys.stderr)")
+    modules = _modules_after(code)
+    assert "aiomqtt" in modules  # it did get as far as the broker
+    assert not {"agent.settings", "pydantic_settings"} & modules, argv
+    assert _heavy(modules, own) == [], argv
+
+
 def _listed(first: str) -> list[str]:
     code = (f"import {first}\nimport typer.main\nfrom cli.main import app\n"
             "group = typer.main.get_command(app)\n"
