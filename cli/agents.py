@@ -20,7 +20,7 @@ from agent.wire.protocol import Ping, StopAgent
 from .agent_process import run_in_foreground, running_pid, start_background
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note, note_ignored, out, run
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
-from .render import safe, safe_text, status_text, status_when
+from .safe_text import safe, safe_text, status_text, status_when
 
 
 @command("create-agent")

@@ -16,7 +16,8 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, destination_lines, format_event, route_of, safe
+from .render import TransferWatcher, destination_lines, format_event, route_of
+from .safe_text import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_AGENT_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION,
                                MODE_OPTION, PRIORITY_HELP, PROGRAM_HELP, SOURCE_ENCODING_OPTION, check_flags,
                                destinations_text, priority_and_bandwidth, program_calls, text_fields, transfer_spec,

@@ -51,6 +51,19 @@ def test_a_console_script_imports_its_own_command_only(entry_point: str, own: tu
     assert _heavy(modules) == [], f"{entry_point} imports what its command does not need"
 
 
+# what a command that shows no transfer event does not need: the event models and their rendering (cli.render;
+# the frame and the agent commands print with cli.safe_text), nor the agent settings (pydantic-settings)
+NOT_FOR_AGENT_COMMANDS = ("cli.render", "agent.wire.events", "agent.settings", "pydantic_settings")
+
+
+@pytest.mark.parametrize("entry_point", ["fte_list_agents", "fte_ping_agent", "fte_show_agent_details",
+                                         "fte_create_agent", "fte_start_agent", "fte_stop_agent"])
+def test_an_agent_command_imports_no_event_rendering(entry_point: str) -> None:
+    modules = _modules_after(f"from cli.scripts import {entry_point}")
+    assert "cli.agents" in modules and "cli.safe_text" in modules
+    assert not set(NOT_FOR_AGENT_COMMANDS) & modules, entry_point
+
+
 def test_the_agent_command_imports_no_other_command_group() -> None:
     # the background agent is `python -m cli.scripts start-agent NAME -F` (cli/agent_process.py)
     modules = _modules_after("from cli.scripts import fte_start_agent")
@@ -81,6 +94,8 @@ def test_a_broker_command_runs_without_the_agent_settings(argv: list[str], own: 
     modules = _modules_after(code)
     assert "aiomqtt" in modules  # it did get as far as the broker
     assert not {"agent.settings", "pydantic_settings"} & modules, argv
+    if argv[0] != "list-transfers":
+        assert not set(NOT_FOR_AGENT_COMMANDS) & modules, argv
     assert _heavy(modules, own) == [], argv
 
 
