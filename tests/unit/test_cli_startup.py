@@ -56,11 +56,15 @@ def test_a_console_script_imports_its_own_command_only(entry_point: str, own: tu
 NOT_FOR_AGENT_COMMANDS = ("cli.render", "agent.wire.events", "agent.settings", "pydantic_settings")
 
 
-@pytest.mark.parametrize("entry_point", ["fte_list_agents", "fte_ping_agent", "fte_show_agent_details",
-                                         "fte_create_agent", "fte_start_agent", "fte_stop_agent"])
-def test_an_agent_command_imports_no_event_rendering(entry_point: str) -> None:
+@pytest.mark.parametrize("entry_point, own", [
+    *((e, "cli.agents") for e in ("fte_list_agents", "fte_ping_agent", "fte_show_agent_details", "fte_create_agent",
+                                  "fte_start_agent", "fte_stop_agent")),
+    ("fte_create_transfer", "cli.transfers"),  # (cli.render comes when -w waits for the outcome)
+    ("fte_cancel_transfer", "cli.transfers"),
+])
+def test_a_command_that_shows_no_event_imports_no_event_rendering(entry_point: str, own: str) -> None:
     modules = _modules_after(f"from cli.scripts import {entry_point}")
-    assert "cli.agents" in modules and "cli.safe_text" in modules
+    assert own in modules and "cli.safe_text" in modules
     assert not set(NOT_FOR_AGENT_COMMANDS) & modules, entry_point
 
 
