@@ -15,3 +15,29 @@ NAME_PATTERN = rf"^{_NAME}$"
 # \A...\Z rather than ^...$ so that .match() is as safe as .fullmatch() ($ accepts a trailing newline).
 AGENT_NAME_RE = re.compile(rf"\A{_NAME}\Z")
 AGENT_NAME_RULE = f"use 1-{MAX_AGENT_NAME_CHARS} characters of A-Z a-z 0-9 . _, not starting with '.'"
+
+
+def agent_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as an agent name, or None."""
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if AGENT_NAME_RE.match(name):
+        return None
+    if len(name) > MAX_AGENT_NAME_CHARS:
+        return f"it is {len(name)} characters long, the limit is {MAX_AGENT_NAME_CHARS}"
+    if name.startswith("."):
+        return "it starts with '.'"
+    bad = sorted({c for c in name if not re.fullmatch(f"[{AGENT_NAME_CHARS}]", c)})
+    return f"it contains {' '.join(repr(c) for c in bad)}"
+
+
+def validate_agent_name(name: str) -> str:
+    """Return ``name`` if it is a valid agent name, else raise ValueError saying what is wrong.
+
+    1-28 characters of A-Z a-z 0-9 . _ (like MFT), case preserved, not starting with '.': the name is
+    a directory and an MQTT topic level, so '/', '+', '#' and hidden-file names are excluded.
+    """
+    problem = agent_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"invalid agent name {name!r}: {problem}; {AGENT_NAME_RULE}")
+    return name

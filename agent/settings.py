@@ -35,7 +35,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .core.brokers import check_broker_list, split_broker_list
 from .core.errors import FteError
 from .core.units import parse_rate
-from agent.names import AGENT_NAME_CHARS, AGENT_NAME_RE, AGENT_NAME_RULE, MAX_AGENT_NAME_CHARS
+from agent.names import AGENT_NAME_RE, AGENT_NAME_RULE, agent_name_problem as _agent_name_problem, validate_agent_name
+from agent.home import config_home  # (re-exported: agent.settings.config_home)
 from agent.properties import PropertiesSyntaxError, PropertyValue, format_properties, parse_properties
 
 __all__ = [
@@ -92,12 +93,6 @@ class SettingsError(FteError):
 # --------------------------------------------------------------------------------------------- paths
 
 
-def config_home(env: Mapping[str, str] = os.environ) -> Path:
-    """Root of all agent configuration: ``$FTE_CONFIG_HOME``, else ``~/.fte``."""
-    value = env.get("FTE_CONFIG_HOME")
-    return Path(value).expanduser() if value else Path.home() / ".fte"
-
-
 def agent_dir(name: str, env: Mapping[str, str] = os.environ) -> Path:
     """``<config_home>/agents/<name>``; the name is validated so it can never escape that directory."""
     return config_home(env) / "agents" / validate_agent_name(name)
@@ -110,32 +105,6 @@ def properties_path(name: str, env: Mapping[str, str] = os.environ) -> Path:
 def default_sandbox() -> str:
     """Safe default sandboxRoot for a new agent: the user's home directory."""
     return str(Path.home())
-
-
-def _agent_name_problem(name: object) -> str | None:
-    """What is wrong with ``name`` as an agent name, or None."""
-    if not isinstance(name, str) or not name:
-        return "it is empty"
-    if AGENT_NAME_RE.match(name):
-        return None
-    if len(name) > MAX_AGENT_NAME_CHARS:
-        return f"it is {len(name)} characters long, the limit is {MAX_AGENT_NAME_CHARS}"
-    if name.startswith("."):
-        return "it starts with '.'"
-    bad = sorted({c for c in name if not re.fullmatch(f"[{AGENT_NAME_CHARS}]", c)})
-    return f"it contains {' '.join(repr(c) for c in bad)}"
-
-
-def validate_agent_name(name: str) -> str:
-    """Return ``name`` if it is a valid agent name, else raise ValueError saying what is wrong.
-
-    1-28 characters of A-Z a-z 0-9 . _ (like MFT), case preserved, not starting with '.': the name is
-    a directory and an MQTT topic level, so '/', '+', '#' and hidden-file names are excluded.
-    """
-    problem = _agent_name_problem(name)
-    if problem is not None:
-        raise ValueError(f"invalid agent name {name!r}: {problem}; {AGENT_NAME_RULE}")
-    return name
 
 
 # ------------------------------------------------------------------------------------ value checks

@@ -17,7 +17,7 @@ from agent.core.statuses import AGENT_RUNNING
 
 from .app import fail, out
 from .client import ClientError, FteClient, broker_url
-from .render import SafeLogFormatter
+from .safe_text import SafeLogFormatter
 
 
 def pid_file(name: str) -> Path:

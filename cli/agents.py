@@ -20,7 +20,7 @@ from agent.wire.protocol import Ping, StopAgent
 from .agent_process import run_in_foreground, running_pid, start_background
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note, note_ignored, out, run
 from .client import ClientError, FteClient, NoAnswer, broker_url, new_request_id
-from .render import safe, safe_text, status_text, status_when
+from .safe_text import safe, safe_text, status_text, status_when
 
 
 @command("create-agent")
@@ -237,7 +237,7 @@ def list_agents(
     machine ($FTE_CONFIG_HOME) read on its own topic. A broker that does not deliver retained messages to a
     wildcard subscription (RabbitMQ 3.x) shows only the latter: name the others.
     """
-    from agent.settings import validate_agent_name
+    from agent.names import validate_agent_name
 
     for name in names or []:
         try:
@@ -305,7 +305,8 @@ def list_agents(
 
 def _local_agent_names() -> list[str]:
     """The agents configured on this machine ($FTE_CONFIG_HOME/agents/NAME/agent.properties)."""
-    from agent.settings import config_home, validate_agent_name
+    from agent.home import config_home
+    from agent.names import validate_agent_name
 
     names = []
     try:

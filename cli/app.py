@@ -24,7 +24,7 @@ from rich.console import Console
 
 from agent.core.errors import FteError
 
-from .render import safe, safe_markup
+from .safe_text import safe, safe_markup
 from .unknown_options import typed_flag, unknown_option_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -121,7 +121,7 @@ class FteClient:
                  keys: AgentKeys | None = None, on_ignored: Callable[[str], None] | None = None) -> None:
         # env: where FTE_BROKER_USERNAME / _PASSWORD / _CA_FILE / _CERT_FILE / _KEY_FILE come from (os.environ),
         # and FTE_CONFIG_HOME, whose agent keys the client trusts (keys: others, e.g. the demo's)
-        from agent.settings import config_home
+        from agent.home import config_home
 
         # the brokers of the list, tried in order at every (re)connection; addr: the one connected (or tried)
         self.addrs = broker_addresses(url, os.environ if env is None else env)
@@ -347,7 +347,7 @@ class FteClient:
         """The command's bytes for `agent`, signed with the requester's key when there is one (agent.auth): the
         signature covers `agent` (the command's `target`), so the bytes are obeyed by that agent only."""
         from agent.auth import is_agent_key_name, load_private, requester_name, sign
-        from agent.settings import config_home
+        from agent.home import config_home
 
         name = requester_name()
         if is_agent_key_name(name):

@@ -145,7 +145,8 @@ def show_from_history(transfer_id: str, as_json: bool) -> bool:
     from ops.history import History, HistoryError
 
     from .app import err
-    from .render import destination_lines, route_of, safe
+    from .render import destination_lines, route_of
+    from .safe_text import safe
 
     url = history_url(None)
     if not _history_exists(url):

@@ -13,7 +13,7 @@ from agent.wire.programs import ProgramCall
 
 from .app import BROKER_HELP, command, fail, out, print_listing, run
 from .client import FteClient, broker_url, new_request_id
-from .render import safe
+from .safe_text import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_AGENT_HELP, PRIORITY_HELP, PROGRAM_HELP, TEXT_HELP,
                                program_calls, transfer_spec, with_programs)
 

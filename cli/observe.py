@@ -27,7 +27,8 @@ from agent.wire.protocol import QueryTransfer, utc_now
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
 from .render import (destination_entries, destination_lines, is_progress_topic, read_message, read_progress,
-                     result_and_job, route_of, safe, safe_markup, safe_text, status_text, status_when)
+                     result_and_job, route_of)
+from .safe_text import safe, safe_markup, safe_text, status_text, status_when
 from .transfer_ids import check_transfer_id, find_transfer, transfers_of
 
 

@@ -40,7 +40,7 @@ from agent.definitions import DefinitionTrust, DefinitionTrustError
 
 from .app import BROKER_HELP, command, err, fail, out, run
 from .client import ClientError, FteClient, broker_url
-from .render import safe
+from .safe_text import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION, MODE_OPTION,
                                DESTINATION_AGENT_HELP, PRIORITY_HELP, SOURCE_ENCODING_OPTION, check_flags,
                                check_trigger, destination_agents, destinations_text, parse_metadata,

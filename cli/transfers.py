@@ -16,7 +16,7 @@ from agent.wire.protocol import CancelTransfer, CreateTransfer, ListTransfers, T
 
 from .app import BROKER_HELP, VERBOSE_HELP, command, err, fail, note_ignored, out, run
 from .client import ClientError, FteClient, broker_url, new_request_id
-from .render import TransferWatcher, destination_lines, format_event, route_of, safe
+from .safe_text import safe
 from .transfer_request import (BANDWIDTH_HELP, DESTINATION_AGENT_HELP, DESTINATION_ENCODING_OPTION, LINE_ENDING_OPTION,
                                MODE_OPTION, PRIORITY_HELP, PROGRAM_HELP, SOURCE_ENCODING_OPTION, check_flags,
                                destinations_text, priority_and_bandwidth, program_calls, text_fields, transfer_spec,
@@ -214,9 +214,12 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         if st.verified and st.status in AGENT_GONE:  # else the (signed) reply will tell
             raise ClientError(f"agent {spec.source_agent} is {st.status}; start it with "
                               f"fte-start-agent {spec.source_agent}")
-        watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=(wait is not None and not as_json
-                                                                             and out.is_terminal), console=out)
-        if wait is not None:
+        watcher = None
+        if wait is not None:  # the events' rendering only to watch (docs/development.md, "Start-up cost")
+            from .render import TransferWatcher
+
+            watcher = TransferWatcher(c, spec.source_agent, tid, show_progress=not as_json and out.is_terminal,
+                                      console=out)
             await watcher.subscribe()
         cmd = CreateTransfer(kind="create_transfer", request_id=new_request_id(), reply_to=c.client_id,
                              sent_at=utc_now(), transfer_id=tid, spec=spec)
@@ -240,6 +243,7 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
             out.print(safe(f"Transfer {tid} started: {reply.data.get('files')} file(s), "
                            f"{reply.data.get('bytes')} bytes" + (f"; {left_out}." if left_out else ".")),
                       markup=False)
+        assert watcher is not None
         final = await watcher.wait(None if wait < 0 else wait)
         if final is None:
             if as_json:
@@ -252,6 +256,8 @@ async def _submit_and_wait(spec: TransferSpec, tid: str, wait: Optional[float], 
         if as_json:
             out.print(json.dumps(outcome_json(tid, final, rc)), markup=False)
         else:
+            from .render import destination_lines, format_event
+
             out.print(format_event(final), markup=False)
             for line in destination_lines(final):  # a fan-out: each destination's outcome, one line each
                 out.print(line, markup=False)
@@ -311,6 +317,8 @@ def logs(
 
 async def _logs(agent: Optional[str], transfer: Optional[str], follow: bool, as_json: bool, url: str,
                 verbose: bool = False) -> None:
+    from .render import format_event, route_of
+
     async with FteClient(url, on_ignored=note_ignored(verbose)) as c:
         if transfer is not None:
             transfer = await resolve_transfer_id(c, transfer, agent)

@@ -51,11 +51,56 @@ def test_a_console_script_imports_its_own_command_only(entry_point: str, own: tu
     assert _heavy(modules) == [], f"{entry_point} imports what its command does not need"
 
 
+# what a command that shows no transfer event does not need: the event models and their rendering (cli.render;
+# the frame and the agent commands print with cli.safe_text), nor the agent settings (pydantic-settings)
+NOT_FOR_AGENT_COMMANDS = ("cli.render", "agent.wire.events", "agent.settings", "pydantic_settings")
+
+
+@pytest.mark.parametrize("entry_point, own", [
+    *((e, "cli.agents") for e in ("fte_list_agents", "fte_ping_agent", "fte_show_agent_details", "fte_create_agent",
+                                  "fte_start_agent", "fte_stop_agent")),
+    ("fte_create_transfer", "cli.transfers"),  # (cli.render comes when -w waits for the outcome)
+    ("fte_cancel_transfer", "cli.transfers"),
+])
+def test_a_command_that_shows_no_event_imports_no_event_rendering(entry_point: str, own: str) -> None:
+    modules = _modules_after(f"from cli.scripts import {entry_point}")
+    assert own in modules and "cli.safe_text" in modules
+    assert not set(NOT_FOR_AGENT_COMMANDS) & modules, entry_point
+
+
 def test_the_agent_command_imports_no_other_command_group() -> None:
     # the background agent is `python -m cli.scripts start-agent NAME -F` (cli/agent_process.py)
     modules = _modules_after("from cli.scripts import fte_start_agent")
     assert "cli.agents" in modules
     assert _heavy(modules) == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, own", [(["list-agents", "A1"], ()), (["ping-agent", "A1"], ()),
+                                       (["show-agent-details", "A1"], ()), (["list-transfers", "-a", "A1"], ("cli.observe",))])
+def test_a_broker_command_runs_without_the_agent_settings(argv: list[str], own: tuple[str, ...]) -> None:
+    # run, not only imported: the command checks its names and opens its client (the agent name rule and
+    # the config home, agent.names / agent.home) without pydantic-settings; nothing listens on the port,
+    # so it ends there, at "cannot connect", and exits 1
+    port = _free_port()
+    code = ("import os, runpy, sys\n"
+            f"os.environ['FTE_BROKER_URL'] = 'mqtt://127.0.0.1:{port}'\n"
+            f"sys.argv = ['cli.scripts', *{argv!r}]\n"
+            "try:\n    runpy.run_module('cli.scripts', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('exit', e.code, file=sys.stderr)")
+    modules = _modules_after(code)
+    assert "aiomqtt" in modules  # it did get as far as the broker
+    assert not {"agent.settings", "pydantic_settings"} & modules, argv
+    if argv[0] != "list-transfers":
+        assert not set(NOT_FOR_AGENT_COMMANDS) & modules, argv
+    assert _heavy(modules, own) == [], argv
 
 
 def _listed(first: str) -> list[str]:

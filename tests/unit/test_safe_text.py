@@ -1,4 +1,4 @@
-"""cli.render.safe: what the commands print of a broker string is shown, never obeyed by the terminal."""
+"""cli.safe_text.safe: what the commands print of a broker string is shown, never obeyed by the terminal."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import unicodedata
 import pytest
 from rich.console import Console
 
-from cli.render import SafeLogFormatter, format_event, safe, safe_markup, safe_text
+from cli.render import format_event
+from cli.safe_text import SafeLogFormatter, safe, safe_markup, safe_text
 
 
 @pytest.mark.parametrize("raw, shown", [

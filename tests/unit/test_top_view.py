@@ -9,7 +9,8 @@ import pytest
 
 from agent.core.units import duration_text, rate_text, size_text
 from cli.observe import eta_text, file_text, top_order, top_row
-from cli.render import format_event, status_when
+from cli.render import format_event
+from cli.safe_text import status_when
 
 
 def _t(i: int, state: str = "complete", **kw: object) -> dict[str, object]:
