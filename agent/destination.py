@@ -31,8 +31,8 @@ from .fanout_destination import SharedStream, take_offer
 from .fsops import ConfinedDirs, split
 from .link import MessageTooLarge
 from .part_files import NAME_MAX, PART_SUFFIX, PartFiles, part_name, part_path
-from .wire.protocol import (Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileOutcome, FileResult,
-                       FileResults, RequestRecovery, Resync, ResyncReply)
+from .wire.protocol import (MAX_PATH_CHARS, Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileOutcome,
+                       FileResult, FileResults, RequestRecovery, Resync, ResyncReply)
 from .sandbox import SandboxError
 from .store import FileRecord, TransferRecord
 from .text_parts import convert_part, text_mode
@@ -361,9 +361,18 @@ class ReplyBody:
     body: dict[str, Any]
 
 
+def _sent(supplement: str | None) -> str | None:
+    """A supplement as sent: every string on the wire is at most MAX_PATH_CHARS (the source refuses a longer one,
+    and with it the whole answer: the transfer would stall), and a refusal that quotes a path near that length
+    is longer. The end is cut, marked; the destination's own records keep it whole."""
+    if supplement is None or len(supplement) <= MAX_PATH_CHARS:
+        return supplement
+    return supplement[:MAX_PATH_CHARS - 1] + "…"
+
+
 def _holding(h: ds.Holding) -> dict[str, Any]:
     d = {"index": h.index, "held": h.held, "status": str(h.status), "result_code": h.result_code,
-         "supplement": h.supplement, "destination": h.destination, "digest": h.digest,
+         "supplement": _sent(h.supplement), "destination": h.destination, "digest": h.digest,
          "written_digest": h.written_digest}
     return {k: v for k, v in d.items() if v is not None}
 
@@ -378,11 +387,11 @@ def _results(a: ds.SendResults, tid: str, kx: str | None) -> list[Any]:
     if a.together:
         # this agent's own records: not validated again (the source validates what it receives)
         return [FileResults(kind="file_results", transfer_id=tid, results=[
-            FileOutcome.model_construct(index=f.index, result_code=f.result_code, supplement=f.supplement,
+            FileOutcome.model_construct(index=f.index, result_code=f.result_code, supplement=_sent(f.supplement),
                                         destination=f.destination, digest=f.digest, **_written(f.written_digest))
             for f in a.files])]
     return [FileResult(kind="file_result", transfer_id=tid, index=f.index, result_code=f.result_code,
-                       supplement=f.supplement, destination=f.destination, digest=f.digest,
+                       supplement=_sent(f.supplement), destination=f.destination, digest=f.digest,
                        **_written(f.written_digest)) for f in a.files]
 
 

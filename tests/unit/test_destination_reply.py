@@ -46,3 +46,26 @@ def test_every_field_of_a_holding_is_sent() -> None:
     """A field added to FileHolding (and Holding) must be added to the reply's JSON too: this fails until it is."""
     [reply] = _resync_reply(SendResyncReply(1, (FULL,), None), TID, None)
     assert set(reply.body["files"][0]) == set(FileHolding.model_fields)
+
+
+def test_a_supplement_longer_than_the_wire_allows_is_cut_and_the_answer_still_parses() -> None:
+    """A refusal quoting a destination path near its 4095-byte maximum is longer than the 4096 characters a string
+    may have on the wire: sent whole, the source refused the whole answer (and the transfer stalled)."""
+    from agent.core.destination_session import SendResults
+    from agent.destination import _results
+    from agent.store import FileRecord
+    from agent.wire.protocol import MAX_PATH_CHARS, FileResult, FileResults
+
+    long_path = "/d/" + "p" * (MAX_PATH_CHARS - 4)
+    why = f'destination "{long_path}" already exists as the part file of transfer {TID}, which is writing it'
+    assert len(why) > MAX_PATH_CHARS
+    [reply] = _resync_reply(SendResyncReply(2, (Holding(1, 0, FileStatus.FAILED, 70, why, "/d/x", None),), None),
+                            TID, None)
+    parsed = ResyncReply.model_validate_json(seal_body(reply.body, None, Ed25519PrivateKey.generate()))
+    sent = parsed.files[0].supplement
+    assert sent is not None and len(sent) == MAX_PATH_CHARS and sent.endswith("…") and why.startswith(sent[:-1])
+    rec = FileRecord(1, "/s/x", "/d/x", 1, 0.0)
+    rec.result_code, rec.supplement = 70, why
+    for together, model in ((True, FileResults), (False, FileResult)):
+        [msg] = _results(SendResults((rec,), together), TID, None)
+        model.model_validate_json(msg.model_dump_json())  # what the source does with it: no error
