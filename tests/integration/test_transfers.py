@@ -161,6 +161,26 @@ def test_existing_destination_with_de_error(fte1: FteEnv, data: Path) -> None:
     assert part_files(data) == []
 
 
+def test_an_existing_destination_at_the_longest_path_fails_with_its_reason(fte1: FteEnv, data: Path) -> None:
+    """A destination path near its 4095-byte maximum that exists: the refusal quoting it is longer than a string
+    may be on the wire. The transfer fails (40) with the reason, cut and marked, rather than its answer being
+    refused by the source (the answer carries every file's reason)."""
+    deep = data
+    while len(str(deep)) < 4090 - 12 - 255:  # directories of 200 bytes, then one to make 4,090 bytes in all
+        deep = deep / ("d" * 200)
+    deep = deep / ("e" * (4090 - 12 - len(str(deep))))
+    dst = deep / "exists.bin"
+    dst.parent.mkdir(parents=True)
+    assert 4080 < len(os.fsencode(str(dst))) <= 4095, len(str(dst))
+    dst.write_bytes(b"precious contents")
+    src = make_file(data / "src.bin", 1000)
+    r = transfer(fte1, "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", "60", "--json", str(src))
+    assert r.returncode == 40, str(r)[:2000]
+    [f] = json.loads(r.stdout.strip().splitlines()[-1])["files"]
+    assert f["supplement"].startswith('BFGIO0006E: File "') and f["supplement"].endswith("…"), f["supplement"][-200:]
+    assert dst.read_bytes() == b"precious contents" and part_files(data) == []
+
+
 def test_partial_transfer_set(fte1: FteEnv, data: Path) -> None:
     """One of two destinations exists: result 20 (partial), the other file arrives, the existing one stays."""
     a = make_file(data / "src" / "a.bin", 300_000)
