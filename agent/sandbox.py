@@ -119,6 +119,11 @@ class Sandbox:
             real = os.path.join(real_parent, name)
         else:
             real = _realpath(raw, path)
+        if len(real) > PATH_MAX:  # characters <= bytes: a cheap test first (a link on the way made it longer)
+            if len(os.fsencode(real)) > PATH_MAX:
+                # every path on the wire is at most MAX_PATH_CHARS: an answer naming it would be refused whole
+                raise SandboxError(f"path {path!r} resolves to {len(os.fsencode(real))} bytes through a symbolic "
+                                   f"link, more than a path may have ({PATH_MAX})")
         self.check(real, path, relative)
         return real
 
