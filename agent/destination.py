@@ -30,6 +30,7 @@ from .core.file_status import FileEvent, next_file_status
 from .fanout_destination import SharedStream, take_offer
 from .fsops import ConfinedDirs, split
 from .link import MessageTooLarge
+from .fileio import shorten
 from .part_files import NAME_MAX, PART_SUFFIX, PartFiles, part_name, part_path
 from .wire.protocol import (MAX_PATH_CHARS, Ack, Bundle, Chunk, Complete, CompleteAck, FileEnd, FileOutcome,
                        FileResult, FileResults, RequestRecovery, Resync, ResyncReply)
@@ -363,11 +364,9 @@ class ReplyBody:
 
 def _sent(supplement: str | None) -> str | None:
     """A supplement as sent: every string on the wire is at most MAX_PATH_CHARS (the source refuses a longer one,
-    and with it the whole answer: the transfer would stall), and a refusal that quotes a path near that length
-    is longer. The end is cut, marked; the destination's own records keep it whole."""
-    if supplement is None or len(supplement) <= MAX_PATH_CHARS:
-        return supplement
-    return supplement[:MAX_PATH_CHARS - 1] + "…"
+    and with it the whole answer: the transfer stalled), and a refusal that quotes a path near that length is
+    longer. Shortened around an ellipsis, as a command's refusal is; the destination's own records keep it whole."""
+    return None if supplement is None else shorten(supplement, MAX_PATH_CHARS)
 
 
 def _holding(h: ds.Holding) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def test_existing_destination_with_de_error(fte1: FteEnv, data: Path) -> None:
 
 def test_an_existing_destination_at_the_longest_path_fails_with_its_reason(fte1: FteEnv, data: Path) -> None:
     """A destination path near its 4095-byte maximum that exists: the refusal quoting it is longer than a string
-    may be on the wire. The transfer fails (40) with the reason, cut and marked, rather than its answer being
+    may be on the wire. The transfer fails (40) with the reason, shortened around an ellipsis, rather than its answer being
     refused by the source (the answer carries every file's reason)."""
     deep = data
     while len(str(deep)) < 4090 - 12 - 255:  # directories of 200 bytes, then one to make 4,090 bytes in all
@@ -177,7 +177,8 @@ def test_an_existing_destination_at_the_longest_path_fails_with_its_reason(fte1:
     r = transfer(fte1, "-sa", "A1", "-da", "A2", "-df", str(dst), "-w", "60", "--json", str(src))
     assert r.returncode == 40, str(r)[:2000]
     [f] = json.loads(r.stdout.strip().splitlines()[-1])["files"]
-    assert f["supplement"].startswith('BFGIO0006E: File "') and f["supplement"].endswith("…"), f["supplement"][-200:]
+    why = f["supplement"]
+    assert why.startswith('BFGIO0006E: File "') and "..." in why and why.endswith('exists.bin" already exists.'), why
     assert dst.read_bytes() == b"precious contents" and part_files(data) == []
 
 
