@@ -20,7 +20,7 @@ import aiomqtt
 from .core.errors import FteError
 from .quickack import ack_reads_at_once
 from .core.brokers import BrokerRotation
-from .core.policy import STABLE_CONNECTION, SUBSCRIBE_ATTEMPTS, SUBSCRIBE_RETRY_DELAY, SUBSCRIBE_WAIT
+from .core.policy import STABLE_CONNECTION, SUBSCRIBE_ATTEMPTS, SUBSCRIBE_RETRY_DELAY
 
 log = logging.getLogger("fte.link")
 
@@ -366,10 +366,7 @@ class BrokerLink:
                 self._lost = asyncio.Event()
                 if self._before_up is not None:
                     await self._before_up()
-                # topics added while these subscribe (add_subscription before the link is up) are taken too.
-                # One after another, each with its own SUBSCRIBE_WAIT: a NATS cluster short of a node answers
-                # a connection's packets in order, 4 s for each refusal, so SUBSCRIBEs sent together wait for
-                # the refusals ahead of them (measured: sent together, one had no answer after 10 s)
+                # topics added while these subscribe (add_subscription before the link is up) are taken too
                 done: set[str] = set()
                 while pending := [t for t in self.subscriptions if t not in done]:
                     for topic in pending:
@@ -411,7 +408,7 @@ class BrokerLink:
 
     @staticmethod
     async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
-        if not await subscribe_granted(client, topic, SUBSCRIBE_WAIT):
+        if not await subscribe_granted(client, topic):
             log.error("the broker refused the subscription to %s %d times: nothing sent there reaches this "
                       "agent; check the broker's ACL (docs/security.md)", topic, SUBSCRIBE_ATTEMPTS)
 
@@ -427,7 +424,7 @@ class BrokerLink:
         if client is None or not self.up.is_set():
             return False
         try:
-            granted = await subscribe_granted(client, topic, SUBSCRIBE_WAIT)
+            granted = await subscribe_granted(client, topic)
         except aiomqtt.MqttError as exc:  # the connection is going: the next one subscribes
             log.debug("subscription to %s not made now (%s); it is made at the next connection", topic, exc)
             return False

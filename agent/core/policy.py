@@ -26,11 +26,6 @@ STABLE_CONNECTION = 5.0
 # cluster"); one refused 8 times in a row is an ACL's refusal, not that.
 SUBSCRIBE_ATTEMPTS = 8
 SUBSCRIBE_RETRY_DELAY = 0.2
-# How long the agent's link waits for each SUBACK. More than the 4 s such a cluster takes to refuse: with the
-# client's 4 s for every operation (agent.link.make_client) the refusal came just after the wait had given up,
-# the connection was dropped as broken, and the agent connected again and again (each time with a new probe and
-# new refusals) instead of asking again: a refused subscription was never asked for again.
-SUBSCRIBE_WAIT = 10.0
 
 # --- a recovering transfer (source side) -----------------------------------------------------------------
 # Between resync attempts of a recovering transfer: 0.5 s, 1 s, 2 s, 4 s, then every 5 s.
