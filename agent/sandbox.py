@@ -119,7 +119,8 @@ class Sandbox:
             real = os.path.join(real_parent, name)
         else:
             real = _realpath(raw, path)
-        if len(real) > PATH_MAX:  # characters <= bytes: a cheap test first (a link on the way made it longer)
+        # a destination only: a source's stat() then fails with ENAMETOOLONG, which its refusal names
+        if write and len(real) > PATH_MAX:  # characters <= bytes: a cheap test first (a link made it longer)
             if len(os.fsencode(real)) > PATH_MAX:
                 # every path on the wire is at most MAX_PATH_CHARS: an answer naming it would be refused whole
                 raise SandboxError(f"path {path!r} resolves to {len(os.fsencode(real))} bytes through a symbolic "

@@ -335,10 +335,10 @@ def test_a_relative_path_leaving_through_a_link_does_not_blame_transfer_root(tre
     assert "transferRoot" not in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("write", [False, True])
-def test_a_path_made_too_long_by_a_link_on_the_way_is_refused(tree: Tree, box: Sandbox, write: bool) -> None:
+def test_a_destination_made_too_long_by_a_link_on_the_way_is_refused(tree: Tree, box: Sandbox) -> None:
     """Within the limit as given, over it once a link is resolved: refused, since every path on the wire is at
-    most 4096 characters, and an answer naming the resolved path would be refused whole by its reader."""
+    most 4096 characters, and an answer naming the resolved path would be refused whole by its reader. (A
+    source there is refused by its stat(), ENAMETOOLONG: tests/integration/test_clear_errors.py.)"""
     long_dir = tree.root
     while len(str(long_dir)) < 3000:
         long_dir = long_dir / ("l" * 200)
@@ -348,4 +348,4 @@ def test_a_path_made_too_long_by_a_link_on_the_way_is_refused(tree: Tree, box: S
     path = str(tree.root / "short" / tail / "f.bin")
     assert len(path) <= 4095 < len(str(long_dir / tail / "f.bin"))
     with pytest.raises(SandboxError, match="resolves to .* bytes through a symbolic link"):
-        box.resolve(path, write=write)
+        box.resolve(path, write=True)
