@@ -97,7 +97,8 @@ def recovery_fields(legs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, 
             "last_stall": f"{stalled[0]}: {stalled[1]}" if stalled else None}
 
 
-def _ok(code: Any) -> bool:
+def arrived(code: Any) -> bool:
+    """A file's result code says it arrived (0, or 2: with a warning)."""
     return code in (results.FILE_SUCCESS, results.FILE_WARNING)
 
 
@@ -113,8 +114,8 @@ def fanout_files(legs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> lis
     out = []
     for i, base in enumerate(legs[0][1]):
         each = [(agent, files[i]) for agent, files in legs]
-        ok = [(a, f) for a, f in each if _ok(f.get("result_code"))]
-        bad = [(a, f) for a, f in each if not _ok(f.get("result_code"))]
+        ok = [(a, f) for a, f in each if arrived(f.get("result_code"))]
+        bad = [(a, f) for a, f in each if not arrived(f.get("result_code"))]
         view = dict(base, digest=next((f.get("digest") for _, f in ok + each if f.get("digest")), None))
         notes = [(a, f.get("supplement")) for a, f in each if f.get("supplement")]
         if not bad:
